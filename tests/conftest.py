@@ -1,0 +1,58 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TWINKLES_SHARED_DATA", ROOT.parent / "shared" / "data"))
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+
+#: A campaign small enough for tests: 256 x 256 pixels, 12 visits, a 0.03 deg sky to r = 26.
+TINY_TOML = """
+[run]
+name = "tiny"
+seed = 7
+[cadence]
+max_visits = 12
+[sky]
+radius = 0.03
+galaxy_mag_limit = 26.0
+star_mag_limit = 25.0
+[sensor]
+nx = 256
+ny = 256
+[imsim]
+chunk_objects = 16
+checkpoint_interval = 0.0
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY_TOML)
+    return p
+
+
+def shared_file(name):
+    p = SHARED_DATA / name
+    if not p.exists():
+        pytest.skip(f"shared data {p} not present (set TWINKLES_SHARED_DATA)")
+    return p
+
+
+def cli(*args, mpi=0, env=None, timeout=600, check=False):
+    """Run the twinkles-hpc executable (under mpiexec -n MPI when mpi > 0); returns CompletedProcess."""
+    cmd = [sys.executable, "-m", "twinkles_hpc", *map(str, args)]
+    if mpi:
+        assert MPIEXEC, "mpiexec not found next to the Python executable"
+        cmd = [MPIEXEC, "-n", str(mpi), *cmd]
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r

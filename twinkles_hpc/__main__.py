@@ -1,0 +1,3 @@
+from twinkles_hpc.cli import main
+
+raise SystemExit(main())

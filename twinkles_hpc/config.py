@@ -1,0 +1,217 @@
+"""Typed, documented run configuration read from TOML.
+
+Every field has a type, a unit, a default and a one-line doc (`twinkles-hpc config --defaults` prints
+them all). Unknown sections or keys, wrong types and impossible values raise `InputError` naming the
+file, the key and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from twinkles_hpc import instrument
+from twinkles_hpc.errors import InputError
+
+
+def opt(default, unit, doc, *, choices=None, lo=None, hi=None, lo_open=False):
+    """A config field: default value, unit ('' if dimensionless), one-line doc and bounds."""
+    return field(default=default, metadata=dict(unit=unit, doc=doc, choices=choices, lo=lo, hi=hi,
+                                                lo_open=lo_open))
+
+
+@dataclass
+class RunSection:
+    name: str = opt("twinkles", "", "Name of the campaign, recorded in every output file.")
+    seed: int = opt(20161, "", "Run seed: every random number is keyed by (seed, object/visit id, stage).",
+                    lo=0, hi=2**62)
+
+
+@dataclass
+class CadenceSection:
+    source: str = opt("synthetic", "",
+                      "'synthetic' (embedded ten-year DDF cadence) or a path to an OpSim CSV/SQLite "
+                      "file, relative to the config file.")
+    field_id: int = opt(instrument.FIELD_ID, "",
+                        "OpSim fieldID to select (old schema); -1 selects by distance from ra/dec.",
+                        lo=-1)
+    ra: float = opt(instrument.FIELD_RA, "deg", "Pointing right ascension (ECDFS DDF).", lo=0.0, hi=360.0)
+    dec: float = opt(instrument.FIELD_DEC, "deg", "Pointing declination.", lo=-90.0, hi=90.0)
+    select_radius: float = opt(1.75, "deg",
+                               "Radius around ra/dec for selecting visits when not by field_id.",
+                               lo=0.0, lo_open=True)
+    one_per_night_band: bool = opt(True, "", "Keep one visit per (night, band), the lowest airmass (Run 1).")
+    use_dither: bool = opt(False, "", "Point at OpSim's ditheredRA/ditheredDec instead of the field centre.")
+    bands: str = opt("ugrizy", "", "Bands to simulate, a subset of 'ugrizy'.")
+    mjd_min: float = opt(0.0, "d", "Keep visits with MJD >= this (0 = no limit).", lo=0.0)
+    mjd_max: float = opt(0.0, "d", "Keep visits with MJD < this (0 = no limit).", lo=0.0)
+    max_visits: int = opt(0, "",
+                          "Keep at most this many visits, spread evenly in time within each band "
+                          "(0 = all).", lo=0)
+    years: float = opt(10.0, "yr", "Length of the synthetic cadence.", lo=0.0, lo_open=True, hi=30.0)
+    exptime: float = opt(0.0, "s",
+                         "Override every visit's exposure time (0 = take it from the cadence).", lo=0.0)
+
+
+@dataclass
+class SkySection:
+    radius: float = opt(0.3, "deg",
+                        "Radius of the static-sky catalogue around the pointing (covers every rotation).",
+                        lo=0.0, lo_open=True, hi=5.0)
+    star_mag_limit: float = opt(26.5, "mag", "Faintest star, r band AB.", lo=10.0, hi=32.0)
+    galaxy_mag_limit: float = opt(28.0, "mag", "Faintest galaxy (bulge + disk), r band AB.", lo=10.0, hi=32.0)
+    star_density_scale: float = opt(1.0, "", "Multiplier on the star number counts.", lo=0.0)
+    galaxy_density_scale: float = opt(1.0, "", "Multiplier on the galaxy number counts.", lo=0.0)
+
+
+@dataclass
+class SensorSection:
+    nx: int = opt(instrument.SENSOR_NX, "pixel", "Sensor width (serial direction).", lo=16, hi=100_000)
+    ny: int = opt(instrument.SENSOR_NY, "pixel", "Sensor height (parallel direction).", lo=16, hi=100_000)
+    pixel_scale: float = opt(instrument.PIXEL_SCALE, "arcsec/pixel", "Plate scale.", lo=0.0, lo_open=True)
+    read_noise: float = opt(instrument.READ_NOISE, "e-", "Read noise per pixel, rms.", lo=0.0)
+    dark_current: float = opt(instrument.DARK_CURRENT, "e-/s", "Dark current per pixel.", lo=0.0)
+    full_well: float = opt(instrument.FULL_WELL, "e-", "Saturation level.", lo=0.0, lo_open=True)
+
+
+@dataclass
+class ImsimSection:
+    psf_fwhm_gradient: float = opt(0.05, "",
+                                   "Fractional growth of the PSF FWHM from sensor centre to corner.",
+                                   lo=0.0, hi=1.0)
+    psf_ellip_gradient: float = opt(0.02, "", "PSF ellipticity at the sensor corner.", lo=0.0, hi=0.5)
+    chunk_objects: int = opt(4000, "objects",
+                             "Objects rendered between mid-visit checkpoint opportunities.", lo=1)
+    checkpoint_interval: float = opt(120.0, "s",
+                                     "Write a mid-visit checkpoint after a chunk when this long has "
+                                     "passed since the last one (0 = after every chunk).", lo=0.0)
+    compression: str = opt("none", "", "HDF5 compression of pixel planes.",
+                           choices=("none", "lzf", "gzip"))
+    fits: bool = opt(False, "", "Also write each eimage as FITS (with WCS) beside the HDF5 file.")
+    noise: bool = opt(True, "", "Add sky, Poisson and read noise (False: expected electrons, for tests).")
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    cadence: CadenceSection = field(default_factory=CadenceSection)
+    sky: SkySection = field(default_factory=SkySection)
+    sensor: SensorSection = field(default_factory=SensorSection)
+    imsim: ImsimSection = field(default_factory=ImsimSection)
+    #: Directory the config file was read from; relative paths in it resolve against this.
+    base_dir: str = field(default=".", metadata=dict(internal=True))
+    path: str = field(default="<defaults>", metadata=dict(internal=True))
+
+    def sections(self):
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if not f.metadata.get("internal")]
+
+    def to_dict(self):
+        return {name: dataclasses.asdict(sec) for name, sec in self.sections()}
+
+    def fingerprint(self):
+        """A canonical JSON string of every setting: two runs agree on outputs iff it is equal."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def resolve_path(self, p):
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_value(path, key, f, value):
+    want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool,
+                                                    "str": str}[f.type]
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise InputError(path, key, _TYPE_NAMES[want], value)
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise InputError(path, key, "one of " + ", ".join(m["choices"]), value)
+    if want in (int, float):
+        if want is float and not math.isfinite(value):
+            raise InputError(path, key, "a finite number", value)
+        lo, hi = m.get("lo"), m.get("hi")
+        if lo is not None and (value < lo or (m.get("lo_open") and value == lo)):
+            raise InputError(path, key, f"a value {'>' if m.get('lo_open') else '>='} {lo}"
+                             + (f" {m['unit']}" if m["unit"] else ""), value)
+        if hi is not None and value > hi:
+            raise InputError(path, key, f"a value <= {hi}" + (f" {m['unit']}" if m["unit"] else ""), value)
+    return value
+
+
+def _validate(cfg):
+    p = cfg.path
+    bands = cfg.cadence.bands
+    if not bands or any(b not in instrument.BANDS for b in bands) or len(set(bands)) != len(bands):
+        raise InputError(p, "cadence.bands", "distinct letters from 'ugrizy'", bands)
+    c = cfg.cadence
+    if c.mjd_max and c.mjd_max <= c.mjd_min:
+        raise InputError(p, "cadence.mjd_max", f"0 or a value > cadence.mjd_min ({c.mjd_min})", c.mjd_max)
+    if c.source != "synthetic" and not os.path.exists(cfg.resolve_path(c.source)):
+        raise InputError(p, "cadence.source", "'synthetic' or an existing OpSim CSV/SQLite file",
+                         cfg.resolve_path(c.source))
+
+
+def from_dict(data, path="<dict>", base_dir="."):
+    """Build a validated Config from a parsed TOML mapping."""
+    cfg = Config(base_dir=base_dir, path=str(path))
+    known = dict(cfg.sections())
+    for sec_name, sec_data in data.items():
+        if sec_name not in known:
+            raise InputError(path, sec_name, "a section among [" + "], [".join(known) + "]", "unknown section")
+        if not isinstance(sec_data, dict):
+            raise InputError(path, sec_name, "a [table]", sec_data)
+        sec = known[sec_name]
+        sec_fields = {f.name: f for f in fields(sec)}
+        for key, value in sec_data.items():
+            full = f"{sec_name}.{key}"
+            if key not in sec_fields:
+                raise InputError(path, full, "a key among " + ", ".join(sec_fields), "unknown key")
+            setattr(sec, key, _check_value(path, full, sec_fields[key], value))
+    _validate(cfg)
+    return cfg
+
+
+def load(path):
+    """Read and validate a TOML config file; raises InputError with a one-line message."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(path, "file", "an existing TOML config file", "not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, "syntax", "valid TOML", str(exc)) from None
+    return from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def defaults_toml():
+    """Every field with its default, unit and doc, as a commented TOML file."""
+    out = ["# twinkles-hpc configuration: every field, its default, unit and meaning.", ""]
+    for name, sec in Config().sections():
+        out.append(f"[{name}]")
+        for f in fields(sec):
+            m = f.metadata
+            unit = f" [{m['unit']}]" if m["unit"] else ""
+            out.append(f"# {m['doc']}{unit}")
+            out.append(f"{f.name} = {_toml_value(getattr(sec, f.name))}")
+        out.append("")
+    return "\n".join(out)
