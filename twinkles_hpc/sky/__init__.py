@@ -1,0 +1,1 @@
+"""The simulated sky and its cadence: OpSim visits, stars, galaxies, transients, lenses."""
