@@ -1,0 +1,1 @@
+"""Image simulation: PSF, rendering, sky background, noise, WCS and eimage writing."""

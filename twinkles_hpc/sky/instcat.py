@@ -1,0 +1,347 @@
+"""PhoSim 3.4/3.5 instance catalogues: read, validate and write (format: docs/instcat.md).
+
+A catalogue is a header of `key value` lines (the visit: pointing, MJD, filter, rotation, seeing, ...)
+and `object` lines (one source each), with `includeobj FILE` lines pulling in more object lines.
+Every problem in a file is an InputError naming the file, the line, the field and what was expected.
+"""
+import gzip
+import math
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinkles_hpc.errors import InputError
+from twinkles_hpc.instrument import BANDS
+
+INSTCAT_OBJECT_DTYPE = np.dtype([
+    ("id", "i8"), ("ra", "f8"), ("dec", "f8"), ("mag_norm", "f8"), ("sed", "U64"), ("redshift", "f8"),
+    ("gamma1", "f8"), ("gamma2", "f8"), ("kappa", "f8"), ("dra", "f8"), ("ddec", "f8"),
+    ("source_type", "U16"), ("major_arcsec", "f8"), ("minor_arcsec", "f8"), ("pa_deg", "f8"),
+    ("sersic_n", "f8"), ("dust_rest", "U8"), ("av_rest", "f8"), ("rv_rest", "f8"),
+    ("dust_lab", "U8"), ("av_lab", "f8"), ("rv_lab", "f8")])
+
+#: Object-line columns after `object`, as (dtype field, name used in error messages).
+_COLUMNS = [("id", "ID"), ("ra", "RA"), ("dec", "DEC"), ("mag_norm", "magNorm"), ("sed", "SEDFILE"),
+            ("redshift", "redshift"), ("gamma1", "gamma1"), ("gamma2", "gamma2"), ("kappa", "kappa"),
+            ("dra", "deltaRA"), ("ddec", "deltaDEC")]
+#: Source types and their parameters (fields of INSTCAT_OBJECT_DTYPE, in catalogue order).
+SOURCE_PARAMS = {"point": (), "sersic2d": ("major_arcsec", "minor_arcsec", "pa_deg", "sersic_n")}
+_SOURCE_DOC = {"point": "no parameters",
+               "sersic2d": "4 parameters: major and minor half-light radius (arcsec), position angle (deg), Sersic n"}
+#: Dust models (lower-case spelling -> stored name); all but `none` take A_V and R_V.
+DUST_MODELS = {"none": "none", "ccm": "CCM", "calzetti": "calzetti"}
+
+REQUIRED_KEYS = ("rightascension", "declination", "mjd", "filter", "rotskypos")
+#: Older (PhoSim 3.4 / Twinkles Run 1 era) header names -> the PhoSim 3.5 key they stand for.
+ALIASES = {"unrefracted_ra_deg": "rightascension", "unrefracted_dec_deg": "declination",
+           "opsim_expmjd": "mjd", "opsim_filter": "filter", "opsim_rotskypos": "rotskypos",
+           "opsim_rottelpos": "rottelpos", "opsim_obshistid": "obshistid", "opsim_rawseeing": "seeing",
+           "opsim_altitude": "altitude", "opsim_azimuth": "azimuth", "opsim_moonra": "moonra",
+           "opsim_moondec": "moondec", "opsim_moonalt": "moonalt", "opsim_dist2moon": "dist2moon",
+           "opsim_sunalt": "sunalt", "sim_seed": "seed", "sim_vistime": "vistime", "sim_nsnap": "nsnap"}
+_FLOAT_KEYS = ("rightascension", "declination", "mjd", "rotskypos", "rottelpos", "altitude", "azimuth",
+               "moonra", "moondec", "moonalt", "moonphase", "dist2moon", "sunalt")
+_POSITIVE_KEYS = ("seeing", "fwhmeff", "fwhmgeom", "vistime")
+_INT_KEYS = {"filter": (0, 5), "nsnap": (1, None), "obshistid": (None, None), "seed": (None, None),
+             "minsource": (0, None)}
+#: Gap between snaps in a visit, s: PhoSim's default visit is vistime 33 = 2 x 15 s + 3 s.
+SNAP_GAP_S = 3.0
+_DEFAULT_VISTIME, _DEFAULT_NSNAP = 33.0, 2
+
+
+def _canonical(key):
+    k = key.lower()
+    return ALIASES.get(k, k)
+
+
+def _number(text, source, field, kind=float):
+    """Parse one finite number (kind float or int) or raise InputError naming the field."""
+    try:
+        value = kind(text)
+    except ValueError:
+        try:  # integers are sometimes written as 123.0
+            f = float(text)
+            value = int(f) if kind is int and f.is_integer() and abs(f) < 2 ** 53 else None
+        except ValueError:
+            value = None
+    if value is None or (kind is float and not math.isfinite(value)) or (
+            kind is int and not -2 ** 63 <= value < 2 ** 63):
+        raise InputError(source, field, "a finite number" if kind is float else "an integer", text)
+    return value
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_header_value(key, value, source, raw_key=None):
+    """Validate the value of a known header key (key in canonical lower case); returns the number."""
+    field = f"header {raw_key or key}"
+    if key in _FLOAT_KEYS:
+        return _number(value, source, field)
+    if key in _POSITIVE_KEYS:
+        v = _number(value, source, field)
+        if v <= 0:
+            raise InputError(source, field, "a positive number", value)
+        return v
+    if key in _INT_KEYS:
+        lo, hi = _INT_KEYS[key]
+        v = _number(value, source, field, int)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"an integer in {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+            raise InputError(source, field, rng + (" (ugrizy)" if key == "filter" else ""), value)
+        return v
+    return value
+
+
+@dataclass
+class InstanceCatalog:
+    """One visit's instance catalogue.
+
+    header: raw key -> raw value string, in file order (unknown keys kept). objects:
+    INSTCAT_OBJECT_DTYPE array. The properties read the header (PhoSim 3.5 keys or their aliases).
+    """
+    header: dict
+    objects: np.ndarray
+    path: str | None = None
+
+    def _get(self, key, default=None):
+        for raw, value in self.header.items():
+            if _canonical(raw) == key:
+                return _check_header_value(key, str(value), self.path or "<instance catalogue>", raw)
+        if default is None and key in REQUIRED_KEYS:
+            raise InputError(self.path or "<instance catalogue>", f"header {key}", "a required header line")
+        return default
+
+    @property
+    def ra(self):
+        """Pointing right ascension, deg."""
+        return self._get("rightascension")
+
+    @property
+    def dec(self):
+        """Pointing declination, deg."""
+        return self._get("declination")
+
+    @property
+    def mjd(self):
+        """Visit MJD (TAI, as the catalogue gives it), days."""
+        return self._get("mjd")
+
+    @property
+    def band(self):
+        """Band 'u'..'y' from the filter index 0..5."""
+        return BANDS[self._get("filter")]
+
+    @property
+    def rot_sky_pos(self):
+        """Sky rotation angle rotSkyPos, deg."""
+        return self._get("rotskypos")
+
+    @property
+    def obshistid(self):
+        """OpSim visit id, or None when absent."""
+        return self._get("obshistid")
+
+    @property
+    def seeing_fwhm(self):
+        """PSF FWHM, arcsec: FWHMgeom, else FWHMeff, else seeing; None when none is given."""
+        for key in ("fwhmgeom", "fwhmeff", "seeing"):
+            v = self._get(key)
+            if v is not None:
+                return v
+        return None
+
+    @property
+    def nsnap(self):
+        """Number of snaps in the visit (PhoSim default 2)."""
+        return self._get("nsnap", _DEFAULT_NSNAP)
+
+    @property
+    def exptime(self):
+        """Open-shutter time summed over snaps, s: vistime - SNAP_GAP_S * (nsnap - 1).
+
+        PhoSim's defaults (vistime 33, nsnap 2) give 2 x 15 s; DC2-style `vistime 30, nsnap 1` gives 30 s.
+        """
+        t = self._get("vistime", _DEFAULT_VISTIME) - SNAP_GAP_S * (self.nsnap - 1)
+        if t <= 0:
+            raise InputError(self.path or "<instance catalogue>", "header vistime",
+                             f"more than {SNAP_GAP_S:g} s x (nsnap - 1) of readout gaps", t)
+        return t
+
+
+def _open_text(path, mode="rt"):
+    return gzip.open(path, mode, encoding="utf-8") if path.endswith(".gz") else open(path, mode, encoding="utf-8")
+
+
+def _parse_dust(tokens, pos, source, which):
+    """Parse a dust model at tokens[pos]; returns (name, av, rv, next position). Missing = none."""
+    if pos >= len(tokens):
+        return "none", 0.0, 0.0, pos
+    name = DUST_MODELS.get(tokens[pos].lower())
+    if name is None:
+        raise InputError(source, f"object {which}", "dust model none, CCM or calzetti", tokens[pos])
+    if name == "none":
+        return name, 0.0, 0.0, pos + 1
+    if len(tokens) < pos + 3:
+        raise InputError(source, f"object {which} parameters", f"2 parameters (A_V R_V) after {tokens[pos]}",
+                         " ".join(tokens[pos + 1:]))
+    return (name, _number(tokens[pos + 1], source, f"object {which} A_V"),
+            _number(tokens[pos + 2], source, f"object {which} R_V"), pos + 3)
+
+
+def _parse_object(tokens, source):
+    """One `object` line (split into tokens) -> a tuple in INSTCAT_OBJECT_DTYPE order."""
+    if len(tokens) < 13:
+        raise InputError(source, "object", "at least 13 fields: object ID RA DEC MAGNORM SEDFILE REDSHIFT "
+                         "GAMMA1 GAMMA2 KAPPA DELTA_RA DELTA_DEC SOURCETYPE", f"{len(tokens)} fields")
+    row = {}
+    for (name, label), tok in zip(_COLUMNS, tokens[1:12]):
+        if name == "sed":
+            if len(tok) > 64:
+                raise InputError(source, "object SEDFILE", "a path of at most 64 characters", tok)
+            row[name] = tok
+        else:
+            row[name] = _number(tok, source, f"object {label}", int if name == "id" else float)
+    stype = tokens[12].lower()
+    if stype not in SOURCE_PARAMS:
+        raise InputError(source, "object SOURCETYPE", f"one of {', '.join(SOURCE_PARAMS)}", tokens[12])
+    params = SOURCE_PARAMS[stype]
+    # The source parameters are the numbers up to the first word (the dust model) or the line's end.
+    rest = tokens[13:]
+    given = next((i for i, t in enumerate(rest) if not _is_number(t)), len(rest))
+    if given < min(len(params), len(rest)) and rest[given].lower() not in DUST_MODELS:
+        _number(rest[given], source, f"object {stype} {params[given]}")  # a garbled parameter
+    if given != len(params):
+        raise InputError(source, f"object {stype} parameters", _SOURCE_DOC[stype], f"{given} parameters")
+    pos = 13 + given
+    for name, tok in zip(params, tokens[13:pos]):
+        row[name] = _number(tok, source, f"object {stype} {name}")
+    dust_rest, av_rest, rv_rest, pos = _parse_dust(tokens, pos, source, "DUST_REST")
+    dust_lab, av_lab, rv_lab, pos = _parse_dust(tokens, pos, source, "DUST_LAB")
+    if pos != len(tokens):
+        raise InputError(source, "object", "nothing after the DUST_LAB model", " ".join(tokens[pos:]))
+    row.update(source_type=stype, dust_rest=dust_rest, av_rest=av_rest, rv_rest=rv_rest,
+               dust_lab=dust_lab, av_lab=av_lab, rv_lab=rv_lab)
+    return tuple(row.get(name, 0.0) for name in INSTCAT_OBJECT_DTYPE.names)
+
+
+def _read_lines(path, header, seen, rows, stack):
+    """Read one file (main or included) into header / rows; returns its number of lines."""
+    included = len(stack) > 0
+    lineno = 0
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            tokens = line.split()
+            if not tokens or tokens[0].startswith("#"):
+                continue
+            source = f"{path}:{lineno}"
+            key = tokens[0]
+            if key == "object":
+                rows.append(_parse_object(tokens, source))
+            elif key == "includeobj":
+                if len(tokens) != 2:
+                    raise InputError(source, "includeobj", "one file name", " ".join(tokens[1:]))
+                inc = os.path.join(os.path.dirname(path), tokens[1])
+                if not os.path.isfile(inc):
+                    raise InputError(source, "includeobj", "an existing file", inc)
+                if os.path.realpath(inc) in stack:
+                    raise InputError(source, "includeobj", "no include cycle", inc)
+                _read_lines(inc, header, seen, rows, stack + [os.path.realpath(path)])
+            elif included:
+                raise InputError(source, "line", "object or includeobj in an included file", key)
+            else:
+                canon = _canonical(key)
+                if canon in seen:
+                    raise InputError(source, f"header {key}", f"one {canon} line (also at line {seen[canon]})")
+                value = line.strip()[len(key):].strip()
+                _check_header_value(canon, value, source, key)
+                seen[canon] = lineno
+                header[key] = value
+    return lineno
+
+
+def read_instance_catalog(path):
+    """Read a PhoSim instance catalogue (plain or .gz), following includeobj lines.
+
+    Returns an InstanceCatalog; raises InputError (file:line, field, expectation) on any bad line.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(path, "instance catalogue", "an existing file")
+    header, seen, rows = {}, {}, []
+    nlines = _read_lines(path, header, seen, rows, [])
+    for key in REQUIRED_KEYS:
+        if key not in seen:
+            raise InputError(f"{path}:{nlines}", f"header {key}", "a required header line (none up to the end)")
+    return InstanceCatalog(header, np.array(rows, dtype=INSTCAT_OBJECT_DTYPE), path)
+
+
+def _fmt(x):
+    """Shortest text that parses back to the same float64 (repr)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"instance catalogue values must be finite, got {x!r}")
+    return repr(x)
+
+
+def _object_lines(objects):
+    """Text of the object lines, from column lists (row access to structured arrays is slow)."""
+    cols = {name: objects[name].tolist() for name in INSTCAT_OBJECT_DTYPE.names}
+    for i, oid in enumerate(cols["id"]):
+        stype = str(cols["source_type"][i]).lower()
+        if stype not in SOURCE_PARAMS:
+            raise ValueError(f"object {oid}: unknown source_type {cols['source_type'][i]!r}")
+        sed = cols["sed"][i]
+        if sed.split() != [sed]:
+            raise ValueError(f"object {oid}: SED file name {sed!r} is empty or has spaces")
+        parts = ["object", str(oid)] + [_fmt(cols[n][i]) if n != "sed" else sed for n, _ in _COLUMNS[1:]]
+        parts += [stype] + [_fmt(cols[n][i]) for n in SOURCE_PARAMS[stype]]
+        for which in ("rest", "lab"):
+            dust = DUST_MODELS.get(str(cols[f"dust_{which}"][i]).lower())
+            if dust is None:
+                raise ValueError(f"object {oid}: unknown dust_{which} {cols[f'dust_{which}'][i]!r}")
+            if dust == "none":
+                parts.append(dust)
+            else:
+                parts += [dust, _fmt(cols[f"av_{which}"][i]), _fmt(cols[f"rv_{which}"][i])]
+        yield " ".join(parts)
+
+
+def write_instance_catalog(path, header, objects):
+    """Write a catalogue atomically (temporary file, then os.replace); .gz paths are gzipped.
+
+    header: key -> value (str, int or float; floats written with repr). objects: an array with the
+    fields of INSTCAT_OBJECT_DTYPE. Floats are written with repr, so reading back is bit-exact.
+    """
+    path = os.fspath(path)
+    lines = []
+    for key, value in header.items():
+        key = str(key)
+        if not key or any(c.isspace() for c in key) or key.startswith("#") or key in ("object", "includeobj"):
+            raise ValueError(f"bad instance catalogue header key {key!r}")
+        value = _fmt(value) if isinstance(value, float) else str(value)
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"header {key}: value {value!r} spans lines")
+        lines.append(f"{key} {value}".rstrip())
+    objects = np.asarray(objects)
+    missing = set(INSTCAT_OBJECT_DTYPE.names) - set(objects.dtype.names or ())
+    if missing:
+        raise ValueError(f"objects lack the fields {sorted(missing)} of INSTCAT_OBJECT_DTYPE")
+    lines += _object_lines(objects.ravel())
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with (gzip.open(tmp, "wt", compresslevel=6, encoding="utf-8") if path.endswith(".gz")
+              else open(tmp, "w", encoding="utf-8")) as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
