@@ -1,0 +1,315 @@
+"""Rank 0 schedules, workers compute.
+
+Rank 0 keeps the task graph, hands the ready task with the largest predicted cost to the next idle
+worker (longest-processing-time first), records completions in the journal and the per-task trace,
+and prints progress. It never spins: MPICH's blocking receive busy-polls a core, so every wait here
+is an Iprobe with a short, growing sleep. With one rank the same graph runs serially on rank 0.
+
+Stopping: SIGTERM or SIGUSR1 on any rank sets a flag. A worker checks it (and a DRAIN message from
+rank 0) between chunks of its task, checkpoints and reports; rank 0 stops handing out work, waits for
+the busy workers, and the run ends with status "interrupted" (exit code 75, resubmit).
+
+Failure: a worker's exception is sent to rank 0, which prints rank, task and message, records the
+traceback in RUNDIR/failures.log and aborts the whole job: never a hang.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from twinkles_hpc.errors import Interrupted
+
+TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN = range(11, 18)
+
+
+@dataclass(order=False)
+class Task:
+    id: str
+    kind: str
+    cost: float = 1.0                 # predicted cost, relative units (for LPT ordering and the ETA)
+    deps: tuple = ()
+    params: dict = field(default_factory=dict)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm's warning before the time limit)."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __bool__(self):
+        return self.signum is not None
+
+    def install(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        def handler(signum, frame):
+            self.signum = signum
+        for s in signals:
+            signal.signal(s, handler)
+        return self
+
+
+def _peak_rss_reset():
+    """Reset the kernel's peak-RSS counter (VmHWM) so each task reports its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_task(execute, task, rank, should_stop):
+    """Run one task; returns (outputs, trace record). Raises Interrupted or the task's exception."""
+    _peak_rss_reset()
+    start = time.time()
+    outputs = execute(task, should_stop) or {}
+    end = time.time()
+    rec = {"task": task.id, "kind": task.kind, "rank": rank, "host": socket.gethostname(),
+           "pid": os.getpid(), "start": round(start, 4), "end": round(end, 4),
+           "bytes": int(sum(outputs.values())), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    return outputs, rec
+
+
+def _poll_recv(comm, source, tag=None):
+    """Receive without spinning a core: Iprobe, then sleep with back-off (100 us .. 20 ms)."""
+    from mpi4py import MPI
+    st = MPI.Status()
+    delay = 1e-4
+    tag = MPI.ANY_TAG if tag is None else tag
+    while not comm.Iprobe(source=source, tag=tag, status=st):
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+    return comm.recv(source=st.Get_source(), tag=st.Get_tag()), st.Get_source(), st.Get_tag()
+
+
+class Progress:
+    """Rank 0's progress line: tasks done, rate, ETA from the predicted cost still to do."""
+
+    def __init__(self, total_cost, n_tasks, n_done, out=sys.stdout, interval=2.0):
+        self.total, self.n_tasks, self.n_done0 = total_cost, n_tasks, n_done
+        self.done_cost, self.n_done = 0.0, n_done
+        self.t0 = self.last = time.time()
+        self.out, self.interval = out, interval
+
+    def update(self, cost, force=False):
+        self.done_cost += cost
+        self.n_done += 1
+        now = time.time()
+        if not force and now - self.last < self.interval and self.n_done < self.n_tasks:
+            return
+        self.last = now
+        dt = max(now - self.t0, 1e-9)
+        rate = (self.n_done - self.n_done0) / dt
+        frac = self.done_cost / self.total if self.total else 1.0
+        eta = dt * (1 - frac) / frac if frac > 0 else float("nan")
+        print(f"[twinkles-hpc] {self.n_done}/{self.n_tasks} tasks  {100 * frac:5.1f}%  "
+              f"{rate:.2f} tasks/s  elapsed {_hms(dt)}  ETA {_hms(eta)}", file=self.out, flush=True)
+
+
+def _hms(s):
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Scheduler:
+    """The task graph's bookkeeping: what is pending, ready (a max-heap on cost) and done."""
+
+    def __init__(self, tasks, done_ids):
+        self.tasks = {t.id: t for t in tasks}
+        self.done = set(done_ids) & set(self.tasks)
+        self.pending = {tid for tid in self.tasks if tid not in self.done}
+        self.waiting = {tid: {d for d in self.tasks[tid].deps if d not in self.done} for tid in self.pending}
+        self.ready = []
+        for tid in sorted(self.pending):
+            if not self.waiting[tid]:
+                self._push(tid)
+
+    def _push(self, tid):
+        heapq.heappush(self.ready, (-self.tasks[tid].cost, tid))
+
+    def pop(self):
+        return self.tasks[heapq.heappop(self.ready)[1]]
+
+    def requeue(self, tid):
+        self._push(tid)
+
+    def complete(self, tid):
+        self.done.add(tid)
+        self.pending.discard(tid)
+        self.waiting.pop(tid, None)
+        for other, deps in self.waiting.items():
+            if tid in deps:
+                deps.discard(tid)
+                if not deps:
+                    self._push(other)
+
+    def remaining_cost(self):
+        return sum(self.tasks[t].cost for t in self.pending)
+
+
+class Engine:
+    """Runs a list of Tasks over `comm` with `execute(task, should_stop) -> {relpath: bytes}`."""
+
+    def __init__(self, comm, rundir, execute, journal, *, out=sys.stdout, progress_interval=2.0):
+        self.comm, self.rundir, self.execute, self.journal = comm, rundir, execute, journal
+        self.out, self.progress_interval = out, progress_interval
+        self.stop = StopFlag().install()
+        self.trace_path = os.path.join(rundir, "trace.jsonl")
+
+    # -- rank 0 -------------------------------------------------------------------------------
+    def _record(self, tid, outputs, rec):
+        self.journal.append("done", task=tid, outputs=outputs)
+        with open(self.trace_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    def _fail(self, rank, tid, message, tb):
+        with open(os.path.join(self.rundir, "failures.log"), "a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} rank {rank} task {tid}\n{tb}\n")
+        self.journal.append("failed", task=tid, rank=rank, message=message)
+        print(f"twinkles-hpc: rank {rank} failed in task {tid}: {message} "
+              f"(traceback in {os.path.join(self.rundir, 'failures.log')})", file=sys.stderr, flush=True)
+        if self.comm.size > 1:
+            self.comm.Abort(1)
+        raise SystemExit(1)
+
+    def run(self, tasks, done_ids):
+        """Collective over comm. Returns 'complete' or 'interrupted' on every rank."""
+        if self.comm.rank != 0:
+            self._worker()
+            return self.comm.bcast(None, root=0)
+        sched = Scheduler(tasks, done_ids)
+        prog = Progress(sched.remaining_cost(), len(sched.tasks), len(sched.done), self.out,
+                        self.progress_interval)
+        self.journal.append("start", ranks=self.comm.size, pending=len(sched.pending))
+        status = self._serial(sched, prog) if self.comm.size == 1 else self._schedule(sched, prog)
+        self.journal.append("end", status=status)
+        return self.comm.bcast(status, root=0)
+
+    def _serial(self, sched, prog):
+        while sched.ready:
+            if self.stop:
+                return "interrupted"
+            task = sched.pop()
+            try:
+                outputs, rec = run_task(self.execute, task, 0, lambda: bool(self.stop))
+            except Interrupted:
+                self.journal.append("checkpointed", task=task.id, rank=0)
+                return "interrupted"
+            except Exception as exc:
+                self._fail(0, task.id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            self._record(task.id, outputs, rec)
+            sched.complete(task.id)
+            prog.update(task.cost, force=not sched.ready)
+        return "complete" if not sched.pending else "interrupted"
+
+    def _schedule(self, sched, prog):
+        comm = self.comm
+        from mpi4py import MPI
+        idle, busy = [], {}
+        draining = False
+        st = MPI.Status()
+        delay = 1e-4
+        while True:
+            if self.stop and not draining:
+                draining = True
+                print(f"[twinkles-hpc] signal {self.stop.signum}: checkpointing {len(busy)} busy "
+                      f"worker(s), then exiting for resubmission", file=self.out, flush=True)
+                for r in busy:
+                    comm.send(None, dest=r, tag=TAG_DRAIN)
+            while idle and sched.ready and not draining:
+                r = idle.pop(0)
+                task = sched.pop()
+                busy[r] = task
+                comm.send(task, dest=r, tag=TAG_TASK)
+            if not busy and (draining or not sched.pending):
+                break
+            if not busy and not sched.ready and len(idle) == comm.size - 1:
+                raise RuntimeError(f"task graph cannot progress: {len(sched.pending)} tasks wait "
+                                   "on dependencies that are not in the graph")
+            if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.02)
+                continue
+            delay = 1e-4
+            src, tag = st.Get_source(), st.Get_tag()
+            msg = comm.recv(source=src, tag=tag)
+            if tag == TAG_REQ:
+                idle.append(src)
+            elif tag == TAG_DONE:
+                tid, outputs, rec = msg
+                task = busy.pop(src)
+                self._record(tid, outputs, rec)
+                sched.complete(tid)
+                prog.update(task.cost, force=not sched.pending)
+                idle.append(src)
+            elif tag == TAG_CKPT:
+                task = busy.pop(src)
+                self.journal.append("checkpointed", task=task.id, rank=src)
+                sched.requeue(task.id)
+                idle.append(src)
+                draining = True     # a worker was signalled: the whole job winds down
+                if not self.stop:
+                    self.stop.signum = msg
+                    for r in busy:
+                        comm.send(None, dest=r, tag=TAG_DRAIN)
+            elif tag == TAG_FAIL:
+                tid, message, tb = msg
+                self._fail(src, tid, message, tb)
+        for r in range(1, comm.size):
+            comm.send(None, dest=r, tag=TAG_STOP)
+        return "interrupted" if draining and sched.pending else "complete"
+
+    # -- workers ------------------------------------------------------------------------------
+    def _worker(self):
+        comm = self.comm
+        drain = [False]
+
+        def should_stop():
+            if self.stop or drain[0]:
+                return True
+            if comm.Iprobe(source=0, tag=TAG_DRAIN):
+                comm.recv(source=0, tag=TAG_DRAIN)
+                drain[0] = True
+            return drain[0]
+
+        comm.send(None, dest=0, tag=TAG_REQ)
+        while True:
+            msg, _, tag = _poll_recv(comm, 0)
+            if tag == TAG_STOP:
+                return
+            if tag == TAG_DRAIN:
+                drain[0] = True
+                continue
+            task = msg
+            try:
+                outputs, rec = run_task(self.execute, task, comm.rank, should_stop)
+            except Interrupted:
+                comm.send(self.stop.signum or signal.SIGUSR1, dest=0, tag=TAG_CKPT)
+                continue
+            except Exception as exc:
+                comm.send((task.id, f"{type(exc).__name__}: {exc}", traceback.format_exc()),
+                          dest=0, tag=TAG_FAIL)
+                while True:          # rank 0 aborts the job
+                    time.sleep(1.0)
+            comm.send((task.id, outputs, rec), dest=0, tag=TAG_DONE)

@@ -1,0 +1,1 @@
+"""Storage: atomic HDF5 outputs, the run-directory layout, FITS export."""
