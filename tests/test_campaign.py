@@ -1,0 +1,146 @@
+"""End to end: the twinkles-hpc executable, serial and under mpiexec -n 2 / -n 3 (subprocesses with
+timeouts, so a hang fails the test instead of CI). Pixels must be bit-identical whatever the number
+of ranks and however the run was interrupted (SIGKILL mid-visit, SIGUSR1) and resumed."""
+import hashlib
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from conftest import MPIEXEC, cli
+
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+
+
+def pixel_digest(rundir):
+    """sha256 over every eimage's pixels and metadata, in visit order."""
+    d = hashlib.sha256()
+    files = sorted(f for f in os.listdir(os.path.join(rundir, "eimages")) if f.startswith("v"))
+    assert files, f"no eimages in {rundir}"
+    for f in files:
+        with h5py.File(os.path.join(rundir, "eimages", f), "r") as fh:
+            d.update(fh["image"][...].tobytes())
+            d.update(json.dumps({k: str(v) for k, v in fh.attrs.items()}, sort_keys=True).encode())
+    return d.hexdigest(), len(files)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny campaign run on one rank (serial path of the same engine)."""
+    from conftest import TINY_TOML
+    d = tmp_path_factory.mktemp("ref")
+    cfg = d / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    run = d / "run"
+    r = cli("run", cfg, "-o", run, check=True)
+    assert "done in" in r.stdout
+    return cfg, run, pixel_digest(run)
+
+
+def test_serial_run_outputs(reference):
+    cfg, run, (digest, n) = reference
+    assert n == 12
+    st = json.loads(cli("status", run, "--json", check=True).stdout)
+    assert st["complete"] and st["n_done"] == 13 and not st["running"] and st["checkpoints"] == []
+    with h5py.File(run / "truth.h5", "r") as fh:
+        assert len(fh["stars"]) > 0 and len(fh["galaxies"]) > 100 and len(fh["visits"]) == 12
+    f = sorted((run / "eimages").glob("v*.h5"))[0]
+    with h5py.File(f, "r") as fh:
+        img, a = fh["image"][...], dict(fh.attrs)
+        assert img.shape == (256, 256) and img.dtype == np.float32
+        assert abs(np.median(img) - a["sky_e"]) < 5 * np.sqrt(a["sky_e"] + a["read_noise"] ** 2)
+        assert "CTYPE1" in a["wcs"] and json.loads(a["psf"])
+    # per-band virtual datasets see every visit of the band
+    with h5py.File(run / "eimages" / f"band-{a['band']}.h5", "r") as fh:
+        stack = fh["image"]
+        i = list(fh["visit_id"][...]).index(a["visit_id"])
+        assert np.array_equal(stack[i], img)
+    trace = [json.loads(x) for x in (run / "trace.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in trace} == {"sky", "visit"}
+    assert all(r["bytes"] > 0 and r["peak_rss_mb"] > 0 for r in trace)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_rank_count_invariance(reference, tmp_path, n):
+    cfg, _, (digest, _) = reference
+    r = cli("run", cfg, "-o", tmp_path / "run", mpi=n, timeout=600, check=True)
+    assert f"{n} rank(s)" in r.stdout
+    assert pixel_digest(tmp_path / "run")[0] == digest
+    trace = [json.loads(x) for x in (tmp_path / "run" / "trace.jsonl").read_text().splitlines()]
+    assert {t["rank"] for t in trace} <= set(range(1, n)), "rank 0 must only schedule"
+
+
+def test_sigkill_mid_visit_then_resume_is_bit_identical(reference, tmp_path):
+    cfg, _, (digest, _) = reference
+    run = tmp_path / "run"
+    r = cli("run", cfg, "-o", run, mpi=2, env={"TWINKLES_HPC_FAULT": "kill_after_chunk=2"}, timeout=600)
+    assert r.returncode != 0, r.stdout
+    ckpts = list((run / "checkpoints").glob("v*.h5"))
+    assert ckpts, "the killed visit left no mid-visit checkpoint"
+    r = cli("run", cfg, "-o", run, mpi=2, timeout=600, check=True)
+    assert "resuming at chunk 2" in r.stdout and "resuming:" in r.stdout
+    assert pixel_digest(run)[0] == digest
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").glob("v*.h5"))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_sigusr1_checkpoints_exits_75_and_resumes(reference, tmp_path, n):
+    cfg, _, (digest, _) = reference
+    run = tmp_path / "run"
+    r = cli("run", cfg, "-o", run, mpi=n if n > 1 else 0, env={"TWINKLES_HPC_FAULT": "usr1_after_chunk=1"})
+    assert r.returncode == 75, r.stdout + r.stderr
+    assert "Resubmit" in r.stdout
+    st = json.loads(cli("status", run, "--json", check=True).stdout)
+    assert not st["complete"] and st["checkpoints"] and st["last_status"] == "interrupted"
+    r = cli("run", cfg, "-o", run, mpi=n if n > 1 else 0, check=True)
+    assert pixel_digest(run)[0] == digest
+
+
+def test_failure_on_a_rank_ends_job_with_rank_task_and_message(reference, tmp_path):
+    cfg, _, _ = reference
+    r = cli("run", cfg, "-o", tmp_path / "run", mpi=3, timeout=300,
+            env={"TWINKLES_HPC_FAULT": "raise_in_task=sky"})
+    assert r.returncode not in (0, 2, 75)
+    assert "failed in task sky: RuntimeError: injected fault" in r.stderr
+    assert "injected fault" in (tmp_path / "run" / "failures.log").read_text()
+
+
+def snapshot(d):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(d.rglob("*"))}
+
+
+def test_bad_input_exit_2_one_line_and_rundir_untouched(reference, tmp_path):
+    cfg, run, _ = reference
+    before = snapshot(run)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("max_visits = 12", "max_visits = -1"))
+    for n in (0, 2):
+        r = cli("run", bad, "-o", run, mpi=n, timeout=120)
+        assert r.returncode == 2
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and str(bad) in lines[0] and "cadence.max_visits" in lines[0], r.stderr
+    # a valid config that differs from the one the directory was made with
+    other = tmp_path / "other.toml"
+    other.write_text(cfg.read_text().replace("seed = 7", "seed = 8"))
+    r = cli("run", other, "-o", run, timeout=120)
+    assert r.returncode == 2 and "run.seed" in r.stderr and "different config" in r.stderr
+    assert snapshot(run) == before
+
+
+def test_second_run_on_same_directory_is_refused(reference, tmp_path):
+    from twinkles_hpc.parallel.lock import RunLock
+    cfg, run, _ = reference
+    lock = RunLock(str(run)).acquire()
+    try:
+        r = cli("run", cfg, "-o", run, timeout=120)
+        assert r.returncode == 2 and "in use by another run" in r.stderr
+    finally:
+        lock.release()
+
+
+def test_empty_selection_is_bad_input(tmp_path, tiny_config):
+    text = tiny_config.read_text().replace("[cadence]", "[cadence]\nmjd_min = 90000.0")
+    tiny_config.write_text(text)
+    r = cli("run", tiny_config, "-o", tmp_path / "run", timeout=120)
+    assert r.returncode == 2 and "no visits" in r.stderr and not (tmp_path / "run").exists()

@@ -1,0 +1,254 @@
+"""Simulate one visit's eimage: select the sources on the sensor, render them in chunks with
+mid-visit checkpoints, add sky and noise, write the HDF5 (and optionally FITS) output atomically.
+
+Rendering is deterministic and the noise is counter-based (keyed by run seed, visit id and stage),
+so the eimage is bit-identical whatever rank runs it and however often the visit was interrupted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinkles_hpc import __version__, instrument
+from twinkles_hpc.errors import Interrupted
+from twinkles_hpc.faults import int_fault
+from twinkles_hpc.imsim import noise as _noise
+from twinkles_hpc.imsim.psf import PSFModel
+from twinkles_hpc.imsim.render import render_galaxies, render_points
+from twinkles_hpc.imsim.wcs import SensorWCS
+from twinkles_hpc.store.atomic import atomic_h5, open_read
+
+STAGE_NOISE = 1
+#: Extra margin (pixels) around the sensor inside which sources are still rendered: their light
+#: spills onto the sensor. Galaxies also get 8 half-light radii.
+EDGE_MARGIN_PIX = 32
+
+
+@dataclass
+class VisitSpec:
+    """Everything that defines one visit's image (from the cadence and the config)."""
+    visit_id: int
+    band: str
+    mjd: float
+    exptime: float
+    airmass: float
+    fwhm_eff: float
+    fwhm_geom: float
+    sky_brightness: float
+    rot_sky_pos: float
+    ra: float
+    dec: float
+
+    @classmethod
+    def from_row(cls, row, exptime_override=0.0):
+        g = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in cls.__dataclass_fields__}
+        g["band"] = str(g["band"])
+        if exptime_override:
+            g["exptime"] = float(exptime_override)
+        return cls(**g)
+
+
+@dataclass
+class SourceList:
+    """Sources on one visit's sensor in pixel coordinates, fluxes in electrons, in render order."""
+    x: np.ndarray
+    y: np.ndarray
+    kind: np.ndarray          # 0 point, 1 galaxy
+    flux: np.ndarray          # point flux; for galaxies the bulge flux
+    flux2: np.ndarray         # disk flux (galaxies)
+    shape: np.ndarray         # (n, 6): bulge hlr, q, pa, disk hlr, q, pa
+
+    def __len__(self):
+        return len(self.x)
+
+
+def _extinction(band, airmass):
+    return 10.0 ** (-0.4 * instrument.K_ATM[band] * (airmass - 1.0))
+
+
+def select_sources(stars, galaxies, spec: VisitSpec, wcs: SensorWCS):
+    """Project the catalogue onto the sensor and keep what can put light on it, in id order."""
+    b, t = spec.band, spec.exptime
+    ext = _extinction(b, spec.airmass)
+    xs, ys = wcs.sky_to_pixel(stars["ra"], stars["dec"])
+    on = _on_sensor(xs, ys, wcs, EDGE_MARGIN_PIX)
+    sflux = instrument.counts_from_mag(stars[f"mag_{b}"][on], b, t) * ext
+    xg, yg = wcs.sky_to_pixel(galaxies["ra"], galaxies["dec"])
+    reach = EDGE_MARGIN_PIX + 8.0 * np.maximum(galaxies["bulge_hlr"], galaxies["disk_hlr"]) / wcs.scale
+    gon = _on_sensor(xg, yg, wcs, reach)
+    g = galaxies[gon]
+    bflux = np.nan_to_num(instrument.counts_from_mag(g[f"bulge_mag_{b}"], b, t) * ext, posinf=0.0)
+    dflux = np.nan_to_num(instrument.counts_from_mag(g[f"disk_mag_{b}"], b, t) * ext, posinf=0.0)
+    n_s, n_g = int(on.sum()), len(g)
+    shape = np.zeros((n_s + n_g, 6))
+    shape[n_s:] = np.column_stack([g["bulge_hlr"], g["bulge_q"], g["bulge_pa"],
+                                   g["disk_hlr"], g["disk_q"], g["disk_pa"]])
+    return SourceList(
+        x=np.concatenate([xs[on], xg[gon]]), y=np.concatenate([ys[on], yg[gon]]),
+        kind=np.concatenate([np.zeros(n_s, np.int8), np.ones(n_g, np.int8)]),
+        flux=np.concatenate([sflux, bflux]), flux2=np.concatenate([np.zeros(n_s), dflux]),
+        shape=shape)
+
+
+def _on_sensor(x, y, wcs, margin):
+    return ((x > -0.5 - margin) & (x < wcs.nx - 0.5 + margin)
+            & (y > -0.5 - margin) & (y < wcs.ny - 0.5 + margin))
+
+
+def render_chunk(image, src: SourceList, sl: slice, psf: PSFModel, jacobian):
+    """Add sources src[sl] to the float64 image (expected electrons)."""
+    k = src.kind[sl]
+    x, y, f, f2, sh = src.x[sl], src.y[sl], src.flux[sl], src.flux2[sl], src.shape[sl]
+    pt = k == 0
+    if pt.any():
+        render_points(image, x[pt], y[pt], f[pt], psf)
+    gal = ~pt
+    if gal.any():
+        s = sh[gal]
+        render_galaxies(image, x[gal], y[gal], f[gal], s[:, 0], s[:, 1], s[:, 2],
+                        f2[gal], s[:, 3], s[:, 4], s[:, 5], jacobian, psf)
+
+
+def make_psf(spec: VisitSpec, sensor, imsim_cfg):
+    return PSFModel(spec.fwhm_geom, pixel_scale=sensor.pixel_scale, nx=sensor.nx, ny=sensor.ny,
+                    fwhm_gradient=imsim_cfg.psf_fwhm_gradient, ellip_gradient=imsim_cfg.psf_ellip_gradient)
+
+
+class VisitCheckpoint:
+    """Partial image after `next_chunk` chunks, written atomically; the noise key is its random state."""
+
+    def __init__(self, path, signature, noise_key):
+        self.path, self.signature, self.noise_key = path, signature, noise_key
+
+    def load(self, shape):
+        if not os.path.exists(self.path):
+            return None, 0
+        with open_read(self.path) as fh:
+            if fh.attrs.get("signature") != self.signature or fh["image"].shape != shape:
+                return None, 0       # made by another config: start the visit afresh
+            return fh["image"][...], int(fh.attrs["next_chunk"])
+
+    def save(self, image, next_chunk):
+        with atomic_h5(self.path) as fh:
+            fh.create_dataset("image", data=image)
+            fh.attrs["signature"] = self.signature
+            fh.attrs["next_chunk"] = next_chunk
+            fh.attrs["noise_key"] = np.asarray(self.noise_key, dtype=np.int64)
+
+    def remove(self):
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, should_stop=lambda: False,
+                   log=None):
+    """Render, add noise and write one eimage. Returns {path: bytes} of what it wrote.
+
+    Raises Interrupted after writing a checkpoint when should_stop() turns true between chunks.
+    """
+    sensor, im = cfg.sensor, cfg.imsim
+    wcs = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
+    psf = make_psf(spec, sensor, im)
+    src = select_sources(stars, galaxies, spec, wcs)
+    n_chunks = max(1, -(-len(src) // im.chunk_objects))
+    key = (cfg.run.seed, spec.visit_id, STAGE_NOISE)
+    signature = json.dumps({"config": cfg.fingerprint(), "visit": spec.visit_id, "n_src": len(src),
+                            "n_chunks": n_chunks})
+    ckpt = VisitCheckpoint(ckpt_path, signature, key)
+    image, start = ckpt.load((sensor.ny, sensor.nx))
+    if image is None:
+        image = np.zeros((sensor.ny, sensor.nx), dtype=np.float64)
+    elif log:
+        log(f"visit {spec.visit_id}: resuming at chunk {start}/{n_chunks}")
+    kill_after, usr1_after = int_fault("kill_after_chunk"), int_fault("usr1_after_chunk")
+    last_ckpt = time.time()
+    for c in range(start, n_chunks):
+        sl = slice(c * im.chunk_objects, (c + 1) * im.chunk_objects)
+        render_chunk(image, src, sl, psf, wcs.jacobian)
+        if c + 1 == n_chunks:
+            break
+        if usr1_after == c + 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        stop = should_stop()
+        if stop or time.time() - last_ckpt >= im.checkpoint_interval or kill_after == c + 1:
+            ckpt.save(image, c + 1)
+            last_ckpt = time.time()
+            marker = os.path.join(os.path.dirname(ckpt_path), "fault-injected")
+            if kill_after == c + 1 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stop:
+                raise Interrupted(f"visit {spec.visit_id} checkpointed at chunk {c + 1}/{n_chunks}")
+    sky_e = _noise.sky_electrons(spec.sky_brightness, spec.band, spec.exptime,
+                                 pixel_scale=sensor.pixel_scale, dark_current=sensor.dark_current)
+    if im.noise:
+        pixels, n_sat = _noise.add_sky_and_noise(image, sky_e, sensor.read_noise, key,
+                                                 full_well=sensor.full_well)
+    else:
+        pixels, n_sat = (image + sky_e).astype(np.float32), 0
+    meta = dict(visit_id=spec.visit_id, band=spec.band, mjd=spec.mjd, exptime=spec.exptime,
+                airmass=spec.airmass, fwhm_eff=spec.fwhm_eff, fwhm_geom=spec.fwhm_geom,
+                sky_brightness=spec.sky_brightness, rot_sky_pos=spec.rot_sky_pos, ra=spec.ra, dec=spec.dec,
+                sky_e=sky_e, read_noise=sensor.read_noise, full_well=sensor.full_well, gain=instrument.GAIN,
+                zeropoint=instrument.ZEROPOINT[spec.band], n_saturated=n_sat, n_sources=len(src),
+                seed=cfg.run.seed, run_name=cfg.run.name, software=f"twinkles-hpc {__version__}")
+    written = write_eimage(out_path, pixels, meta, wcs, psf, im.compression)
+    if im.fits:
+        fits_path = os.path.splitext(out_path)[0] + ".fits"
+        written[fits_path] = export_fits(out_path, fits_path)
+    ckpt.remove()
+    return written
+
+
+def write_eimage(path, pixels, meta, wcs: SensorWCS, psf: PSFModel, compression="none"):
+    comp = {} if compression == "none" else {"compression": compression, "shuffle": True}
+    ny, nx = pixels.shape
+    chunks = (min(ny, 256), min(nx, 4096)) if comp else None
+    with atomic_h5(path) as fh:
+        fh.create_dataset("image", data=pixels, chunks=chunks, **comp)
+        fh["image"].attrs["unit"] = "electron"
+        for k, v in meta.items():
+            fh.attrs[k] = v
+        fh.attrs["wcs"] = wcs.astropy().to_header_string()
+        fh.attrs["psf"] = json.dumps(psf.to_dict())
+    return {path: os.path.getsize(path)}
+
+
+FITS_CARDS = {"visit_id": "VISITID", "band": "FILTER", "mjd": "MJD-OBS", "exptime": "EXPTIME",
+              "airmass": "AIRMASS", "fwhm_eff": "FWHMEFF", "fwhm_geom": "FWHMGEOM",
+              "sky_brightness": "SKYBRITE", "rot_sky_pos": "ROTSKYPO", "ra": "RA", "dec": "DEC",
+              "sky_e": "SKYLEVEL", "read_noise": "RDNOISE", "full_well": "SATURATE", "gain": "GAIN",
+              "zeropoint": "ZPT1ES", "n_saturated": "NSATUR", "n_sources": "NSOURCES", "seed": "SEED"}
+
+
+def write_fits(path, pixels, meta, wcs_header):
+    """Write pixels as a FITS primary HDU with the WCS and the visit metadata; returns bytes."""
+    import io
+
+    from astropy.io import fits
+
+    from twinkles_hpc.store.atomic import atomic_write_bytes
+    hdr = fits.Header.fromstring(wcs_header)
+    for k, card in FITS_CARDS.items():
+        if k in meta:
+            v = meta[k]
+            hdr[card] = v.item() if hasattr(v, "item") else v
+    hdr["BUNIT"] = "electron"
+    hdr["ORIGIN"] = str(meta.get("software", "twinkles-hpc"))
+    buf = io.BytesIO()
+    fits.PrimaryHDU(data=pixels, header=hdr).writeto(buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return os.path.getsize(path)
+
+
+def export_fits(h5_path, fits_path):
+    """Write an eimage HDF5 file as FITS with its WCS (astropy and DS9 read it). Returns bytes."""
+    with open_read(h5_path) as fh:
+        data = fh["image"][...]
+        meta = dict(fh.attrs)
+    return write_fits(fits_path, data, meta, meta.pop("wcs"))
