@@ -144,3 +144,34 @@ def test_empty_selection_is_bad_input(tmp_path, tiny_config):
     tiny_config.write_text(text)
     r = cli("run", tiny_config, "-o", tmp_path / "run", timeout=120)
     assert r.returncode == 2 and "no visits" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_sigterm_to_mpiexec_checkpoints_and_resumes(reference, tmp_path):
+    """SIGTERM delivered to mpiexec (forwarded to every rank, as srun does) mid-run: exit 75, resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    cfg, _, (digest, _) = reference
+    slow = tmp_path / "slow.toml"                  # same outputs, a checkpoint after every object
+    slow.write_text(cfg.read_text().replace("chunk_objects = 16", "chunk_objects = 1"))
+    run = tmp_path / "run"
+    p = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "twinkles_hpc", "run", str(slow),
+                          "-o", str(run)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        journal = run / "journal.jsonl"
+        while time.time() < deadline and p.poll() is None:
+            if journal.exists() and '"task": "visit/' in journal.read_text():
+                break
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 75, out + err
+    st = json.loads(cli("status", run, "--json", check=True).stdout)
+    assert st["last_status"] == "interrupted" and not st["complete"]
+    cli("run", slow, "-o", run, mpi=2, check=True)
+    assert pixel_digest(run)[0] == digest

@@ -99,8 +99,10 @@ def cmd_run(args):
         if status == "complete":
             campaign.write_band_views(rundir, visits, cfg.sensor)
             campaign.clean_checkpoints(rundir)
-            print(f"[twinkles-hpc] done in {time.time() - t0:.1f} s: {len(tasks)} tasks; "
-                  f"outputs in {rundir}", flush=True)
+            cpu, wall = engine.scheduler_cpu
+            role = "scheduler" if comm.size > 1 else "rank 0"
+            print(f"[twinkles-hpc] done in {time.time() - t0:.1f} s: {len(tasks)} tasks; {role} used "
+                  f"{cpu:.2f} CPU-s over {wall:.1f} s; outputs in {rundir}", flush=True)
         else:
             print(f"[twinkles-hpc] interrupted after {time.time() - t0:.1f} s; checkpoint written. "
                   f"Resubmit the same command to resume (exit code {EXIT_RESUBMIT}).", flush=True)

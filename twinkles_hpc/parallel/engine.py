@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from twinkles_hpc.errors import Interrupted
 
 TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN = range(11, 18)
+#: Longest sleep between polls (s): bounds the latency of handing out work; a waiting rank wakes
+#: at most 1/MAX_POLL_SLEEP times a second, a negligible load.
+MAX_POLL_SLEEP = 0.005
 
 
 @dataclass(order=False)
@@ -90,14 +93,14 @@ def run_task(execute, task, rank, should_stop):
 
 
 def _poll_recv(comm, source, tag=None):
-    """Receive without spinning a core: Iprobe, then sleep with back-off (100 us .. 20 ms)."""
+    """Receive without spinning a core: Iprobe, then sleep with back-off (100 us .. MAX_POLL_SLEEP)."""
     from mpi4py import MPI
     st = MPI.Status()
     delay = 1e-4
     tag = MPI.ANY_TAG if tag is None else tag
     while not comm.Iprobe(source=source, tag=tag, status=st):
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.02)
+        delay = min(delay * 1.5, MAX_POLL_SLEEP)
     return comm.recv(source=st.Get_source(), tag=st.Get_tag()), st.Get_source(), st.Get_tag()
 
 
@@ -202,8 +205,11 @@ class Engine:
         prog = Progress(sched.remaining_cost(), len(sched.tasks), len(sched.done), self.out,
                         self.progress_interval)
         self.journal.append("start", ranks=self.comm.size, pending=len(sched.pending))
+        cpu0, wall0 = time.process_time(), time.time()
         status = self._serial(sched, prog) if self.comm.size == 1 else self._schedule(sched, prog)
-        self.journal.append("end", status=status)
+        self.scheduler_cpu = (time.process_time() - cpu0, time.time() - wall0)
+        self.journal.append("end", status=status, rank0_cpu_s=round(self.scheduler_cpu[0], 3),
+                            wall_s=round(self.scheduler_cpu[1], 3))
         return self.comm.bcast(status, root=0)
 
     def _serial(self, sched, prog):
@@ -230,6 +236,14 @@ class Engine:
         draining = False
         st = MPI.Status()
         delay = 1e-4
+
+        def dispatch():
+            while idle and sched.ready and not draining:
+                r = idle.pop(0)
+                task = sched.pop()
+                busy[r] = task
+                comm.send(task, dest=r, tag=TAG_TASK)
+
         while True:
             if self.stop and not draining:
                 draining = True
@@ -237,11 +251,7 @@ class Engine:
                       f"worker(s), then exiting for resubmission", file=self.out, flush=True)
                 for r in busy:
                     comm.send(None, dest=r, tag=TAG_DRAIN)
-            while idle and sched.ready and not draining:
-                r = idle.pop(0)
-                task = sched.pop()
-                busy[r] = task
-                comm.send(task, dest=r, tag=TAG_TASK)
+            dispatch()
             if not busy and (draining or not sched.pending):
                 break
             if not busy and not sched.ready and len(idle) == comm.size - 1:
@@ -249,7 +259,7 @@ class Engine:
                                    "on dependencies that are not in the graph")
             if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
                 time.sleep(delay)
-                delay = min(delay * 1.5, 0.02)
+                delay = min(delay * 1.5, MAX_POLL_SLEEP)
                 continue
             delay = 1e-4
             src, tag = st.Get_source(), st.Get_tag()
@@ -259,10 +269,12 @@ class Engine:
             elif tag == TAG_DONE:
                 tid, outputs, rec = msg
                 task = busy.pop(src)
-                self._record(tid, outputs, rec)
                 sched.complete(tid)
-                prog.update(task.cost, force=not sched.pending)
                 idle.append(src)
+                # hand out the next task before the fsync of the journal, which the worker need not wait for
+                dispatch()
+                self._record(tid, outputs, rec)
+                prog.update(task.cost, force=not sched.pending)
             elif tag == TAG_CKPT:
                 task = busy.pop(src)
                 self.journal.append("checkpointed", task=task.id, rank=src)
