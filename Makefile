@@ -12,7 +12,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "Cython>=3.0" "numpy>=1.26"
-	$(PY) -m pip install -q --no-build-isolation -e '.[mpich,test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[mpich,test,bench]'
 	touch $@
 
 venv: $(VENV)/.deps
@@ -33,8 +33,8 @@ test-serial:
 # Every MPI test file runs under -n 2 and -n 3 (oversubscribed on 2 cores), with a hard timeout
 # so that a failure can never hang CI. Ranks gather pass/fail before asserting (tests/mpi/conftest.py).
 test-mpi:
-	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider tests/mpi
-	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 3 $(PY) -m pytest -q -p no:cacheprovider tests/mpi
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 2 tests/mpi/run-pytest $(PY) -m pytest -q -p no:cacheprovider tests/mpi
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 3 tests/mpi/run-pytest $(PY) -m pytest -q -p no:cacheprovider tests/mpi
 
 bench: build
 	$(VENV)/bin/twinkles-hpc bench imsim

@@ -28,3 +28,4 @@ def all_ranks(comm, ok, message=""):
     results = comm.allgather((bool(ok), message))
     bad = [f"rank {r}: {m}" for r, (good, m) in enumerate(results) if not good]
     assert not bad, "; ".join(bad)
+
