@@ -11,7 +11,8 @@ SHARED_DATA = Path(os.environ.get("TWINKLES_SHARED_DATA", ROOT.parent / "shared"
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
 
-#: A campaign small enough for tests: 256 x 256 pixels, 12 visits, a 0.03 deg sky to r = 26.
+#: A campaign small enough for tests: 256 x 256 pixels, 12 visits, a 0.03 deg sky to r = 26, with
+#: supernovae and (at a boosted density) lensed quasars.
 TINY_TOML = """
 [run]
 name = "tiny"
@@ -22,6 +23,8 @@ max_visits = 12
 radius = 0.03
 galaxy_mag_limit = 26.0
 star_mag_limit = 25.0
+[lensing]
+density = 20000.0
 [sensor]
 nx = 256
 ny = 256

@@ -42,7 +42,7 @@ def test_serial_run_outputs(reference):
     cfg, run, (digest, n) = reference
     assert n == 12
     st = json.loads(cli("status", run, "--json", check=True).stdout)
-    assert st["complete"] and st["n_done"] == 13 and not st["running"] and st["checkpoints"] == []
+    assert st["complete"] and st["n_done"] == 14 and not st["running"] and st["checkpoints"] == []
     with h5py.File(run / "truth.h5", "r") as fh:
         assert len(fh["stars"]) > 0 and len(fh["galaxies"]) > 100 and len(fh["visits"]) == 12
     f = sorted((run / "eimages").glob("v*.h5"))[0]
@@ -57,7 +57,7 @@ def test_serial_run_outputs(reference):
         i = list(fh["visit_id"][...]).index(a["visit_id"])
         assert np.array_equal(stack[i], img)
     trace = [json.loads(x) for x in (run / "trace.jsonl").read_text().splitlines()]
-    assert {r["kind"] for r in trace} == {"sky", "visit"}
+    assert {r["kind"] for r in trace} == {"sky", "variables", "visit"}
     assert all(r["bytes"] > 0 and r["peak_rss_mb"] > 0 for r in trace)
 
 

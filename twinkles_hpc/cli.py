@@ -144,6 +144,7 @@ def run_status(rundir):
         with open(tpath) as fh:
             trace = [json.loads(line) for line in fh if line.strip()]
     n_done = sum(k["done"] for k in kinds.values())
+    per_visit = _visit_counts(rundir, visits, done)
     return {
         "rundir": rundir, "name": cfg.run.name, "tasks": kinds, "n_tasks": len(tasks), "n_done": n_done,
         "complete": n_done == len(tasks), "running": RunLock.is_locked(rundir),
@@ -153,7 +154,26 @@ def run_status(rundir):
         "checkpoints": ckpts, "lost_outputs": lost,
         "bytes_written": int(sum(r["bytes"] for r in trace)),
         "task_seconds": round(sum(r["end"] - r["start"] for r in trace), 2),
+        "per_visit": per_visit,
     }
+
+
+def _visit_counts(rundir, visits, done):
+    """Median and range over finished visits of the sources each eimage records (attributes)."""
+    from twinkles_hpc.parallel import campaign
+    from twinkles_hpc.store.atomic import open_read
+    import numpy as np
+    keys = ("n_sources", "n_supernovae", "n_supernovae_snr5", "n_lensed_images", "n_saturated")
+    vals = {k: [] for k in keys}
+    for v in visits:
+        if campaign.visit_task_id(v["visit_id"]) not in done:
+            continue
+        with open_read(os.path.join(rundir, campaign.eimage_relpath(v["visit_id"], v["band"]))) as fh:
+            for k in keys:
+                if k in fh.attrs:
+                    vals[k].append(int(fh.attrs[k]))
+    return {k: {"median": float(np.median(x)), "min": int(min(x)), "max": int(max(x))}
+            for k, x in vals.items() if x}
 
 
 def cmd_status(args):
@@ -171,6 +191,8 @@ def cmd_status(args):
     for f in st["failed"]:
         print(f"  failed: rank {f['rank']} task {f['task']}: {f['message']}")
     print(f"  {st['bytes_written'] / 1e6:.1f} MB written, {st['task_seconds']:.1f} task-seconds")
+    for k, v in st["per_visit"].items():
+        print(f"  per visit: {k:18s} median {v['median']:8.1f}  range {v['min']}..{v['max']}")
     if not st["complete"] and not st["running"]:
         print("  resume with the same `twinkles-hpc run CONFIG -o RUNDIR` command")
     return 0

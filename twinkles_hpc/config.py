@@ -72,6 +72,33 @@ class SkySection:
 
 
 @dataclass
+class SupernovaeSection:
+    enabled: bool = opt(True, "", "Simulate type Ia supernovae in host galaxies (plus hostless twins).")
+    rate_boost: float = opt(160.0, "",
+                            "Multiplier on the Dilday et al. (2010) SN Ia rate: 160 gives about 100 SNe Ia "
+                            "with SNR > 5 per full-sensor image (Run 3 used 100).", lo=0.0)
+    z_max: float = opt(1.2, "", "Highest supernova redshift.", lo=0.0, lo_open=True, hi=1.5)
+    hostless_twins: bool = opt(True, "", "Add one hostless twin per hosted supernova (as Run 3 did).")
+
+
+@dataclass
+class LensingSection:
+    enabled: bool = opt(True, "", "Sprinkle strongly lensed quasars onto lens galaxies.")
+    source: str = opt("synthetic", "",
+                      "'synthetic' (OM10-like systems drawn and solved by the project) or a path to an "
+                      "OM10-format FITS table, relative to the config file.")
+    density: float = opt(700.0, "1/deg^2",
+                         "Lensed-quasar systems per square degree (Run 3: about 200 within 0.3 deg).",
+                         lo=0.0, hi=1e5)
+
+
+@dataclass
+class InstcatSection:
+    write: bool = opt(False, "",
+                      "Write a PhoSim instance catalogue per visit (instcat/phosim_cat_NNNNNNNN.txt).")
+
+
+@dataclass
 class SensorSection:
     nx: int = opt(instrument.SENSOR_NX, "pixel", "Sensor width (serial direction).", lo=16, hi=100_000)
     ny: int = opt(instrument.SENSOR_NY, "pixel", "Sensor height (parallel direction).", lo=16, hi=100_000)
@@ -103,6 +130,9 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
     cadence: CadenceSection = field(default_factory=CadenceSection)
     sky: SkySection = field(default_factory=SkySection)
+    supernovae: SupernovaeSection = field(default_factory=SupernovaeSection)
+    lensing: LensingSection = field(default_factory=LensingSection)
+    instcat: InstcatSection = field(default_factory=InstcatSection)
     sensor: SensorSection = field(default_factory=SensorSection)
     imsim: ImsimSection = field(default_factory=ImsimSection)
     #: Directory the config file was read from; relative paths in it resolve against this.
@@ -160,6 +190,10 @@ def _validate(cfg):
     if c.source != "synthetic" and not os.path.exists(cfg.resolve_path(c.source)):
         raise InputError(p, "cadence.source", "'synthetic' or an existing OpSim CSV/SQLite file",
                          cfg.resolve_path(c.source))
+    src = cfg.lensing.source
+    if src != "synthetic" and not os.path.exists(cfg.resolve_path(src)):
+        raise InputError(p, "lensing.source", "'synthetic' or an existing OM10-format FITS table",
+                         cfg.resolve_path(src))
 
 
 def from_dict(data, path="<dict>", base_dir="."):

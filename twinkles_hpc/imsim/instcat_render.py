@@ -2,7 +2,8 @@
 own command line does for a single chip (our sensor model: R22_S11 centred on the boresight).
 
 Supported objects: `point` and `sersic2d` (index 1 or 4), with magnitudes from magNorm and the SED
-(a flat SED gives magNorm in every band), weak-lensing gamma1/gamma2/kappa and delta RA/Dec offsets.
+(a flat SED gives magNorm in every band), weak-lensing gamma1/gamma2/kappa and delta RA/Dec offsets
+(radians, as PhoSim reads them). Atmospheric extinction k (X - 1) uses the airmass of the header's altitude.
 """
 from __future__ import annotations
 
@@ -75,12 +76,13 @@ def render_instance_catalog(path, output, *, nx=instrument.SENSOR_NX, ny=instrum
         raise InputError(path, f"object {o['id'][i]} sersic2d index", "1 or 4 (exponential or de Vaucouleurs)",
                          float(o["sersic_n"][i]))
     wcs = SensorWCS(cat.ra, cat.dec, cat.rot_sky_pos, nx, ny, pixel_scale)
-    x, y = wcs.sky_to_pixel(o["ra"] + o["dra"], o["dec"] + o["ddec"])
+    x, y = wcs.sky_to_pixel(o["ra"] + np.rad2deg(o["dra"]), o["dec"] + np.rad2deg(o["ddec"]))
     reach = EDGE_MARGIN_PIX + 8.0 * o["major_arcsec"] / pixel_scale
     on = (x > -0.5 - reach) & (x < nx - 0.5 + reach) & (y > -0.5 - reach) & (y < ny - 0.5 + reach)
     o, x, y = o[on], x[on], y[on]
     mu = 1.0 / np.abs((1 - o["kappa"]) ** 2 - o["gamma1"] ** 2 - o["gamma2"] ** 2)
-    flux = instrument.counts_from_mag(_magnitudes(o, band), band, exptime) * mu
+    extinction = 10.0 ** (-0.4 * instrument.K_ATM[band] * (cat.airmass - 1.0))
+    flux = instrument.counts_from_mag(_magnitudes(o, band), band, exptime) * mu * extinction
     psf = PSFModel(fwhm, pixel_scale=pixel_scale, nx=nx, ny=ny)
     image = np.zeros((ny, nx))
     pt = o["source_type"] == "point"

@@ -40,6 +40,7 @@ class VisitSpec:
     fwhm_eff: float
     fwhm_geom: float
     sky_brightness: float
+    five_sigma_depth: float
     rot_sky_pos: float
     ra: float
     dec: float
@@ -71,8 +72,13 @@ def _extinction(band, airmass):
     return 10.0 ** (-0.4 * instrument.K_ATM[band] * (airmass - 1.0))
 
 
-def select_sources(stars, galaxies, spec: VisitSpec, wcs: SensorWCS):
-    """Project the catalogue onto the sensor and keep what can put light on it, in id order."""
+def select_sources(stars, galaxies, spec: VisitSpec, wcs: SensorWCS, variables=None, var_mags=None):
+    """Project the catalogue onto the sensor and keep what can put light on it.
+
+    Render order: stars, galaxies, variable point sources (supernovae, lensed quasar images), each in
+    catalogue order. `var_mags` are the variables' AB magnitudes in this visit (inf: no light).
+    Returns the SourceList and the boolean selections (stars, galaxies, variables) of the catalogue.
+    """
     b, t = spec.band, spec.exptime
     ext = _extinction(b, spec.airmass)
     xs, ys = wcs.sky_to_pixel(stars["ra"], stars["dec"])
@@ -84,20 +90,40 @@ def select_sources(stars, galaxies, spec: VisitSpec, wcs: SensorWCS):
     g = galaxies[gon]
     bflux = np.nan_to_num(instrument.counts_from_mag(g[f"bulge_mag_{b}"], b, t) * ext, posinf=0.0)
     dflux = np.nan_to_num(instrument.counts_from_mag(g[f"disk_mag_{b}"], b, t) * ext, posinf=0.0)
-    n_s, n_g = int(on.sum()), len(g)
-    shape = np.zeros((n_s + n_g, 6))
-    shape[n_s:] = np.column_stack([g["bulge_hlr"], g["bulge_q"], g["bulge_pa"],
-                                   g["disk_hlr"], g["disk_q"], g["disk_pa"]])
-    return SourceList(
-        x=np.concatenate([xs[on], xg[gon]]), y=np.concatenate([ys[on], yg[gon]]),
-        kind=np.concatenate([np.zeros(n_s, np.int8), np.ones(n_g, np.int8)]),
-        flux=np.concatenate([sflux, bflux]), flux2=np.concatenate([np.zeros(n_s), dflux]),
+    if variables is None or len(variables) == 0:
+        von = np.zeros(0, bool)
+        xv = yv = vflux = np.zeros(0)
+    else:
+        xv, yv = wcs.sky_to_pixel(variables["ra"], variables["dec"])
+        von = _on_sensor(xv, yv, wcs, EDGE_MARGIN_PIX) & np.isfinite(var_mags)
+        xv, yv = xv[von], yv[von]
+        vflux = instrument.counts_from_mag(var_mags[von], b, t) * ext
+    n_s, n_g, n_v = int(on.sum()), len(g), int(von.sum())
+    shape = np.zeros((n_s + n_g + n_v, 6))
+    shape[n_s:n_s + n_g] = np.column_stack([g["bulge_hlr"], g["bulge_q"], g["bulge_pa"],
+                                            g["disk_hlr"], g["disk_q"], g["disk_pa"]])
+    src = SourceList(
+        x=np.concatenate([xs[on], xg[gon], xv]), y=np.concatenate([ys[on], yg[gon], yv]),
+        kind=np.concatenate([np.zeros(n_s, np.int8), np.ones(n_g, np.int8), np.zeros(n_v, np.int8)]),
+        flux=np.concatenate([sflux, bflux, vflux]), flux2=np.concatenate([np.zeros(n_s), dflux, np.zeros(n_v)]),
         shape=shape)
+    return src, {"stars": on, "galaxies": gon, "variables": von}
 
 
 def _on_sensor(x, y, wcs, margin):
     return ((x > -0.5 - margin) & (x < wcs.nx - 0.5 + margin)
             & (y > -0.5 - margin) & (y < wcs.ny - 0.5 + margin))
+
+
+def variable_counts(variables, var_mags, on_sensor, m5):
+    """Supernovae and lensed images with light on the sensor, and supernovae with a point-source
+    SNR > 5 estimated from the visit's 5-sigma depth (SNR = 5 x 10^(-0.4 (m - m5)))."""
+    if variables is None or len(variables) == 0:
+        return dict(n_supernovae=0, n_supernovae_snr5=0, n_lensed_images=0)
+    kind, m = variables["kind"][on_sensor], var_mags[on_sensor]
+    sn = kind == 1
+    return dict(n_supernovae=int(sn.sum()), n_supernovae_snr5=int((sn & (m < m5)).sum()),
+                n_lensed_images=int((kind == 2).sum()))
 
 
 def render_chunk(image, src: SourceList, sl: slice, psf: PSFModel, jacobian):
@@ -146,15 +172,18 @@ class VisitCheckpoint:
 
 
 def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, should_stop=lambda: False,
-                   log=None):
+                   log=None, variables=None, var_mags=None, instcat_path=None):
     """Render, add noise and write one eimage. Returns {path: bytes} of what it wrote.
 
-    Raises Interrupted after writing a checkpoint when should_stop() turns true between chunks.
+    `variables` (twinkles_hpc.sky.variables.VARIABLE_DTYPE) with `var_mags`, their magnitudes in this
+    visit, add the supernovae and lensed quasar images. With `instcat_path`, the visit's PhoSim
+    instance catalogue is written too. Raises Interrupted after writing a checkpoint when
+    should_stop() turns true between chunks.
     """
     sensor, im = cfg.sensor, cfg.imsim
     wcs = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
     psf = make_psf(spec, sensor, im)
-    src = select_sources(stars, galaxies, spec, wcs)
+    src, sel = select_sources(stars, galaxies, spec, wcs, variables, var_mags)
     n_chunks = max(1, -(-len(src) // im.chunk_objects))
     key = (cfg.run.seed, spec.visit_id, STAGE_NOISE)
     signature = json.dumps({"config": cfg.fingerprint(), "visit": spec.visit_id, "n_src": len(src),
@@ -196,13 +225,26 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
                 sky_brightness=spec.sky_brightness, rot_sky_pos=spec.rot_sky_pos, ra=spec.ra, dec=spec.dec,
                 sky_e=sky_e, read_noise=sensor.read_noise, full_well=sensor.full_well, gain=instrument.GAIN,
                 zeropoint=instrument.ZEROPOINT[spec.band], n_saturated=n_sat, n_sources=len(src),
+                **variable_counts(variables, var_mags, sel["variables"], spec.five_sigma_depth),
                 seed=cfg.run.seed, run_name=cfg.run.name, software=f"twinkles-hpc {__version__}")
     written = write_eimage(out_path, pixels, meta, wcs, psf, im.compression)
+    if instcat_path:
+        from twinkles_hpc.imsim.instcat_write import write_visit_catalog
+        vsel = sel["variables"] if variables is not None else slice(0, 0)
+        write_visit_catalog(instcat_path, spec, cfg.run.seed, stars[sel["stars"]], galaxies[sel["galaxies"]],
+                            variables[vsel] if variables is not None else _no_variables(),
+                            var_mags[vsel] if variables is not None else np.zeros(0))
+        written[instcat_path] = os.path.getsize(instcat_path)
     if im.fits:
         fits_path = os.path.splitext(out_path)[0] + ".fits"
         written[fits_path] = export_fits(out_path, fits_path)
     ckpt.remove()
     return written
+
+
+def _no_variables():
+    from twinkles_hpc.sky.variables import VARIABLE_DTYPE
+    return np.zeros(0, dtype=VARIABLE_DTYPE)
 
 
 def write_eimage(path, pixels, meta, wcs: SensorWCS, psf: PSFModel, compression="none"):

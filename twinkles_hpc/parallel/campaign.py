@@ -3,7 +3,11 @@
 Run directory layout (docs/design.md):
     config.toml, config.json   the config as given, and its canonical form (a rerun must match it)
     visits.h5                  the selected cadence (written by rank 0 before any task)
-    truth.h5                   static sky (stars, galaxies) and the cadence: task `sky`
+    truth.h5                   static sky (stars, galaxies), supernovae, lensed quasars (systems, images),
+                               the variable sources and the cadence: task `sky`
+    variables/truth-KKKK.h5    true magnitude/flux of every variable source in each visit of chunk KKKK
+                               (500 visits a chunk): task `variables/KKKK`
+    instcat/                   PhoSim instance catalogues per visit (when [instcat] write = true)
     eimages/vNNNNNNNN-B.h5     one eimage per visit: task `visit/NNNNNNNN`
     eimages/band-B.h5          per-band virtual datasets over the eimages (after the last visit)
     checkpoints/               partial visits (mid-visit checkpoints), removed when a visit completes
@@ -94,7 +98,7 @@ def existing_visits(rundir):
 
 def init_rundir(cfg, rundir, config_text, visits):
     """Create the layout and record the config and the cadence (first run only)."""
-    for d in ("eimages", "checkpoints"):
+    for d in ("eimages", "checkpoints", "variables"):
         os.makedirs(os.path.join(rundir, d), exist_ok=True)
     path = os.path.join(rundir, "visits.h5")
     if not os.path.exists(path):
@@ -124,45 +128,131 @@ def visit_cost(visit, sensor):
     return float(npix * (1.0 + 0.5 * (visit["fwhm_geom"] / 0.7) ** 2))
 
 
+#: Visits per `variables/KKKK` task (the truth of the variable sky for a range of visits).
+VISITS_PER_TRUTH_CHUNK = 500
+
+
+def truth_chunks(visits):
+    """Visit ids split into consecutive chunks (by visit id) for the variables tasks."""
+    ids = np.sort(visits["visit_id"])
+    return [ids[i:i + VISITS_PER_TRUTH_CHUNK] for i in range(0, len(ids), VISITS_PER_TRUTH_CHUNK)]
+
+
+def truth_relpath(k):
+    return os.path.join("variables", f"truth-{k:04d}.h5")
+
+
+def has_variables(cfg):
+    return cfg.supernovae.enabled or cfg.lensing.enabled
+
+
 def build_tasks(cfg, visits):
     sky_cost = 2.0 * (cfg.sky.radius / 0.3) ** 2
     tasks = [Task(SKY_TASK, "sky", cost=sky_cost)]
+    chunk_of = {}
+    if has_variables(cfg):
+        for k, ids in enumerate(truth_chunks(visits)):
+            tid = f"variables/{k:04d}"
+            tasks.append(Task(tid, "variables", cost=sky_cost * len(ids) / 1000.0, deps=(SKY_TASK,),
+                              params={"chunk": k}))
+            chunk_of.update({int(v): (tid, k) for v in ids})
     for v in visits:
-        tasks.append(Task(visit_task_id(v["visit_id"]), "visit", cost=visit_cost(v, cfg.sensor),
-                          deps=(SKY_TASK,), params={"visit_id": int(v["visit_id"])}))
+        vid = int(v["visit_id"])
+        dep, k = chunk_of.get(vid, (SKY_TASK, None))
+        tasks.append(Task(visit_task_id(vid), "visit", cost=visit_cost(v, cfg.sensor),
+                          deps=(dep,), params={"visit_id": vid, "chunk": k}))
     return tasks
 
 
 # -- task bodies -----------------------------------------------------------------------------------
 def run_sky(cfg, rundir, visits):
+    """The static sky, the sprinkled lensed quasars and the supernovae -> truth.h5."""
+    from twinkles_hpc.sky import variables as var
     from twinkles_hpc.sky.static import build_static_sky
-    s = cfg.sky
-    sky = build_static_sky(cfg.run.seed, cfg.cadence.ra, cfg.cadence.dec, s.radius,
-                           star_mag_limit_r=s.star_mag_limit, galaxy_mag_limit_r=s.galaxy_mag_limit,
-                           star_density_scale=s.star_density_scale,
+    s, ra, dec, seed = cfg.sky, cfg.cadence.ra, cfg.cadence.dec, cfg.run.seed
+    sky = build_static_sky(seed, ra, dec, s.radius, star_mag_limit_r=s.star_mag_limit,
+                           galaxy_mag_limit_r=s.galaxy_mag_limit, star_density_scale=s.star_density_scale,
                            galaxy_density_scale=s.galaxy_density_scale)
+    galaxies, systems, images = _lensed_quasars(cfg, sky["galaxies"])
+    sne = _supernovae(cfg, galaxies, visits)
     path = os.path.join(rundir, "truth.h5")
     with atomic_h5(path) as fh:
         write_table(fh, "stars", sky["stars"])
-        write_table(fh, "galaxies", sky["galaxies"])
+        write_table(fh, "galaxies", galaxies)
         write_table(fh, "visits", visits)
-        fh.attrs["seed"] = cfg.run.seed
-        fh.attrs["ra"], fh.attrs["dec"], fh.attrs["radius_deg"] = cfg.cadence.ra, cfg.cadence.dec, s.radius
+        write_table(fh, "supernovae", sne)
+        write_table(fh, "lens_systems", systems)
+        write_table(fh, "lensed_images", images)
+        write_table(fh, "variables", var.variable_sources(sne, images, systems))
+        fh.attrs["seed"] = seed
+        fh.attrs["ra"], fh.attrs["dec"], fh.attrs["radius_deg"] = ra, dec, s.radius
     return {"truth.h5": os.path.getsize(path)}
 
 
+def _lensed_quasars(cfg, galaxies):
+    """(galaxies with the lenses sprinkled in, lens systems, quasar images)."""
+    from twinkles_hpc.sky import sprinkler
+    if not cfg.lensing.enabled:
+        return (galaxies, np.zeros(0, dtype=sprinkler.LENS_SYSTEM_DTYPE),
+                np.zeros(0, dtype=sprinkler.LENSED_IMAGE_DTYPE))
+    L, seed = cfg.lensing, cfg.run.seed
+    if L.source == "synthetic":
+        area = np.pi * cfg.sky.radius ** 2
+        om10 = sprinkler.draw_om10_like(seed, max(1, int(np.ceil(2 * L.density * area + 10))))
+    else:
+        from twinkles_hpc.sky.lensing import read_om10
+        om10 = read_om10(cfg.resolve_path(L.source))
+    return sprinkler.sprinkle(seed, galaxies, om10, cfg.cadence.ra, cfg.cadence.dec, cfg.sky.radius,
+                              density_per_deg2=L.density)
+
+
+def _supernovae(cfg, galaxies, visits):
+    from twinkles_hpc.sky import supernovae
+    if not cfg.supernovae.enabled:
+        return np.zeros(0, dtype=supernovae.SN_DTYPE)
+    S = cfg.supernovae
+    return supernovae.make_supernovae(cfg.run.seed, galaxies, cfg.cadence.ra, cfg.cadence.dec, cfg.sky.radius,
+                                      float(visits["mjd"].min()), float(visits["mjd"].max()), z_max=S.z_max,
+                                      rate_boost=S.rate_boost, hostless_twins=S.hostless_twins)
+
+
+def run_variables(cfg, rundir, visits, chunk):
+    """Truth magnitudes of every variable source in the visits of one chunk -> variables/truth-KKKK.h5."""
+    from twinkles_hpc.sky import variables as var
+    with open_read(os.path.join(rundir, "truth.h5")) as fh:
+        sne, systems, images = (read_table(fh[k]) for k in ("supernovae", "lens_systems", "lensed_images"))
+    ids = truth_chunks(visits)[chunk]
+    mine = np.isin(visits["visit_id"], ids)
+    rows = np.concatenate([var.supernova_truth(sne, visits[mine]),
+                           # the quasar curves are sampled at every visit of the run, then cut to the chunk,
+                           # so a chunk's values do not depend on how the visits are chunked
+                           _cut(var.quasar_truth(systems, images, visits), ids)])
+    rows = rows[np.lexsort((rows["source_id"], rows["visit_id"]))]
+    rel = truth_relpath(chunk)
+    path = os.path.join(rundir, rel)
+    with atomic_h5(path) as fh:
+        write_table(fh, "truth", rows, compression="gzip", shuffle=True,
+                    chunks=True if len(rows) else None)
+        fh.create_dataset("visit_id", data=ids)
+    return {rel: os.path.getsize(path)}
+
+
+def _cut(rows, visit_ids):
+    return rows[np.isin(rows["visit_id"], visit_ids)]
+
+
 class _CatalogCache:
-    """Each worker reads truth.h5 once and keeps it for all its visits."""
+    """Each worker reads a file's tables once and keeps them for all its visits."""
 
     def __init__(self):
         self.key, self.value = None, None
 
-    def get(self, path):
+    def get(self, path, names):
         st = os.stat(path)
-        key = (path, st.st_mtime_ns, st.st_size)
+        key = (path, st.st_mtime_ns, st.st_size, tuple(names))
         if key != self.key:
             with open_read(path) as fh:
-                self.value = (read_table(fh["stars"]), read_table(fh["galaxies"]))
+                self.value = tuple(read_table(fh[n]) for n in names)
             self.key = key
         return self.value
 
@@ -170,14 +260,37 @@ class _CatalogCache:
 _catalog = _CatalogCache()
 
 
-def run_visit(cfg, rundir, visit, should_stop, log=None):
+_truth_chunk = _CatalogCache()
+
+
+def visit_variable_mags(rundir, chunk, visit_id, variables):
+    """AB magnitudes of every variable source in one visit (inf where it has no light)."""
+    mags = np.full(len(variables), np.inf)
+    if chunk is None or len(variables) == 0:
+        return mags
+    rows = _truth_chunk.get(os.path.join(rundir, truth_relpath(chunk)), ("truth",))[0]
+    lo, hi = np.searchsorted(rows["visit_id"], [visit_id, visit_id + 1])
+    r = rows[lo:hi]
+    idx = np.searchsorted(variables["source_id"], r["source_id"])
+    mags[idx] = r["mag"]
+    return mags
+
+
+def run_visit(cfg, rundir, visit, chunk, should_stop, log=None):
     from twinkles_hpc.imsim.visit import VisitSpec, simulate_visit
     spec = VisitSpec.from_row(visit)
-    stars, galaxies = _catalog.get(os.path.join(rundir, "truth.h5"))
+    stars, galaxies, variables = _catalog.get(os.path.join(rundir, "truth.h5"),
+                                              ("stars", "galaxies", "variables"))
+    var_mags = visit_variable_mags(rundir, chunk, spec.visit_id, variables)
     rel = eimage_relpath(spec.visit_id, spec.band)
     out = os.path.join(rundir, rel)
     ckpt = os.path.join(rundir, "checkpoints", f"v{spec.visit_id:08d}.h5")
-    written = simulate_visit(spec, stars, galaxies, cfg, out, ckpt, should_stop, log=log)
+    instcat = None
+    if cfg.instcat.write:
+        instcat = os.path.join(rundir, "instcat", f"phosim_cat_{spec.visit_id:08d}.txt")
+        os.makedirs(os.path.dirname(instcat), exist_ok=True)
+    written = simulate_visit(spec, stars, galaxies, cfg, out, ckpt, should_stop, log=log, variables=variables,
+                             var_mags=var_mags, instcat_path=instcat)
     return {os.path.relpath(p, rundir): n for p, n in written.items()}
 
 
@@ -185,16 +298,19 @@ class Executor:
     """execute(task, should_stop) for the engine: dispatches on the task kind."""
 
     def __init__(self, cfg, rundir, visits, log=None):
-        self.cfg, self.rundir, self.log = cfg, rundir, log
-        self.visits = {int(v["visit_id"]): v for v in visits}
+        self.cfg, self.rundir, self.log, self.visits = cfg, rundir, log, visits
+        self.by_id = {int(v["visit_id"]): v for v in visits}
 
     def __call__(self, task, should_stop):
         if fault("raise_in_task") == task.id:
             raise RuntimeError(f"injected fault in {task.id} (TWINKLES_HPC_FAULT)")
+        p = task.params
         if task.kind == "sky":
-            return run_sky(self.cfg, self.rundir, np.array(list(self.visits.values())))
+            return run_sky(self.cfg, self.rundir, self.visits)
+        if task.kind == "variables":
+            return run_variables(self.cfg, self.rundir, self.visits, p["chunk"])
         if task.kind == "visit":
-            return run_visit(self.cfg, self.rundir, self.visits[task.params["visit_id"]], should_stop,
+            return run_visit(self.cfg, self.rundir, self.by_id[p["visit_id"]], p.get("chunk"), should_stop,
                              self.log)
         raise ValueError(f"unknown task kind {task.kind!r}")
 

@@ -159,6 +159,17 @@ class InstanceCatalog:
         return None
 
     @property
+    def airmass(self):
+        """Airmass from the altitude (plane-parallel 1/sin(alt)); 1.0 when the altitude is absent."""
+        alt = self._get("altitude")
+        if alt is None:
+            return 1.0
+        if not 0.0 < alt <= 90.0:
+            raise InputError(self.path or "<instance catalogue>", "header altitude",
+                             "an altitude in (0, 90] deg", alt)
+        return 1.0 / math.sin(math.radians(alt))
+
+    @property
     def nsnap(self):
         """Number of snaps in the visit (PhoSim default 2)."""
         return self._get("nsnap", _DEFAULT_NSNAP)
