@@ -270,7 +270,11 @@ def build_parser():
     i.set_defaults(func=cmd_imsim)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim"], help="what to benchmark")
+    b.add_argument("what", choices=["imsim", "visit"],
+                   help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
+                        "without its variable sources")
+    b.add_argument("--rundir", help="run directory (bench visit)")
+    b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
     b.add_argument("--nx", type=int, default=4000)
     b.add_argument("--ny", type=int, default=4072)
     b.add_argument("--stars", type=int, default=2000)

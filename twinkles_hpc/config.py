@@ -74,9 +74,10 @@ class SkySection:
 @dataclass
 class SupernovaeSection:
     enabled: bool = opt(True, "", "Simulate type Ia supernovae in host galaxies (plus hostless twins).")
-    rate_boost: float = opt(160.0, "",
-                            "Multiplier on the Dilday et al. (2010) SN Ia rate: 160 gives about 100 SNe Ia "
-                            "with SNR > 5 per full-sensor image (Run 3 used 100).", lo=0.0)
+    rate_boost: float = opt(270.0, "",
+                            "Multiplier on the Dilday et al. (2010) SN Ia rate: 270 gives about 100 SNe Ia "
+                            "with SNR > 5 per full-sensor image at each visit's depth (Run 3 used 100).",
+                            lo=0.0)
     z_max: float = opt(1.2, "", "Highest supernova redshift.", lo=0.0, lo_open=True, hi=1.5)
     hostless_twins: bool = opt(True, "", "Add one hostless twin per hosted supernova (as Run 3 did).")
 

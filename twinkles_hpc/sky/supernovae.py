@@ -47,10 +47,10 @@ SN_DTYPE = np.dtype([
 #: (rest-frame years).
 DILDAY_RATE = 2.69e-5
 DILDAY_INDEX = 1.5
-#: Multiplies the rate so that ~100 SNe Ia have SNR > 5 in each sensor image (docs/supernovae.md:
-#: with this boost, 0.3 deg around the Twinkles field and the Run 1 cadence, 103 per image counting
-#: hostless twins, 52 without). Twinkles Run 3 used 100.
-DEFAULT_RATE_BOOST = 160.0
+#: Multiplies the rate so that ~100 SNe Ia have SNR > 5 in each sensor image, the SNR taken from each
+#: Run 1 visit's own fiveSigmaDepth (docs/supernovae.md: 0.37 per image per unit boost with hostless
+#: twins, so 270 gives ~100). Twinkles Run 3 used 100.
+DEFAULT_RATE_BOOST = 270.0
 X1_MEAN_STD = (0.0, 1.0)
 C_MEAN_STD = (0.0, 0.1)
 M_B_MEAN_STD = (-19.3, 0.15)
