@@ -116,3 +116,22 @@ def test_instance_catalogue_round_trip_renders_the_same_image(run, tmp_path):
     # equal to float32 rounding plus the SED magnitude interpolation (< 1e-3 mag)
     assert np.abs(ia - ib).max() <= 2e-3 * src.max() + 1e-3 * sky
     assert abs((ib - sky).sum() / src.sum() - 1) < 1e-3
+
+
+def test_run_sprinkles_systems_from_the_real_om10_table(tmp_path):
+    from conftest import shared_file
+    om10 = shared_file("twinkles_om10_lenses.fits")
+    cfg = tmp_path / "om10.toml"
+    cfg.write_text(TINY_TOML.replace("[lensing]\n", f"[lensing]\nsource = {str(om10)!r}\n")
+                   .replace("max_visits = 12", "max_visits = 6"))
+    cli("run", cfg, "-o", tmp_path / "run", check=True)
+    t = tables(tmp_path / "run")
+    systems, images = t["lens_systems"], t["lensed_images"]
+    assert len(systems) > 0 and np.all(systems["om10_lensid"] >= 0)
+    from twinkles_hpc.sky.lensing import read_om10
+    table = read_om10(str(om10))
+    row = table[table["LENSID"] == systems["om10_lensid"][0]][0]
+    mine = np.sort(np.abs(images["mag"][images["sys_id"] == systems["sys_id"][0]]))
+    assert np.allclose(mine, np.sort(np.abs(row["MAG"][:row["NIMG"]])))
+    lens = t["galaxies"][t["galaxies"]["id"] == systems["lens_galaxy_id"][0]][0]
+    assert lens["redshift"] == pytest.approx(row["ZLENS"]) and np.isinf(lens["disk_mag_r"])
