@@ -120,6 +120,10 @@ class ImsimSection:
     checkpoint_interval: float = opt(120.0, "s",
                                      "Write a mid-visit checkpoint after a chunk when this long has "
                                      "passed since the last one (0 = after every chunk).", lo=0.0)
+    pointing_error: float = opt(1.0, "arcsec",
+                                "Rms telescope pointing error per axis: the image is rendered at the true "
+                                "pointing, the eimage header carries the nominal one.", lo=0.0)
+    rotation_error: float = opt(30.0, "arcsec", "Rms rotator (rotSkyPos) error.", lo=0.0)
     compression: str = opt("none", "", "HDF5 compression of pixel planes.",
                            choices=("none", "lzf", "gzip"))
     fits: bool = opt(False, "", "Also write each eimage as FITS (with WCS) beside the HDF5 file.")

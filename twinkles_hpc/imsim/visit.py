@@ -6,6 +6,7 @@ so the eimage is bit-identical whatever rank runs it and however often the visit
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from twinkles_hpc.imsim.wcs import SensorWCS
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 
 STAGE_NOISE = 1
+STAGE_POINTING = 2
 #: Extra margin (pixels) around the sensor inside which sources are still rendered: their light
 #: spills onto the sensor. Galaxies also get 8 half-light radii.
 EDGE_MARGIN_PIX = 32
@@ -140,6 +142,19 @@ def render_chunk(image, src: SourceList, sl: slice, psf: PSFModel, jacobian):
                         f2[gal], s[:, 3], s[:, 4], s[:, 5], jacobian, psf)
 
 
+def true_pointing(spec: VisitSpec, cfg):
+    """Where the telescope really pointed: the cadence's (nominal) pointing plus a pointing error
+    (Gaussian, `imsim.pointing_error` arcsec per axis) and a rotator error (`imsim.rotation_error`
+    arcsec), keyed by (run seed, visit id, STAGE_POINTING). The image is rendered with the true WCS;
+    the eimage header carries the nominal one, which Level 2 calibrates against its reference stars."""
+    g = np.random.default_rng([cfg.run.seed, spec.visit_id, STAGE_POINTING]).standard_normal(3)
+    e = cfg.imsim.pointing_error / 3600.0
+    dec = spec.dec + g[1] * e
+    ra = spec.ra + g[0] * e / np.cos(np.deg2rad(dec))
+    rot = spec.rot_sky_pos + g[2] * cfg.imsim.rotation_error / 3600.0
+    return dataclasses.replace(spec, ra=float(ra), dec=float(dec), rot_sky_pos=float(rot))
+
+
 def make_psf(spec: VisitSpec, sensor, imsim_cfg):
     return PSFModel(spec.fwhm_geom, pixel_scale=sensor.pixel_scale, nx=sensor.nx, ny=sensor.ny,
                     fwhm_gradient=imsim_cfg.psf_fwhm_gradient, ellip_gradient=imsim_cfg.psf_ellip_gradient)
@@ -181,7 +196,9 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
     should_stop() turns true between chunks.
     """
     sensor, im = cfg.sensor, cfg.imsim
-    wcs = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
+    true = true_pointing(spec, cfg)
+    wcs = SensorWCS(true.ra, true.dec, true.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
+    nominal = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
     psf = make_psf(spec, sensor, im)
     src, sel = select_sources(stars, galaxies, spec, wcs, variables, var_mags)
     n_chunks = max(1, -(-len(src) // im.chunk_objects))
@@ -227,11 +244,13 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
                 zeropoint=instrument.ZEROPOINT[spec.band], n_saturated=n_sat, n_sources=len(src),
                 **variable_counts(variables, var_mags, sel["variables"], spec.five_sigma_depth),
                 seed=cfg.run.seed, run_name=cfg.run.name, software=f"twinkles-hpc {__version__}")
-    written = write_eimage(out_path, pixels, meta, wcs, psf, im.compression)
+    meta.update(true_ra=true.ra, true_dec=true.dec, true_rot_sky_pos=true.rot_sky_pos,
+                true_wcs=wcs.astropy().to_header_string())
+    written = write_eimage(out_path, pixels, meta, nominal, psf, im.compression)
     if instcat_path:
         from twinkles_hpc.imsim.instcat_write import write_visit_catalog
         vsel = sel["variables"] if variables is not None else slice(0, 0)
-        write_visit_catalog(instcat_path, spec, cfg.run.seed, stars[sel["stars"]], galaxies[sel["galaxies"]],
+        write_visit_catalog(instcat_path, true, cfg.run.seed, stars[sel["stars"]], galaxies[sel["galaxies"]],
                             variables[vsel] if variables is not None else _no_variables(),
                             var_mags[vsel] if variables is not None else np.zeros(0))
         written[instcat_path] = os.path.getsize(instcat_path)

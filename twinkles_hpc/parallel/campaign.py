@@ -5,6 +5,7 @@ Run directory layout (docs/design.md):
     visits.h5                  the selected cadence (written by rank 0 before any task)
     truth.h5                   static sky (stars, galaxies), supernovae, lensed quasars (systems, images),
                                the variable sources and the cadence: task `sky`
+    refcat.h5                  the six-band reference catalogue (true stars with realistic errors): task `sky`
     variables/truth-KKKK.h5    true magnitude/flux of every variable source in each visit of chunk KKKK
                                (500 visits a chunk): task `variables/KKKK`
     instcat/                   PhoSim instance catalogues per visit (when [instcat] write = true)
@@ -168,6 +169,7 @@ def build_tasks(cfg, visits):
 def run_sky(cfg, rundir, visits):
     """The static sky, the sprinkled lensed quasars and the supernovae -> truth.h5."""
     from twinkles_hpc.sky import variables as var
+    from twinkles_hpc.sky.refcat import make_refcat
     from twinkles_hpc.sky.static import build_static_sky
     s, ra, dec, seed = cfg.sky, cfg.cadence.ra, cfg.cadence.dec, cfg.run.seed
     sky = build_static_sky(seed, ra, dec, s.radius, star_mag_limit_r=s.star_mag_limit,
@@ -186,7 +188,10 @@ def run_sky(cfg, rundir, visits):
         write_table(fh, "variables", var.variable_sources(sne, images, systems))
         fh.attrs["seed"] = seed
         fh.attrs["ra"], fh.attrs["dec"], fh.attrs["radius_deg"] = ra, dec, s.radius
-    return {"truth.h5": os.path.getsize(path)}
+    ref = os.path.join(rundir, "refcat.h5")
+    with atomic_h5(ref) as fh:
+        write_table(fh, "refcat", make_refcat(seed, sky["stars"]))
+    return {"truth.h5": os.path.getsize(path), "refcat.h5": os.path.getsize(ref)}
 
 
 def _lensed_quasars(cfg, galaxies):
