@@ -7,9 +7,10 @@ Estimators (docs/level2-forced.md), all in the image's units (electrons for a ca
   centres within `psf_radius` of it, masked pixels left out. The weights are one constant per object (the
   background variance, which then cancels): flux = sum P d / sum P^2, and the error propagates the full
   per-pixel variance plane (sky + the source's own shot noise): err = sqrt(sum P^2 v) / sum P^2. Weights
-  that do not depend on the pixel values keep the estimator linear and unbiased at every flux; weighting
-  by a variance plane that contains the source (estimated from the noisy image) would bias bright stars
-  low. In the sky-limited regime this is the optimal 1 / sqrt(sum P^2 / v).
+  that do not depend on the pixel values keep the estimator linear and unbiased at every flux. Weights
+  1 / v from a variance plane estimated from the noisy pixels correlate with the noise and bias every
+  flux low by ~ sum P / sum P^2 electrons, the PSF's effective area (~40 e- at 0.7", 2% at SNR 10).
+  Sky-limited, the error equals the optimal 1 / sqrt(sum P^2 / v).
 * Aperture fluxes: sum over pixels of (exact area of the pixel inside the circle) x data, variance
   sum area^2 v. Unusable pixels inside an aperture are filled with psf_flux x (model), flag AP_FILLED;
   an aperture that leaves the image is NaN.
@@ -35,9 +36,8 @@ FLAG_OFF_IMAGE, FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED, FLAG_NO_DATA, FLAG_AP_FI
 DEFAULT_AP_RADII = (3.0, 6.0, 12.0)
 #: Default PSF-fit radius in units of the effective FWHM (`psf_fwhm`); ~3.5 FWHM for a Kolmogorov PSF.
 PSF_RADIUS_FWHM = 3.0
-#: Largest PSF-fit or aperture radius accepted, pixels; at most MAX_APERTURES apertures (kernel buffers).
-MAX_RADIUS = 500.0
-MAX_APERTURES = 64
+#: Kernel buffer limits: PSF-fit and aperture radii (pixels), apertures, mixture components per object.
+MAX_RADIUS, MAX_APERTURES, MAX_COMPONENTS = 500.0, 64, 64
 
 
 def _radius_name(r):
@@ -48,9 +48,12 @@ def forced_dtype(ap_radii=DEFAULT_AP_RADII):
     """Record dtype of a forced-photometry catalogue: object_id, x, y (pixels), psf_flux, psf_flux_err,
     ap_flux_<r>, ap_flux_<r>_err per aperture radius r in pixels ('p' for a decimal point, 4.5 -> 4p5),
     all fluxes in image units (electrons on a calexp), and flags (FLAG_* bits)."""
+    names = [_radius_name(r) for r in ap_radii]
+    if len(set(names)) != len(names):
+        raise ValueError(f"aperture radii {list(ap_radii)} give duplicate field names {names}")
     fields = [("object_id", "i8"), ("x", "f8"), ("y", "f8"), ("psf_flux", "f8"), ("psf_flux_err", "f8")]
-    for r in ap_radii:
-        fields += [(f"ap_flux_{_radius_name(r)}", "f8"), (f"ap_flux_{_radius_name(r)}_err", "f8")]
+    for r in names:
+        fields += [(f"ap_flux_{r}", "f8"), (f"ap_flux_{r}_err", "f8")]
     return np.dtype(fields + [("flags", "i4")])
 
 
@@ -67,12 +70,22 @@ def _components(psf, n):
         raise ValueError(f"psf.components_at must return four arrays of shape (n={n}, K), got "
                          f"{[c.shape for c in comps]}")
     w, cxx, cxy, cyy = comps
-    if comps[0].shape[1] < 1 or not all(np.isfinite(c).all() for c in comps):
-        raise ValueError("psf.components_at returned no components or non-finite values")
+    if not 1 <= comps[0].shape[1] <= MAX_COMPONENTS or not all(np.isfinite(c).all() for c in comps):
+        raise ValueError(f"psf.components_at must return 1 to {MAX_COMPONENTS} components per object, all "
+                         f"finite; got {comps[0].shape[1]}")
     det = cxx * cyy - cxy * cxy
     if not (np.all(cxx > 0) and np.all(det > 0)):
         raise ValueError("psf.components_at returned a covariance that is not positive definite (px^2)")
     return w, cxx, cxy, cyy, det
+
+
+def mixture_image(w, cxx, cxy, cyy, dx, dy):
+    """The mixture of one position (w, cxx, cxy, cyy: arrays (K,), px^2) at offsets dx, dy (pixels, any
+    shape) from its centre: the PSF value per unit flux, per pixel, sampled as forced_photometry does."""
+    c = [np.asarray(a, dtype=np.float64).reshape((-1,) + (1,) * np.ndim(dx)) for a in (w, cxx, cxy, cyy)]
+    det = c[1] * c[3] - c[2] ** 2
+    q = (c[3] * dx ** 2 - 2 * c[2] * dx * dy + c[1] * dy ** 2) / det
+    return (c[0] / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * q)).sum(0)
 
 
 def psf_fwhm(psf, x, y):
@@ -80,7 +93,10 @@ def psf_fwhm(psf, x, y):
     n_eff = 1 / int P^2 (int P^2 = sum_jk w_j w_k / (2 pi sqrt det(C_j + C_k))); 1.16 x the true FWHM of a
     Kolmogorov profile."""
     x, y = _positions(x, y)
-    w, cxx, cxy, cyy, _ = _components(psf.components_at(x, y), x.size)
+    return _fwhm(*_components(psf.components_at(x, y), x.size)[:4])
+
+
+def _fwhm(w, cxx, cxy, cyy):
     sxx, sxy, syy = (c[:, :, None] + c[:, None, :] for c in (cxx, cxy, cyy))
     ipp = (w[:, :, None] * w[:, None, :] / (2 * np.pi * np.sqrt(sxx * syy - sxy * sxy))).sum((1, 2))
     return np.sqrt(2 * np.log(2) / (np.pi * ipp))
@@ -134,8 +150,8 @@ def forced_photometry(image, variance, mask, x, y, psf, *, object_ids=None, ap_r
     x, y: object positions, pixels, (0, 0) the centre of the first pixel; psf: object with
         components_at(x, y) -> (w, cxx, cxy, cyy), (n, K) arrays, covariances in px^2 with the pixel
         response included. object_ids: int64 per object (default 0..n-1).
-    ap_radii: aperture radii in pixels (sorted; at most MAX_APERTURES). psf_radius: PSF-fit radius in
-        pixels, scalar or per object; default PSF_RADIUS_FWHM x psf_fwhm at each position.
+    ap_radii: aperture radii in pixels (at most MAX_APERTURES; the fields come out sorted by radius).
+    psf_radius: PSF-fit radius in pixels, scalar or per object; default PSF_RADIUS_FWHM x psf_fwhm there.
     bad_mask_bits: mask bits whose pixels are left out of the fit.
     Raises ValueError on malformed input; off-image and unmeasurable objects come back flagged, NaN.
     """
@@ -158,7 +174,7 @@ def forced_photometry(image, variance, mask, x, y, psf, *, object_ids=None, ap_r
         return out
     w, cxx, cxy, cyy, det = _components(psf.components_at(x, y), n)
     if psf_radius is None:
-        psf_radius = PSF_RADIUS_FWHM * psf_fwhm(psf, x, y)
+        psf_radius = PSF_RADIUS_FWHM * _fwhm(w, cxx, cxy, cyy)
     radius = _radii("psf_radius", psf_radius, n)
     amp = np.ascontiguousarray(w / (2 * np.pi * np.sqrt(det)))
     ia, ib, ic = (np.ascontiguousarray(c) for c in (cyy / det, -cxy / det, cxx / det))
@@ -188,17 +204,14 @@ def psf_aperture_fraction(psf, x, y, ap_radii=DEFAULT_AP_RADII):
     star at (x, y). Returns an (n, n_ap) array, apertures sorted; one model stamp per position."""
     x, y = _positions(x, y)
     ap = np.unique(_radii("ap_radii", ap_radii))
-    w, cxx, cxy, cyy, det = _components(psf.components_at(x, y), x.size)
+    comps = _components(psf.components_at(x, y), x.size)[:4]
     half = int(np.ceil(ap[-1])) + 1
-    jj, ii = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    jj, ii = np.mgrid[0:2 * half + 1, 0:2 * half + 1].astype(np.float64)
     frac = np.empty((x.size, ap.size))
     for k in range(x.size):
         xc, yc = half + x[k] - np.round(x[k]), half + y[k] - np.round(y[k])       # stamp coordinates
-        dx, dy = ii + half - xc, jj + half - yc
-        c = [a[k, :, None, None] for a in (w, cxx, cxy, cyy, det)]
-        q = (c[3] * dx ** 2 - 2 * c[2] * dx * dy + c[1] * dy ** 2) / c[4]
-        model = (c[0] / (2 * np.pi * np.sqrt(c[4])) * np.exp(-0.5 * q)).sum(0)
-        one = _FixedPSF(tuple(a[k:k + 1] for a in (w, cxx, cxy, cyy)))
+        model = mixture_image(*(a[k] for a in comps), ii - xc, jj - yc)
+        one = _FixedPSF(tuple(a[k:k + 1] for a in comps))
         row = forced_photometry(model, np.ones_like(model), None, xc, yc, one, ap_radii=ap, psf_radius=1.0)
         frac[k] = [row[f"ap_flux_{_radius_name(r)}"][0] for r in ap]
     return frac
