@@ -1,0 +1,362 @@
+"""The memory-bounded coadd of one patch in one band (docs/level2-coadd.md).
+
+The patch is cut into sub-regions sized from the memory budget per rank (plan_subregions). For each
+sub-region a rank reads from every overlapping calexp only the hyperslab of pixels that maps into it,
+warps it onto the patch grid (Lanczos-3, twinkles_hpc.level2.warp), scales it to nJy and combines the
+stack pixel by pixel (inverse-variance weighted sigma-clipped mean, or median). Peak memory per rank is
+set by the budget, not by the number of visits or the size of the patch (when the output goes to a file).
+
+A pixel's value does not depend on the sub-region it was computed in (the warp's mapping grid is anchored
+in tract pixels and the combination is per pixel), so the coadd is bit-identical whatever the budget and
+the number of ranks.
+"""
+import os
+import time
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_area
+
+from twinkles_hpc import _warp
+from twinkles_hpc.level2.warp import KERNELS, NO_DATA, SOURCE_MARGIN, source_bbox, warp_into
+from twinkles_hpc.store.atomic import atomic_h5, open_read
+
+# docs/data-model.md mask bits
+SAT, CR, EDGE, DETECTED, BAD = 1, 2, 4, 8, 32
+
+#: Bytes per sub-region pixel per input in the stack: warped image and variance (float32), mask (uint16).
+STACK_BYTES = 10
+#: Bytes per sub-region pixel held once: the outputs image, variance, depth (float32), mask (uint16),
+#: n_visits (int32) = 18, counted twice for the copy that is sent to rank 0 or written to HDF5.
+OUTPUT_BYTES = 36
+#: Bytes per calexp pixel of the hyperslab being warped (one input at a time): image, variance, mask.
+SOURCE_BYTES = 10
+#: Fixed memory: Python objects, the warp's node grids, h5py and astropy temporaries (bytes); and per
+#: input (its WCS and metadata). Measured with tracemalloc, 83 KB + 7 KB per input (docs/level2-coadd.md),
+#: and doubled.
+FIXED_BYTES = 256 << 10
+PER_INPUT_BYTES = 16 << 10
+#: Output planes and their dtypes.
+PLANES = {"image": np.float32, "variance": np.float32, "mask": np.uint16, "n_visits": np.int32,
+          "depth": np.float32}
+
+
+@dataclass
+class CoaddConfig:
+    """How to coadd a patch.
+
+    memory_per_rank: bytes a rank may use for the coadd (the plan's budget); statistic: "mean"
+    (inverse-variance weighted, sigma-clipped) or "median"; clip_sigma: the clipping threshold in units of
+    each input's noise (widened by the robust spread of the inputs, see _warp.combine); clip_iters:
+    clipping iterations (0: plain weighted mean); bad_mask_bits: an input pixel with any of these bits
+    is left out (default SAT | CR | NO_DATA | BAD); kernel, mask_weight: passed to the warp.
+    """
+    memory_per_rank: int = 2 << 30
+    statistic: str = "mean"
+    clip_sigma: float = 3.0
+    clip_iters: int = 2
+    bad_mask_bits: int = SAT | CR | NO_DATA | BAD
+    kernel: str = "lanczos3"
+    mask_weight: float = 0.05
+
+    def __post_init__(self):
+        if self.statistic not in ("mean", "median"):
+            raise ValueError(f"CoaddConfig.statistic must be 'mean' or 'median', got {self.statistic!r}")
+        if not self.clip_sigma >= 1.0:
+            raise ValueError(f"CoaddConfig.clip_sigma must be >= 1, got {self.clip_sigma!r}")
+        if int(self.clip_iters) != self.clip_iters or self.clip_iters < 0:
+            raise ValueError(f"CoaddConfig.clip_iters must be an integer >= 0, got {self.clip_iters!r}")
+        if int(self.bad_mask_bits) != self.bad_mask_bits or not 0 <= self.bad_mask_bits < 1 << 16:
+            raise ValueError(f"CoaddConfig.bad_mask_bits must be a 16-bit mask, got {self.bad_mask_bits!r}")
+        if not self.memory_per_rank > 0:
+            raise ValueError(f"CoaddConfig.memory_per_rank must be > 0 bytes, got {self.memory_per_rank!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"CoaddConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
+
+
+def subregion_bytes(side, n_inputs, bytes_per_pixel_per_input=STACK_BYTES, *, src_pixels_per_pixel=1.0,
+                    margin=SOURCE_MARGIN):
+    """Bytes a rank holds while coadding a side x side sub-region of n_inputs inputs:
+    side^2 (n_inputs * bytes_per_pixel_per_input + OUTPUT_BYTES) + SOURCE_BYTES * (sqrt(2 r) side + 2 margin
+    + 2)^2, the last term the hyperslab of one input (r source pixels per patch pixel; sqrt(2) for a box
+    rotated by 45 degrees, the worst case)."""
+    src_side = np.sqrt(2.0 * src_pixels_per_pixel) * side + 2 * margin + 2
+    return side * side * (n_inputs * bytes_per_pixel_per_input + OUTPUT_BYTES) + SOURCE_BYTES * src_side ** 2
+
+
+def plan_subregions(patch_bbox, n_inputs, memory_per_rank, bytes_per_pixel_per_input=STACK_BYTES, *,
+                    src_pixels_per_pixel=1.0, reserved_bytes=0, min_side=16):
+    """Cut patch_bbox (x0, y0, nx, ny) into near-equal sub-boxes (x0, y0, nx, ny), row by row, of side at
+    most s: the largest s with subregion_bytes(s, n_inputs, ...) + reserved_bytes <= memory_per_rank
+    (reserved_bytes: what the rank holds besides, e.g. the whole patch's output and FIXED_BYTES).
+    Raises MemoryError if even min_side does not fit."""
+    x0, y0, nx, ny = (int(v) for v in patch_bbox)
+    budget = memory_per_rank - reserved_bytes
+    a = n_inputs * bytes_per_pixel_per_input + OUTPUT_BYTES
+    c, d = np.sqrt(2.0 * src_pixels_per_pixel), 2 * SOURCE_MARGIN + 2
+    # a s^2 + SOURCE_BYTES (c s + d)^2 <= budget, solved for s
+    A, B, C = a + SOURCE_BYTES * c * c, 2 * SOURCE_BYTES * c * d, SOURCE_BYTES * d * d - budget
+    disc = B * B - 4 * A * C
+    side = int(np.floor((-B + np.sqrt(disc)) / (2 * A))) if disc >= 0 else 0
+    while side > 0 and subregion_bytes(side, n_inputs, bytes_per_pixel_per_input,
+                                       src_pixels_per_pixel=src_pixels_per_pixel) > budget:
+        side -= 1                                        # rounding guard
+    if side < min(min_side, max(nx, ny)):
+        need = subregion_bytes(min_side, n_inputs, bytes_per_pixel_per_input,
+                               src_pixels_per_pixel=src_pixels_per_pixel) + reserved_bytes
+        raise MemoryError(f"memory_per_rank = {memory_per_rank} bytes is too small: a {min_side} px sub-region "
+                          f"of {n_inputs} inputs needs {need:.0f} bytes (with {reserved_bytes} reserved)")
+    nbx, nby = -(-nx // side), -(-ny // side)
+    xs = [x0 + (k * nx) // nbx for k in range(nbx + 1)]
+    ys = [y0 + (k * ny) // nby for k in range(nby + 1)]
+    return [(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(nby) for i in range(nbx)]
+
+
+def combine_warps(images, variances, masks, scales, config, out=None):
+    """Combine a stack of warps (N, ny, nx) (flux and variance per input in its own units, input k times
+    scales[k] in nJy) into a dict of the output planes (PLANES): image (nJy per pixel), variance (nJy^2),
+    mask, n_visits (inputs used) and depth (inverse variance, nJy^-2; 0 where no input is good)."""
+    N, ny, nx = images.shape
+    res = out if out is not None else {k: np.empty((ny, nx), dt) for k, dt in PLANES.items()}
+    scales = np.ascontiguousarray(scales, dtype=np.float64)
+    if scales.shape != (N,) or not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise ValueError(f"scales must be {N} finite numbers > 0 (nJy per input unit), got {scales!r}")
+    _warp.combine(images, variances, masks, scales, int(config.bad_mask_bits), config.statistic == "median",
+                  float(config.clip_sigma), int(config.clip_iters), res["image"], res["variance"], res["mask"],
+                  res["n_visits"], res["depth"])
+    return res
+
+
+@dataclass
+class CalexpInfo:
+    """What the coadd needs of a calexp: path, shape (ny, nx), its WCS (and the FITS header it was parsed
+    from) and nJy per electron."""
+    path: str
+    shape: tuple
+    header: str
+    flux_njy_per_electron: float
+
+    def __post_init__(self):
+        self.wcs = WCS(fits.Header.fromstring(self.header))
+
+
+def read_calexp_info(path):
+    """CalexpInfo of a calexp file (docs/data-model.md); reads no pixels."""
+    with open_read(path) as f:
+        for key in ("image", "variance", "mask"):
+            if key not in f:
+                raise ValueError(f"{path}: not a calexp (no dataset {key!r})")
+        hdr, scale = f.attrs.get("wcs"), f.attrs.get("flux_njy_per_electron")
+        if hdr is None or scale is None:
+            raise ValueError(f"{path}: calexp without the 'wcs' or 'flux_njy_per_electron' attribute")
+        hdr = hdr.decode() if isinstance(hdr, bytes) else str(hdr)
+        shape = tuple(f["image"].shape)
+    scale = float(scale)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{path}: flux_njy_per_electron must be finite and > 0, got {scale!r}")
+    return CalexpInfo(os.fspath(path), shape, hdr, scale)
+
+
+class Workspace:
+    """Buffers reused from one sub-region to the next: their pages are faulted in once (fresh buffers cost
+    ~15% of the warp time in the kernel's page zeroing). A larger request replaces the buffer."""
+
+    def __init__(self):
+        self._buf = {}
+
+    def array(self, name, shape, dtype):
+        n = int(np.prod(shape))
+        if name not in self._buf or self._buf[name].size < n:
+            self._buf.pop(name, None)                     # free before allocating: peak = the larger one
+            self._buf[name] = np.empty(n, dtype)
+        return self._buf[name][:n].reshape(shape)
+
+
+def _read_hyperslab(path, box, ws):
+    """The calexp's image, variance and mask in box (x0, y0, nx, ny), read into workspace buffers (HDF5
+    converts other stored dtypes)."""
+    x0, y0, nx, ny = box
+    out = []
+    with open_read(path) as f:
+        for key, dt in (("image", np.float32), ("variance", np.float32), ("mask", np.uint16)):
+            a = ws.array(f"src_{key}", (ny, nx), dt)
+            f[key].read_direct(a, np.s_[y0:y0 + ny, x0:x0 + nx])
+            out.append(a)
+    return out
+
+
+def coadd_subregion(infos, dst_wcs, box, config, workspace=None):
+    """Coadd the tract-pixel box (x0, y0, nx, ny) of `dst_wcs` from the calexps `infos`: reads only the
+    hyperslab of each that maps into the box, one input at a time. Returns the dict of output planes
+    (views of `workspace` buffers when one is given: valid until its next use)."""
+    ws = workspace or Workspace()
+    _, _, nx, ny = box
+    used = [(i, sb) for i, i_ in enumerate(infos)
+            if (sb := source_bbox(i_.wcs, dst_wcs, box, i_.shape)) is not None]
+    shape = (len(used), ny, nx)
+    stack = (ws.array("image", shape, np.float32), ws.array("variance", shape, np.float32),
+             ws.array("mask", shape, np.uint16))
+    for slot, (i, sb) in enumerate(used):
+        src = _read_hyperslab(infos[i].path, sb, ws)
+        warp_into(*src, infos[i].wcs, dst_wcs, box, tuple(s[slot] for s in stack), kernel=config.kernel,
+                  src_origin=sb[:2], mask_weight=config.mask_weight)
+        del src                                           # a larger next hyperslab replaces, not adds
+    scales = [infos[i].flux_njy_per_electron for i, _ in used]
+    out = {k: ws.array(f"out_{k}", (ny, nx), dt) for k, dt in PLANES.items()}
+    return combine_warps(*stack, scales, config, out=out)
+
+
+def _wait(test):
+    """Poll test() with a growing sleep (100 us to 5 ms): MPICH's blocking calls spin a core."""
+    delay = 1e-4
+    while not test():
+        time.sleep(delay)
+        delay = min(2 * delay, 5e-3)
+
+
+def _send(comm, obj, dest, tag):
+    req = comm.isend(obj, dest=dest, tag=tag)
+    _wait(req.Test)
+
+
+def _recv(comm, source, tag):
+    _wait(lambda: comm.Iprobe(source=source, tag=tag))
+    return comm.recv(source=source, tag=tag)
+
+
+def _paste(dst, sub, x0, y0):
+    for k, a in sub.items():
+        dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
+
+
+def coadd_plan(infos, patch, config, *, out=None):
+    """(indices of the inputs overlapping the patch, the sub-boxes in patch pixels) for coadd_patch."""
+    dst_wcs = patch.tract_wcs
+    used = [i for i, c in enumerate(infos) if source_bbox(c.wcs, dst_wcs, patch.bbox, c.shape) is not None]
+    area = proj_plane_pixel_area(dst_wcs)
+    ratio = max([area / proj_plane_pixel_area(infos[i].wcs) for i in used], default=1.0)
+    reserved = FIXED_BYTES + PER_INPUT_BYTES * len(infos)
+    if out is None:
+        reserved += patch.bbox[2] * patch.bbox[3] * OUTPUT_BYTES // 2   # the patch-sized result
+    subs = plan_subregions((0, 0, patch.bbox[2], patch.bbox[3]), max(len(used), 1), config.memory_per_rank,
+                           src_pixels_per_pixel=ratio, reserved_bytes=reserved)
+    return used, subs
+
+
+def _attrs(patch, config, infos):
+    return {"wcs": patch.wcs.to_header_string(), "tract": patch.tract, "patch": list(patch.index),
+            "bbox": list(patch.bbox), "inner_bbox": list(patch.inner_bbox), "unit": "nJy per pixel",
+            "depth": "inverse variance, nJy^-2", "statistic": config.statistic,
+            "clip_sigma": config.clip_sigma, "clip_iters": config.clip_iters,
+            "bad_mask_bits": config.bad_mask_bits, "kernel": config.kernel,
+            "inputs": [os.path.basename(c.path) for c in infos]}
+
+
+def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
+    """Coadd the calexps `inputs` (paths) over `patch` (skymap.Patch, its outer bbox).
+
+    Sub-region k of the plan is done by rank k % comm.size (comm=None: serially). out=None: returns on
+    rank 0 a dict of patch-sized arrays (PLANES, in patch pixels: [0, 0] is tract pixel bbox[:2]) plus
+    "subregions" (the sub-boxes, (n, 4), patch pixels); other ranks return None. The patch-sized result
+    counts against rank 0's budget. out=path: writes the planes to that HDF5 file (rank 0 writes its own
+    sub-regions, the other ranks theirs to `out.partR.tmp-PID` files that rank 0 merges one sub-region at a
+    time, then renames the file into place); every rank returns the path.
+
+    Units: image in nJy per pixel (each calexp times its flux_njy_per_electron), variance nJy^2, depth =
+    1/variance (nJy^-2), n_visits = inputs used at the pixel, mask = OR of the used inputs' bits, or of all
+    inputs' bits | NO_DATA where none was good (image NaN there).
+    """
+    config = config or CoaddConfig()
+    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
+    paths = [os.fspath(p) for p in inputs]
+    if comm is None:
+        infos = [read_calexp_info(p) for p in paths]
+    else:                                   # files opened once, not by every rank; same header, same WCS
+        meta = None
+        if rank == 0:
+            try:
+                meta = [(c.path, c.shape, c.header, c.flux_njy_per_electron) for c in map(read_calexp_info, paths)]
+            except Exception as e:          # every rank raises it rather than waiting for the headers
+                meta = e
+        meta = comm.bcast(meta, root=0)
+        if isinstance(meta, Exception):
+            raise meta
+        infos = [CalexpInfo(*m) for m in meta]
+    used, subs = coadd_plan(infos, patch, config, out=out)
+    infos = [infos[i] for i in used]
+    px0, py0 = patch.bbox[:2]
+
+    ws = Workspace()
+
+    def compute(k):
+        x0, y0, nx, ny = subs[k]
+        return coadd_subregion(infos, patch.tract_wcs, (px0 + x0, py0 + y0, nx, ny), config, ws)
+
+    mine = range(rank, len(subs), size)
+    if out is None:
+        return _gather(comm, rank, size, subs, mine, compute, patch)
+    return _write(comm, rank, size, subs, mine, compute, patch, os.fspath(out), _attrs(patch, config, infos))
+
+
+def _gather(comm, rank, size, subs, mine, compute, patch):
+    if rank != 0:
+        for k in mine:
+            try:
+                res = compute(k)
+            except Exception as e:
+                _send(comm, ("error", f"{type(e).__name__}: {e}"), 0, k)
+                raise
+            _send(comm, res, 0, k)
+            del res
+        return None
+    result = {k: np.empty(patch.shape, dt) for k, dt in PLANES.items()}
+    for k, (x0, y0, _, _) in enumerate(subs):
+        res = compute(k) if k % size == 0 else _recv(comm, k % size, k)
+        if isinstance(res, tuple):
+            raise RuntimeError(f"rank {k % size} failed in coadd sub-region {k}: {res[1]}")
+        _paste(result, res, x0, y0)
+        del res
+    result["subregions"] = np.array(subs, dtype=np.int64).reshape(-1, 4)
+    return result
+
+
+def _write(comm, rank, size, subs, mine, compute, patch, out, attrs):
+    if rank != 0:
+        part, err = f"{out}.part{rank}.tmp-{os.getpid()}", None
+        try:
+            with h5py.File(part, "w", locking=False) as f:
+                for k in mine:
+                    for name, a in compute(k).items():
+                        f.create_dataset(f"{k}/{name}", data=a)
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            _send(comm, (part, err), 0, 0)
+        _recv(comm, 0, 1)                           # rank 0 has renamed the file into place
+        return out
+    with atomic_h5(out) as f:
+        ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt) for k, dt in PLANES.items()}
+        f.create_dataset("subregions", data=np.array(subs, dtype=np.int64).reshape(-1, 4))
+        for key, v in attrs.items():
+            f.attrs[key] = v
+        for k in mine:
+            _paste(ds, compute(k), *subs[k][:2])
+        for r in range(1, size):
+            part, err = _recv(comm, r, 0)
+            if err is not None:
+                raise RuntimeError(f"rank {r} failed in its coadd sub-regions: {err}")
+            try:
+                with open_read(part) as pf:
+                    for k in range(r, len(subs), size):
+                        _paste(ds, {name: pf[f"{k}/{name}"][...] for name in PLANES}, *subs[k][:2])
+            finally:
+                if os.path.exists(part):
+                    os.remove(part)
+    for r in range(1, size):
+        _send(comm, "done", r, 1)
+    return out
+
