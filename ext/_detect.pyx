@@ -1,0 +1,920 @@
+# cython: language_level=3
+"""Private kernels for background estimation and source detection (see twinkles_hpc/level2/background.py
+and detect.py, which validate every input and document the method; nothing is checked twice here).
+
+Images are float32 C-contiguous (ny, nx); pixel (i, j) is column i, row j, centred at x = i, y = j.
+A mask is uint8 (nonzero = ignore) of the same shape, or of shape (0, 0) for "no mask". Every kernel
+releases the GIL. Kernels that can meet bad pixels return the flat index of the first one (-1 if none).
+"""
+import numpy as np
+from libc.math cimport NAN, ceil, exp, floor, fabs, isfinite, sqrt
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memset
+
+# ------------------------------------------------------------------ selection and sorting
+cdef float _select(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """k-th smallest of a[0..n) (Hoare's selection, median-of-three pivot); reorders a."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, m
+    cdef float p, t
+    while hi > lo:
+        m = lo + (hi - lo) // 2
+        if a[m] < a[lo]:
+            t = a[m]; a[m] = a[lo]; a[lo] = t
+        if a[hi] < a[lo]:
+            t = a[hi]; a[hi] = a[lo]; a[lo] = t
+        if a[hi] < a[m]:
+            t = a[hi]; a[hi] = a[m]; a[m] = t
+        p = a[m]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < p:
+                i += 1
+            while a[j] > p:
+                j -= 1
+            if i <= j:
+                t = a[i]; a[i] = a[j]; a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]
+
+
+cdef void _sort_u64(uint64_t* a, Py_ssize_t n) noexcept nogil:
+    """Sort a[0..n) ascending: quicksort (median of three), insertion sort below 24 elements; the smaller
+    side is sorted first by recursion so the stack stays O(log n)."""
+    cdef Py_ssize_t i, j, m
+    cdef uint64_t p, t
+    while n > 24:
+        m = n // 2
+        if a[m] < a[0]:
+            t = a[m]; a[m] = a[0]; a[0] = t
+        if a[n - 1] < a[0]:
+            t = a[n - 1]; a[n - 1] = a[0]; a[0] = t
+        if a[n - 1] < a[m]:
+            t = a[n - 1]; a[n - 1] = a[m]; a[m] = t
+        p = a[m]
+        i = 0
+        j = n - 1
+        while i <= j:
+            while a[i] < p:
+                i += 1
+            while a[j] > p:
+                j -= 1
+            if i <= j:
+                t = a[i]; a[i] = a[j]; a[j] = t
+                i += 1
+                j -= 1
+        if j + 1 < n - i:
+            _sort_u64(a, j + 1)
+            a += i
+            n -= i
+        else:
+            _sort_u64(a + i, n - i)
+            n = j + 1
+    for i in range(1, n):
+        t = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > t:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = t
+
+
+cdef inline uint32_t _desc_key(float v) noexcept nogil:
+    """32-bit key that sorts ascending as v sorts descending (IEEE bits made monotonic, then inverted)."""
+    cdef uint32_t b = (<uint32_t*> &v)[0]
+    b = ~b if b & 0x80000000u else b | 0x80000000u
+    return ~b
+
+
+# ------------------------------------------------------------------ background meshes
+cdef int _robust_start(float* sub, Py_ssize_t ns, double* m0, double* s0) noexcept nogil:
+    """Median m0 and s0 = 1.4826 MAD (or, if that is 0, the standard deviation) of sub[0..ns) (reordered).
+    Returns 1 if the values are all integers (quantised data)."""
+    cdef Py_ssize_t i
+    cdef int quantised = 1
+    cdef double s1 = 0.0, s2 = 0.0, t
+    for i in range(ns):
+        if sub[i] != floor(sub[i]):
+            quantised = 0
+        t = sub[i]
+        s1 += t
+        s2 += t * t
+    m0[0] = _select(sub, ns, ns // 2)
+    for i in range(ns):
+        sub[i] = <float> fabs(sub[i] - m0[0])
+    s0[0] = 1.4826 * _select(sub, ns, ns // 2)
+    if s0[0] <= 0.0:                            # more than half the values equal: the plain std
+        s0[0] = sqrt(max(s2 / ns - (s1 / ns) * (s1 / ns), 0.0))
+    return quantised
+
+
+cdef int _clipped_stats(const int32_t* hist, Py_ssize_t nb, double lo, double w, double clip, int iters,
+                        int estimator, double clip_corr, double* level, double* rms) noexcept nogil:
+    """Sigma-clipped level and rms from a histogram (bins of width w from lo; see background.py).
+    Returns 0, or 1 if too few values are left."""
+    cdef Py_ssize_t b, b0 = 0, b1 = nb - 1, c0, c1
+    cdef double iw = 1.0 / w, n_k, s1, s2, t, c, mean = 0.0, sd = 0.0, med = 0.0, cum, half, vlo, vhi
+    cdef int it
+    for it in range(iters + 1):
+        n_k = s1 = s2 = 0.0
+        for b in range(b0, b1 + 1):
+            c = hist[b]
+            t = (b + 0.5) * w                  # bin centre - lo
+            n_k += c
+            s1 += c * t
+            s2 += c * t * t
+        if n_k < 8:
+            return 1
+        mean = s1 / n_k
+        sd = sqrt(max(s2 / n_k - mean * mean, 0.0))
+        half = 0.5 * n_k                       # median: linear interpolation inside its bin
+        cum = 0.0
+        b = b0
+        while b < b1 and cum + hist[b] < half:
+            cum += hist[b]
+            b += 1
+        med = (b + (half - cum) / hist[b]) * w if hist[b] > 0 else (b + 0.5) * w
+        if it == iters:
+            break
+        vlo = (med - clip * sd) * iw - 0.5    # keep bins whose centres lie within med +- clip sd
+        vhi = (med + clip * sd) * iw - 0.5
+        c0 = <Py_ssize_t> ceil(vlo) if vlo > 0 else 0
+        c1 = <Py_ssize_t> floor(vhi) if vhi < nb - 1 else nb - 1
+        if c0 == b0 and c1 == b1:
+            break
+        b0 = c0
+        b1 = c1
+        if b1 < b0:
+            return 1
+    if estimator == 0 and fabs(mean - med) < 0.3 * sd:
+        level[0] = lo + 2.5 * med - 1.5 * mean
+    elif estimator == 2:
+        level[0] = lo + mean
+    else:
+        level[0] = lo + med
+    rms[0] = sd * clip_corr
+    return 0
+
+
+def mesh_stats(const float[:, ::1] image, const unsigned char[:, ::1] mask, const Py_ssize_t[::1] xe,
+               const Py_ssize_t[::1] ye, double clip, int iters, int estimator, double clip_corr,
+               double min_valid, double[:, ::1] level, double[:, ::1] rms):
+    """Clipped background level and rms of each mesh [ye[j], ye[j+1]) x [xe[i], xe[i+1]), unmasked pixels
+    only; estimator 0 sextractor, 1 median, 2 mean. Per mesh: a robust start from a strided subsample of
+    about 1024 pixels, then a histogram of m0 +- 8 s0 (see background.py). A strip of meshes is read row by
+    row (all its meshes' histograms at once) so that memory is streamed. Meshes with fewer than min_valid x
+    their area of usable pixels, or too few values, get NaN. Returns the flat index of the first unmasked
+    non-finite pixel met, or -1."""
+    cdef Py_ssize_t my = ye.shape[0] - 1, mx = xe.shape[0] - 1, nx = image.shape[1], HB = 1030, NS = 1200
+    cdef Py_ssize_t i, j, mi, mj, nb, sx, sy, x0, x1, y0, y1, k
+    cdef const unsigned char* m = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    cdef const unsigned char* mrow
+    cdef const float* row
+    cdef float v, flo, fiw, fhi, ft
+    cdef double m0, s0, lo, w
+    cdef int quantised
+    cdef int32_t* h
+    cdef Py_ssize_t bad = -1
+    cdef float* sub = <float*> malloc(mx * NS * sizeof(float))
+    cdef int32_t* hist = <int32_t*> malloc(mx * HB * sizeof(int32_t))
+    cdef Py_ssize_t* ns = <Py_ssize_t*> malloc(mx * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* nbs = <Py_ssize_t*> malloc(mx * sizeof(Py_ssize_t))
+    cdef double* los = <double*> malloc(mx * 3 * sizeof(double))
+    cdef int* nonfinite = <int*> malloc(mx * sizeof(int))
+    if not (sub and hist and ns and nbs and los and nonfinite):
+        free(sub); free(hist); free(ns); free(nbs); free(los); free(nonfinite)
+        raise MemoryError("mesh_stats: no memory")
+    with nogil:
+        for mj in range(my):
+            y0, y1 = ye[mj], ye[mj + 1]
+            sy = max(1, <Py_ssize_t> ceil((y1 - y0) / 32.0))
+            for mi in range(mx):
+                ns[mi] = 0
+                nonfinite[mi] = 0
+            j = y0
+            while j < y1:                       # subsample rows: every sy-th row, every sx-th column
+                for mi in range(mx):
+                    x0, x1 = xe[mi], xe[mi + 1]
+                    sx = max(1, <Py_ssize_t> ceil((x1 - x0) / 32.0))
+                    i = x0
+                    while i < x1 and ns[mi] < NS:
+                        v = image[j, i]
+                        if (m == NULL or not m[j * nx + i]) and isfinite(v):
+                            sub[mi * NS + ns[mi]] = v
+                            ns[mi] += 1
+                        i += sx
+                j += sy
+            for mi in range(mx):                # histogram layout: ~16 bins per s0 over m0 +- 8 s0
+                level[mj, mi] = NAN
+                rms[mj, mi] = NAN
+                nbs[mi] = 0
+                if ns[mi] < 16:
+                    continue
+                quantised = _robust_start(sub + mi * NS, ns[mi], &m0, &s0)
+                w = s0 / 16.0
+                lo = m0 - 8.0 * s0
+                if quantised:                   # integer data: whole-electron bins edged at half-integers
+                    w = floor(w + 0.5) if w >= 1.0 else 1.0
+                    lo = floor(lo) - 0.5
+                if s0 <= 0.0:
+                    w = 1.0
+                    lo = m0 - 0.5
+                nbs[mi] = min(<Py_ssize_t> ceil(16.0 * s0 / w) + 1, HB - 6)
+                los[3 * mi] = lo
+                los[3 * mi + 1] = w
+                los[3 * mi + 2] = s0
+                memset(hist + mi * HB, 0, (nbs[mi] + 3) * sizeof(int32_t))
+            # branch-free fill: h[0] under, h[1..nb] the bins, h[nb+1] over, h[nb+2] masked
+            for j in range(y0, y1):
+                row = &image[j, 0]
+                mrow = m + j * nx if m != NULL else NULL
+                for mi in range(mx):
+                    nb = nbs[mi]
+                    if nb == 0:
+                        continue
+                    h = hist + mi * HB
+                    flo = <float> los[3 * mi]
+                    fiw = <float> (1.0 / los[3 * mi + 1])
+                    fhi = <float> nb
+                    x0, x1 = xe[mi], xe[mi + 1]
+                    if mrow == NULL:
+                        for i in range(x0, x1):
+                            v = row[i]
+                            nonfinite[mi] |= not isfinite(v)
+                            ft = (v - flo) * fiw
+                            ft = -1.0 if ft < 0.0 else (fhi if ft > fhi else ft)
+                            h[<Py_ssize_t> (ft + 1.0)] += 1
+                    else:
+                        for i in range(x0, x1):
+                            v = row[i]
+                            nonfinite[mi] |= (not isfinite(v)) & (mrow[i] == 0)
+                            ft = (v - flo) * fiw
+                            ft = -1.0 if ft < 0.0 else (fhi if ft > fhi else ft)
+                            h[(<Py_ssize_t> (ft + 1.0)) if mrow[i] == 0 else nb + 2] += 1
+            for mi in range(mx):
+                nb = nbs[mi]
+                if nb == 0:
+                    continue
+                x0, x1 = xe[mi], xe[mi + 1]
+                h = hist + mi * HB
+                if nonfinite[mi]:
+                    if bad < 0:
+                        for k in range((y1 - y0) * (x1 - x0)):
+                            j = y0 + k // (x1 - x0)
+                            i = x0 + k % (x1 - x0)
+                            if (m == NULL or not m[j * nx + i]) and not isfinite(image[j, i]):
+                                bad = j * nx + i
+                                break
+                    continue
+                if (x1 - x0) * (y1 - y0) - h[nb + 2] < min_valid * (x1 - x0) * (y1 - y0):
+                    continue
+                if los[3 * mi + 2] <= 0.0:      # a constant mesh
+                    level[mj, mi] = los[3 * mi] + 0.5
+                    rms[mj, mi] = 0.0
+                    continue
+                _clipped_stats(h + 1, nb, los[3 * mi], los[3 * mi + 1], clip, iters, estimator, clip_corr,
+                               &level[mj, mi], &rms[mj, mi])
+    free(sub); free(hist); free(ns); free(nbs); free(los); free(nonfinite)
+    return bad
+
+
+def spline_rows(const double[:, :, ::1] coef, const double[::1] knots, const Py_ssize_t[::1] cols,
+                float[:, ::1] out):
+    """out[j, i] = sum_k coef[j, s, k] (i - knots[s])^(3 - k) for columns cols[s] <= i < cols[s + 1]: a
+    piecewise cubic along each row (e.g. a spline, in scipy's PPoly layout)."""
+    cdef Py_ssize_t ny = out.shape[0], nseg = knots.shape[0], j, s, i
+    cdef double c0, c1, c2, c3, t
+    with nogil:
+        for j in range(ny):
+            for s in range(nseg):
+                c0 = coef[j, s, 0]
+                c1 = coef[j, s, 1]
+                c2 = coef[j, s, 2]
+                c3 = coef[j, s, 3]
+                for i in range(cols[s], cols[s + 1]):
+                    t = i - knots[s]
+                    out[j, i] = <float> (((c0 * t + c1) * t + c2) * t + c3)
+
+
+# ------------------------------------------------------------------ matched filter
+cdef Py_ssize_t _load_row(const float* src, const unsigned char* m, Py_ssize_t nx, float* dst,
+                          bint variance) noexcept nogil:
+    """Copy a row into dst with masked pixels (m nonzero; m may be NULL) set to 0. Returns the column of
+    the first unmasked non-finite value (or negative one, for a variance), or -1. Branch-free bit tests
+    so that the copy vectorises."""
+    cdef const uint32_t* bits = <const uint32_t*> src
+    cdef uint32_t bad = 0, b
+    cdef Py_ssize_t i
+    if m == NULL:
+        if variance:
+            for i in range(nx):
+                dst[i] = src[i]
+                b = bits[i]
+                bad |= ((b & 0x7f800000u) == 0x7f800000u) | (b > 0x80000000u)
+        else:
+            for i in range(nx):
+                dst[i] = src[i]
+                bad |= (bits[i] & 0x7f800000u) == 0x7f800000u
+    else:
+        for i in range(nx):
+            b = bits[i]
+            dst[i] = src[i] if m[i] == 0 else 0.0
+            bad |= (((b & 0x7f800000u) == 0x7f800000u) | (variance and b > 0x80000000u)) & (m[i] == 0)
+    if not bad:
+        return -1
+    for i in range(nx):
+        b = bits[i]
+        if (m == NULL or m[i] == 0) and ((b & 0x7f800000u) == 0x7f800000u or (variance and b > 0x80000000u)):
+            return i
+    return -1
+
+
+cdef void _smooth_row(float** ring, Py_ssize_t j, Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t r,
+                      const float* k, float* pad, float* out) noexcept nogil:
+    """out = row j of the separable convolution with the symmetric taps k[0..2r]: vertical taps from the
+    ring of loaded rows (rows outside the image count as 0) into pad (r zeros either side), then the
+    horizontal taps. Symmetric pairs share a multiply."""
+    cdef Py_ssize_t t, i, n2 = 2 * r + 1
+    cdef float kt
+    cdef float* a
+    cdef float* b
+    cdef float* p = pad + r
+    memset(pad, 0, r * sizeof(float))
+    memset(pad + r + nx, 0, r * sizeof(float))
+    a = ring[j % n2]
+    kt = k[r]
+    for i in range(nx):
+        p[i] = kt * a[i]
+    for t in range(1, r + 1):
+        kt = k[r + t]
+        if j - t >= 0 and j + t < ny:
+            a = ring[(j - t) % n2]
+            b = ring[(j + t) % n2]
+            for i in range(nx):
+                p[i] += kt * (a[i] + b[i])
+        elif j - t >= 0 or j + t < ny:
+            a = ring[(j - t) % n2] if j - t >= 0 else ring[(j + t) % n2]
+            for i in range(nx):
+                p[i] += kt * a[i]
+    kt = k[r]
+    for i in range(nx):
+        out[i] = kt * p[i]
+    for t in range(1, r + 1):
+        kt = k[r + t]
+        a = p - t
+        b = p + t
+        for i in range(nx):
+            out[i] += kt * (a[i] + b[i])
+    return
+
+
+def matched_filter(const float[:, ::1] image, const float[:, ::1] variance, const unsigned char[:, ::1] mask,
+                   const float[::1] taps, float[:, ::1] simage, float[:, ::1] svariance):
+    """simage = image (x) K, svariance = variance (x) K^2 with K = taps (x) taps (separable, 2r+1 taps),
+    masked pixels and pixels outside the image counting as 0. Returns the flat index of the first
+    unmasked pixel whose image or variance is non-finite or whose variance is negative, or -1."""
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], n2 = taps.shape[0], r = (taps.shape[0] - 1) // 2
+    cdef Py_ssize_t j, jl, i, t, bad = -1, badv = -1
+    cdef const unsigned char* m = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    cdef float* ringi = <float*> malloc(n2 * nx * sizeof(float))
+    cdef float* ringv = <float*> malloc(n2 * nx * sizeof(float))
+    cdef float* pad = <float*> malloc((nx + 2 * r) * sizeof(float))
+    cdef float* k = <float*> malloc(2 * n2 * sizeof(float))
+    cdef float** rowi = <float**> malloc(n2 * sizeof(float*))
+    cdef float** rowv = <float**> malloc(n2 * sizeof(float*))
+    if not (ringi and ringv and pad and k and rowi and rowv):
+        free(ringi); free(ringv); free(pad); free(k); free(rowi); free(rowv)
+        raise MemoryError("matched_filter: no memory for row buffers")
+    with nogil:
+        for t in range(n2):
+            k[t] = taps[t]
+            k[n2 + t] = taps[t] * taps[t]
+            rowi[t] = ringi + t * nx
+            rowv[t] = ringv + t * nx
+        jl = 0                                  # next row to load
+        for j in range(ny):
+            while jl < ny and jl <= j + r:
+                i = _load_row(&image[jl, 0], m + jl * nx if m != NULL else NULL, nx, rowi[jl % n2], False)
+                if i >= 0 and bad < 0:
+                    bad = jl * nx + i
+                i = _load_row(&variance[jl, 0], m + jl * nx if m != NULL else NULL, nx, rowv[jl % n2], True)
+                if i >= 0 and badv < 0:
+                    badv = jl * nx + i
+                jl += 1
+            _smooth_row(rowi, j, ny, nx, r, k, pad, &simage[j, 0])
+            _smooth_row(rowv, j, ny, nx, r, k + n2, pad, &svariance[j, 0])
+    free(ringi); free(ringv); free(pad); free(k); free(rowi); free(rowv)
+    if bad < 0 or (0 <= badv < bad):
+        bad = badv
+    return bad
+
+
+# ------------------------------------------------------------------ connected components
+cdef inline int32_t _find(int32_t* parent, int32_t a) noexcept nogil:
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]         # path halving
+        a = parent[a]
+    return a
+
+
+cdef inline void _union(int32_t* parent, int32_t a, int32_t b) noexcept nogil:
+    a = _find(parent, a)
+    b = _find(parent, b)
+    if a < b:
+        parent[b] = a
+    elif b < a:
+        parent[a] = b
+
+
+cdef int _grow(void** arr, Py_ssize_t cap, size_t size) noexcept nogil:
+    cdef void* t = realloc(arr[0], cap * size)
+    if t == NULL:
+        return 1
+    arr[0] = t
+    return 0
+
+
+def label(const float[:, ::1] simage, const float[:, ::1] svariance, const unsigned char[:, ::1] mask,
+          double threshold, Py_ssize_t min_npix, int32_t[:, ::1] labels):
+    """8-connected components of the unmasked pixels with simage > threshold sqrt(svariance) > 0 (or, if
+    simage has shape (0, 0), of the masked pixels).
+
+    Each row's detected pixels become runs; a run joins every run of the row above that it touches
+    (columns a - 1 .. b + 1), with union-find over provisional labels. Components of at least min_npix
+    pixels are numbered 1.. in raster order of their first pixel and written into labels (0 elsewhere).
+    Returns (nfp, start, pix): the flat indices of footprint f's pixels, in raster order, are
+    pix[start[f - 1]:start[f]].
+    """
+    cdef Py_ssize_t ny = labels.shape[0], nx = labels.shape[1], i, j, a, b, q, qq
+    cdef bint of_mask = simage.shape[0] == 0
+    cdef Py_ssize_t nruns = 0, rcap = 4096, lcap = 4096, nprov = 1, nfinal = 0, prev_lo = 0, prev_hi = 0
+    cdef Py_ssize_t cur_lo, k, total = 0
+    cdef const unsigned char* m = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    cdef float t2 = <float> (threshold * threshold), v, sv
+    cdef const float* srow
+    cdef const float* vrow
+    cdef int32_t lab, r
+    cdef int failed = 0
+    cdef unsigned char* det = <unsigned char*> malloc(nx + 1)
+    cdef int32_t* rrow = <int32_t*> malloc(rcap * sizeof(int32_t))
+    cdef int32_t* rx0 = <int32_t*> malloc(rcap * sizeof(int32_t))
+    cdef int32_t* rx1 = <int32_t*> malloc(rcap * sizeof(int32_t))
+    cdef int32_t* rl = <int32_t*> malloc(rcap * sizeof(int32_t))
+    cdef int32_t* parent = <int32_t*> malloc(lcap * sizeof(int32_t))
+    cdef int64_t* count = <int64_t*> malloc(lcap * sizeof(int64_t))
+    cdef void* found
+    if not (det and rrow and rx0 and rx1 and rl and parent and count):
+        free(det); free(rrow); free(rx0); free(rx1); free(rl); free(parent); free(count)
+        raise MemoryError("label: no memory")
+    with nogil:
+        det[nx] = 0                              # sentinel: runs end at the last column
+        parent[0] = 0
+        count[0] = 0
+        for j in range(ny):
+            if of_mask:
+                for i in range(nx):
+                    det[i] = m[j * nx + i] != 0
+            else:
+                srow = &simage[j, 0]
+                vrow = &svariance[j, 0]
+                for i in range(nx):
+                    v = srow[i]
+                    sv = vrow[i]
+                    det[i] = (v > 0) & (sv > 0) & (v * v > t2 * sv)
+                if m != NULL:
+                    for i in range(nx):
+                        det[i] &= m[j * nx + i] == 0
+            memset(&labels[j, 0], 0, nx * sizeof(int32_t))
+            cur_lo = nruns
+            i = 0
+            q = prev_lo
+            while i < nx:
+                found = memchr(det + i, 1, nx - i)
+                if found == NULL:
+                    break
+                a = <unsigned char*> found - det
+                b = a
+                while det[b + 1]:
+                    b += 1
+                while q < prev_hi and rx1[q] < a - 1:
+                    q += 1
+                lab = 0
+                qq = q
+                while qq < prev_hi and rx0[qq] <= b + 1:
+                    if lab == 0:
+                        lab = rl[qq]
+                    else:
+                        _union(parent, lab, rl[qq])
+                    qq += 1
+                if lab == 0:
+                    if nprov == lcap:
+                        lcap *= 2
+                        if lcap > 2147483647 or _grow(<void**> &parent, lcap, sizeof(int32_t)) \
+                                or _grow(<void**> &count, lcap, sizeof(int64_t)):
+                            failed = 1
+                            break
+                    lab = <int32_t> nprov
+                    parent[lab] = lab
+                    count[lab] = 0
+                    nprov += 1
+                if nruns == rcap:
+                    rcap *= 2
+                    if _grow(<void**> &rrow, rcap, sizeof(int32_t)) or _grow(<void**> &rx0, rcap, sizeof(int32_t)) \
+                            or _grow(<void**> &rx1, rcap, sizeof(int32_t)) or _grow(<void**> &rl, rcap, sizeof(int32_t)):
+                        failed = 1
+                        break
+                rrow[nruns] = <int32_t> j
+                rx0[nruns] = <int32_t> a
+                rx1[nruns] = <int32_t> b
+                rl[nruns] = lab
+                nruns += 1
+                count[lab] += b - a + 1
+                i = b + 1
+            if failed:
+                break
+            prev_lo = cur_lo
+            prev_hi = nruns
+        if not failed:
+            for lab in range(1, nprov):          # pixel counts into roots (a root is its set's smallest label)
+                r = _find(parent, lab)
+                if r != lab:
+                    count[r] += count[lab]
+            for lab in range(1, nprov):          # final ids, in raster order of first pixel; count -> id
+                if parent[lab] == lab:
+                    if count[lab] >= min_npix:
+                        nfinal += 1
+                        total += count[lab]
+                        count[lab] = nfinal
+                    else:
+                        count[lab] = 0
+            for lab in range(1, nprov):
+                if parent[lab] != lab:
+                    count[lab] = count[_find(parent, lab)]
+    if failed:
+        free(det); free(rrow); free(rx0); free(rx1); free(rl); free(parent); free(count)
+        raise MemoryError("label: no memory for the runs")
+    start_a = np.zeros(nfinal + 1, dtype=np.intp)
+    pix_a = np.empty(total, dtype=np.intp)
+    fill_a = np.zeros(nfinal + 1, dtype=np.intp)
+    cdef Py_ssize_t[::1] start = start_a, pix = pix_a, fill = fill_a
+    with nogil:
+        for k in range(nruns):
+            lab = <int32_t> count[rl[k]]
+            if lab:
+                start[lab] += rx1[k] - rx0[k] + 1
+        for k in range(1, nfinal + 1):
+            start[k] += start[k - 1]
+            fill[k] = start[k - 1]
+        for k in range(nruns):
+            lab = <int32_t> count[rl[k]]
+            if lab:
+                j = rrow[k]
+                for i in range(rx0[k], rx1[k] + 1):
+                    labels[j, i] = lab
+                    pix[fill[lab]] = j * nx + i
+                    fill[lab] += 1
+    free(det); free(rrow); free(rx0); free(rx1); free(rl); free(parent); free(count)
+    return nfinal, start_a, pix_a
+
+
+# ------------------------------------------------------------------ deblending
+cdef int32_t _near_region(const int32_t* regions, Py_ssize_t nx, Py_ssize_t ny, Py_ssize_t i, Py_ssize_t j,
+                          Py_ssize_t r) noexcept nogil:
+    """Label of the masked region nearest to pixel (i, j) within the box +- r, or 0."""
+    cdef Py_ssize_t di, dj, d2, best = r * r * 2 + 1
+    cdef int32_t found = 0
+    for dj in range(max(-r, -j), min(r, ny - 1 - j) + 1):
+        for di in range(max(-r, -i), min(r, nx - 1 - i) + 1):
+            d2 = di * di + dj * dj
+            if d2 < best and regions[(j + dj) * nx + i + di]:
+                best = d2
+                found = regions[(j + dj) * nx + i + di]
+    return found
+
+
+def deblend(const float[:, ::1] simage, const float[:, ::1] svariance, int32_t[:, ::1] labels,
+            const int32_t[:, ::1] regions, Py_ssize_t rmask, const Py_ssize_t[::1] start,
+            const Py_ssize_t[::1] pix, bint split, double nsigma, double cont,
+            int32_t[::1] child, int32_t[::1] nchild, Py_ssize_t[::1] peak):
+    """Split each footprint into the basins of its significant peaks of simage (watershed by flooding).
+
+    Pixels are visited from the highest down; a pixel with no visited neighbour starts a basin (a peak),
+    otherwise it joins the basin of its highest visited neighbour. Where basins meet at level v, every
+    basin but the one with the highest peak is merged into that one unless it is significant: its
+    prominence (peak - v) is at least nsigma sqrt(svariance at its peak) and its flux above v (the sum of
+    simage - v over its pixels, all of them >= v) is at least cont x the footprint's sum of simage.
+    Basins whose peaks lie within rmask px (box) of the same masked region (regions: labels of the
+    8-connected masked regions, or shape (0, 0)) are always merged: a masked core (a saturated star)
+    leaves a ring of peaks around it that belong to one source.
+    Surviving basins are the children, numbered by decreasing peak; split false gives one per footprint.
+    Writes child[k] (child of pixel pix[k]), nchild[f - 1] and the peaks' flat indices in peak[:] (children
+    of a footprint consecutive, footprints in order); labels are used as scratch and restored.
+    Returns the number of peaks written.
+    """
+    cdef Py_ssize_t nfp = start.shape[0] - 1, nx = simage.shape[1], ny = simage.shape[0]
+    cdef Py_ssize_t f, k, n, s0, cap = 0, p, q, i, j, di, dj, npeak = 0
+    cdef int32_t nb, b, r, R, best_b, c, nroots, m, lab
+    cdef int32_t roots[8]
+    cdef float v, best_v
+    cdef double total, mincont
+    cdef const float* sim = &simage[0, 0]
+    cdef int32_t* lab_ = &labels[0, 0]
+    cdef uint64_t* keys = NULL
+    cdef int32_t* bpar = NULL                   # per basin: union-find parent
+    cdef float* bpeak = NULL                    # peak value
+    cdef float* bprom = NULL                    # smallest significant prominence
+    cdef Py_ssize_t* bpix = NULL                # peak pixel, later child number
+    cdef double* bsum = NULL                    # sum of simage over its pixels (roots only)
+    cdef double* bn = NULL                      # its number of pixels (roots only)
+    cdef int32_t* breg = NULL                   # masked region near its peak, or 0
+    cdef const int32_t* reg = &regions[0, 0] if regions.shape[0] > 0 else NULL
+    cdef int failed = 0
+    with nogil:
+        for f in range(nfp):
+            s0 = start[f]
+            n = start[f + 1] - s0
+            lab = <int32_t> (f + 1)
+            if not split or n < 2:
+                p = pix[s0]
+                for k in range(n):
+                    child[s0 + k] = 0
+                    if sim[pix[s0 + k]] > sim[p]:
+                        p = pix[s0 + k]
+                nchild[f] = 1
+                peak[npeak] = p
+                npeak += 1
+                continue
+            if n > cap:
+                cap = n
+                if _grow(<void**> &keys, cap, sizeof(uint64_t)) or _grow(<void**> &bpar, cap, sizeof(int32_t)) \
+                        or _grow(<void**> &bpeak, cap, sizeof(float)) or _grow(<void**> &bprom, cap, sizeof(float)) \
+                        or _grow(<void**> &bpix, cap, sizeof(Py_ssize_t)) or _grow(<void**> &bsum, cap, sizeof(double)) \
+                        or _grow(<void**> &bn, cap, sizeof(double)) or _grow(<void**> &breg, cap, sizeof(int32_t)):
+                    failed = 1
+                    break
+            total = 0.0
+            for k in range(n):
+                total += sim[pix[s0 + k]]
+                keys[k] = (<uint64_t> _desc_key(sim[pix[s0 + k]]) << 32) | <uint64_t> k
+            mincont = cont * total
+            _sort_u64(keys, n)
+            nb = 0
+            for k in range(n):
+                p = pix[s0 + (keys[k] & 0xFFFFFFFFu)]
+                v = sim[p]
+                j = p // nx
+                i = p - j * nx
+                nroots = 0
+                best_b = -1
+                best_v = 0
+                for dj in range(-1, 2):
+                    if j + dj < 0 or j + dj >= ny:
+                        continue
+                    for di in range(-1, 2):
+                        if i + di < 0 or i + di >= nx or (di == 0 and dj == 0):
+                            continue
+                        q = p + dj * nx + di
+                        if lab_[q] >= 0:      # visited pixels of this footprint hold -(basin + 1)
+                            continue
+                        b = -lab_[q] - 1
+                        if best_b < 0 or sim[q] > best_v:
+                            best_b = b
+                            best_v = sim[q]
+                        r = _find(bpar, b)
+                        for m in range(nroots):
+                            if roots[m] == r:
+                                break
+                        else:
+                            roots[nroots] = r
+                            nroots += 1
+                if best_b < 0:                  # a new peak
+                    bpar[nb] = nb
+                    bpeak[nb] = v
+                    bpix[nb] = p
+                    bprom[nb] = <float> (nsigma * sqrt(svariance[j, i]))
+                    bsum[nb] = v
+                    bn[nb] = 1.0
+                    breg[nb] = _near_region(reg, nx, ny, i, j, rmask) if reg != NULL else 0
+                    lab_[p] = -(nb + 1)
+                    nb += 1
+                    continue
+                if nroots > 1:
+                    R = roots[0]
+                    for m in range(1, nroots):
+                        if bpeak[roots[m]] > bpeak[R] or (bpeak[roots[m]] == bpeak[R] and roots[m] < R):
+                            R = roots[m]
+                    for m in range(nroots):
+                        r = roots[m]
+                        if r != R and (bpeak[r] - v < bprom[r] or bsum[r] - bn[r] * v < mincont
+                                       or (breg[r] != 0 and breg[r] == breg[R])):
+                            bpar[r] = R
+                            bsum[R] += bsum[r]
+                            bn[R] += bn[r]
+                r = _find(bpar, best_b)
+                bsum[r] += v
+                bn[r] += 1.0
+                lab_[p] = -(r + 1)
+            # survivors, in creation order = decreasing peak
+            c = 0
+            for b in range(nb):
+                if _find(bpar, b) == b:
+                    peak[npeak + c] = bpix[b]
+                    bpix[b] = c                  # from here on: the child number of a root
+                    c += 1
+            nchild[f] = c
+            npeak += c
+            for k in range(n):
+                p = pix[s0 + k]
+                child[s0 + k] = <int32_t> bpix[_find(bpar, -lab_[p] - 1)]
+                lab_[p] = lab
+    free(keys); free(bpar); free(bpeak); free(bprom); free(bpix); free(bsum); free(bn); free(breg)
+    if failed:
+        raise MemoryError("deblend: no memory for a footprint's pixels")
+    return npeak
+
+
+# ------------------------------------------------------------------ measurement
+#: The windowed centroid gives up (keeping its start, the isophotal barycentre) when masked pixels (or their
+#: mirror images) carry more than this fraction of the window's weight: e.g. a saturated core.
+cdef double MASKED_MAX = 0.1
+
+
+cdef inline int _usable(const unsigned char* mask, const int32_t* lab, Py_ssize_t nx, Py_ssize_t ny,
+                        Py_ssize_t i, Py_ssize_t j, int32_t lo, int32_t hi) noexcept nogil:
+    """0 if pixel (i, j) may be used by a record labelled lo..hi; 1 if it is off the image or another
+    object's, 3 if masked."""
+    cdef int32_t l
+    if i < 0 or j < 0 or i >= nx or j >= ny:
+        return 1
+    if mask != NULL and mask[j * nx + i]:
+        return 3
+    l = lab[j * nx + i]
+    return 1 if l != 0 and (l < lo or l > hi) else 0
+
+
+cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab, Py_ssize_t nx,
+                 Py_ssize_t ny, int32_t lo, int32_t hi, double sig, Py_ssize_t R, double* wx, double* wy,
+                 double* x, double* y, int maxiter, double tol) noexcept nogil:
+    """Iterative Gaussian-windowed first moment from (x, y), window sigma `sig`, box +- R px. A pixel is
+    used if it and its mirror image through the current centre (to the nearest pixel) are both on the
+    image, unmasked and either undetected (label 0) or labelled lo..hi: excluding pixels in symmetric
+    pairs keeps the centroid of a symmetric source unbiased next to masks, edges and neighbours. Each
+    step moves by twice the windowed mean offset (exact in one step for a Gaussian source of the window's
+    width). Returns flag bits: 1 masked pixels met, 2 failed (masked pixels carry more than MASKED_MAX of
+    the window's weight, no positive weight, or it drifted more than R from the start; (x, y) are then
+    left at the start).
+    """
+    cdef double x0 = x[0], y0 = y[0], a = 0.5 / (sig * sig), sw, sx, sy, w, dx, dy, wall, wmask
+    cdef Py_ssize_t ic, jc, i, j, mi, mj
+    cdef int it, flags = 0, u
+    for it in range(maxiter):
+        ic = <Py_ssize_t> floor(x[0] + 0.5)
+        jc = <Py_ssize_t> floor(y[0] + 0.5)
+        for i in range(2 * R + 1):
+            dx = ic - R + i - x[0]
+            wx[i] = exp(-a * dx * dx)
+            dy = jc - R + i - y[0]
+            wy[i] = exp(-a * dy * dy)
+        sw = sx = sy = wall = wmask = 0.0
+        for j in range(max(jc - R, 0), min(jc + R, ny - 1) + 1):
+            mj = <Py_ssize_t> floor(2.0 * y[0] - j + 0.5)
+            for i in range(max(ic - R, 0), min(ic + R, nx - 1) + 1):
+                mi = <Py_ssize_t> floor(2.0 * x[0] - i + 0.5)
+                w = wx[i - ic + R] * wy[j - jc + R]
+                wall += w
+                u = _usable(mask, lab, nx, ny, i, j, lo, hi) | _usable(mask, lab, nx, ny, mi, mj, lo, hi)
+                if u:
+                    if u & 2:
+                        flags |= 1
+                        wmask += w
+                    continue
+                w *= img[j * nx + i]
+                sw += w
+                sx += w * (i - x[0])
+                sy += w * (j - y[0])
+        if sw <= 0 or wmask > MASKED_MAX * wall:
+            x[0] = x0
+            y[0] = y0
+            return flags | 2
+        dx = 2.0 * sx / sw
+        dy = 2.0 * sy / sw
+        x[0] += dx
+        y[0] += dy
+        if (x[0] - x0) * (x[0] - x0) + (y[0] - y0) * (y[0] - y0) > R * R:
+            x[0] = x0
+            y[0] = y0
+            return flags | 2
+        if dx * dx + dy * dy < tol * tol:
+            break
+    return flags
+
+
+cdef inline void _accumulate(double[:, ::1] acc, int64_t[:, ::1] iout, Py_ssize_t r, Py_ssize_t i, Py_ssize_t j,
+                             double I, double V, bint edge) noexcept nogil:
+    """Add pixel (i, j) of value I, variance V to record r's sums (offsets from the record's peak)."""
+    cdef double dx = i - iout[r, 0], dy = j - iout[r, 1]
+    acc[r, 0] += I
+    acc[r, 1] += V
+    acc[r, 2] += I * dx
+    acc[r, 3] += I * dy
+    acc[r, 4] += I * dx * dx
+    acc[r, 5] += I * dy * dy
+    acc[r, 6] += I * dx * dy
+    iout[r, 2] += 1
+    if edge:
+        iout[r, 3] |= 2
+
+
+def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsigned char[:, ::1] mask,
+            const float[:, ::1] simage, int32_t[:, ::1] labels, const Py_ssize_t[::1] start,
+            const Py_ssize_t[::1] pix, const int32_t[::1] child, const int32_t[::1] nchild,
+            const Py_ssize_t[::1] peak, const Py_ssize_t[::1] rec0, double sig, int maxiter, double tol,
+            double[:, ::1] fout, int64_t[:, ::1] iout):
+    """Measure every record; see detect.py. Footprint f (0-based) owns records rec0[f].. : one if it has a
+    single child, else the parent then its children. labels (footprint ids in) end holding record id + 1 of
+    each pixel's leaf. fout columns: x, y, flux, flux_err, xx, yy, xy, peak_value; iout: x_peak, y_peak,
+    npix, flags (bits 2 edge, 4 masked pixels in the centroid window, 8 windowed centroid failed)."""
+    cdef Py_ssize_t nfp = start.shape[0] - 1, nx = image.shape[1], ny = image.shape[0]
+    cdef Py_ssize_t nrec = fout.shape[0], f, k, p, i, j, r, rl, npk = 0, R = <Py_ssize_t> ceil(4.0 * sig)
+    cdef bint has_mask = mask.shape[0] > 0
+    cdef double I, sI, mx, my, xx, yy, xy
+    cdef bint edge
+    cdef double[:, ::1] acc = np.zeros((nrec, 8), dtype=np.float64)
+    cdef int32_t lo, hi, nc
+    cdef double* wx = <double*> malloc((2 * R + 1) * sizeof(double))
+    cdef double* wy = <double*> malloc((2 * R + 1) * sizeof(double))
+    if wx == NULL or wy == NULL:
+        free(wx); free(wy)
+        raise MemoryError("measure: no memory")
+    with nogil:
+        # peaks, then one pass over the footprint pixels into leaf (and parent) accumulators
+        for f in range(nfp):
+            nc = nchild[f]
+            r = rec0[f]
+            if nc > 1:
+                iout[r, 0] = peak[npk] % nx
+                iout[r, 1] = peak[npk] // nx
+                r += 1
+            for k in range(nc):
+                iout[r + k, 0] = peak[npk + k] % nx
+                iout[r + k, 1] = peak[npk + k] // nx
+            npk += nc
+        for r in range(nrec):
+            iout[r, 2] = 0
+            iout[r, 3] = 0
+            fout[r, 7] = simage[iout[r, 1], iout[r, 0]]
+        for f in range(nfp):
+            nc = nchild[f]
+            for k in range(start[f], start[f + 1]):
+                p = pix[k]
+                j = p // nx
+                i = p - j * nx
+                I = image[j, i]
+                rl = rec0[f] + (1 + child[k] if nc > 1 else 0)
+                labels[j, i] = <int32_t> (rl + 1)
+                edge = i == 0 or j == 0 or i == nx - 1 or j == ny - 1
+                _accumulate(acc, iout, rl, i, j, I, variance[j, i], edge)
+                if nc > 1:
+                    _accumulate(acc, iout, rec0[f], i, j, I, variance[j, i], edge)
+        # isophotal centroid and moments, then the windowed centroid
+        for f in range(nfp):
+            nc = nchild[f]
+            for r in range(rec0[f], rec0[f] + nc + (1 if nc > 1 else 0)):
+                sI = acc[r, 0]
+                fout[r, 2] = sI
+                fout[r, 3] = sqrt(acc[r, 1])
+                if sI > 0:
+                    mx = acc[r, 2] / sI
+                    my = acc[r, 3] / sI
+                    xx = acc[r, 4] / sI - mx * mx
+                    yy = acc[r, 5] / sI - my * my
+                    xy = acc[r, 6] / sI - mx * my
+                    if xx * yy - xy * xy < 1.0 / 144.0:   # unresolved or degenerate: add a pixel's variance
+                        xx += 1.0 / 12.0
+                        yy += 1.0 / 12.0
+                else:
+                    mx = my = 0.0
+                    xx = yy = xy = NAN
+                fout[r, 0] = iout[r, 0] + mx
+                fout[r, 1] = iout[r, 1] + my
+                fout[r, 4] = xx
+                fout[r, 5] = yy
+                fout[r, 6] = xy
+                if nc > 1 and r == rec0[f]:
+                    lo = <int32_t> (r + 1)
+                    hi = <int32_t> (r + 1 + nc)
+                else:
+                    lo = hi = <int32_t> (r + 1)
+                iout[r, 3] |= _winpos(&image[0, 0], &mask[0, 0] if has_mask else NULL, &labels[0, 0], nx, ny,
+                                      lo, hi, sig, R, wx, wy, &fout[r, 0], &fout[r, 1], maxiter, tol) << 2
+    free(wx)
+    free(wy)
+    return nrec
