@@ -1,5 +1,5 @@
 """Benchmark: forced PSF photometry of known stars on one full-sensor image, ours against photutils'
-PSFPhotometry with the positions held fixed, in the same run (`python -m twinkles_hpc.level2.bench_forced`).
+PSFPhotometry with the positions held fixed, in the same run (`python -m twinkles_hpc.bench_forced`).
 
 A benchmark, not Level 2 code: it makes its image with twinkles_hpc.imsim (the Level 2 code never does).
 """

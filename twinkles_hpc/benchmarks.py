@@ -114,6 +114,18 @@ def bench_visit(rundir, visit_id=None, repeat=5):
 
 
 def main(args):
+    if args.what in ("detect", "forced"):
+        if args.what == "detect":
+            from twinkles_hpc.bench_detect import bench_detect
+            res = bench_detect(nx=args.nx, ny=args.ny, n_stars=args.stars, n_galaxies=args.galaxies)
+        else:
+            from twinkles_hpc.bench_forced import bench_forced
+            res = bench_forced(n_objects=args.stars, nx=args.nx, ny=args.ny, repeat=args.repeat)
+        for line in res["lines"]:
+            print(line)
+        if args.record:
+            record(args.record, "twinkles-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]), res["lines"])
+        return 0
     if args.what == "visit":
         if not args.rundir:
             raise SystemExit("twinkles-hpc bench visit needs --rundir RUNDIR")

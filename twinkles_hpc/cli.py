@@ -270,9 +270,10 @@ def build_parser():
     i.set_defaults(func=cmd_imsim)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim", "visit"],
+    b.add_argument("what", choices=["imsim", "visit", "detect", "forced"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
-                        "without its variable sources")
+                        "without its variable sources; detect: background + detection against sep; "
+                        "forced: forced photometry against photutils (--stars objects)")
     b.add_argument("--rundir", help="run directory (bench visit)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
     b.add_argument("--nx", type=int, default=4000)

@@ -131,6 +131,13 @@ class ImsimSection:
 
 
 @dataclass
+class Level2Section:
+    calibrate: bool = opt(False, "",
+                          "Calibrate every visit into a calexp (background, detection, astrometric and "
+                          "photometric calibration, PSF model) against the reference catalogue.")
+
+
+@dataclass
 class Config:
     run: RunSection = field(default_factory=RunSection)
     cadence: CadenceSection = field(default_factory=CadenceSection)
@@ -140,6 +147,7 @@ class Config:
     instcat: InstcatSection = field(default_factory=InstcatSection)
     sensor: SensorSection = field(default_factory=SensorSection)
     imsim: ImsimSection = field(default_factory=ImsimSection)
+    level2: Level2Section = field(default_factory=Level2Section)
     #: Directory the config file was read from; relative paths in it resolve against this.
     base_dir: str = field(default=".", metadata=dict(internal=True))
     path: str = field(default="<defaults>", metadata=dict(internal=True))

@@ -9,6 +9,8 @@ Run directory layout (docs/design.md):
     variables/truth-KKKK.h5    true magnitude/flux of every variable source in each visit of chunk KKKK
                                (500 visits a chunk): task `variables/KKKK`
     instcat/                   PhoSim instance catalogues per visit (when [instcat] write = true)
+    calexps/vNNNNNNNN-B.h5     calibrated exposure per visit (when [level2] calibrate = true): task
+                               `calexp/NNNNNNNN` (docs/data-model.md)
     eimages/vNNNNNNNN-B.h5     one eimage per visit: task `visit/NNNNNNNN`
     eimages/band-B.h5          per-band virtual datasets over the eimages (after the last visit)
     checkpoints/               partial visits (mid-visit checkpoints), removed when a visit completes
@@ -162,7 +164,25 @@ def build_tasks(cfg, visits):
         dep, k = chunk_of.get(vid, (SKY_TASK, None))
         tasks.append(Task(visit_task_id(vid), "visit", cost=visit_cost(v, cfg.sensor),
                           deps=(dep,), params={"visit_id": vid, "chunk": k}))
+        if cfg.level2.calibrate:
+            tasks.append(Task(f"calexp/{vid:08d}", "calexp", cost=2.0 * visit_cost(v, cfg.sensor),
+                              deps=(visit_task_id(vid),), params={"visit_id": vid}))
     return tasks
+
+
+def calexp_relpath(visit_id, band):
+    return os.path.join("calexps", f"v{int(visit_id):08d}-{band}.h5")
+
+
+def run_calexp(rundir, visit):
+    """Level 2 calibration of one visit: eimage + reference catalogue -> calexp."""
+    from twinkles_hpc.level2.calibrate import calibrate_visit
+    refcat, = _refcat_cache.get(os.path.join(rundir, "refcat.h5"), ("refcat",))
+    rel = calexp_relpath(visit["visit_id"], visit["band"])
+    out = os.path.join(rundir, rel)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    calibrate_visit(os.path.join(rundir, eimage_relpath(visit["visit_id"], visit["band"])), refcat, out)
+    return {rel: os.path.getsize(out)}
 
 
 # -- task bodies -----------------------------------------------------------------------------------
@@ -266,6 +286,7 @@ _catalog = _CatalogCache()
 
 
 _truth_chunk = _CatalogCache()
+_refcat_cache = _CatalogCache()
 
 
 def visit_variable_mags(rundir, chunk, visit_id, variables):
@@ -317,6 +338,8 @@ class Executor:
         if task.kind == "visit":
             return run_visit(self.cfg, self.rundir, self.by_id[p["visit_id"]], p.get("chunk"), should_stop,
                              self.log)
+        if task.kind == "calexp":
+            return run_calexp(self.rundir, self.by_id[p["visit_id"]])
         raise ValueError(f"unknown task kind {task.kind!r}")
 
 
