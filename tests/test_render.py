@@ -7,7 +7,7 @@ import pytest
 
 from twinkles_hpc import bench
 from twinkles_hpc.imsim import psf as psf_mod
-from twinkles_hpc.imsim import render, sersic
+from twinkles_hpc.imsim import sersic
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.render import add_gaussians, render_galaxies, render_points, render_sersic
 

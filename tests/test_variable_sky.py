@@ -5,7 +5,6 @@ from conftest import TINY_TOML, cli
 
 from twinkles_hpc import config, instrument
 from twinkles_hpc.imsim.visit import VisitSpec, simulate_visit
-from twinkles_hpc.sky import variables as var
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
