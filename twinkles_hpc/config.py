@@ -135,6 +135,20 @@ class Level2Section:
     calibrate: bool = opt(False, "",
                           "Calibrate every visit into a calexp (background, detection, astrometric and "
                           "photometric calibration, PSF model) against the reference catalogue.")
+    coadd: bool = opt(False, "",
+                      "Coadd the calexps of each band on the skymap's patches (coadds/B/patch-I-J.h5); "
+                      "needs calibrate = true.")
+    memory_per_rank: int = opt(2 << 30, "bytes",
+                               "Memory budget of one coadd task (one rank): each patch is coadded in "
+                               "sub-regions sized so that the stack of their warps fits it (>= 16 MiB).",
+                               lo=16 << 20)
+    patch_size: int = opt(4000, "pixel", "Side of a skymap patch (the box it owns), at the sensor's pixel scale.",
+                          lo=16, hi=100_000)
+    patch_overlap: int = opt(100, "pixel", "Width each patch's coadd extends into its neighbours on every side.",
+                             lo=0)
+    coadd_statistic: str = opt("mean", "",
+                               "'mean' (inverse-variance weighted, sigma-clipped) or 'median' per pixel.",
+                               choices=("mean", "median"))
 
 
 @dataclass
@@ -203,6 +217,13 @@ def _validate(cfg):
     if c.source != "synthetic" and not os.path.exists(cfg.resolve_path(c.source)):
         raise InputError(p, "cadence.source", "'synthetic' or an existing OpSim CSV/SQLite file",
                          cfg.resolve_path(c.source))
+    L = cfg.level2
+    if L.coadd and not L.calibrate:
+        raise InputError(p, "level2.coadd", "false unless level2.calibrate = true (the coadd reads calexps)",
+                         L.coadd)
+    if 2 * L.patch_overlap >= L.patch_size:
+        raise InputError(p, "level2.patch_overlap", f"a value < level2.patch_size / 2 ({L.patch_size / 2:g}) pixel",
+                         L.patch_overlap)
     src = cfg.lensing.source
     if src != "synthetic" and not os.path.exists(cfg.resolve_path(src)):
         raise InputError(p, "lensing.source", "'synthetic' or an existing OM10-format FITS table",

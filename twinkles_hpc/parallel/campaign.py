@@ -11,6 +11,10 @@ Run directory layout (docs/design.md):
     instcat/                   PhoSim instance catalogues per visit (when [instcat] write = true)
     calexps/vNNNNNNNN-B.h5     calibrated exposure per visit (when [level2] calibrate = true): task
                                `calexp/NNNNNNNN` (docs/data-model.md)
+    skymap.json                the tract and its patches (when [level2] coadd = true), from the nominal
+                               footprints of all visits (written by rank 0 before any task)
+    coadds/B/patch-I-J.h5      coadd of patch (I, J) in band B from the calexps of the visits that overlap
+                               it, in sub-regions sized from level2.memory_per_rank: task `coadd/B/I-J`
     eimages/vNNNNNNNN-B.h5     one eimage per visit: task `visit/NNNNNNNN`
     eimages/band-B.h5          per-band virtual datasets over the eimages (after the last visit)
     checkpoints/               partial visits (mid-visit checkpoints), removed when a visit completes
@@ -23,13 +27,14 @@ import json
 import os
 import shutil
 
+import h5py
 import numpy as np
 
 from twinkles_hpc import config as config_mod
 from twinkles_hpc.errors import InputError, RunDirError
 from twinkles_hpc.faults import fault
 from twinkles_hpc.parallel.engine import Task
-from twinkles_hpc.store.atomic import atomic_h5, open_read
+from twinkles_hpc.store.atomic import atomic_h5, atomic_write_bytes, commit, open_read
 from twinkles_hpc.store.tables import read_table, write_table
 
 SKY_TASK = "sky"
@@ -99,14 +104,17 @@ def existing_visits(rundir):
         return read_table(fh["visits"])
 
 
-def init_rundir(cfg, rundir, config_text, visits):
-    """Create the layout and record the config and the cadence (first run only)."""
+def init_rundir(cfg, rundir, config_text, visits, skymap=None):
+    """Create the layout and record the config, the cadence and the skymap (first run only)."""
     for d in ("eimages", "checkpoints", "variables"):
         os.makedirs(os.path.join(rundir, d), exist_ok=True)
     path = os.path.join(rundir, "visits.h5")
     if not os.path.exists(path):
         with atomic_h5(path) as fh:
             write_table(fh, "visits", visits)
+    path = os.path.join(rundir, SKYMAP_FILE)
+    if skymap is not None and not os.path.exists(path):
+        atomic_write_bytes(path, json.dumps(skymap.to_dict(), indent=1, sort_keys=True).encode())
     cj = os.path.join(rundir, "config.json")
     if not os.path.exists(cj):
         with open(os.path.join(rundir, "config.toml"), "w") as fh:
@@ -149,7 +157,78 @@ def has_variables(cfg):
     return cfg.supernovae.enabled or cfg.lensing.enabled
 
 
-def build_tasks(cfg, visits):
+# -- the skymap and the coadd tasks ------------------------------------------------------------------
+SKYMAP_FILE = "skymap.json"
+#: Pointing and rotator errors within this many sigma are covered by a footprint's margin.
+POINTING_SIGMAS = 5.0
+
+
+def read_skymap(rundir):
+    from twinkles_hpc.level2.skymap import SkyMap
+    with open(os.path.join(rundir, SKYMAP_FILE)) as fh:
+        return SkyMap.from_dict(json.load(fh))
+
+
+def pointing_margin_px(cfg):
+    """Pixels by which a visit's true footprint may stray from its nominal one: POINTING_SIGMAS times the
+    pointing error (both axes) plus the rotator error's displacement at the sensor corner, plus one."""
+    s, im = cfg.sensor, cfg.imsim
+    shift = np.hypot(im.pointing_error, im.pointing_error) / s.pixel_scale
+    turn = np.deg2rad(im.rotation_error / 3600.0) * 0.5 * np.hypot(s.nx, s.ny)
+    return int(np.ceil(POINTING_SIGMAS * (shift + turn))) + 1
+
+
+def visit_footprints(cfg, visits):
+    """RA, Dec (deg), each (n_visits, 4), of the corners of every visit's nominal footprint grown by
+    pointing_margin_px (the same sensor WCS with 2 m more pixels a side: same centre and rotation)."""
+    from twinkles_hpc.imsim.wcs import SensorWCS
+    s, m = cfg.sensor, pointing_margin_px(cfg)
+    c = [SensorWCS(v["ra"], v["dec"], v["rot_sky_pos"], s.nx + 2 * m, s.ny + 2 * m, s.pixel_scale).corners()
+         for v in visits]
+    return np.array([r for r, _ in c]).reshape(-1, 4), np.array([d for _, d in c]).reshape(-1, 4)
+
+
+def coadd_skymap(cfg, visits, rundir=None):
+    """The run's skymap: None without [level2] coadd; the one stored in rundir (a restart has the same
+    graph); else one tract over the footprints of all visits, cut into level2.patch_size patches."""
+    if not cfg.level2.coadd:
+        return None
+    if rundir is not None and os.path.exists(os.path.join(rundir, SKYMAP_FILE)):
+        return read_skymap(rundir)
+    from twinkles_hpc.level2.skymap import SkyMap
+    ra, dec = visit_footprints(cfg, visits)
+    return SkyMap.from_footprints(ra, dec, pixel_scale=cfg.sensor.pixel_scale, patch_size=cfg.level2.patch_size,
+                                  overlap=cfg.level2.patch_overlap)
+
+
+def coadd_relpath(band, i, j):
+    return os.path.join("coadds", band, f"patch-{i}-{j}.h5")
+
+
+def coadd_tasks(cfg, visits, skymap):
+    """One `coadd/B/I-J` task per (band, patch) that a visit of the band overlaps, after the calexps of
+    those visits; cost = patch pixels x inputs in full sensors (16.3 Mpix)."""
+    from twinkles_hpc.level2 import coadd
+    inputs = {}
+    for v, ra, dec in zip(visits, *visit_footprints(cfg, visits)):
+        for p in skymap.patches_overlapping(ra, dec):
+            inputs.setdefault((str(v["band"]), *p.index), []).append(int(v["visit_id"]))
+    tasks = []
+    for (band, i, j), ids in sorted(inputs.items()):
+        _, _, nx, ny = skymap.patch(i, j).bbox
+        tasks.append(Task(f"coadd/{band}/{i}-{j}", "coadd", cost=nx * ny * len(ids) / 16.288e6,
+                          deps=tuple(f"calexp/{v:08d}" for v in ids),
+                          params={"band": band, "patch": (i, j), "visit_ids": ids}))
+    # refuse, before anything runs, a budget that cannot hold the smallest sub-region of the largest stack
+    n = max((len(ids) for ids in inputs.values()), default=0)
+    need = coadd.subregion_bytes(16, n) + coadd.FIXED_BYTES + coadd.PER_INPUT_BYTES * n
+    if need > cfg.level2.memory_per_rank:
+        raise InputError(cfg.path, "level2.memory_per_rank", f">= {int(need)} bytes (a 16 px sub-region of "
+                         f"{n} calexps, the most that overlap one patch)", cfg.level2.memory_per_rank)
+    return tasks
+
+
+def build_tasks(cfg, visits, skymap=None):
     sky_cost = 2.0 * (cfg.sky.radius / 0.3) ** 2
     tasks = [Task(SKY_TASK, "sky", cost=sky_cost)]
     chunk_of = {}
@@ -167,6 +246,8 @@ def build_tasks(cfg, visits):
         if cfg.level2.calibrate:
             tasks.append(Task(f"calexp/{vid:08d}", "calexp", cost=2.0 * visit_cost(v, cfg.sensor),
                               deps=(visit_task_id(vid),), params={"visit_id": vid}))
+    if cfg.level2.coadd:
+        tasks += coadd_tasks(cfg, visits, skymap or coadd_skymap(cfg, visits))
     return tasks
 
 
@@ -182,6 +263,22 @@ def run_calexp(rundir, visit):
     out = os.path.join(rundir, rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     calibrate_visit(os.path.join(rundir, eimage_relpath(visit["visit_id"], visit["band"])), refcat, out)
+    return {rel: os.path.getsize(out)}
+
+
+def run_coadd(cfg, rundir, skymap, band, index, visit_ids):
+    """Coadd one patch in one band on this rank alone (comm=None); the budget bounds its peak memory."""
+    from twinkles_hpc.level2.coadd import CoaddConfig, coadd_patch
+    L = cfg.level2
+    rel = coadd_relpath(band, *index)
+    out = os.path.join(rundir, rel)
+    part = f"{out}.tmp-{os.getpid()}"       # complete but unnamed until the run's own attributes are added
+    coadd_patch([os.path.join(rundir, calexp_relpath(v, band)) for v in visit_ids], skymap.patch(*index),
+                CoaddConfig(memory_per_rank=L.memory_per_rank, statistic=L.coadd_statistic), out=part)
+    with h5py.File(part, "r+", locking=False) as fh:
+        fh.attrs["band"] = band
+        fh.attrs["skymap"] = json.dumps(skymap.to_dict(), sort_keys=True)
+    commit(part, out)
     return {rel: os.path.getsize(out)}
 
 
@@ -326,6 +423,7 @@ class Executor:
     def __init__(self, cfg, rundir, visits, log=None):
         self.cfg, self.rundir, self.log, self.visits = cfg, rundir, log, visits
         self.by_id = {int(v["visit_id"]): v for v in visits}
+        self.skymap = None                  # read from the run directory by the first coadd task
 
     def __call__(self, task, should_stop):
         if fault("raise_in_task") == task.id:
@@ -340,6 +438,9 @@ class Executor:
                              self.log)
         if task.kind == "calexp":
             return run_calexp(self.rundir, self.by_id[p["visit_id"]])
+        if task.kind == "coadd":
+            self.skymap = self.skymap or read_skymap(self.rundir)
+            return run_coadd(self.cfg, self.rundir, self.skymap, p["band"], p["patch"], p["visit_ids"])
         raise ValueError(f"unknown task kind {task.kind!r}")
 
 

@@ -1,0 +1,143 @@
+"""The coadd stage in a run ([level2] coadd = true): one memory-bounded coadd per (band, patch), checked
+against the visits' footprints and the reference catalogue, bit-identical at 2 and 3 ranks."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from conftest import MPIEXEC, cli
+
+from twinkles_hpc import config
+from twinkles_hpc.errors import InputError
+from twinkles_hpc.parallel import campaign
+from twinkles_hpc.store.atomic import open_read
+from twinkles_hpc.store.tables import read_table
+
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+
+#: 3 g + 3 r visits of a 1600 px sensor at different rotations; 800 px patches (3 x 3) and the smallest
+#: budget, so each 1000 px patch is coadded in 9 sub-regions.
+COADD_TOML = """
+[run]
+seed = 11
+[cadence]
+bands = "gr"
+max_visits = 6
+[sky]
+radius = 0.1
+galaxy_mag_limit = 25.5
+star_density_scale = 4.0
+[supernovae]
+enabled = false
+[lensing]
+enabled = false
+[sensor]
+nx = 1600
+ny = 1600
+[level2]
+calibrate = true
+coadd = true
+memory_per_rank = 16777216
+patch_size = 800
+"""
+PLANES = ("image", "variance", "mask", "n_visits", "depth")
+
+
+def coadd_digest(rundir):
+    d = hashlib.sha256()
+    for path in sorted((rundir / "coadds").glob("*/patch-*.h5")):
+        with open_read(path) as f:
+            for k in PLANES:
+                d.update(f[k][...].tobytes())
+    return d.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("coadd")
+    (d / "c.toml").write_text(COADD_TOML)
+    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=600)
+    return d / "run"
+
+
+def test_coadd_stage(run):
+    cfg = campaign.load_rundir_config(run)
+    visits = campaign.existing_visits(run)
+    tasks = [t for t in campaign.build_tasks(cfg, visits, campaign.read_skymap(run)) if t.kind == "coadd"]
+    assert {t.params["band"] for t in tasks} == set(visits["band"]) == {"g", "r"}
+    with open_read(run / "refcat.h5") as f:
+        ref = read_table(f["refcat"])
+    yy, xx = np.mgrid[-20:21, -20:21]
+    ap = xx ** 2 + yy ** 2 <= 400                  # the calexps' aperture-correction radius (4")
+    ratios, centre_counts = {}, set()
+    for t in tasks:
+        band = t.params["band"]
+        with open_read(run / campaign.coadd_relpath(band, *t.params["patch"])) as f:
+            a = dict(f.attrs)
+            img, nv = f["image"][...], f["n_visits"][...]
+            assert len(f["subregions"]) > 1 and f["mask"].dtype == np.uint16 and f["depth"].shape == img.shape
+        assert a["band"] == band and list(a["patch"]) == list(t.params["patch"]) and a["unit"] == "nJy per pixel"
+        assert json.loads(a["skymap"]) == campaign.read_skymap(run).to_dict()
+        wcs = WCS(fits.Header.fromstring(a["wcs"]))
+        # n_visits at the patch centre = the band's visits whose calexp holds it (10 px edge tolerance)
+        cy, cx = img.shape[0] // 2, img.shape[1] // 2
+        ra, dec = wcs.all_pix2world(cx, cy, 0)
+        inside = []
+        for v in visits[visits["band"] == band]:
+            with open_read(run / campaign.calexp_relpath(v["visit_id"], band)) as c:
+                u, w = WCS(fits.Header.fromstring(c.attrs["wcs"])).all_world2pix(ra, dec, 0)
+                inside.append(min(u, w, c["image"].shape[1] - 1 - u, c["image"].shape[0] - 1 - w))
+        inside = np.array(inside)
+        assert (inside >= 10).sum() <= nv[cy, cx] <= (inside >= -10).sum(), (t.id, nv[cy, cx], inside)
+        centre_counts.add(int(nv[cy, cx]))
+        # bright isolated reference stars wholly covered: aperture flux = the reference magnitude's nJy
+        x, y = wcs.all_world2pix(ref["ra"], ref["dec"], 0)
+        mag = ref[f"mag_{band}"]
+        for k in np.flatnonzero((mag > 17) & (mag < 18.5) & (x > 40) & (x < img.shape[1] - 40)
+                                & (y > 40) & (y < img.shape[0] - 40)):
+            if np.sort(np.hypot(x - x[k], y - y[k]))[1] < 30:
+                continue
+            i, j = round(float(x[k])), round(float(y[k]))
+            cut, n = img[j - 20:j + 21, i - 20:i + 21], nv[j - 20:j + 21, i - 20:i + 21]
+            if (n == 0).any():
+                continue
+            flux = cut[ap].sum() - ap.sum() * np.median(cut[~ap])
+            ratios.setdefault(band, {})[int(ref["id"][k])] = flux / 10 ** (-0.4 * (mag[k] - 31.4))
+    assert centre_counts >= {0, 3}, centre_counts      # corners outside some visits, the middle in all
+    print("coadd / reference flux:", {b: np.round(sorted(r.values()), 4).tolist() for b, r in ratios.items()})
+    for band in ("g", "r"):
+        r = np.array(list(ratios[band].values()))
+        assert len(r) >= 2 and np.all(np.abs(r - 1) < 0.03), (band, r)
+
+    trace = [json.loads(x) for x in (run / "trace.jsonl").read_text().splitlines()]
+    peaks = {k: [t["peak_rss_mb"] for t in trace if t["kind"] == k] for k in ("calexp", "coadd")}
+    print(f"peak RSS (MB): calexp max {max(peaks['calexp'])}, coadd {min(peaks['coadd'])}..{max(peaks['coadd'])}")
+    assert len(peaks["coadd"]) == len(tasks) and min(peaks["coadd"]) > 0
+    # the same worker, its heap grown by the calexps: the coadd adds at most its 16 MiB budget
+    assert max(peaks["coadd"]) <= max(peaks["calexp"]) + 16
+    st = json.loads(cli("status", run, "--json", check=True).stdout)
+    assert st["complete"] and st["tasks"]["coadd"] == {"total": len(tasks), "done": len(tasks)}
+    assert "coadd" in cli("status", run, check=True).stdout
+
+
+def test_coadd_bit_identical_at_three_ranks(run, tmp_path):
+    cli("run", run.parent / "c.toml", "-o", tmp_path / "run", mpi=3, check=True, timeout=600)
+    assert coadd_digest(tmp_path / "run") == coadd_digest(run)
+
+
+def test_coadd_config_checks(tmp_path):
+    p = tmp_path / "c.toml"
+    for text, key in [("[level2]\ncoadd = true\n", "level2.coadd"),
+                      ("[level2]\nmemory_per_rank = 1000\n", "level2.memory_per_rank"),
+                      ("[level2]\ncoadd_statistic = 'max'\n", "level2.coadd_statistic"),
+                      ("[level2]\npatch_size = 100\npatch_overlap = 50\n", "level2.patch_overlap")]:
+        p.write_text(text)
+        with pytest.raises(InputError, match=key.replace(".", r"\.")):
+            config.load(p)
+    # a budget too small for the largest stack is refused when the graph is built, before any task
+    cfg = config.from_dict({"cadence": {"max_visits": 6}, "level2": {"calibrate": True, "coadd": True}})
+    cfg.level2.memory_per_rank = 1 << 16
+    with pytest.raises(InputError, match="level2.memory_per_rank"):
+        campaign.build_tasks(cfg, campaign.select_cadence(cfg))
