@@ -13,37 +13,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memset
 
 # ------------------------------------------------------------------ selection and sorting
-cdef float _select(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """k-th smallest of a[0..n) (Hoare's selection, median-of-three pivot); reorders a."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, m
-    cdef float p, t
-    while hi > lo:
-        m = lo + (hi - lo) // 2
-        if a[m] < a[lo]:
-            t = a[m]; a[m] = a[lo]; a[lo] = t
-        if a[hi] < a[lo]:
-            t = a[hi]; a[hi] = a[lo]; a[lo] = t
-        if a[hi] < a[m]:
-            t = a[hi]; a[hi] = a[m]; a[m] = t
-        p = a[m]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < p:
-                i += 1
-            while a[j] > p:
-                j -= 1
-            if i <= j:
-                t = a[i]; a[i] = a[j]; a[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return a[k]
+include "_select.pxi"
 
 
 cdef void _sort_u64(uint64_t* a, Py_ssize_t n) noexcept nogil:

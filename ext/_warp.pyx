@@ -229,43 +229,7 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     return covered
 
 
-cdef inline void _swap(double *a, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
-    cdef double t = a[i]
-    a[i] = a[j]
-    a[j] = t
-
-
-cdef double _select(double *a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """k-th smallest of a[0..n-1] (0-based); partially reorders a so that a[0..k-1] <= a[k]."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, mid
-    cdef double pivot
-    while hi > lo:
-        mid = lo + (hi - lo) // 2                     # median-of-three pivot
-        if a[mid] < a[lo]:
-            _swap(a, mid, lo)
-        if a[hi] < a[lo]:
-            _swap(a, hi, lo)
-        if a[hi] < a[mid]:
-            _swap(a, hi, mid)
-        pivot = a[mid]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                _swap(a, i, j)
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return a[k]
+include "_select.pxi"
 
 
 cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
