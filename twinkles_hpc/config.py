@@ -149,6 +149,10 @@ class Level2Section:
     coadd_statistic: str = opt("mean", "",
                                "'mean' (inverse-variance weighted, sigma-clipped) or 'median' per pixel.",
                                choices=("mean", "median"))
+    objects: bool = opt(False, "",
+                        "Detect, deblend and measure Objects on each patch's coadds (objects/patch-I-J.h5: "
+                        "multi-band detection, per-band coadd PSF, forced PSF and aperture fluxes, "
+                        "extendedness, detect_isPrimary); needs coadd = true.")
 
 
 @dataclass
@@ -221,6 +225,9 @@ def _validate(cfg):
     if L.coadd and not L.calibrate:
         raise InputError(p, "level2.coadd", "false unless level2.calibrate = true (the coadd reads calexps)",
                          L.coadd)
+    if L.objects and not L.coadd:
+        raise InputError(p, "level2.objects", "false unless level2.coadd = true (Objects are measured on the "
+                         "coadds)", L.objects)
     if 2 * L.patch_overlap >= L.patch_size:
         raise InputError(p, "level2.patch_overlap", f"a value < level2.patch_size / 2 ({L.patch_size / 2:g}) pixel",
                          L.patch_overlap)

@@ -15,6 +15,8 @@ Run directory layout (docs/design.md):
                                footprints of all visits (written by rank 0 before any task)
     coadds/B/patch-I-J.h5      coadd of patch (I, J) in band B from the calexps of the visits that overlap
                                it, in sub-regions sized from level2.memory_per_rank: task `coadd/B/I-J`
+    objects/patch-I-J.h5       the Objects of patch (I, J) (when [level2] objects = true): multi-band detection,
+                               deblending and per-band measurement on its coadds: task `objects/I-J`
     eimages/vNNNNNNNN-B.h5     one eimage per visit: task `visit/NNNNNNNN`
     eimages/band-B.h5          per-band virtual datasets over the eimages (after the last visit)
     checkpoints/               partial visits (mid-visit checkpoints), removed when a visit completes
@@ -228,6 +230,25 @@ def coadd_tasks(cfg, visits, skymap):
     return tasks
 
 
+def objects_relpath(i, j):
+    return os.path.join("objects", f"patch-{i}-{j}.h5")
+
+
+def objects_tasks(coadd_task_list):
+    """One `objects/I-J` task per patch with a coadd in any band, after that patch's coadd tasks;
+    cost = patch pixels x bands / 16.3 Mpix."""
+    by_patch = {}
+    for t in coadd_task_list:
+        by_patch.setdefault(tuple(t.params["patch"]), []).append(t)
+    tasks = []
+    for (i, j), ts in sorted(by_patch.items()):
+        bands = {t.params["band"]: t for t in ts}
+        tasks.append(Task(f"objects/{i}-{j}", "objects", cost=ts[0].cost / max(len(ts[0].params["visit_ids"]), 1)
+                          * len(bands), deps=tuple(bands[b].id for b in sorted(bands)),
+                          params={"patch": (i, j), "bands": sorted(bands)}))
+    return tasks
+
+
 def build_tasks(cfg, visits, skymap=None):
     sky_cost = 2.0 * (cfg.sky.radius / 0.3) ** 2
     tasks = [Task(SKY_TASK, "sky", cost=sky_cost)]
@@ -247,7 +268,10 @@ def build_tasks(cfg, visits, skymap=None):
             tasks.append(Task(f"calexp/{vid:08d}", "calexp", cost=2.0 * visit_cost(v, cfg.sensor),
                               deps=(visit_task_id(vid),), params={"visit_id": vid}))
     if cfg.level2.coadd:
-        tasks += coadd_tasks(cfg, visits, skymap or coadd_skymap(cfg, visits))
+        ctasks = coadd_tasks(cfg, visits, skymap or coadd_skymap(cfg, visits))
+        tasks += ctasks
+        if cfg.level2.objects:
+            tasks += objects_tasks(ctasks)
     return tasks
 
 
@@ -279,6 +303,24 @@ def run_coadd(cfg, rundir, skymap, band, index, visit_ids):
         fh.attrs["band"] = band
         fh.attrs["skymap"] = json.dumps(skymap.to_dict(), sort_keys=True)
     commit(part, out)
+    return {rel: os.path.getsize(out)}
+
+
+def run_objects(cfg, rundir, index, bands):
+    """Objects of one patch from its coadds in `bands` (the run's other bands get NaN columns)."""
+    from twinkles_hpc.level2.objects import measure_patch
+    refcat, = _refcat_cache.get(os.path.join(rundir, "refcat.h5"), ("refcat",))
+    paths = {b: (os.path.join(rundir, coadd_relpath(b, *index)) if b in bands else None)
+             for b in cfg.cadence.bands}
+    objects, meta = measure_patch(paths, refcat, bands=list(cfg.cadence.bands))
+    rel = objects_relpath(*index)
+    out = os.path.join(rundir, rel)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with atomic_h5(out) as fh:
+        write_table(fh, "objects", objects)
+        fh.attrs["tract"], fh.attrs["patch"] = meta["tract"], list(index)
+        fh.attrs["bands"] = list(cfg.cadence.bands)
+        fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
     return {rel: os.path.getsize(out)}
 
 
@@ -441,6 +483,8 @@ class Executor:
         if task.kind == "coadd":
             self.skymap = self.skymap or read_skymap(self.rundir)
             return run_coadd(self.cfg, self.rundir, self.skymap, p["band"], p["patch"], p["visit_ids"])
+        if task.kind == "objects":
+            return run_objects(self.cfg, self.rundir, p["patch"], p["bands"])
         raise ValueError(f"unknown task kind {task.kind!r}")
 
 
