@@ -153,6 +153,10 @@ class Level2Section:
                         "Detect, deblend and measure Objects on each patch's coadds (objects/patch-I-J.h5: "
                         "multi-band detection, per-band coadd PSF, forced PSF and aperture fluxes, "
                         "extendedness, detect_isPrimary); needs coadd = true.")
+    forced: bool = opt(False, "",
+                       "Forced photometry of every primary Object on every calexp (forced/vNNNNNNNN-B.h5, "
+                       "table forced_source: objectId, ccdVisitId, psFlux, psFlux_Sigma in nJy, flags, x, y); "
+                       "needs objects = true.")
 
 
 @dataclass
@@ -228,6 +232,9 @@ def _validate(cfg):
     if L.objects and not L.coadd:
         raise InputError(p, "level2.objects", "false unless level2.coadd = true (Objects are measured on the "
                          "coadds)", L.objects)
+    if L.forced and not L.objects:
+        raise InputError(p, "level2.forced", "false unless level2.objects = true (forced photometry measures "
+                         "the Objects on the calexps)", L.forced)
     if 2 * L.patch_overlap >= L.patch_size:
         raise InputError(p, "level2.patch_overlap", f"a value < level2.patch_size / 2 ({L.patch_size / 2:g}) pixel",
                          L.patch_overlap)

@@ -17,6 +17,8 @@ Run directory layout (docs/design.md):
                                it, in sub-regions sized from level2.memory_per_rank: task `coadd/B/I-J`
     objects/patch-I-J.h5       the Objects of patch (I, J) (when [level2] objects = true): multi-band detection,
                                deblending and per-band measurement on its coadds: task `objects/I-J`
+    forced/vNNNNNNNN-B.h5      forced photometry of every primary Object on the calexp of visit NNNNNNNN (when
+                               [level2] forced = true), table `forced_source`: task `forced/NNNNNNNN`
     eimages/vNNNNNNNN-B.h5     one eimage per visit: task `visit/NNNNNNNN`
     eimages/band-B.h5          per-band virtual datasets over the eimages (after the last visit)
     checkpoints/               partial visits (mid-visit checkpoints), removed when a visit completes
@@ -249,6 +251,21 @@ def objects_tasks(coadd_task_list):
     return tasks
 
 
+def forced_relpath(visit_id, band):
+    return os.path.join("forced", f"v{int(visit_id):08d}-{band}.h5")
+
+
+def forced_tasks(cfg, visits, objects_task_list):
+    """One `forced/NNNNNNNN` task per visit with a calexp, after that visit's calexp task and every objects
+    task (a visit reads the Objects of all patches; those off its sensor are skipped); cost = 0.2 x the
+    visit's."""
+    deps = tuple(t.id for t in objects_task_list)
+    return [Task(f"forced/{int(v['visit_id']):08d}", "forced", cost=0.2 * visit_cost(v, cfg.sensor),
+                 deps=(f"calexp/{int(v['visit_id']):08d}",) + deps,
+                 params={"visit_id": int(v["visit_id"]), "patches": [t.params["patch"] for t in objects_task_list]})
+            for v in visits]
+
+
 def build_tasks(cfg, visits, skymap=None):
     sky_cost = 2.0 * (cfg.sky.radius / 0.3) ** 2
     tasks = [Task(SKY_TASK, "sky", cost=sky_cost)]
@@ -271,7 +288,10 @@ def build_tasks(cfg, visits, skymap=None):
         ctasks = coadd_tasks(cfg, visits, skymap or coadd_skymap(cfg, visits))
         tasks += ctasks
         if cfg.level2.objects:
-            tasks += objects_tasks(ctasks)
+            otasks = objects_tasks(ctasks)
+            tasks += otasks
+            if cfg.level2.forced:
+                tasks += forced_tasks(cfg, visits, otasks)
     return tasks
 
 
@@ -321,6 +341,36 @@ def run_objects(cfg, rundir, index, bands):
         fh.attrs["tract"], fh.attrs["patch"] = meta["tract"], list(index)
         fh.attrs["bands"] = list(cfg.cadence.bands)
         fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
+    return {rel: os.path.getsize(out)}
+
+
+_objects_cache = {}
+
+
+def _patch_objects(rundir, index):
+    """The Object table of one patch, read once per worker (keyed by path, mtime and size)."""
+    path = os.path.join(rundir, objects_relpath(*index))
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _objects_cache:
+        with open_read(path) as fh:
+            t = read_table(fh["objects"])
+        _objects_cache[key] = t[["objectId", "psRa", "psDecl", "detect_isPrimary"]]
+    return _objects_cache[key]
+
+
+def run_forced(rundir, visit, patches):
+    """Forced photometry of the primary Objects of `patches` on one visit's calexp -> forced/vNNNNNNNN-B.h5."""
+    from twinkles_hpc.level2.forcedsource import force_visit
+    objects = [_patch_objects(rundir, tuple(p)) for p in sorted(tuple(p) for p in patches)]
+    rows = force_visit(os.path.join(rundir, calexp_relpath(visit["visit_id"], visit["band"])), objects)
+    rel = forced_relpath(visit["visit_id"], visit["band"])
+    out = os.path.join(rundir, rel)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with atomic_h5(out) as fh:
+        write_table(fh, "forced_source", rows)
+        fh.attrs["visit_id"], fh.attrs["band"] = int(visit["visit_id"]), str(visit["band"])
+        fh.attrs["ccdVisitId"] = int(visit["visit_id"])
     return {rel: os.path.getsize(out)}
 
 
@@ -485,6 +535,8 @@ class Executor:
             return run_coadd(self.cfg, self.rundir, self.skymap, p["band"], p["patch"], p["visit_ids"])
         if task.kind == "objects":
             return run_objects(self.cfg, self.rundir, p["patch"], p["bands"])
+        if task.kind == "forced":
+            return run_forced(self.rundir, self.by_id[p["visit_id"]], p["patches"])
         raise ValueError(f"unknown task kind {task.kind!r}")
 
 
