@@ -59,3 +59,52 @@ def cli(*args, mpi=0, env=None, timeout=600, check=False):
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+#: The Level 2 chain on a small field: 3 g + 3 r visits of a 1600 px sensor at different rotations,
+#: calexps, coadds on 800 px patches (3 x 3) with the smallest budget (each 1000 px patch in 9
+#: sub-regions), Objects and ForcedSource. One run serves the coadd, Objects and ForcedSource tests.
+LEVEL2_TOML = """
+[run]
+seed = 11
+[cadence]
+bands = "gr"
+max_visits = 6
+[sky]
+radius = 0.1
+galaxy_mag_limit = 25.5
+star_density_scale = 4.0
+[supernovae]
+enabled = false
+[lensing]
+enabled = false
+[sensor]
+nx = 1600
+ny = 1600
+[level2]
+calibrate = true
+coadd = true
+memory_per_rank = 16777216
+patch_size = 800
+objects = true
+forced = true
+"""
+
+
+def _level2_run(tmp_path_factory, n):
+    d = tmp_path_factory.mktemp(f"level2-n{n}")
+    (d / "c.toml").write_text(LEVEL2_TOML)
+    cli("run", d / "c.toml", "-o", d / "run", mpi=n, check=True, timeout=600)
+    return d / "run"
+
+
+@pytest.fixture(scope="session")
+def level2_run(tmp_path_factory):
+    """The Level 2 chain under mpiexec -n 2."""
+    return _level2_run(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="session")
+def level2_run_n3(tmp_path_factory):
+    """The same campaign under mpiexec -n 3, for the rank-count checks."""
+    return _level2_run(tmp_path_factory, 3)

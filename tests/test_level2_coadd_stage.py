@@ -17,31 +17,6 @@ from twinkles_hpc.store.tables import read_table
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
-#: 3 g + 3 r visits of a 1600 px sensor at different rotations; 800 px patches (3 x 3) and the smallest
-#: budget, so each 1000 px patch is coadded in 9 sub-regions.
-COADD_TOML = """
-[run]
-seed = 11
-[cadence]
-bands = "gr"
-max_visits = 6
-[sky]
-radius = 0.1
-galaxy_mag_limit = 25.5
-star_density_scale = 4.0
-[supernovae]
-enabled = false
-[lensing]
-enabled = false
-[sensor]
-nx = 1600
-ny = 1600
-[level2]
-calibrate = true
-coadd = true
-memory_per_rank = 16777216
-patch_size = 800
-"""
 PLANES = ("image", "variance", "mask", "n_visits", "depth")
 
 
@@ -54,12 +29,9 @@ def coadd_digest(rundir):
     return d.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("coadd")
-    (d / "c.toml").write_text(COADD_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=600)
-    return d / "run"
+@pytest.fixture
+def run(level2_run):
+    return level2_run
 
 
 def test_coadd_stage(run):
@@ -122,9 +94,8 @@ def test_coadd_stage(run):
     assert "coadd" in cli("status", run, check=True).stdout
 
 
-def test_coadd_bit_identical_at_three_ranks(run, tmp_path):
-    cli("run", run.parent / "c.toml", "-o", tmp_path / "run", mpi=3, check=True, timeout=600)
-    assert coadd_digest(tmp_path / "run") == coadd_digest(run)
+def test_coadd_bit_identical_at_three_ranks(run, level2_run_n3):
+    assert coadd_digest(level2_run_n3) == coadd_digest(run)
 
 
 def test_coadd_config_checks(tmp_path):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import MPIEXEC, cli
 from scipy.spatial import cKDTree
-from test_level2_objects import OBJECTS_TOML
 
 from twinkles_hpc import config
 from twinkles_hpc.errors import InputError
@@ -19,7 +18,6 @@ from twinkles_hpc.store.tables import read_table
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
-FORCED_TOML = OBJECTS_TOML + "forced = true\n"
 
 
 def forced_digest(rundir):
@@ -30,12 +28,9 @@ def forced_digest(rundir):
     return d.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("forced")
-    (d / "c.toml").write_text(FORCED_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=600)
-    return d / "run"
+@pytest.fixture
+def run(level2_run):
+    return level2_run
 
 
 def _read_all(run, visits, patches):
@@ -147,9 +142,8 @@ def test_forced_stage(run):
     assert st["complete"] and st["tasks"]["forced"] == {"total": len(ftasks), "done": len(ftasks)}
 
 
-def test_forced_bit_identical_at_three_ranks(run, tmp_path):
-    cli("run", run.parent / "c.toml", "-o", tmp_path / "run", mpi=3, check=True, timeout=600)
-    assert forced_digest(tmp_path / "run") == forced_digest(run)
+def test_forced_bit_identical_at_three_ranks(run, level2_run_n3):
+    assert forced_digest(level2_run_n3) == forced_digest(run)
 
 
 def test_forced_config_check(tmp_path):

@@ -11,7 +11,6 @@ from astropy.wcs import WCS
 from conftest import MPIEXEC, cli
 from scipy import ndimage
 from scipy.spatial import cKDTree
-from test_level2_coadd_stage import COADD_TOML
 
 from twinkles_hpc import config
 from twinkles_hpc.errors import InputError
@@ -21,7 +20,6 @@ from twinkles_hpc.store.tables import read_table
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
-OBJECTS_TOML = COADD_TOML + "objects = true\n"
 
 
 def objects_digest(rundir):
@@ -32,12 +30,9 @@ def objects_digest(rundir):
     return d.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("objects")
-    (d / "c.toml").write_text(OBJECTS_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=600)
-    return d / "run"
+@pytest.fixture
+def run(level2_run):
+    return level2_run
 
 
 def _sky_xy(wcs, ra, dec):
@@ -132,9 +127,8 @@ def test_objects_stage(run):
     assert st["complete"] and st["tasks"]["objects"] == {"total": len(otasks), "done": len(otasks)}
 
 
-def test_objects_bit_identical_at_three_ranks(run, tmp_path):
-    cli("run", run.parent / "c.toml", "-o", tmp_path / "run", mpi=3, check=True, timeout=600)
-    assert objects_digest(tmp_path / "run") == objects_digest(run)
+def test_objects_bit_identical_at_three_ranks(run, level2_run_n3):
+    assert objects_digest(level2_run_n3) == objects_digest(run)
 
 
 def test_objects_config_check(tmp_path):
