@@ -344,19 +344,10 @@ def run_objects(cfg, rundir, index, bands):
     return {rel: os.path.getsize(out)}
 
 
-_objects_cache = {}
-
-
 def _patch_objects(rundir, index):
-    """The Object table of one patch, read once per worker (keyed by path, mtime and size)."""
-    path = os.path.join(rundir, objects_relpath(*index))
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size)
-    if key not in _objects_cache:
-        with open_read(path) as fh:
-            t = read_table(fh["objects"])
-        _objects_cache[key] = t[["objectId", "psRa", "psDecl", "detect_isPrimary"]]
-    return _objects_cache[key]
+    """The Object table of one patch (the columns forced photometry needs), read once per worker."""
+    t, = _objects_cache.get(os.path.join(rundir, objects_relpath(*index)), ("objects",))
+    return t[["objectId", "psRa", "psDecl", "detect_isPrimary"]]
 
 
 def run_forced(rundir, visit, patches):
@@ -456,26 +447,28 @@ def _cut(rows, visit_ids):
 
 
 class _CatalogCache:
-    """Each worker reads a file's tables once and keeps them for all its visits."""
+    """Each worker reads a file's tables once and keeps the `size` most recent files' tables; an entry is
+    keyed by path, mtime and size, so a rewritten file is read again."""
 
-    def __init__(self):
-        self.key, self.value = None, None
+    def __init__(self, size=1):
+        self.size, self.entries = size, {}
 
     def get(self, path, names):
         st = os.stat(path)
         key = (path, st.st_mtime_ns, st.st_size, tuple(names))
-        if key != self.key:
+        if key not in self.entries:
             with open_read(path) as fh:
-                self.value = tuple(read_table(fh[n]) for n in names)
-            self.key = key
-        return self.value
+                value = tuple(read_table(fh[n]) for n in names)
+            while len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = value
+        return self.entries[key]
 
 
-_catalog = _CatalogCache()
-
-
-_truth_chunk = _CatalogCache()
-_refcat_cache = _CatalogCache()
+_catalog = _CatalogCache()          # truth.h5: stars, galaxies, variables (large: one file)
+_truth_chunk = _CatalogCache()      # variables/truth-KKKK.h5 of the current visit
+_refcat_cache = _CatalogCache()     # refcat.h5
+_objects_cache = _CatalogCache(size=256)   # objects/patch-I-J.h5: small tables, every patch a visit overlaps
 
 
 def visit_variable_mags(rundir, chunk, visit_id, variables):
