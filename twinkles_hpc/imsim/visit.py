@@ -200,6 +200,8 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
     wcs = SensorWCS(true.ra, true.dec, true.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
     nominal = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
     psf = make_psf(spec, sensor, im)
+    if variables is None:
+        variables, var_mags = _no_variables(), np.zeros(0)
     src, sel = select_sources(stars, galaxies, spec, wcs, variables, var_mags)
     n_chunks = max(1, -(-len(src) // im.chunk_objects))
     key = (cfg.run.seed, spec.visit_id, STAGE_NOISE)
@@ -249,10 +251,9 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
     written = write_eimage(out_path, pixels, meta, nominal, psf, im.compression)
     if instcat_path:
         from twinkles_hpc.imsim.instcat_write import write_visit_catalog
-        vsel = sel["variables"] if variables is not None else slice(0, 0)
+        v = sel["variables"]
         write_visit_catalog(instcat_path, true, cfg.run.seed, stars[sel["stars"]], galaxies[sel["galaxies"]],
-                            variables[vsel] if variables is not None else _no_variables(),
-                            var_mags[vsel] if variables is not None else np.zeros(0))
+                            variables[v], var_mags[v])
         written[instcat_path] = os.path.getsize(instcat_path)
     if im.fits:
         fits_path = os.path.splitext(out_path)[0] + ".fits"
