@@ -1,8 +1,9 @@
 """Simulate one visit's eimage: select the sources on the sensor, render them in chunks with
 mid-visit checkpoints, add sky and noise, write the HDF5 (and optionally FITS) output atomically.
 
-Rendering is deterministic and the noise is counter-based (keyed by run seed, visit id and stage),
-so the eimage is bit-identical whatever rank runs it and however often the visit was interrupted.
+Rendering is deterministic and the noise is counter-based (keyed by run seed, visit id and stage);
+cosmic rays are added after the noise, from their own key (run seed, visit id, STAGE_COSMIC_RAYS). So
+the eimage is bit-identical whatever rank runs it and however often the visit was interrupted.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from twinkles_hpc import __version__, instrument
 from twinkles_hpc.errors import Interrupted
 from twinkles_hpc.faults import int_fault
+from twinkles_hpc.imsim import cosmics as _cosmics
 from twinkles_hpc.imsim import noise as _noise
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.render import render_galaxies, render_points
@@ -26,6 +28,7 @@ from twinkles_hpc.store.atomic import atomic_h5, open_read
 
 STAGE_NOISE = 1
 STAGE_POINTING = 2
+STAGE_COSMIC_RAYS = 3
 #: Extra margin (pixels) around the sensor inside which sources are still rendered: their light
 #: spills onto the sensor. Galaxies also get 8 half-light radii.
 EDGE_MARGIN_PIX = 32
@@ -234,9 +237,14 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
                 raise Interrupted(f"visit {spec.visit_id} checkpointed at chunk {c + 1}/{n_chunks}")
     sky_e = _noise.sky_electrons(spec.sky_brightness, spec.band, spec.exptime,
                                  pixel_scale=sensor.pixel_scale, dark_current=sensor.dark_current)
+    crs, n_tracks = np.zeros(0, _cosmics.COSMIC_RAY_DTYPE), 0
     if im.noise:
         pixels, n_sat = _noise.add_sky_and_noise(image, sky_e, sensor.read_noise, key,
                                                  full_well=sensor.full_well)
+        if im.cosmic_ray_rate > 0:
+            crs, n_tracks = _cosmics.simulate_cosmic_rays(im.cosmic_ray_rate, spec.exptime, sensor.nx, sensor.ny,
+                                                          (cfg.run.seed, spec.visit_id, STAGE_COSMIC_RAYS))
+            n_sat += _cosmics.add_cosmic_rays(pixels, crs, sensor.full_well)
     else:
         pixels, n_sat = (image + sky_e).astype(np.float32), 0
     meta = dict(visit_id=spec.visit_id, band=spec.band, mjd=spec.mjd, exptime=spec.exptime,
@@ -244,11 +252,12 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
                 sky_brightness=spec.sky_brightness, rot_sky_pos=spec.rot_sky_pos, ra=spec.ra, dec=spec.dec,
                 sky_e=sky_e, read_noise=sensor.read_noise, full_well=sensor.full_well, gain=instrument.GAIN,
                 zeropoint=instrument.ZEROPOINT[spec.band], n_saturated=n_sat, n_sources=len(src),
+                n_cosmic_rays=n_tracks, n_cosmic_ray_pixels=len(crs),
                 **variable_counts(variables, var_mags, sel["variables"], spec.five_sigma_depth),
                 seed=cfg.run.seed, run_name=cfg.run.name, software=f"twinkles-hpc {__version__}")
     meta.update(true_ra=true.ra, true_dec=true.dec, true_rot_sky_pos=true.rot_sky_pos,
                 true_wcs=wcs.astropy().to_header_string())
-    written = write_eimage(out_path, pixels, meta, nominal, psf, im.compression)
+    written = write_eimage(out_path, pixels, meta, nominal, psf, im.compression, cosmic_rays=crs)
     if instcat_path:
         from twinkles_hpc.imsim.instcat_write import write_visit_catalog
         v = sel["variables"]
@@ -267,7 +276,9 @@ def _no_variables():
     return np.zeros(0, dtype=VARIABLE_DTYPE)
 
 
-def write_eimage(path, pixels, meta, wcs: SensorWCS, psf: PSFModel, compression="none"):
+def write_eimage(path, pixels, meta, wcs: SensorWCS, psf: PSFModel, compression="none", cosmic_rays=None):
+    """The eimage file (docs/data-model.md); `cosmic_rays` (COSMIC_RAY_DTYPE) goes to the truth dataset
+    `truth/cosmic_rays`, which Level 2 never reads."""
     comp = {} if compression == "none" else {"compression": compression, "shuffle": True}
     ny, nx = pixels.shape
     chunks = (min(ny, 256), min(nx, 4096)) if comp else None
@@ -278,6 +289,9 @@ def write_eimage(path, pixels, meta, wcs: SensorWCS, psf: PSFModel, compression=
             fh.attrs[k] = v
         fh.attrs["wcs"] = wcs.astropy().to_header_string()
         fh.attrs["psf"] = json.dumps(psf.to_dict())
+        if cosmic_rays is not None:
+            fh.create_dataset("truth/cosmic_rays", data=cosmic_rays)
+            fh["truth/cosmic_rays"].attrs["unit"] = "electron"
     return {path: os.path.getsize(path)}
 
 

@@ -12,6 +12,8 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
+from twinkles_hpc.level2 import CalibrationError
+
 
 def tangent_plane(ra, dec, ra0, dec0):
     """Gnomonic projection (xi, eta), degrees, about (ra0, dec0)."""
@@ -71,7 +73,7 @@ def calibrate_astrometry(x, y, wcs0, ref_ra, ref_dec, *, radii=(6.0, 2.0, 1.0), 
     for radius in radii:
         i, j, _ = match(x, y, w, ref_ra, ref_dec, radius)
         if len(i) < min_matches:
-            raise ValueError(f"astrometry: only {len(i)} reference matches within {radius}\" "
+            raise CalibrationError(f"astrometry: only {len(i)} reference matches within {radius}\" "
                              f"(need {min_matches})")
         keep = np.ones(len(i), bool)
         for _ in range(3):

@@ -1,33 +1,51 @@
 """Calibrate one visit (processEimage): eimage -> calexp.
 
-Steps: mask saturated pixels and the sensor edge; variance plane from the pixel values (Poisson) and
-the read noise; background (mesh statistics + spline); detection; astrometric calibration of the
+Steps: mask saturated pixels and the sensor edge; background (mesh statistics + spline); find, mask
+(CR) and repair cosmic rays (level2/cosmics.py); variance plane from the repaired pixel values (Poisson)
+and the read noise; detection; astrometric calibration of the
 nominal WCS against the reference catalogue; a PSF model from bright isolated reference stars; PSF
 photometry of those stars, an aperture correction to a large aperture, and the zero point from the
-reference magnitudes in the visit's own band. Reads only the eimage's camera attributes
-(docs/data-model.md), never the simulation's truth.
+reference magnitudes in the visit's own band; the per-visit source table `sources` (every detection:
+centroid, sky position through the fitted WCS, calibrated PSF flux, flags; `source_table`). Reads only the
+eimage's camera attributes (docs/data-model.md), never the simulation's truth.
+
+A visit that cannot be calibrated (too few reference matches or stars: CalibrationError) still gets a
+calexp file, with attributes calib_ok = False and calib_failure (the reason, one line) and no pixel
+planes; a calibrated one has calib_ok = True. Downstream stages skip the failed ones (calexp_ok).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from twinkles_hpc.level2 import CalibrationError
+from twinkles_hpc.level2 import detect as _detect
 from twinkles_hpc.level2 import forced as _forced
 from twinkles_hpc.level2.astrometry import calibrate_astrometry
 from twinkles_hpc.level2.background import BackgroundConfig, estimate_background
+from twinkles_hpc.level2.cosmics import CosmicRayConfig, find_cosmic_rays
 from twinkles_hpc.level2.detect import detect
 from twinkles_hpc.level2.photocal import njy_per_electron, zero_point
 from twinkles_hpc.level2.psf import STAMP_RADIUS, estimate_psf
 from twinkles_hpc.store.atomic import atomic_h5, open_read
+from twinkles_hpc.store.tables import write_table
 
 MASK_SAT, MASK_CR, MASK_EDGE, MASK_DETECTED, MASK_NO_DATA, MASK_BAD = 1, 2, 4, 8, 16, 32
 #: eimage attributes a camera provides, copied to the calexp (docs/data-model.md).
 CAMERA_ATTRS = ("visit_id", "band", "mjd", "exptime", "airmass", "ra", "dec", "rot_sky_pos", "read_noise",
                 "gain", "full_well", "seed", "run_name", "software")
+#: `flags` bits of the source table: SAT pixels in the PSF-fit footprint; the footprint or detection
+#: touches the sensor edge or EDGE pixels; a CR pixel within the PSF-fit radius; the windowed centroid
+#: failed (x, y are the isophotal barycentre); a child of a deblended footprint; no PSF flux (NaN).
+SRC_SATURATED, SRC_EDGE, SRC_CR, SRC_CENTROID, SRC_BLENDED, SRC_NO_FLUX = 1, 2, 4, 8, 16, 32
+SOURCE_DTYPE = np.dtype([("id", "i8"), ("x", "f8"), ("y", "f8"), ("x_err", "f8"), ("y_err", "f8"),
+                         ("ra", "f8"), ("dec", "f8"), ("psFlux", "f8"), ("psFlux_Sigma", "f8"),
+                         ("snr", "f8"), ("flags", "i4"), ("calib_astrometry_used", "?"),
+                         ("calib_psf_candidate", "?")])
 
 
 @dataclass
@@ -42,6 +60,8 @@ class CalibrateConfig:
     max_psf_stars: int = 120
     ap_corr_radius: float = 20.0         # pixels: the "total flux" aperture of the aperture correction
     zp_min_snr: float = 20.0
+    repair_cosmic_rays: bool = True
+    cosmic_rays: CosmicRayConfig = field(default_factory=CosmicRayConfig)
 
 
 def _saturation_mask(image, full_well, edge):
@@ -55,16 +75,23 @@ def _saturation_mask(image, full_well, edge):
 
 
 def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
-    """Calibrate pixels with their camera attributes; returns (planes dict, metadata dict)."""
+    """Calibrate pixels with their camera attributes; returns (planes dict: image, variance, mask,
+    background and the `sources` table (source_table), metadata dict)."""
     c = config
     band = str(attrs["band"])
     gain, rn = float(attrs.get("gain", 1.0)), float(attrs["read_noise"])
     image = np.asarray(image, dtype=np.float32)
     mask = _saturation_mask(image, float(attrs["full_well"]), c.edge_margin)
-    variance = (np.maximum(image, 0.0) / gain + rn ** 2).astype(np.float32)
     bg = estimate_background(image, mask=(mask & MASK_SAT) > 0, config=BackgroundConfig())
     background = bg.image(image.shape)
-    sub = image - background
+    sub = np.ascontiguousarray(image - background, dtype=np.float32)
+    n_cr = 0
+    if c.repair_cosmic_rays:
+        raw_var = (np.maximum(image, 0.0) / gain + rn ** 2).astype(np.float32)
+        n_cr, _ = find_cosmic_rays(sub, raw_var, mask, c.cosmic_rays, cr_bit=MASK_CR, skip_bits=MASK_SAT)
+        del raw_var
+    # the noise of the repaired pixels: a cosmic ray's charge is not in the variance of what replaced it
+    variance = (np.maximum(sub + background, 0.0) / gain + rn ** 2).astype(np.float32)
     # weights that do not contain the sources (background + read noise) keep the fits unbiased
     bg_var = (np.maximum(background, 0.0) / gain + rn ** 2).astype(np.float32)
     cat, labels = detect(sub, variance, threshold=c.detect_threshold, kernel_fwhm_px=c.detect_fwhm_px,
@@ -81,20 +108,23 @@ def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
     others = np.column_stack([leaves["x"], leaves["y"]])
     from scipy.spatial import cKDTree
     nn, _ = cKDTree(others).query(np.column_stack([stars["x"], stars["y"]]), k=2)
-    sat_near = _near_mask(mask, stars["x"], stars["y"], STAMP_RADIUS, MASK_SAT | MASK_EDGE)
+    sat_near = _near_mask(mask, stars["x"], stars["y"], STAMP_RADIUS, MASK_SAT | MASK_EDGE | MASK_CR)
     ok = (nn[:, 1] > c.psf_isolation_px) & ~sat_near & (stars["flux"] > c.psf_min_snr * stars["flux_err"])
     psf_idx = np.flatnonzero(ok)[np.argsort(-stars["flux"][ok])][:c.max_psf_stars]
     # the variation across the sensor is as detailed as the number of stars allows (3 per coefficient)
     order = next((o for o in range(c.psf_order, -1, -1) if len(psf_idx) >= 3 * (o + 1) * (o + 2) // 2), 0)
     psf, pinfo = estimate_psf(sub, bg_var, stars["x"][psf_idx], stars["y"][psf_idx], order=order)
-    # PSF photometry of the matched stars, aperture correction, zero point in this band
-    phot = _forced.forced_photometry(sub, variance, mask, stars["x"], stars["y"], psf,
-                                     ap_radii=(c.ap_corr_radius,))
+    # PSF photometry of every detection in one kernel call (the source table's fluxes); the matched stars'
+    # rows give the aperture correction and the zero point in this band
+    phot_all = _forced.forced_photometry(sub, variance, mask, leaves["x"], leaves["y"], psf,
+                                         ap_radii=(c.ap_corr_radius,))
+    i_star = np.flatnonzero(good)[ainfo["i_det"]]              # matched stars as rows of `leaves`
+    phot = phot_all[i_star]
     ap = phot[f"ap_flux_{_forced._radius_name(c.ap_corr_radius)}"]
     clean = (phot["flags"] == 0) & ~sat_near & (phot["psf_flux"] > c.psf_min_snr * phot["psf_flux_err"])
     clean &= np.isfinite(ap)
     if clean.sum() < 3:
-        raise ValueError(f"calibrate: {int(clean.sum())} clean stars for the aperture correction (need 3)")
+        raise CalibrationError(f"calibrate: {int(clean.sum())} clean stars for the aperture correction (need 3)")
     # the large aperture is sensitive to background errors: take the brightest stars only
     snr = phot["psf_flux"] / phot["psf_flux_err"]
     bright = np.flatnonzero(clean)[np.argsort(-snr[clean])][:max(5, int(clean.sum()) // 4)]
@@ -108,10 +138,64 @@ def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
                 zero_point_err=zp_err, n_zero_point=n_zp, ap_corr=ap_corr, ap_corr_radius=c.ap_corr_radius,
                 flux_njy_per_electron=njy_per_electron(zp), n_astrometry=ainfo["n_matched"],
                 astrometry_rms_arcsec=ainfo["rms_arcsec"], n_psf_stars=pinfo["n_used"], psf_order=order,
-                n_detections=int(len(leaves)), background_level=float(np.median(bg.mesh)))
+                n_detections=int(len(leaves)), background_level=float(np.median(bg.mesh)),
+                n_cosmic_ray_pixels=n_cr, calib_ok=True)
+    sources = source_table(leaves, phot_all, psf, wcs, mask, ap_corr * meta["flux_njy_per_electron"],
+                           i_star, i_star[psf_idx])
     planes = {"image": sub.astype(np.float32), "variance": variance, "mask": mask,
-              "background": np.asarray(bg.mesh, dtype=np.float32)}
+              "background": np.asarray(bg.mesh, dtype=np.float32), "sources": sources}
     return planes, meta
+
+
+def source_table(det, phot, psf, wcs, mask, njy_per_electron, i_astrom, i_psf):
+    """The per-visit source table (SOURCE_DTYPE) of the detections `det` (leaves of the detection
+    catalogue) and their PSF photometry `phot` (forced_photometry at the detections' centroids).
+
+    psFlux = psf_flux x ap_corr x flux_njy_per_electron (njy_per_electron = the product of the two).
+    x_err = y_err = sqrt(2) sigma_psf / snr, the Cramer-Rao error per axis of a centroid of a Gaussian
+    PSF of width sigma_psf (here that of the Gaussian with the PSF model's effective area, FWHM / 2.3548)
+    at the PSF-flux SNR; the windowed centroid reaches it (docs/level2-detect.md). i_astrom, i_psf: rows
+    of `det` used by the astrometric fit / selected for the PSF fit.
+    """
+    out = np.zeros(len(det), SOURCE_DTYPE)
+    out["id"], out["x"], out["y"] = det["id"], det["x"], det["y"]
+    if len(det) == 0:
+        return out
+    out["ra"], out["dec"] = wcs.all_pix2world(det["x"], det["y"], 0)
+    out["psFlux"] = phot["psf_flux"] * njy_per_electron
+    out["psFlux_Sigma"] = phot["psf_flux_err"] * njy_per_electron
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["snr"] = phot["psf_flux"] / phot["psf_flux_err"]
+        fwhm = _forced.psf_fwhm(psf, det["x"], det["y"])
+        err = np.sqrt(2.0) * fwhm / _detect.FWHM_PER_SIGMA / out["snr"]
+    out["x_err"] = out["y_err"] = np.where(out["snr"] > 0, err, np.inf)
+    pf, df = phot["flags"], det["flags"]
+    flags = np.where(pf & _forced.FLAG_SATURATED, SRC_SATURATED, 0)
+    flags |= np.where((pf & _forced.FLAG_EDGE) | (df & _detect.FLAG_EDGE), SRC_EDGE, 0)
+    # a CR pixel in the PSF-fit footprint makes it MASKED: look only at those
+    masked = np.flatnonzero(pf & _forced.FLAG_MASKED)
+    cr = _near_bits(mask, MASK_CR, det["x"][masked], det["y"][masked], _forced.PSF_RADIUS_FWHM * fwhm[masked])
+    flags[masked[cr]] |= SRC_CR
+    flags |= np.where(df & _detect.FLAG_CENTROID, SRC_CENTROID, 0)
+    flags |= np.where(det["parent"] > 0, SRC_BLENDED, 0)
+    flags |= np.where(~np.isfinite(out["psFlux"]), SRC_NO_FLUX, 0)
+    out["flags"] = flags
+    out["calib_astrometry_used"][i_astrom] = True
+    out["calib_psf_candidate"][i_psf] = True
+    return out
+
+
+def _near_bits(mask, bits, x, y, radius):
+    """True for positions (pixels) with a pixel of any of `bits` whose centre lies within `radius` (per
+    position), the footprint forced_photometry fits."""
+    ny, nx = mask.shape
+    out = np.zeros(len(x), bool)
+    for k, (xi, yi, r) in enumerate(zip(x, y, radius)):
+        j0, j1 = max(int(np.floor(yi - r)), 0), min(int(np.ceil(yi + r)) + 1, ny)
+        i0, i1 = max(int(np.floor(xi - r)), 0), min(int(np.ceil(xi + r)) + 1, nx)
+        jj, ii = np.ogrid[j0:j1, i0:i1]
+        out[k] = bool(((mask[j0:j1, i0:i1] & bits) > 0)[(ii - xi) ** 2 + (jj - yi) ** 2 <= r * r].any())
+    return out
 
 
 def _near_mask(mask, x, y, r, bits):
@@ -125,15 +209,30 @@ def _near_mask(mask, x, y, r, bits):
 
 
 def calibrate_visit(eimage_path, refcat, out_path, config=CalibrateConfig()):
-    """eimage file -> calexp file (atomic). Returns the calexp metadata."""
+    """eimage file -> calexp file (atomic). Returns the calexp metadata (calib_ok False and calib_failure
+    the reason when the visit cannot be calibrated: the file then has no pixel planes and no sources)."""
     with open_read(eimage_path) as fh:
         image = fh["image"][...]
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()
                  if k in CAMERA_ATTRS + ("wcs",)}
-    planes, meta = calibrate_exposure(image, attrs, refcat, config)
+    try:
+        planes, meta = calibrate_exposure(image, attrs, refcat, config)
+    except CalibrationError as exc:
+        planes = {}
+        meta = {k: attrs[k] for k in CAMERA_ATTRS if k in attrs}
+        meta.update(calib_ok=False, calib_failure=" ".join(str(exc).split()) or type(exc).__name__)
     with atomic_h5(out_path) as fh:
         for name, data in planes.items():
-            fh.create_dataset(name, data=data)
+            if data.dtype.names:
+                write_table(fh, name, data)
+            else:
+                fh.create_dataset(name, data=data)
         for k, v in meta.items():
             fh.attrs[k] = v
     return meta
+
+
+def calexp_ok(path):
+    """True if the calexp at `path` was calibrated (attribute calib_ok; files from before it existed are)."""
+    with open_read(path) as fh:
+        return bool(fh.attrs.get("calib_ok", True))

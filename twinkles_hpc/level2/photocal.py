@@ -7,6 +7,8 @@ visit's own band: there is no band mapping.
 """
 import numpy as np
 
+from twinkles_hpc.level2 import CalibrationError
+
 NJY_ZEROPOINT = 31.4
 
 
@@ -15,7 +17,7 @@ def zero_point(flux_e, flux_err_e, ref_mag, ref_mag_err, *, min_snr=20.0, clip=3
     flux_e, flux_err_e = np.asarray(flux_e, float), np.asarray(flux_err_e, float)
     ok = np.isfinite(flux_e) & (flux_e > 0) & (flux_e > min_snr * flux_err_e) & np.isfinite(ref_mag)
     if ok.sum() < 3:
-        raise ValueError(f"photometric calibration: {int(ok.sum())} usable reference stars (need 3)")
+        raise CalibrationError(f"photometric calibration: {int(ok.sum())} usable reference stars (need 3)")
     zp_i = ref_mag[ok] + 2.5 * np.log10(flux_e[ok])
     err_i = np.hypot(ref_mag_err[ok], 1.0857 * flux_err_e[ok] / flux_e[ok])
     keep = np.ones(len(zp_i), bool)

@@ -9,10 +9,90 @@ photometry and convolution analytic, and `components_at(x, y)` is the interface 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
+
+from twinkles_hpc.level2 import CalibrationError
+
+class _Fit:
+    """The result of _lsq: x (parameters), cost (0.5 sum r^2), nfev, iterations, converged."""
+
+    def __init__(self, x, cost, nfev, nit, converged):
+        self.x, self.cost, self.nfev, self.nit, self.converged = x, cost, nfev, nit, converged
+
+
+def _normal_matrix(J, r):
+    """J^T J and J^T r with a fixed order of summation (row by row), whatever the arrays' alignment."""
+    return (J[:, :, None] * J[:, None, :]).sum(axis=0), (J * r[:, None]).sum(axis=0)
+
+
+def _cholesky_solve(A, b):
+    """Solve A x = b for a small symmetric positive-definite A in plain Python arithmetic (no BLAS);
+    None if A is not positive definite."""
+    n = len(b)
+    A = A.tolist()
+    L = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            v = A[i][j] - sum(L[i][k] * L[j][k] for k in range(j))
+            if i == j:
+                if not v > 0.0:
+                    return None
+                L[i][i] = math.sqrt(v)
+            else:
+                L[i][j] = v / L[j][j]
+    y = [0.0] * n
+    for i in range(n):
+        y[i] = (b[i] - sum(L[i][k] * y[k] for k in range(i))) / L[i][i]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (y[i] - sum(L[k][i] * x[k] for k in range(i + 1, n))) / L[i][i]
+    return np.array(x)
+
+
+def _lsq(fun, p0, max_nfev, *, ftol=1e-12, xtol=1e-10):
+    """Levenberg-Marquardt minimisation of 0.5 |fun(p)|^2 from p0: forward-difference Jacobian, damping
+    scaled by the running maximum of diag(J^T J) as in MINPACK. Written so that the result is
+    bit-reproducible: every sum has a fixed order and the linear solve is plain Python. Library solvers
+    were not: MINPACK (scipy least_squares "lm") gave results varying in the last bits between
+    processes with the heap's contents (MALLOC_PERTURB_), and the mixture fit's near-degeneracies
+    amplify that to ~1e-3 in a star's flux, which would break the calexps' bit-identical guarantee."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        p = np.array(p0, dtype=np.float64)
+        r = fun(p)
+        cost = 0.5 * float((r * r).sum())
+        nfev, lam, nit, d = 1, 1e-3, 0, np.zeros(p.size)
+        while nfev < max_nfev:
+            nit += 1
+            J = np.empty((r.size, p.size))
+            for i in range(p.size):
+                q = p.copy()
+                q[i] += 1.5e-8 * max(abs(p[i]), 1.0)
+                J[:, i] = (fun(q) - r) / (q[i] - p[i])
+            nfev += p.size
+            A, g = _normal_matrix(J, r)
+            d = np.maximum(d, np.maximum(np.diag(A), 1e-30))
+            while nfev < max_nfev:
+                step = _cholesky_solve(A + lam * np.diag(d), -g)
+                if step is None:
+                    lam *= 4.0
+                    continue
+                q = p + step
+                rq = fun(q)
+                nfev += 1
+                cq = 0.5 * float((rq * rq).sum()) if np.all(np.isfinite(rq)) else np.inf
+                if cq < cost:
+                    small = (cost - cq <= ftol * cost) or bool(np.all(np.abs(step) <= xtol * (np.abs(p) + xtol)))
+                    p, r, cost, lam = q, rq, cq, max(lam / 3.0, 1e-15)
+                    if small:
+                        return _Fit(p, cost, nfev, nit, True)
+                    break
+                lam *= 4.0
+                if lam > 1e16:
+                    return _Fit(p, cost, nfev, nit, True)       # no damped step decreases the cost
+    return _Fit(p, cost, nfev, nit, False)
 
 K_COMPONENTS = 3
 STAMP_RADIUS = 15            # pixels: stamps are (2R+1)^2, wide enough to constrain the wing
@@ -126,8 +206,7 @@ def fit_star(stamp, var, dx, dy, K=K_COMPONENTS, p0=None):
         f = stamp.sum()
         p0 = np.concatenate([[f, 0.0, 0.0, np.log(1.3), 0.0, 0.0], np.log([0.8, 1.2][:K - 1]),
                              np.log([0.3, 0.05][:K - 1])])
-    res = least_squares(lambda p: ((_model(p, dx, dy, K) - stamp) / np.sqrt(var)).ravel(), p0,
-                        method="lm", max_nfev=2000)
+    res = _lsq(lambda p: ((_model(p, dx, dy, K) - stamp) / np.sqrt(var)).ravel(), p0, max_nfev=2000)
     return res.x, res
 
 
@@ -143,7 +222,7 @@ def estimate_psf(image, variance, x, y, *, nx=None, ny=None, order=1, K=K_COMPON
     ok = (x > R + 1) & (x < nx_ - R - 2) & (y > R + 1) & (y < ny_ - R - 2)
     x, y = np.asarray(x)[ok], np.asarray(y)[ok]
     if len(x) < 3 * (order + 1) * (order + 2) // 2:
-        raise ValueError(f"estimate_psf: {len(x)} usable stars, need at least "
+        raise CalibrationError(f"estimate_psf: {len(x)} usable stars, need at least "
                          f"{3 * (order + 1) * (order + 2) // 2} for an order-{order} model")
     stamps = [_stamp(image, variance, xi, yi) for xi, yi in zip(x, y)]
     P = np.array([fit_star(*st, K=K)[0] for st in stamps])
@@ -152,14 +231,14 @@ def estimate_psf(image, variance, x, y, *, nx=None, ny=None, order=1, K=K_COMPON
     # alternate: per-star (flux, centre, size, ellipticity) with the shape fixed, then the global
     # shape (relative sizes and weights of the components) with every star's parameters fixed
     for _ in range(3):
-        per = np.array([least_squares(
+        per = np.array([_lsq(
             lambda q, st=st: ((_model(np.concatenate([q, shape]), st[2], st[3], K) - st[0])
-                              / np.sqrt(st[1])).ravel(), p0, method="lm", max_nfev=500).x
+                              / np.sqrt(st[1])).ravel(), p0, max_nfev=500).x
             for st, p0 in zip(stamps, per)])
-        shape = least_squares(
+        shape = _lsq(
             lambda sh: np.concatenate([((_model(np.concatenate([q, sh]), st[2], st[3], K) - st[0])
                                         / np.sqrt(st[1])).ravel() for st, q in zip(stamps, per)]),
-            shape, method="lm", max_nfev=200).x
+            shape, max_nfev=200).x
     T = _poly_terms(x, y, order, nx, ny)
     keep = np.ones(len(x), bool)
     for _ in range(3):
