@@ -1,6 +1,6 @@
 """Private kernels of twinkles_hpc.level2.warp and twinkles_hpc.level2.coadd: Lanczos-3 resampling of an
 image, its variance and mask through a tabulated coordinate grid, and the per-pixel combination of a
-stack of warps (inverse-variance weighted sigma-clipped mean, or median).
+stack of warps (weighted sigma-clipped mean, or median).
 
 Called only by those wrappers, which validate every input and document the physics; nothing is checked
 twice here. Both kernels release the GIL.
@@ -246,27 +246,31 @@ cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
 
 
 def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16_t[:, :, ::1] mask,
-            const double[::1] scale, int bad_bits, bint use_median, double clip_sigma, int clip_iters,
+            const double[::1] scale, const double[::1] weight, int bad_bits, int protect_bits,
+            bint use_median, double clip_sigma, int clip_iters,
             float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, int32_t[:, ::1] out_n,
             float[:, ::1] out_depth):
     """Combine a stack of N warps (N, ny, nx) pixel by pixel; input k is multiplied by scale[k] (its
-    variance by scale[k]^2).
+    variance by scale[k]^2) and weighs weight[k] (one number per input, so that the combination is linear
+    with the same weights across a source and the coadd PSF is the weighted sum of the inputs' PSFs).
 
     Input k is good at a pixel if its mask has none of bad_bits and its value and variance are finite
-    with variance > 0. Mean: centre c = median of the good values, then clip_iters times: keep inputs
-    with |x - c| / sqrt(V) <= clip_sigma max(1, 1.4826 MAD) (MAD = median of those normalised residuals,
-    so that a spread larger than the noise, e.g. PSF differences on a bright star, widens the cut) and
-    set c = sum(x/V) / sum(1/V) over the kept; with fewer than 3 good inputs or clip_iters = 0, the
-    plain weighted mean. Variance 1/sum(1/V) over the kept. Median: c = median, variance
-    (pi/2) / sum(1/V) (exact for N large and equal variances). Outputs: out = c, out_var, out_mask =
-    OR of the kept inputs' bits (all inputs' bits | NO_DATA where none is good: then out = NaN),
-    out_n = number kept, out_depth = 1 / out_var (0 where none is good).
+    with variance > 0. Mean: c = sum(w x) / sum(w) over the kept inputs, variance sum(w^2 V) / sum(w)^2.
+    Clipping (clip_iters > 0, >= 3 good inputs, and fewer than half of the good inputs carry one of
+    protect_bits, i.e. not inside a source detected in most inputs, whose cores differ by the inputs'
+    PSFs): start from the median, then clip_iters times keep the inputs with |x - c| / sqrt(V) <=
+    clip_sigma max(1, 1.4826 MAD) (MAD = median of those normalised residuals) and set c to the weighted
+    mean of the kept. Median: c = median, variance (pi/2) / sum(1/V) (exact for N large and equal
+    variances). Outputs: out = c, out_var, out_mask = OR of the kept inputs' bits (all inputs' bits |
+    NO_DATA where none is good: then out = NaN), out_n = number kept, out_depth = 1 / out_var (0 where
+    none is good).
     """
     cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], nx = img.shape[2]
-    cdef Py_ssize_t i, j, k, n, nkeep, it
-    cdef double x, vv, c, sw, swx, thr, mad
+    cdef Py_ssize_t i, j, k, n, nkeep, it, nprot
+    cdef double x, vv, c, sw, swx, swv, thr, mad
     cdef uint16_t m, allbits, keepbits
-    cdef double *xs = <double *> PyMem_RawMalloc(4 * (N + 1) * sizeof(double))
+    cdef double *xs = <double *> PyMem_RawMalloc(5 * (N + 1) * sizeof(double))
+    cdef double *ws
     cdef double *vs
     cdef double *rs
     cdef double *tmp
@@ -280,10 +284,12 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     vs = xs + (N + 1)
     rs = vs + (N + 1)
     tmp = rs + (N + 1)
+    ws = tmp + (N + 1)
     with nogil:
         for j in range(ny):
             for i in range(nx):
                 n = 0
+                nprot = 0
                 allbits = 0
                 for k in range(N):
                     m = mask[k, j, i]
@@ -296,7 +302,10 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
                         continue
                     xs[n] = x * scale[k]
                     vs[n] = vv * (scale[k] * scale[k])
+                    ws[n] = weight[k]
                     ms[n] = m
+                    if m & protect_bits:
+                        nprot += 1
                     keep[n] = 1
                     n += 1
                 if n == 0:
@@ -311,7 +320,7 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
                     for k in range(n):
                         tmp[k] = xs[k]
                     c = _median(tmp, n)
-                if not use_median and n >= 3:
+                if not use_median and n >= 3 and 2 * nprot < n:
                     for it in range(clip_iters):
                         for k in range(n):
                             rs[k] = fabs(xs[k] - c) / sqrt(vs[k])
@@ -323,28 +332,34 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
                         for k in range(n):
                             keep[k] = rs[k] <= thr
                             if keep[k]:
-                                sw = sw + 1.0 / vs[k]
-                                swx = swx + xs[k] / vs[k]
+                                sw = sw + ws[k]
+                                swx = swx + ws[k] * xs[k]
                         c = swx / sw                  # >= half the inputs are within thr
                 sw = 0.0
                 swx = 0.0
+                swv = 0.0
                 nkeep = 0
                 keepbits = 0
                 for k in range(n):
                     if keep[k] or use_median:
-                        sw = sw + 1.0 / vs[k]
-                        swx = swx + xs[k] / vs[k]
+                        if use_median:
+                            sw = sw + 1.0 / vs[k]
+                        else:
+                            sw = sw + ws[k]
+                            swx = swx + ws[k] * xs[k]
+                            swv = swv + ws[k] * ws[k] * vs[k]
                         keepbits = keepbits | ms[k]
                         nkeep += 1
                 if use_median:
-                    sw = sw * (2.0 / M_PI)
+                    vv = (M_PI / 2.0) / sw
                 else:
                     c = swx / sw
+                    vv = swv / (sw * sw)
                 out[j, i] = <float> c
-                out_var[j, i] = <float> (1.0 / sw)
+                out_var[j, i] = <float> vv
                 out_mask[j, i] = keepbits
                 out_n[j, i] = <int32_t> nkeep
-                out_depth[j, i] = <float> sw
+                out_depth[j, i] = <float> (1.0 / vv)
     PyMem_RawFree(xs)
     PyMem_RawFree(keep)
     PyMem_RawFree(ms)

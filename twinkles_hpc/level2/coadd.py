@@ -3,7 +3,8 @@
 The patch is cut into sub-regions sized from the memory budget per rank (plan_subregions). For each
 sub-region a rank reads from every overlapping calexp only the hyperslab of pixels that maps into it,
 warps it onto the patch grid (Lanczos-3, twinkles_hpc.level2.warp), scales it to nJy and combines the
-stack pixel by pixel (inverse-variance weighted sigma-clipped mean, or median). Peak memory per rank is
+stack pixel by pixel (sigma-clipped mean with one weight per input, the inverse of its sky variance, or
+median). Rank 0 also builds the coadd PSF on a node grid from the inputs' PSF models (coaddpsf.py). Peak memory per rank is
 set by the budget, not by the number of visits or the size of the patch (when the output goes to a file).
 
 A pixel's value does not depend on the sub-region it was computed in (the warp's mapping grid is anchored
@@ -21,6 +22,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
 from twinkles_hpc import _warp
+from twinkles_hpc.level2 import coaddpsf
 from twinkles_hpc.level2.warp import KERNELS, NO_DATA, SOURCE_MARGIN, source_bbox, warp_into
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 
@@ -49,18 +51,23 @@ class CoaddConfig:
     """How to coadd a patch.
 
     memory_per_rank: bytes a rank may use for the coadd (the plan's budget); statistic: "mean"
-    (inverse-variance weighted, sigma-clipped) or "median"; clip_sigma: the clipping threshold in units of
-    each input's noise (widened by the robust spread of the inputs, see _warp.combine); clip_iters:
-    clipping iterations (0: plain weighted mean); bad_mask_bits: an input pixel with any of these bits
-    is left out (default SAT | CR | NO_DATA | BAD); kernel, mask_weight: passed to the warp.
+    (weighted by the inverse sky variance of each input, sigma-clipped) or "median"; clip_sigma: the
+    clipping threshold in units of each input's noise (widened by the robust spread of the inputs, see
+    _warp.combine); clip_iters: clipping iterations (0: plain weighted mean); bad_mask_bits: an input
+    pixel with any of these bits is left out (default SAT | CR | NO_DATA | BAD); protect_mask_bits: no
+    clipping at a pixel where at least half of the good inputs carry one of these bits (default DETECTED:
+    inside sources, where the inputs differ by their PSFs, not by artefacts); kernel, mask_weight: passed
+    to the warp; psf_grid_step: cell side (patch pixels) of the coadd PSF's node grid.
     """
     memory_per_rank: int = 2 << 30
     statistic: str = "mean"
     clip_sigma: float = 3.0
     clip_iters: int = 2
     bad_mask_bits: int = SAT | CR | NO_DATA | BAD
+    protect_mask_bits: int = DETECTED
     kernel: str = "lanczos3"
     mask_weight: float = 0.05
+    psf_grid_step: int = 50
 
     def __post_init__(self):
         if self.statistic not in ("mean", "median"):
@@ -69,8 +76,12 @@ class CoaddConfig:
             raise ValueError(f"CoaddConfig.clip_sigma must be >= 1, got {self.clip_sigma!r}")
         if int(self.clip_iters) != self.clip_iters or self.clip_iters < 0:
             raise ValueError(f"CoaddConfig.clip_iters must be an integer >= 0, got {self.clip_iters!r}")
-        if int(self.bad_mask_bits) != self.bad_mask_bits or not 0 <= self.bad_mask_bits < 1 << 16:
-            raise ValueError(f"CoaddConfig.bad_mask_bits must be a 16-bit mask, got {self.bad_mask_bits!r}")
+        for name in ("bad_mask_bits", "protect_mask_bits"):
+            v = getattr(self, name)
+            if int(v) != v or not 0 <= v < 1 << 16:
+                raise ValueError(f"CoaddConfig.{name} must be a 16-bit mask, got {v!r}")
+        if int(self.psf_grid_step) != self.psf_grid_step or self.psf_grid_step < 1:
+            raise ValueError(f"CoaddConfig.psf_grid_step must be an integer >= 1 px, got {self.psf_grid_step!r}")
         if not self.memory_per_rank > 0:
             raise ValueError(f"CoaddConfig.memory_per_rank must be > 0 bytes, got {self.memory_per_rank!r}")
         if self.kernel not in KERNELS:
@@ -115,36 +126,74 @@ def plan_subregions(patch_bbox, n_inputs, memory_per_rank, bytes_per_pixel_per_i
     return [(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(nby) for i in range(nbx)]
 
 
-def combine_warps(images, variances, masks, scales, config, out=None):
+def combine_warps(images, variances, masks, scales, weights, config, out=None):
     """Combine a stack of warps (N, ny, nx) (flux and variance per input in its own units, input k times
-    scales[k] in nJy) into a dict of the output planes (PLANES): image (nJy per pixel), variance (nJy^2),
-    mask, n_visits (inputs used) and depth (inverse variance, nJy^-2; 0 where no input is good)."""
+    scales[k] in nJy, weighing weights[k] in the mean, see input_weights) into a dict of the output
+    planes (PLANES): image (nJy per pixel), variance (nJy^2), mask, n_visits (inputs used) and depth
+    (inverse variance, nJy^-2; 0 where no input is good)."""
     N, ny, nx = images.shape
     res = out if out is not None else {k: np.empty((ny, nx), dt) for k, dt in PLANES.items()}
     scales = np.ascontiguousarray(scales, dtype=np.float64)
-    if scales.shape != (N,) or not (np.isfinite(scales).all() and (scales > 0).all()):
-        raise ValueError(f"scales must be {N} finite numbers > 0 (nJy per input unit), got {scales!r}")
-    _warp.combine(images, variances, masks, scales, int(config.bad_mask_bits), config.statistic == "median",
-                  float(config.clip_sigma), int(config.clip_iters), res["image"], res["variance"], res["mask"],
-                  res["n_visits"], res["depth"])
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    for name, a in (("scales", scales), ("weights", weights)):
+        if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
+    _warp.combine(images, variances, masks, scales, weights, int(config.bad_mask_bits),
+                  int(config.protect_mask_bits), config.statistic == "median", float(config.clip_sigma),
+                  int(config.clip_iters), res["image"], res["variance"], res["mask"], res["n_visits"],
+                  res["depth"])
     return res
+
+
+def input_weights(infos):
+    """The weight of each input in the mean: 1 / its sky variance in nJy^2 (CalexpInfo.sky_variance, in
+    its own units, times flux_njy_per_electron^2). One number per input, not the per-pixel inverse
+    variance: that would weigh a star's core by its own shot noise, differently in each input (their
+    seeing differs), making the coadd non-linear in the flux and its PSF flux-dependent."""
+    return np.array([1.0 / (c.sky_variance * c.flux_njy_per_electron ** 2) for c in infos], np.float64)
 
 
 @dataclass
 class CalexpInfo:
     """What the coadd needs of a calexp: path, shape (ny, nx), its WCS (and the FITS header it was parsed
-    from) and nJy per electron."""
+    from), nJy per electron, its sky variance (electrons^2, see read_calexp_info), its PSF model (the
+    `psf` attribute's JSON, "" if none) and aperture correction (NaN if none)."""
     path: str
     shape: tuple
     header: str
     flux_njy_per_electron: float
+    sky_variance: float
+    psf: str = ""
+    ap_corr: float = float("nan")
 
     def __post_init__(self):
         self.wcs = WCS(fits.Header.fromstring(self.header))
+        self.psf_model = coaddpsf.parse_psf(self.psf)
+
+    def meta(self):
+        return (self.path, self.shape, self.header, self.flux_njy_per_electron, self.sky_variance, self.psf,
+                self.ap_corr)
+
+
+#: About this many rows of the variance plane are sampled for the sky variance, and the column stride.
+SKY_ROWS, SKY_COL_STEP = 64, 4
+
+
+def _sky_variance(f, path):
+    """Median of the variance over usable pixels (no SAT, CR, EDGE, NO_DATA, BAD) of about SKY_ROWS evenly
+    spaced rows, every SKY_COL_STEP-th column (one strided read): the sky (+ read noise) variance, sources
+    being a small minority of the pixels."""
+    sl = np.s_[::max(1, f["variance"].shape[0] // SKY_ROWS), ::SKY_COL_STEP]
+    v, m = f["variance"][sl], f["mask"][sl]
+    v = v[((m & (SAT | CR | EDGE | NO_DATA | BAD)) == 0) & np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        raise ValueError(f"{path}: no usable variance pixel for the sky variance")
+    return float(np.median(v))
 
 
 def read_calexp_info(path):
-    """CalexpInfo of a calexp file (docs/data-model.md); reads no pixels."""
+    """CalexpInfo of a calexp file (docs/data-model.md); reads SKY_ROWS sampled rows of its variance and
+    mask, no image pixels."""
     with open_read(path) as f:
         for key in ("image", "variance", "mask"):
             if key not in f:
@@ -153,11 +202,15 @@ def read_calexp_info(path):
         if hdr is None or scale is None:
             raise ValueError(f"{path}: calexp without the 'wcs' or 'flux_njy_per_electron' attribute")
         hdr = hdr.decode() if isinstance(hdr, bytes) else str(hdr)
+        psf = f.attrs.get("psf", "")
+        psf = psf.decode() if isinstance(psf, bytes) else str(psf)
+        ap_corr = float(f.attrs.get("ap_corr", np.nan))
         shape = tuple(f["image"].shape)
+        sky = _sky_variance(f, path)
     scale = float(scale)
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"{path}: flux_njy_per_electron must be finite and > 0, got {scale!r}")
-    return CalexpInfo(os.fspath(path), shape, hdr, scale)
+    return CalexpInfo(os.fspath(path), shape, hdr, scale, sky, psf, ap_corr)
 
 
 class Workspace:
@@ -188,10 +241,11 @@ def _read_hyperslab(path, box, ws):
     return out
 
 
-def coadd_subregion(infos, dst_wcs, box, config, workspace=None):
+def coadd_subregion(infos, dst_wcs, box, config, workspace=None, weights=None):
     """Coadd the tract-pixel box (x0, y0, nx, ny) of `dst_wcs` from the calexps `infos`: reads only the
-    hyperslab of each that maps into the box, one input at a time. Returns the dict of output planes
-    (views of `workspace` buffers when one is given: valid until its next use)."""
+    hyperslab of each that maps into the box, one input at a time; weights: per input (default
+    input_weights(infos)). Returns the dict of output planes (views of `workspace` buffers when one is
+    given: valid until its next use)."""
     ws = workspace or Workspace()
     _, _, nx, ny = box
     used = [(i, sb) for i, i_ in enumerate(infos)
@@ -205,8 +259,9 @@ def coadd_subregion(infos, dst_wcs, box, config, workspace=None):
                   src_origin=sb[:2], mask_weight=config.mask_weight)
         del src                                           # a larger next hyperslab replaces, not adds
     scales = [infos[i].flux_njy_per_electron for i, _ in used]
+    weights = input_weights(infos) if weights is None else np.asarray(weights)
     out = {k: ws.array(f"out_{k}", (ny, nx), dt) for k, dt in PLANES.items()}
-    return combine_warps(*stack, scales, config, out=out)
+    return combine_warps(*stack, scales, weights[[i for i, _ in used]], config, out=out)
 
 
 def _wait(test):
@@ -239,6 +294,7 @@ def coadd_plan(infos, patch, config, *, out=None):
     area = proj_plane_pixel_area(dst_wcs)
     ratio = max([area / proj_plane_pixel_area(infos[i].wcs) for i in used], default=1.0)
     reserved = FIXED_BYTES + PER_INPUT_BYTES * len(infos)
+    reserved += coaddpsf.n_nodes(patch.shape, config.psf_grid_step) * coaddpsf.NODE_BYTES    # the PSF grid
     if out is None:
         reserved += patch.bbox[2] * patch.bbox[3] * OUTPUT_BYTES // 2   # the patch-sized result
     subs = plan_subregions((0, 0, patch.bbox[2], patch.bbox[3]), max(len(used), 1), config.memory_per_rank,
@@ -251,7 +307,9 @@ def _attrs(patch, config, infos):
             "bbox": list(patch.bbox), "inner_bbox": list(patch.inner_bbox), "unit": "nJy per pixel",
             "depth": "inverse variance, nJy^-2", "statistic": config.statistic,
             "clip_sigma": config.clip_sigma, "clip_iters": config.clip_iters,
-            "bad_mask_bits": config.bad_mask_bits, "kernel": config.kernel,
+            "bad_mask_bits": config.bad_mask_bits, "protect_mask_bits": config.protect_mask_bits,
+            "kernel": config.kernel, "psf_grid_step": config.psf_grid_step,
+            "weights": input_weights(infos), "weighting": "1 / sky variance per input, nJy^-2",
             "inputs": [os.path.basename(c.path) for c in infos]}
 
 
@@ -267,7 +325,9 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
 
     Units: image in nJy per pixel (each calexp times its flux_njy_per_electron), variance nJy^2, depth =
     1/variance (nJy^-2), n_visits = inputs used at the pixel, mask = OR of the used inputs' bits, or of all
-    inputs' bits | NO_DATA where none was good (image NaN there).
+    inputs' bits | NO_DATA where none was good (image NaN there). When every input has a PSF model, rank 0
+    adds the coadd PSF grid (coaddpsf.coadd_psf: psf_weight, psf_cxx, psf_cxy, psf_cyy, psf_n_inputs,
+    psf_ap_corr) to the dict or the file.
     """
     config = config or CoaddConfig()
     rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
@@ -278,7 +338,7 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
         meta = None
         if rank == 0:
             try:
-                meta = [(c.path, c.shape, c.header, c.flux_njy_per_electron) for c in map(read_calexp_info, paths)]
+                meta = [c.meta() for c in map(read_calexp_info, paths)]
             except Exception as e:          # every rank raises it rather than waiting for the headers
                 meta = e
         meta = comm.bcast(meta, root=0)
@@ -288,17 +348,24 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
     used, subs = coadd_plan(infos, patch, config, out=out)
     infos = [infos[i] for i in used]
     px0, py0 = patch.bbox[:2]
+    weights = input_weights(infos)
+    psf = (coaddpsf.coadd_psf(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step)
+           if rank == 0 else None)
 
     ws = Workspace()
 
     def compute(k):
         x0, y0, nx, ny = subs[k]
-        return coadd_subregion(infos, patch.tract_wcs, (px0 + x0, py0 + y0, nx, ny), config, ws)
+        return coadd_subregion(infos, patch.tract_wcs, (px0 + x0, py0 + y0, nx, ny), config, ws, weights)
 
     mine = range(rank, len(subs), size)
     if out is None:
-        return _gather(comm, rank, size, subs, mine, compute, patch)
-    return _write(comm, rank, size, subs, mine, compute, patch, os.fspath(out), _attrs(patch, config, infos))
+        res = _gather(comm, rank, size, subs, mine, compute, patch)
+        if res is not None and psf is not None:
+            res.update(psf)
+        return res
+    return _write(comm, rank, size, subs, mine, compute, patch, os.fspath(out), _attrs(patch, config, infos),
+                  psf)
 
 
 def _gather(comm, rank, size, subs, mine, compute, patch):
@@ -323,7 +390,7 @@ def _gather(comm, rank, size, subs, mine, compute, patch):
     return result
 
 
-def _write(comm, rank, size, subs, mine, compute, patch, out, attrs):
+def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
     if rank != 0:
         part, err = f"{out}.part{rank}.tmp-{os.getpid()}", None
         try:
@@ -341,6 +408,8 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs):
     with atomic_h5(out) as f:
         ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt) for k, dt in PLANES.items()}
         f.create_dataset("subregions", data=np.array(subs, dtype=np.int64).reshape(-1, 4))
+        for k, a in (psf or {}).items():
+            f.create_dataset(k, data=a)
         for key, v in attrs.items():
             f.attrs[key] = v
         for k in mine:

@@ -2,7 +2,8 @@
 (docs/level2-objects.md).
 
 Inputs: the patch's coadds (one file per band, coadds/B/patch-I-J.h5: image in nJy per pixel, variance
-nJy^2, mask, n_visits, attrs wcs/tract/patch/bbox/inner_bbox) and the reference catalogue.
+nJy^2, mask, n_visits, the coadd PSF grid psf_*, attrs wcs/tract/patch/bbox/inner_bbox) and the
+reference catalogue.
 
 1. Detection image (all bands at once, so that each source is detected once and the "merge" is
    implicit): per band b, s_b = the local source-free noise (sqrt of the 31 x 31 px running minimum of
@@ -10,35 +11,34 @@ nJy^2, mask, n_visits, attrs wcs/tract/patch/bbox/inner_bbox) and the reference 
    bands with data at the pixel. D is linear in the pixels (a weighted sum with weights that do not
    depend on the sources), so centroids and footprints are those of the summed light, and V_D is its
    exact variance (up to the warp's pixel correlations). Pixels without data in every band are masked.
+   Written as a product, the detection coadd (write_detection_coadd), when asked.
 2. detect() on (D, V_D) at `threshold` sigma (matched filter FWHM 4 px), deblended; each leaf (an
    unsplit footprint or a deblended child) becomes an Object at its windowed centroid x, y (patch
    pixels); psRa/psDecl from the patch WCS.
-3. Per band: a MixturePSF estimated on the band's coadd from reference stars on it (isolated from every
-   other reference star and every detection by 3/2 STAMP_RADIUS, the whole stamp with data, n_visits > 0
-   over the stamp and equal to its maximum on >= 95% of the stamp outside 2/3 STAMP_RADIUS (not on a
-   coverage edge, so one PSF; the core's n_visits drops where clipping rejects an input, and a few sky
-   pixels' where it clips noise), no SAT pixel, S/N >= 30 in a 6 px aperture; the brightest 80), the
-   polynomial order as in calibrate.py (the highest <= 2 with 3 stars per coefficient). The coadd's PSF
-   changes where the number of inputs changes (visits of different seeing), so the stars are grouped by
-   their coverage zone (the most common n_visits around them) and each zone with >= 3 stars gets its
-   own model; zone -1 (all stars) serves the other zones (ZonePSF). Forced PSF and aperture photometry
-   at the Object positions; the PSF flux is aperture-corrected to the 20 px aperture, like the calexps'
-   zero points, so it is a total flux for point sources: the correction is a map, the Gaussian-weighted
-   (150 px) mean of the zone's PSF stars' ap20 / psf ratios with the zone median as a weak prior
-   (ap_corr_map). Bands without a coadd for the patch (or < 3 PSF stars) give NaN.
+3. Per band: forced PSF and aperture photometry at the Object positions with the coadd's own PSF
+   (coaddpsf.CoaddPSF: the inputs' PSF models combined with the coadd's weights, built by the coadd
+   task). The PSF flux is aperture-corrected to the 20 px aperture, like the calexps' zero points, so it
+   is a total flux for point sources: the correction is a map, the Gaussian-weighted (150 px) mean of
+   the ap20 / psf ratios of bright isolated reference stars on the coadd (isolated from every other
+   reference star and every detection by 3/2 STAMP_RADIUS, the whole stamp with data and no
+   SAT/NO_DATA/BAD pixel, n_visits equal to its maximum on >= 95% of the stamp's outer ring, S/N >= 100
+   in a 6 px aperture; the brightest 80), with their median as a weak prior (ap_corr_map); with fewer
+   than 3 such stars, the inputs' aperture corrections as combined in the coadd file (psf_ap_corr).
+   Objects where the band has no coadd or its PSF grid no input give NaN, flag NO_DATA.
 4. extendedness (1 = extended): over the bands with a PSF, A = sum of the 6 px aperture fluxes and
    P = sum of psf_flux x (the PSF model's own 6 px aperture fraction), both before aperture correction;
    extended when A / P > 1 + EXT_FRACTION and A - P > EXT_NSIGMA x the aperture error. A point source
    has A / P = 1 whatever its flux; NaN when no band measures it.
 5. detect_isPrimary: the Object's centroid (tract pixels) lies in the patch's inner box, so the union of
    the patches' primary Objects has each source once.
+6. Shapes: adaptive second moments (shapes.py) on the coadd of the first of SHAPE_BANDS with one (r),
+   other Objects' footprints left out: Ixx, Iyy, Ixy in arcsec^2 along the patch pixel axes (x =
+   +column, west; y = +row, north), PSF not removed; shape_flag True where they failed (NaN).
 
 objectId = ((tract * 1024 + i) * 1024 + j) * 2**32 + the detection's row id (1-based, deterministic);
 parentObjectId the same encoding of the deblended parent's row id, 0 for an unsplit footprint.
 """
 from __future__ import annotations
-
-import json
 
 import numpy as np
 from astropy.io import fits
@@ -47,24 +47,31 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from twinkles_hpc.level2 import forced as _forced
+from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.detect import FLAG_DEBLENDED, detect, leaves
-from twinkles_hpc.level2.psf import STAMP_RADIUS, estimate_psf
-from twinkles_hpc.store.atomic import open_read
+from twinkles_hpc.level2.psf import STAMP_RADIUS
+from twinkles_hpc.level2.shapes import adaptive_moments
+from twinkles_hpc.store.atomic import atomic_h5, open_read
 
-SAT, NO_DATA, BAD = 1, 16, 32
+SAT, DETECTED, NO_DATA, BAD = 1, 8, 16, 32
+#: The band whose coadd the shapes are measured on: the first of these with a coadd.
+SHAPE_BANDS = ("r", "i", "g", "z", "y", "u")
+#: Attributes of the band coadds copied to the detection coadd.
+DET_ATTRS = ("wcs", "tract", "patch", "bbox", "inner_bbox", "skymap")
 #: Matched-filter FWHM of the detection (pixels; ~0.8" at 0.2"/px, the coadd PSF).
 DETECT_FWHM_PX = 4.0
 #: Side of the running minimum that gives the source-free variance (pixels).
 NOISE_BOX = 31
-#: PSF stars: isolation (pixels), S/N in the 6 px aperture, at most this many (the brightest).
+#: Aperture-correction stars: isolation (pixels), S/N in the 6 px aperture, at most this many (the
+#: brightest); fewer than MIN_AP_CORR_STARS clean ones: the inputs' combined aperture correction instead.
 PSF_ISOLATION_PX = 1.5 * STAMP_RADIUS
 PSF_MIN_SNR = 100.0
 MAX_PSF_STARS = 80
-PSF_MAX_ORDER = 2
+MIN_AP_CORR_STARS = 3
 #: Aperture radii (pixels): the extendedness aperture, the reported aperture, the aperture correction's.
 EXT_AP, REPORT_AP, APCORR_AP = 6.0, 12.0, 20.0
 EXT_FRACTION, EXT_NSIGMA = 0.05, 3.0
-#: Aperture-correction map: Gaussian kernel scale (pixels) and the weight of the zone's median.
+#: Aperture-correction map: Gaussian kernel scale (pixels) and the weight of the stars' median.
 APCORR_SCALE, APCORR_PRIOR = 150.0, 0.1
 
 
@@ -78,7 +85,8 @@ def object_id(tract, i, j, row_id):
 def object_dtype(bands):
     f = [("objectId", "i8"), ("parentObjectId", "i8"), ("psRa", "f8"), ("psDecl", "f8"), ("x", "f8"),
          ("y", "f8"), ("detect_isPrimary", "?"), ("extendedness", "f8"), ("detFlux", "f8"),
-         ("detFluxSigma", "f8"), ("detFlags", "i4")]
+         ("detFluxSigma", "f8"), ("detFlags", "i4"), ("Ixx", "f8"), ("Iyy", "f8"), ("Ixy", "f8"),
+         ("shape_flag", "?")]
     for b in bands:
         f += [(f"{b}PsFlux", "f8"), (f"{b}PsFluxSigma", "f8"), (f"{b}ApFlux", "f8"), (f"{b}ApFluxSigma", "f8"),
               (f"{b}Flags", "i4")]
@@ -89,7 +97,8 @@ def _read(path):
     with open_read(path) as f:
         planes = {k: f[k][...] for k in ("image", "variance", "mask", "n_visits")}
         attrs = {k: (v.item() if getattr(v, "size", 0) == 1 and hasattr(v, "item") else v) for k, v in f.attrs.items()}
-    return planes, attrs
+        psf = CoaddPSF.from_file(f)
+    return planes, attrs, psf
 
 
 def _noise(var, good):
@@ -100,7 +109,7 @@ def _noise(var, good):
 
 
 def detection_image(coadds):
-    """(D, V_D, mask) over the bands' planes (see the module doc); mask True where no band has data."""
+    """(D, V_D, n) over the bands' planes (see the module doc); n = the bands with data at the pixel."""
     shape = next(iter(coadds.values()))[0]["image"].shape
     D = np.zeros(shape, np.float64)
     V = np.zeros(shape, np.float64)
@@ -113,7 +122,35 @@ def detection_image(coadds):
         D[ok] += img[ok] / np.sqrt(s2[ok])
         V[ok] += var[ok] / s2[ok]
         n += ok
-    return D.astype(np.float32), V.astype(np.float32), n == 0
+    return D.astype(np.float32), V.astype(np.float32), n
+
+
+def write_detection_coadd(path, D, V, n_bands, labels, coadds):
+    """The detection coadd of a patch, in the coadd format (docs/level2-coadd.md): image = D (sum over
+    bands of image_b / s_b, S/N units per pixel), variance = V_D, mask = OR of the bands' masks | DETECTED
+    in the detection footprints | NO_DATA where no band has data (image, variance NaN there), n_visits =
+    the bands with data, depth = 1 / V_D (0 without data); attributes band = "det", bands and the bands'
+    patch attributes. Written atomically."""
+    nodata = n_bands == 0
+    mask = np.zeros(D.shape, np.uint16)
+    for planes, _ in coadds.values():
+        mask |= planes["mask"]
+    mask[labels > 0] |= DETECTED
+    mask[nodata] |= NO_DATA
+    a0 = next(iter(coadds.values()))[1]
+    with atomic_h5(path) as f:
+        f.create_dataset("image", data=np.where(nodata, np.float32(np.nan), D))
+        f.create_dataset("variance", data=np.where(nodata, np.float32(np.nan), V))
+        f.create_dataset("mask", data=mask)
+        f.create_dataset("n_visits", data=n_bands.astype(np.int32))
+        with np.errstate(divide="ignore"):
+            f.create_dataset("depth", data=np.where(nodata | (V <= 0), 0, 1 / V).astype(np.float32))
+        for k in DET_ATTRS:
+            if k in a0:
+                f.attrs[k] = a0[k]
+        f.attrs["band"], f.attrs["bands"] = "det", sorted(coadds)
+        f.attrs["unit"] = "S/N per pixel: sum over bands of image_b / s_b, s_b the band's source-free noise"
+    return path
 
 
 def _aperture_snr(img, var, x, y, r=EXT_AP):
@@ -132,31 +169,15 @@ def _ring(R):
     return xx ** 2 + yy ** 2 > (2 * R / 3) ** 2
 
 
-def coverage(n_visits, x, y, R=STAMP_RADIUS):
-    """The coverage zone of each position: the most common n_visits on the ring 2/3 R < r <= R around it
-    (sky pixels, where clipping seldom lowers it; a bright core's n_visits drops), 0 off the data."""
-    ny, nx = n_visits.shape
-    ring = _ring(R)
-    out = np.zeros(len(x), np.int32)
-    for k, (i, j) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int))):
-        box = n_visits[max(j - R, 0):j + R + 1, max(i - R, 0):i + R + 1]
-        if box.shape != ring.shape:
-            box = n_visits[min(max(j, 0), ny - 1), min(max(i, 0), nx - 1)].reshape(1)
-        else:
-            box = box[ring]
-        out[k] = np.bincount(box.ravel().clip(0)).argmax()
-    return out
-
-
-def psf_stars(planes, wcs, refcat, det_xy):
-    """Indices into refcat, patch pixel positions (x, y) and coverage zones of the PSF stars."""
+def ap_corr_stars(planes, wcs, refcat, det_xy):
+    """Indices into refcat and patch pixel positions (x, y) of the aperture-correction stars (module doc)."""
     img, var, mask, nv = planes["image"], planes["variance"], planes["mask"], planes["n_visits"]
     ny, nx = img.shape
     R = STAMP_RADIUS
     x, y = wcs.all_world2pix(refcat["ra"], refcat["dec"], 0)
     on = np.flatnonzero((x > R + 2) & (x < nx - R - 3) & (y > R + 2) & (y < ny - R - 3))
     if len(on) == 0:
-        return on, x[on], y[on], on
+        return on, x[on], y[on]
     # isolated from every other reference star and every detection (the star's own detection aside)
     allref = np.column_stack([x, y])
     d_ref, _ = cKDTree(allref).query(allref[on], k=2)
@@ -178,65 +199,20 @@ def psf_stars(planes, wcs, refcat, det_xy):
                        and nv[sl].min() > 0 and (s_nv == s_nv.max()).mean() >= 0.95))
     on = on[np.array(ok, bool)] if len(on) else on
     if len(on) == 0:
-        return on, x[on], y[on], on
+        return on, x[on], y[on]
     snr = _aperture_snr(img, var, x[on], y[on])
     good = snr >= PSF_MIN_SNR
     on, snr = on[good], snr[good]
     on = on[np.argsort(-snr, kind="stable")][:MAX_PSF_STARS]
-    return on, x[on], y[on], coverage(nv, x[on], y[on])
-
-
-def _order(n):
-    return next((o for o in range(PSF_MAX_ORDER, -1, -1) if n >= 3 * (o + 1) * (o + 2) // 2), None)
-
-
-def band_psfs(planes, wcs, refcat, det_xy):
-    """PSF models of one band's coadd: {zone: (MixturePSF, star x, star y, order)}, zone = the coverage
-    (n_visits) the stars share, plus zone -1 fitted to all the stars (for zones with fewer than 3)."""
-    idx, x, y, zone = psf_stars(planes, wcs, refcat, det_xy)
-    # weights without the stars' own shot noise keep the fit unbiased (as calibrate.py)
-    var = planes["variance"]
-    good = np.isfinite(var) & (var > 0)
-    s = _noise(var, good)
-    bg_var = np.where(np.isfinite(s), s, np.nanmax(var[good]) if good.any() else 1.0)
-    img = np.where(np.isfinite(planes["image"]), planes["image"], 0.0)
-    out = {}
-    for z in [-1] + sorted(set(zone.tolist())):
-        sel = np.ones(len(idx), bool) if z < 0 else zone == z
-        order = _order(int(sel.sum()))
-        if order is None or (z >= 0 and sel.all() and -1 in out):
-            continue
-        psf, _ = estimate_psf(img, bg_var, x[sel], y[sel], order=order)
-        out[z] = (psf, x[sel], y[sel], order)
-    if -1 in out and len(out) == 1 and len(set(zone.tolist())) == 1:
-        out[int(zone[0])] = out[-1]
-    return out, int(len(idx))
-
-
-class ZonePSF:
-    """components_at(x, y) from the PSF of each position's coverage zone (zone -1 where it has none)."""
-
-    def __init__(self, psfs, zones):
-        self.psfs, self.zones = psfs, zones
-
-    def components_at(self, x, y, zones=None):
-        x, y = np.atleast_1d(x), np.atleast_1d(y)
-        z = self.zones if zones is None else zones
-        z = np.where(np.isin(z, list(self.psfs)), z, -1)
-        comps = [np.zeros((len(x), len(self.psfs[-1].weights))) for _ in range(4)]
-        for zz in np.unique(z):
-            m = z == zz
-            for c, v in zip(comps, self.psfs[int(zz)].components_at(x[m], y[m])):
-                c[m] = v
-        return tuple(comps)
+    return on, x[on], y[on]
 
 
 def ap_corr_map(sx, sy, ratio, median, x, y):
-    """Aperture correction at (x, y): the Gaussian-weighted (APCORR_SCALE px) mean of the PSF stars'
-    ap_flux_20 / psf_flux, with the zone's median as one more star of weight APCORR_PRIOR (so it tends
-    to the median far from the stars)."""
+    """Aperture correction at (x, y): the Gaussian-weighted (APCORR_SCALE px) mean of the stars'
+    ap_flux_20 / psf_flux, with `median` (scalar or per position) as one more star of weight APCORR_PRIOR
+    (so it tends to the median far from the stars)."""
     if len(sx) == 0:
-        return np.full(len(x), median)
+        return np.broadcast_to(np.asarray(median, np.float64), (len(x),)).copy()
     d2 = (np.asarray(x)[:, None] - sx[None, :]) ** 2 + (np.asarray(y)[:, None] - sy[None, :]) ** 2
     k = np.exp(-0.5 * d2 / APCORR_SCALE ** 2)
     return (k @ ratio + APCORR_PRIOR * median) / (k.sum(1) + APCORR_PRIOR)
@@ -246,18 +222,21 @@ def _apname(r):
     return f"ap_flux_{_forced._radius_name(r)}"
 
 
-def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None):
+def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, detection_out=None):
     """Objects of one patch from its coadds (dict band -> path; bands missing or None get NaN).
 
     refcat: the reference catalogue (ra, dec in deg). bands: the bands (columns) of the table, default
     the dict's keys sorted. Returns (objects, meta): objects an `object_dtype(bands)` array (module doc),
-    meta a JSON-able dict (per band PSF stars, order, aperture correction).
+    meta a JSON-able dict (per band aperture-correction stars and correction, the shape band).
+    detection_out: a path to write the detection coadd to (write_detection_coadd), or None.
     """
     paths = {b: p for b, p in coadd_paths_by_band.items() if p is not None}
     if not paths:
         raise ValueError("measure_patch: no coadd given")
     bands = sorted(coadd_paths_by_band) if bands is None else list(bands)
     coadds = {b: _read(paths[b]) for b in sorted(paths)}
+    psfs = {b: c[2] for b, c in coadds.items()}
+    coadds = {b: c[:2] for b, c in coadds.items()}
     a0 = next(iter(coadds.values()))[1]
     for b, (_, a) in coadds.items():
         if list(a["patch"]) != list(a0["patch"]) or list(a["bbox"]) != list(a0["bbox"]):
@@ -267,8 +246,10 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None):
     bx0, by0 = int(a0["bbox"][0]), int(a0["bbox"][1])
     ix0, iy0, inx, iny = (int(v) for v in a0["inner_bbox"])
 
-    D, V, dmask = detection_image(coadds)
-    cat, _ = detect(D, V, threshold=threshold, kernel_fwhm_px=DETECT_FWHM_PX, mask=dmask)
+    D, V, n_bands = detection_image(coadds)
+    cat, labels = detect(D, V, threshold=threshold, kernel_fwhm_px=DETECT_FWHM_PX, mask=n_bands == 0)
+    if detection_out is not None:
+        write_detection_coadd(detection_out, D, V, n_bands, labels, coadds)
     leaf = cat[leaves(cat)] if len(cat) else cat
     out = np.zeros(len(leaf), object_dtype(bands))
     out["objectId"] = object_id(tract, pi, pj, leaf["id"])
@@ -295,50 +276,59 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None):
         if b not in coadds:
             continue
         planes, _ = coadds[b]
-        models, n_stars = band_psfs(planes, wcs, refcat, det_xy)
-        bm = {"n_psf_stars": n_stars, "zones": {}}
-        meta["bands"][b] = bm
-        if -1 not in models or len(out) == 0:
-            continue
+        psf = psfs[b]
+        if psf is None:
+            raise ValueError(f"measure_patch: the {b} coadd {paths[b]} has no coadd PSF (psf_* datasets)")
         img, var = planes["image"], planes["variance"]
         mask = planes["mask"].copy()
         mask[~(np.isfinite(img) & np.isfinite(var))] |= NO_DATA
         img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
         var = np.where(np.isfinite(var), var, 0.0).astype(np.float32)
         radii = (EXT_AP, REPORT_AP, APCORR_AP)
-        # per zone: aperture correction from its PSF stars (clean; the brightest half, at least 3)
-        ap_corr = {}
-        for z, (zpsf, sx, sy, order) in models.items():
-            sp = _forced.forced_photometry(img, var, mask, sx, sy, zpsf, ap_radii=radii)
-            clean = (sp["flags"] == 0) & np.isfinite(sp[_apname(APCORR_AP)]) & (sp["psf_flux"] > 0)
-            r = sp[_apname(APCORR_AP)][clean] / sp["psf_flux"][clean]
-            ap_corr[z] = (sx[clean], sy[clean], r, float(np.median(r)) if len(r) else 1.0)
-            bm["zones"][str(z)] = {"n_stars": int(len(sx)), "order": order, "ap_corr": ap_corr[z][3],
-                                   "n_ap_corr": int(clean.sum()), "psf": json.dumps(zpsf.to_dict())}
-        zones = coverage(planes["n_visits"], leaf["x"], leaf["y"])
-        zones = np.where(np.isin(zones, list(models)), zones, -1)
-        corr = np.ones(len(zones))
-        for z in np.unique(zones):
-            m = zones == z
-            corr[m] = ap_corr_map(*ap_corr[int(z)], leaf["x"][m], leaf["y"][m])
-        psf = ZonePSF({z: m[0] for z, m in models.items()}, zones)
-        ph = _forced.forced_photometry(img, var, mask, leaf["x"], leaf["y"], psf,
-                                       object_ids=out["objectId"], ap_radii=radii)
-        out[f"{b}PsFlux"] = ph["psf_flux"] * corr
-        out[f"{b}PsFluxSigma"] = ph["psf_flux_err"] * corr
-        out[f"{b}ApFlux"] = ph[_apname(REPORT_AP)]
-        out[f"{b}ApFluxSigma"] = ph[_apname(REPORT_AP) + "_err"]
-        out[f"{b}Flags"] = ph["flags"]
-        frac = _forced.psf_aperture_fraction(psf, leaf["x"], leaf["y"], ap_radii=(EXT_AP,))[:, 0]
+        # aperture correction from the bright isolated reference stars, measured with the coadd PSF
+        _, sx, sy = ap_corr_stars(planes, wcs, refcat, det_xy)
+        on = psf.covered(sx, sy)
+        sp = _forced.forced_photometry(img, var, mask, sx[on], sy[on], psf, ap_radii=radii)
+        clean = (sp["flags"] == 0) & np.isfinite(sp[_apname(APCORR_AP)]) & (sp["psf_flux"] > 0)
+        ratio = sp[_apname(APCORR_AP)][clean] / sp["psf_flux"][clean]
+        cov = psf.covered(leaf["x"], leaf["y"]) if len(out) else np.zeros(0, bool)
+        bm = {"n_ap_corr_stars": int(clean.sum()), "psf_grid_step": psf.step,
+              "n_inputs_max": int(psf.n_inputs.max()), "ap_corr_inputs": float(np.nanmedian(psf.ap_corr))
+              if np.isfinite(psf.ap_corr).any() else None}
+        meta["bands"][b] = bm
+        if not cov.any():
+            continue
+        x, y = leaf["x"][cov], leaf["y"][cov]
+        if clean.sum() >= MIN_AP_CORR_STARS:
+            bm["ap_corr"] = float(np.median(ratio))
+            corr = ap_corr_map(sp["x"][clean], sp["y"][clean], ratio, bm["ap_corr"], x, y)
+        else:                   # too few stars: the inputs' aperture corrections, combined as the coadd
+            corr = ap_corr_map(sx[:0], sy[:0], ratio[:0], psf.ap_corr_at(x, y), x, y)
+        ph = _forced.forced_photometry(img, var, mask, x, y, psf, object_ids=out["objectId"][cov], ap_radii=radii)
+        for c, v in (("PsFlux", ph["psf_flux"] * corr), ("PsFluxSigma", ph["psf_flux_err"] * corr),
+                     ("ApFlux", ph[_apname(REPORT_AP)]), ("ApFluxSigma", ph[_apname(REPORT_AP) + "_err"]),
+                     ("Flags", ph["flags"])):
+            out[f"{b}{c}"][cov] = v
+        frac = _forced.psf_aperture_fraction(psf, x, y, ap_radii=(EXT_AP,))[:, 0]
         a6, e6 = ph[_apname(EXT_AP)], ph[_apname(EXT_AP) + "_err"]
-        use = np.isfinite(a6) & np.isfinite(ph["psf_flux"]) & ((ph["flags"] & _forced.FLAG_NO_DATA) == 0)
-        ext_A[use] += a6[use]
-        ext_P[use] += ph["psf_flux"][use] * frac[use]
-        ext_V[use] += e6[use] ** 2
+        use = np.zeros(len(out), bool)
+        use[cov] = np.isfinite(a6) & np.isfinite(ph["psf_flux"]) & ((ph["flags"] & _forced.FLAG_NO_DATA) == 0)
+        u = use[cov]
+        ext_A[use] += a6[u]
+        ext_P[use] += ph["psf_flux"][u] * frac[u]
+        ext_V[use] += e6[u] ** 2
         ext_n += use
     with np.errstate(invalid="ignore", divide="ignore"):
         ext = ((ext_A > (1 + EXT_FRACTION) * ext_P) & (ext_A - ext_P > EXT_NSIGMA * np.sqrt(ext_V))).astype(float)
     out["extendedness"] = np.where(ext_n > 0, ext, np.nan)
+    sb = next((b for b in SHAPE_BANDS if b in coadds), min(coadds))
+    planes = coadds[sb][0]
+    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0       # arcsec per pixel
+    usable = np.isfinite(planes["image"]) & ((planes["mask"] & (NO_DATA | BAD | SAT)) == 0)
+    ixx, iyy, ixy, flag = adaptive_moments(planes["image"], leaf["x"], leaf["y"], usable=usable,
+                                           owner=leaf["id"], labels=labels)
+    out["Ixx"], out["Iyy"], out["Ixy"], out["shape_flag"] = ixx * scale ** 2, iyy * scale ** 2, ixy * scale ** 2, flag
+    meta["shape_band"] = sb
     meta["n_primary"] = int(out["detect_isPrimary"].sum())
     meta["n_deblended_parents"] = int(((cat["flags"] & FLAG_DEBLENDED) != 0).sum()) if len(cat) else 0
     return out, meta
