@@ -88,6 +88,7 @@ memory_per_rank = 16777216
 patch_size = 800
 objects = true
 forced = true
+ingest = true
 """
 
 

@@ -1,13 +1,20 @@
-"""The twinkles-hpc command line: `twinkles-hpc run|status|config|imsim|bench ...`.
+"""The twinkles-hpc command line: `twinkles-hpc run|status|lightcurve|config|imsim|bench ...`.
 
 Only this module picks MPI.COMM_WORLD. Rank 0 parses and validates; a bad input is one line on stderr
 and exit code 2 on every rank, before anything in a run directory is touched.
 """
 from __future__ import annotations
 
+import os
+
+# One BLAS/OpenMP thread per process, set before numpy loads its BLAS: a rank is one core, and a
+# multi-threaded BLAS can round differently with the thread count and the process's history, which
+# would break the bit-identical guarantee (e.g. in the least-squares PSF fit of a calexp).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -67,6 +74,7 @@ def cmd_run(args):
             lock = RunLock(rundir).acquire()
             campaign.init_rundir(cfg, rundir, text, visits, skymap)
             n_tmp = remove_stale_temporaries(rundir)
+            campaign.forget_lost_database(cfg, rundir)
             done, lost = Journal(rundir).completed()
             setup = ("ok", cfg, visits, tasks, sorted(done))
             n_pending = len([t for t in tasks if t.id not in done])
@@ -156,7 +164,30 @@ def run_status(rundir):
         "bytes_written": int(sum(r["bytes"] for r in trace)),
         "task_seconds": round(sum(r["end"] - r["start"] for r in trace), 2),
         "per_visit": per_visit,
+        "calib_failed": _calib_failures(rundir, visits, done),
+        "database": _database_summary(rundir),
     }
+
+
+def _database_summary(rundir):
+    from twinkles_hpc.store.lightcurve import database_summary
+    try:
+        return database_summary(rundir)
+    except InputError as exc:
+        return {"error": str(exc)}
+
+
+def _calib_failures(rundir, visits, done):
+    """{visit id: reason} of the finished calexps that record a failed calibration (calib_ok = False)."""
+    from twinkles_hpc.parallel import campaign
+    from twinkles_hpc.store.atomic import open_read
+    out = {}
+    for v in visits:
+        if f"calexp/{int(v['visit_id']):08d}" in done:
+            with open_read(os.path.join(rundir, campaign.calexp_relpath(v["visit_id"], v["band"]))) as fh:
+                if not fh.attrs.get("calib_ok", True):
+                    out[int(v["visit_id"])] = str(fh.attrs.get("calib_failure", ""))
+    return out
 
 
 def _visit_counts(rundir, visits, done):
@@ -194,8 +225,43 @@ def cmd_status(args):
     print(f"  {st['bytes_written'] / 1e6:.1f} MB written, {st['task_seconds']:.1f} task-seconds")
     for k, v in st["per_visit"].items():
         print(f"  per visit: {k:18s} median {v['median']:8.1f}  range {v['min']}..{v['max']}")
+    if st["calib_failed"]:
+        print(f"  calibration failed: {len(st['calib_failed'])} visit(s), skipped by coadd and forced photometry")
+        for vid, why in list(st["calib_failed"].items())[:5]:
+            print(f"    visit {vid}: {why}")
+    if st["database"]:
+        d = st["database"]
+        size = f", {d['bytes'] / 1e6:.1f} MB" if "bytes" in d else ""
+        print(f"  database {d.get('url', '')}{size}: " + (d["error"] if "error" in d else ", ".join(
+            f"{t} {n}" for t, n in d["tables"].items() if n) or "empty"))
     if not st["complete"] and not st["running"]:
         print("  resume with the same `twinkles-hpc run CONFIG -o RUNDIR` command")
+    return 0
+
+
+# -- lightcurve ------------------------------------------------------------------------------------
+LIGHTCURVE_FORMATS = {"ecsv": "ascii.ecsv", "csv": "ascii.csv", "ascii": "ascii.fixed_width_two_line"}
+
+
+def cmd_lightcurve(args):
+    from twinkles_hpc.store.lightcurve import lightcurve
+    if args.rundir is None and args.db is None:
+        raise InputError("lightcurve", "RUNDIR", "a run directory or --db URL")
+    if args.object is None and args.truth_id is None:
+        raise InputError("lightcurve", "--object", "an objectId (or --truth-id ID)")
+    lc = lightcurve(args.db or args.rundir, args.object, args.band, truth_id=args.truth_id)
+    cols = [c for c in ("expMidpt", "filterName", "ccdVisitId", "psFlux", "psFlux_Sigma", "truthFlux", "psMag",
+                        "psMag_Sigma", "truthMag", "flags") if c in lc.colnames]
+    out = lc[cols]
+    for c in ("psFlux", "psFlux_Sigma", "truthFlux", "psMag", "psMag_Sigma", "truthMag"):
+        if c in out.colnames:
+            out[c].info.format = ".4f" if "Mag" in c else ".6g"
+    out["expMidpt"].info.format = ".6f"
+    fmt = LIGHTCURVE_FORMATS[args.format]
+    if args.output:
+        out.write(args.output, format=fmt, overwrite=True)
+    else:
+        out.write(sys.stdout, format=fmt)
     return 0
 
 
@@ -232,6 +298,47 @@ def cmd_bench(args):
     return benchmarks.main(args)
 
 
+# -- validate --------------------------------------------------------------------------------------
+def cmd_validate(args):
+    """Metrics of a run against its truth as JSON on stdout; exit 1 naming each failed threshold."""
+    from twinkles_hpc.validation import validate_run
+    report, failed = validate_run(args.rundir, args.config, args.db)
+    text = json.dumps(report, indent=1)
+    print(validation_summary(report) if args.summary else text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+    for c in failed:
+        print(f"twinkles-hpc validate: FAIL {c['metric']} = {c['value']:.4g} (threshold {c['op']} "
+              f"{c['threshold']:g})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def validation_summary(report):
+    """One line per check: PASS / FAIL / n/a, the metric, its value and threshold (or why it is null)."""
+    lines = [f"validation of {report['rundir']}: {'PASSED' if report['passed'] else 'FAILED'}"]
+    for c in report["checks"]:
+        if c["ok"] is None:
+            lines.append(f"  n/a   {c['metric']:<34} {c.get('reason') or ''}")
+        else:
+            lines.append(f"  {'PASS' if c['ok'] else 'FAIL':<5} {c['metric']:<34} {c['value']:10.4g}  "
+                         f"({c['op']} {c['threshold']:g})")
+    return "\n".join(lines)
+
+
+# -- report ----------------------------------------------------------------------------------------
+def cmd_report(args):
+    """A static HTML report of a run directory (docs/report.md)."""
+    from twinkles_hpc.report import ReportLimits, write_report
+    limits = ReportLimits(max_supernovae=args.max_sne, max_lenses=args.max_lenses, max_stars=args.max_stars,
+                          n_stamps=args.stamps)
+    log = (lambda m: print(f"[twinkles-hpc] {m}", flush=True)) if args.verbose else None
+    summary = write_report(args.rundir, args.output, args.db, limits, validation_json=args.validation, log=log,
+                           jobs=args.jobs)
+    print(f"[twinkles-hpc] report of {summary['name']} in {summary['seconds']['total']:.1f} s -> {summary['index']}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="twinkles-hpc", description=__doc__.splitlines()[0],
                                 epilog=EXIT_CODES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,6 +357,20 @@ def build_parser():
     s.add_argument("rundir")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
+
+    lc = sub.add_parser("lightcurve", help="print an Object's light curve from the run's database",
+                        description="The forced-photometry light curve of one Object (ForcedSource x CcdVisit, "
+                        "by time), with the true flux of its matched truth source (docs/database.md).")
+    lc.add_argument("rundir", nargs="?", help="run directory (its [database] url, else RUNDIR/level2.sqlite)")
+    lc.add_argument("--object", type=int, metavar="ID", help="objectId")
+    lc.add_argument("--truth-id", type=int, metavar="ID", help="a star, galaxy, supernova or lensed-image id: "
+                    "the Object nearest to it (ObjectTruthMatch), with its true flux")
+    lc.add_argument("--band", metavar="B", help="one band (ugrizy); default all")
+    lc.add_argument("--db", metavar="URL", help="database URL instead of the run directory's (no password)")
+    lc.add_argument("--format", choices=sorted(LIGHTCURVE_FORMATS), default="ecsv",
+                    help="output format (default ecsv, with units and metadata)")
+    lc.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    lc.set_defaults(func=cmd_lightcurve)
 
     c = sub.add_parser("config", help="print every config field with its default, or check a file")
     c.add_argument("--defaults", action="store_true", help="print the defaults as commented TOML")
@@ -274,7 +395,7 @@ def build_parser():
     b.add_argument("what", choices=["imsim", "visit", "detect", "forced"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
-                        "forced: forced photometry against photutils (--stars objects)")
+                        "forced: forced photometry against photutils, apertures against sep (--stars objects)")
     b.add_argument("--rundir", help="run directory (bench visit)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
     b.add_argument("--nx", type=int, default=4000)
@@ -288,6 +409,38 @@ def build_parser():
     b.add_argument("--record", metavar="MD", help="append the results to this markdown file "
                    "(e.g. docs/benchmarks.md)")
     b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("validate", help="a run's outputs against its truth: calibration, PA1/AM1, completeness, "
+                       "supernova light curves, cost (JSON; docs/validation.md)",
+                       epilog="exit codes: 0 every threshold holds, 1 a threshold fails (named on stderr), "
+                       "2 bad input (a missing run directory or product)")
+    v.add_argument("rundir", help="run directory")
+    v.add_argument("--config", metavar="TOML", help="take the [validate] thresholds from this file instead of "
+                   "the run's config")
+    v.add_argument("--json", metavar="FILE", help="also write the report to FILE")
+    v.add_argument("--summary", action="store_true", help="print one line per check (PASS/FAIL/n/a, value, "
+                   "threshold) instead of the JSON report")
+    v.add_argument("--db", metavar="URL", help="also check that this catalogue database holds every calexp, "
+                   "primary Object and ForcedSource row (default: the run's own with [level2] ingest = true)")
+    v.set_defaults(func=cmd_validate)
+
+    rp = sub.add_parser("report", help="a static HTML page of a run: cadence, coadds, validation, residuals, "
+                        "light curves with postage stamps, trace (docs/report.md)",
+                        epilog="exit codes: 0 written, 2 bad input (no run directory or config.json)")
+    rp.add_argument("rundir", help="run directory")
+    rp.add_argument("--db", metavar="URL", help="catalogue database (default: the run's own, RUNDIR/level2.sqlite)")
+    rp.add_argument("-o", "--output", metavar="DIR", help="report directory (default RUNDIR/report)")
+    rp.add_argument("--max-sne", type=int, default=30, metavar="N", help="supernova pages: the N best sampled "
+                    "(default 30)")
+    rp.add_argument("--max-lenses", type=int, default=50, metavar="N", help="lensed quasar system pages (default 50)")
+    rp.add_argument("--max-stars", type=int, default=10, metavar="N", help="bright-star pages (default 10)")
+    rp.add_argument("--stamps", type=int, default=8, metavar="N", help="postage stamps per object (default 8)")
+    rp.add_argument("--validation", metavar="JSON", help="use this `validate --json` output instead of running "
+                    "the validation")
+    rp.add_argument("-j", "--jobs", type=int, default=None, metavar="N", help="processes drawing the object "
+                    "pages and running the validation (default: the usable cores, at most 4)")
+    rp.add_argument("-v", "--verbose", action="store_true", help="print the time of each section")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

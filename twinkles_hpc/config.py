@@ -128,6 +128,10 @@ class ImsimSection:
                            choices=("none", "lzf", "gzip"))
     fits: bool = opt(False, "", "Also write each eimage as FITS (with WCS) beside the HDF5 file.")
     noise: bool = opt(True, "", "Add sky, Poisson and read noise (False: expected electrons, for tests).")
+    cosmic_ray_rate: float = opt(0.04, "1/cm^2/s",
+                                 "Cosmic-ray tracks per cm^2 of sensor per second of exposure, added when "
+                                 "noise = true (0 = none); ~2x the sea-level muon flux (docs/imsim.md).",
+                                 lo=0.0)
 
 
 @dataclass
@@ -157,6 +161,60 @@ class Level2Section:
                        "Forced photometry of every primary Object on every calexp (forced/vNNNNNNNN-B.h5, "
                        "table forced_source: objectId, ccdVisitId, psFlux, psFlux_Sigma in nJy, flags, x, y); "
                        "needs objects = true.")
+    ingest: bool = opt(False, "",
+                       "Ingest the run into the catalogue database ([database] url): CcdVisit, Object, "
+                       "ForcedSource, the truth tables and ObjectTruthMatch; needs forced = true.")
+
+
+@dataclass
+class DatabaseSection:
+    url: str = opt("", "",
+                   "Catalogue database of [level2] ingest: '' = sqlite:///RUNDIR/level2.sqlite, or "
+                   "mysql+pymysql://[user@]host[:port]/database; never a password (docs/database.md).")
+    batch_size: int = opt(50_000, "rows", "Rows per INSERT batch (a file's rows are one transaction).", lo=1)
+    match_radius: float = opt(1.0, "arcsec",
+                              "ObjectTruthMatch: every truth source this close to a primary Object is a match.",
+                              lo=0.0, lo_open=True, hi=60.0)
+
+
+@dataclass
+class ValidateSection:
+    """Thresholds of `twinkles-hpc validate` (docs/validation.md). They judge a run's outputs and never
+    change them, so they are left out of the config fingerprint: a run directory can be revalidated
+    with other thresholds."""
+    match_radius_arcsec: float = opt(1.0, "arcsec", "Radius for matching Objects to truth sources.",
+                                     lo=0.0, lo_open=True, hi=10.0)
+    zp_max_mmag: float = opt(5.0, "mmag", "Largest |median over a band's visits of (calexp zero point - true "
+                             "zero point)|: the band's systematic offset.",
+                             lo=0.0, lo_open=True)
+    astrom_max_mas: float = opt(10.0, "mas",
+                                "Largest median over a band's visits of the mean offset of the fitted WCS from the "
+                                "true WCS over the sensor.",
+                                lo=0.0, lo_open=True)
+    pa1_max_mmag: float = opt(5.0, "mmag", "PA1 photometric repeatability per band (SRD design 5, minimum 8).",
+                              lo=0.0, lo_open=True)
+    pa1_mag_min: float = opt(17.0, "mag", "Brightest true star magnitude (in the band) used for PA1.")
+    pa1_mag_max: float = opt(21.5, "mag", "Faintest true star magnitude (in the band) used for PA1.")
+    pa1_snr_min: float = opt(200.0, "",
+                             "Smallest median psFlux / psFlux_Sigma of a star over its visits for PA1: PA1 measures "
+                             "systematics on bright stars, where photon noise (1086 / SNR mmag) is small.", lo=0.0)
+    pa1_shuffles: int = opt(50, "", "Random visit pairs drawn per star for PA1 (validate_drp numRandomShuffles).",
+                            lo=1, hi=10_000)
+    am1_max_mas: float = opt(10.0, "mas", "AM1 astrometric repeatability of star pairs 5' apart (SRD design 10).",
+                             lo=0.0, lo_open=True)
+    completeness_mag: float = opt(23.0, "mag",
+                                  "Completeness is checked in the 0.5 mag r bin that ends at this magnitude.")
+    completeness_min: float = opt(0.9, "", "Smallest completeness (stars + galaxies) in that bin.", lo=0.0, hi=1.0)
+    purity_min: float = opt(0.9, "", "Smallest fraction of primary Objects with a truth source within the radius.",
+                            lo=0.0, hi=1.0)
+    phot_bias_max: float = opt(0.02, "",
+                               "Largest |median(Object PSF flux / true flux) - 1| of isolated stars, per band.",
+                               lo=0.0, lo_open=True)
+    sn_chi2_max: float = opt(3.0, "", "Largest median chi^2/dof of supernova light curves against the truth.",
+                             lo=0.0, lo_open=True)
+    rss_overhead_mb: float = opt(512.0, "MB",
+                                 "Allowance above level2.memory_per_rank for a coadd task's peak RSS (interpreter, "
+                                 "libraries, catalogues).", lo=0.0)
 
 
 @dataclass
@@ -170,6 +228,8 @@ class Config:
     sensor: SensorSection = field(default_factory=SensorSection)
     imsim: ImsimSection = field(default_factory=ImsimSection)
     level2: Level2Section = field(default_factory=Level2Section)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    validate: ValidateSection = field(default_factory=ValidateSection, metadata=dict(outputs=False))
     #: Directory the config file was read from; relative paths in it resolve against this.
     base_dir: str = field(default=".", metadata=dict(internal=True))
     path: str = field(default="<defaults>", metadata=dict(internal=True))
@@ -181,8 +241,10 @@ class Config:
         return {name: dataclasses.asdict(sec) for name, sec in self.sections()}
 
     def fingerprint(self):
-        """A canonical JSON string of every setting: two runs agree on outputs iff it is equal."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """A canonical JSON string of every setting that shapes the outputs (not [validate]): two runs agree
+        on outputs iff it is equal."""
+        keep = {f.name for f in fields(self) if f.metadata.get("outputs", True)}
+        return json.dumps({k: v for k, v in self.to_dict().items() if k in keep}, sort_keys=True)
 
     def resolve_path(self, p):
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
@@ -235,9 +297,22 @@ def _validate(cfg):
     if L.forced and not L.objects:
         raise InputError(p, "level2.forced", "false unless level2.objects = true (forced photometry measures "
                          "the Objects on the calexps)", L.forced)
+    if L.ingest and not L.forced:
+        raise InputError(p, "level2.ingest", "false unless level2.forced = true (the database holds the "
+                         "ForcedSource of every Object)", L.ingest)
+    if cfg.database.url:
+        from twinkles_hpc.store.db import check_url
+        try:
+            check_url(cfg.database.url)
+        except InputError as exc:
+            raise InputError(p, "database.url", exc.expected, exc.source) from None
     if 2 * L.patch_overlap >= L.patch_size:
         raise InputError(p, "level2.patch_overlap", f"a value < level2.patch_size / 2 ({L.patch_size / 2:g}) pixel",
                          L.patch_overlap)
+    V = cfg.validate
+    if V.pa1_mag_max <= V.pa1_mag_min:
+        raise InputError(p, "validate.pa1_mag_max", f"a value > validate.pa1_mag_min ({V.pa1_mag_min})",
+                         V.pa1_mag_max)
     src = cfg.lensing.source
     if src != "synthetic" and not os.path.exists(cfg.resolve_path(src)):
         raise InputError(p, "lensing.source", "'synthetic' or an existing OM10-format FITS table",

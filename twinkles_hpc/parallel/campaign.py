@@ -16,9 +16,14 @@ Run directory layout (docs/design.md):
     coadds/B/patch-I-J.h5      coadd of patch (I, J) in band B from the calexps of the visits that overlap
                                it, in sub-regions sized from level2.memory_per_rank: task `coadd/B/I-J`
     objects/patch-I-J.h5       the Objects of patch (I, J) (when [level2] objects = true): multi-band detection,
-                               deblending and per-band measurement on its coadds: task `objects/I-J`
+                               deblending and per-band measurement on its coadds: task `objects/I-J`,
+                               which also writes coadds/det/patch-I-J.h5, the detection coadd it detects on
     forced/vNNNNNNNN-B.h5      forced photometry of every primary Object on the calexp of visit NNNNNNNN (when
                                [level2] forced = true), table `forced_source`: task `forced/NNNNNNNN`
+    level2.sqlite              the catalogue database (when [level2] ingest = true and [database] url = ""):
+                               tasks `ingest/truth`, `ingest/CcdVisit`, `ingest/Object`,
+                               `ingest/ObjectTruthMatch`, `ingest/ForcedSource/KKKK` (docs/database.md)
+    ingest/STEP.json           each ingest task's receipt (rows inserted per table, database URL)
     eimages/vNNNNNNNN-B.h5     one eimage per visit: task `visit/NNNNNNNN`
     eimages/band-B.h5          per-band virtual datasets over the eimages (after the last visit)
     checkpoints/               partial visits (mid-visit checkpoints), removed when a visit completes
@@ -36,7 +41,7 @@ import numpy as np
 
 from twinkles_hpc import config as config_mod
 from twinkles_hpc.errors import InputError, RunDirError
-from twinkles_hpc.faults import fault
+from twinkles_hpc.faults import fault, ingest_batch_hook, kill_after_task
 from twinkles_hpc.parallel.engine import Task
 from twinkles_hpc.store.atomic import atomic_h5, atomic_write_bytes, commit, open_read
 from twinkles_hpc.store.tables import read_table, write_table
@@ -266,6 +271,87 @@ def forced_tasks(cfg, visits, objects_task_list):
             for v in visits]
 
 
+#: Visits per `ingest/ForcedSource/KKKK` task (inside it, each visit's file is one transaction).
+VISITS_PER_INGEST_CHUNK = 100
+
+
+def ingest_tasks(cfg, visits, tasks):
+    """The ingest stage (store/ingest.py) as a chain, so that one process writes at a time (SQLite has one
+    writer): ingest/truth (after sky and variables), ingest/CcdVisit (after the calexps), ingest/Object
+    (after the objects tasks), ingest/ObjectTruthMatch, then ingest/ForcedSource/KKKK for each chunk of
+    VISITS_PER_INGEST_CHUNK visits after their forced tasks: the database fills while later visits are
+    still measured. Cost: 0.05 per visit (ForcedSource), 0.01 per visit (CcdVisit), 0.2 otherwise."""
+    ids = {k: [t.id for t in tasks if t.kind == k] for k in ("variables", "calexp", "objects")}
+    patches = [t.params["patch"] for t in tasks if t.kind == "objects"]
+    steps = [("truth", [SKY_TASK] + ids["variables"], 0.2, {}),
+             ("CcdVisit", ids["calexp"], 0.01 * len(visits), {}),
+             ("Object", ids["objects"], 0.2, {"patches": patches}),
+             ("ObjectTruthMatch", [], 0.2, {"patches": patches})]
+    vids = [int(v) for v in np.sort(visits["visit_id"])]
+    for k in range(0, len(vids), VISITS_PER_INGEST_CHUNK):
+        chunk = vids[k:k + VISITS_PER_INGEST_CHUNK]
+        steps.append((f"ForcedSource/{k // VISITS_PER_INGEST_CHUNK:04d}", [f"forced/{v:08d}" for v in chunk],
+                      0.05 * len(chunk), {"visit_ids": chunk}))
+    out = []
+    for name, deps, cost, params in steps:
+        chain = (out[-1].id,) if out else ()
+        out.append(Task(f"ingest/{name}", "ingest", cost=cost, deps=tuple(deps) + chain,
+                        params={"step": name.split("/")[0], **params}))
+    return out
+
+
+INGEST_RECEIPTS = "ingest"
+
+
+def ingest_receipt_relpath(task_id):
+    return os.path.join(INGEST_RECEIPTS, task_id.split("/", 1)[1].replace("/", "-") + ".json")
+
+
+def forget_lost_database(cfg, rundir):
+    """When the run's SQLite database is gone (deleted by hand), remove the ingest receipts: the journal
+    then finds the ingest tasks' outputs missing and the rerun ingests again. A server database is the
+    user's to manage: delete RUNDIR/ingest/ to ingest into it again (docs/database.md)."""
+    from twinkles_hpc.store.db import SQLITE_NAME
+    if cfg.level2.ingest and not cfg.database.url and not os.path.exists(os.path.join(rundir, SQLITE_NAME)):
+        shutil.rmtree(os.path.join(rundir, INGEST_RECEIPTS), ignore_errors=True)
+
+
+def run_ingest(cfg, rundir, by_id, task_id, step, patches=(), visit_ids=()):
+    """One ingest step into the run's database ([database] url, else RUNDIR/level2.sqlite). Its output is a
+    receipt, ingest/<step>.json ({table: rows inserted}, the URL without credentials): the journal's
+    record that the step is in the database."""
+    from twinkles_hpc.store import db, ingest
+    D = cfg.database
+    kw = dict(batch_size=D.batch_size, on_batch=ingest_batch_hook(rundir))
+    objects = [os.path.join(rundir, objects_relpath(*p)) for p in sorted(tuple(p) for p in patches)]
+    engine = db.connect(D.url or None, rundir=rundir)
+    try:
+        db.create_schema(engine)
+        if step == "truth":
+            inserted = db.ingest_truth(engine, rundir, **kw)
+        elif step == "CcdVisit":
+            from twinkles_hpc.level2.calibrate import calexp_ok      # failed calibrations have no CcdVisit
+            paths = [os.path.join(rundir, calexp_relpath(v, by_id[v]["band"])) for v in sorted(by_id)]
+            inserted = {step: ingest.ingest_ccd_visits(engine, [p for p in paths if calexp_ok(p)], **kw)}
+        elif step == "Object":
+            inserted = {step: ingest.ingest_objects(engine, objects, **kw)}
+        elif step == "ObjectTruthMatch":
+            inserted = {step: ingest.ingest_truth_match(engine, objects, os.path.join(rundir, "truth.h5"),
+                                                        D.match_radius, **kw)}
+        elif step == "ForcedSource":
+            inserted = {step: ingest.ingest_forced(engine, [os.path.join(
+                rundir, forced_relpath(v, by_id[v]["band"])) for v in visit_ids], **kw)}
+        else:
+            raise ValueError(f"unknown ingest step {step!r}")
+        url = engine.url.render_as_string(hide_password=True)
+    finally:
+        engine.dispose()
+    rel = ingest_receipt_relpath(task_id)
+    atomic_write_bytes(os.path.join(rundir, rel), json.dumps({"task": task_id, "database": url,
+                                                              "inserted": inserted}, sort_keys=True).encode())
+    return {rel: os.path.getsize(os.path.join(rundir, rel))}
+
+
 def build_tasks(cfg, visits, skymap=None):
     sky_cost = 2.0 * (cfg.sky.radius / 0.3) ** 2
     tasks = [Task(SKY_TASK, "sky", cost=sky_cost)]
@@ -292,6 +378,8 @@ def build_tasks(cfg, visits, skymap=None):
             tasks += otasks
             if cfg.level2.forced:
                 tasks += forced_tasks(cfg, visits, otasks)
+                if cfg.level2.ingest:
+                    tasks += ingest_tasks(cfg, visits, tasks)
     return tasks
 
 
@@ -299,25 +387,30 @@ def calexp_relpath(visit_id, band):
     return os.path.join("calexps", f"v{int(visit_id):08d}-{band}.h5")
 
 
-def run_calexp(rundir, visit):
-    """Level 2 calibration of one visit: eimage + reference catalogue -> calexp."""
+def run_calexp(rundir, visit, log=None):
+    """Level 2 calibration of one visit: eimage + reference catalogue -> calexp. A visit that cannot be
+    calibrated gets a calexp with calib_ok = False (one log line); later stages skip it."""
     from twinkles_hpc.level2.calibrate import calibrate_visit
     refcat, = _refcat_cache.get(os.path.join(rundir, "refcat.h5"), ("refcat",))
     rel = calexp_relpath(visit["visit_id"], visit["band"])
     out = os.path.join(rundir, rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    calibrate_visit(os.path.join(rundir, eimage_relpath(visit["visit_id"], visit["band"])), refcat, out)
+    meta = calibrate_visit(os.path.join(rundir, eimage_relpath(visit["visit_id"], visit["band"])), refcat, out)
+    if not meta["calib_ok"] and log:
+        log(f"visit {int(visit['visit_id'])} ({visit['band']}): calibration failed: {meta['calib_failure']}")
     return {rel: os.path.getsize(out)}
 
 
 def run_coadd(cfg, rundir, skymap, band, index, visit_ids):
     """Coadd one patch in one band on this rank alone (comm=None); the budget bounds its peak memory."""
+    from twinkles_hpc.level2.calibrate import calexp_ok
     from twinkles_hpc.level2.coadd import CoaddConfig, coadd_patch
     L = cfg.level2
     rel = coadd_relpath(band, *index)
     out = os.path.join(rundir, rel)
     part = f"{out}.tmp-{os.getpid()}"       # complete but unnamed until the run's own attributes are added
-    coadd_patch([os.path.join(rundir, calexp_relpath(v, band)) for v in visit_ids], skymap.patch(*index),
+    inputs = [os.path.join(rundir, calexp_relpath(v, band)) for v in visit_ids]
+    coadd_patch([p for p in inputs if calexp_ok(p)], skymap.patch(*index),     # failed calibrations left out
                 CoaddConfig(memory_per_rank=L.memory_per_rank, statistic=L.coadd_statistic), out=part)
     with h5py.File(part, "r+", locking=False) as fh:
         fh.attrs["band"] = band
@@ -328,11 +421,18 @@ def run_coadd(cfg, rundir, skymap, band, index, visit_ids):
 
 def run_objects(cfg, rundir, index, bands):
     """Objects of one patch from its coadds in `bands` (the run's other bands get NaN columns)."""
-    from twinkles_hpc.level2.objects import measure_patch
+    from twinkles_hpc.level2.objects import measure_patch, object_dtype
     refcat, = _refcat_cache.get(os.path.join(rundir, "refcat.h5"), ("refcat",))
+    # a band whose every calexp on the patch failed calibration has an empty coadd: treated as absent
     paths = {b: (os.path.join(rundir, coadd_relpath(b, *index)) if b in bands else None)
              for b in cfg.cadence.bands}
-    objects, meta = measure_patch(paths, refcat, bands=list(cfg.cadence.bands))
+    paths = {b: (p if p is not None and _coadd_has_inputs(p) else None) for b, p in paths.items()}
+    if all(p is None for p in paths.values()):
+        return _no_objects(cfg, rundir, index, np.zeros(0, object_dtype(list(cfg.cadence.bands))))
+    det_rel = coadd_relpath("det", *index)               # the multi-band detection coadd, written first
+    os.makedirs(os.path.join(rundir, os.path.dirname(det_rel)), exist_ok=True)
+    objects, meta = measure_patch(paths, refcat, bands=list(cfg.cadence.bands),
+                                  detection_out=os.path.join(rundir, det_rel))
     rel = objects_relpath(*index)
     out = os.path.join(rundir, rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -341,6 +441,24 @@ def run_objects(cfg, rundir, index, bands):
         fh.attrs["tract"], fh.attrs["patch"] = meta["tract"], list(index)
         fh.attrs["bands"] = list(cfg.cadence.bands)
         fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
+    return {det_rel: os.path.getsize(os.path.join(rundir, det_rel)), rel: os.path.getsize(out)}
+
+
+def _coadd_has_inputs(path):
+    with open_read(path) as fh:
+        return len(fh.attrs.get("inputs", [path])) > 0
+
+
+def _no_objects(cfg, rundir, index, objects):
+    """The empty Object table of a patch none of whose calexps was calibrated."""
+    rel = objects_relpath(*index)
+    out = os.path.join(rundir, rel)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with atomic_h5(out) as fh:
+        write_table(fh, "objects", objects)
+        fh.attrs["tract"], fh.attrs["patch"] = read_skymap(rundir).tract, list(index)
+        fh.attrs["bands"] = list(cfg.cadence.bands)
+        fh.attrs["meta"] = json.dumps({"calib_ok": False, "reason": "no calibrated calexp on the patch"})
     return {rel: os.path.getsize(out)}
 
 
@@ -352,9 +470,14 @@ def _patch_objects(rundir, index):
 
 def run_forced(rundir, visit, patches):
     """Forced photometry of the primary Objects of `patches` on one visit's calexp -> forced/vNNNNNNNN-B.h5."""
-    from twinkles_hpc.level2.forcedsource import force_visit
-    objects = [_patch_objects(rundir, tuple(p)) for p in sorted(tuple(p) for p in patches)]
-    rows = force_visit(os.path.join(rundir, calexp_relpath(visit["visit_id"], visit["band"])), objects)
+    from twinkles_hpc.level2.calibrate import calexp_ok
+    from twinkles_hpc.level2.forcedsource import FORCED_SOURCE_DTYPE, force_visit
+    calexp = os.path.join(rundir, calexp_relpath(visit["visit_id"], visit["band"]))
+    if calexp_ok(calexp):
+        objects = [_patch_objects(rundir, tuple(p)) for p in sorted(tuple(p) for p in patches)]
+        rows = force_visit(calexp, objects)
+    else:                                   # calibration failed: an empty table keeps the graph static
+        rows = np.zeros(0, FORCED_SOURCE_DTYPE)
     rel = forced_relpath(visit["visit_id"], visit["band"])
     out = os.path.join(rundir, rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -513,6 +636,11 @@ class Executor:
     def __call__(self, task, should_stop):
         if fault("raise_in_task") == task.id:
             raise RuntimeError(f"injected fault in {task.id} (TWINKLES_HPC_FAULT)")
+        out = self._run(task, should_stop)
+        kill_after_task(self.rundir, task.id)
+        return out
+
+    def _run(self, task, should_stop):
         p = task.params
         if task.kind == "sky":
             return run_sky(self.cfg, self.rundir, self.visits)
@@ -522,7 +650,7 @@ class Executor:
             return run_visit(self.cfg, self.rundir, self.by_id[p["visit_id"]], p.get("chunk"), should_stop,
                              self.log)
         if task.kind == "calexp":
-            return run_calexp(self.rundir, self.by_id[p["visit_id"]])
+            return run_calexp(self.rundir, self.by_id[p["visit_id"]], self.log)
         if task.kind == "coadd":
             self.skymap = self.skymap or read_skymap(self.rundir)
             return run_coadd(self.cfg, self.rundir, self.skymap, p["band"], p["patch"], p["visit_ids"])
@@ -530,6 +658,9 @@ class Executor:
             return run_objects(self.cfg, self.rundir, p["patch"], p["bands"])
         if task.kind == "forced":
             return run_forced(self.rundir, self.by_id[p["visit_id"]], p["patches"])
+        if task.kind == "ingest":
+            return run_ingest(self.cfg, self.rundir, self.by_id, task.id, p["step"], p.get("patches", ()),
+                              p.get("visit_ids", ()))
         raise ValueError(f"unknown task kind {task.kind!r}")
 
 

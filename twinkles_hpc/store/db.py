@@ -41,15 +41,8 @@ def connect(url=None, rundir=None, **engine_kw):
             raise InputError("database", "url", "a database URL or a run directory")
         if not os.path.isdir(rundir):
             raise InputError(rundir, "run directory", "an existing directory")
-        url = "sqlite:///" + os.path.join(os.path.abspath(rundir), SQLITE_NAME)
-    try:
-        u = sa.make_url(url)
-    except (sa.exc.ArgumentError, ValueError):
-        # `from None`: the parser's message would repeat the URL, password included
-        raise InputError("database URL", "url", "dialect+driver://[user@]host[:port]/database") from None
-    shown = u.difference_update_query(["password", "passwd"]).render_as_string(hide_password=True)
-    if u.password is not None or {"password", "passwd"} & set(u.query):
-        raise InputError(f"database URL {shown}", "password", _NO_PASSWORD)
+        url = sqlite_url(rundir)
+    u = check_url(url)
     engine_kw.setdefault("hide_parameters", True)        # no row values in logs or exception messages
     backend = u.get_backend_name()
     if backend in ("mysql", "mariadb"):
@@ -59,9 +52,29 @@ def connect(url=None, rundir=None, **engine_kw):
             u = u.update_query_dict({"charset": "utf8mb4"})
         engine_kw["connect_args"] = {**_mysql_credentials(u), **engine_kw.get("connect_args", {})}
         engine_kw.setdefault("pool_pre_ping", True)
-    elif backend != "sqlite":
-        raise InputError(f"database URL {shown}", "dialect", "sqlite or mysql/mariadb", backend)
     return sa.create_engine(u, **engine_kw)
+
+
+def sqlite_url(rundir):
+    """The default database of a run directory: sqlite:///RUNDIR/level2.sqlite."""
+    return "sqlite:///" + os.path.join(os.path.abspath(rundir), SQLITE_NAME)
+
+
+def check_url(url):
+    """The parsed URL (sqlalchemy URL) after refusing, with an InputError that shows it masked, a URL
+    that does not parse, holds a password or names a dialect other than sqlite or mysql/mariadb.
+    Touches no database (config validation calls it)."""
+    try:
+        u = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        # `from None`: the parser's message would repeat the URL, password included
+        raise InputError("database URL", "url", "dialect+driver://[user@]host[:port]/database") from None
+    shown = u.difference_update_query(["password", "passwd"]).render_as_string(hide_password=True)
+    if u.password is not None or {"password", "passwd"} & set(u.query):
+        raise InputError(f"database URL {shown}", "password", _NO_PASSWORD)
+    if u.get_backend_name() not in ("sqlite", "mysql", "mariadb"):
+        raise InputError(f"database URL {shown}", "dialect", "sqlite or mysql/mariadb", u.get_backend_name())
+    return u
 
 
 def read_option_file(path=None):
@@ -119,7 +132,7 @@ def create_schema(engine):
 
 # ---- ingest -------------------------------------------------------------------------------------------
 
-def ingest(engine, table_name, rows, *, batch_size=50_000):
+def ingest(engine, table_name, rows, *, batch_size=50_000, on_batch=None):
     """Insert `rows` (numpy structured array, dict of arrays or astropy Table, columns named as in the
     schema) into `table_name`; returns the number of rows inserted.
 
@@ -127,7 +140,8 @@ def ingest(engine, table_name, rows, *, batch_size=50_000):
     present is skipped (ON CONFLICT DO NOTHING / INSERT IGNORE), so a rerun after a crash completes
     the table and a repeat inserts 0. The rows are validated first (types, NOT NULL, string lengths,
     integer ranges), so that the only thing the database may skip is a duplicate key. NaN and +-inf
-    are stored as NULL.
+    are stored as NULL. `on_batch(table_name, n_rows)`, if given, is called after each batch has been
+    sent (inside the transaction): progress reports, fault injection.
     """
     table = schema.metadata.tables.get(table_name)
     if table is None:
@@ -142,6 +156,8 @@ def ingest(engine, table_name, rows, *, batch_size=50_000):
         for lo in range(0, n, batch_size):
             lists = [_py_values(v[lo:lo + batch_size], null[lo:lo + batch_size]) for v, null in cols.values()]
             inserted += _insert_batch(conn, stmt, [dict(zip(cols, r)) for r in zip(*lists)])
+            if on_batch is not None:
+                on_batch(table_name, len(lists[0]))
     return inserted
 
 
@@ -196,7 +212,11 @@ def _column(src, col, arr):
         fill = v[~null][0] if (~null).any() else "" if isinstance(col.type, sa.String) else 0
         v = np.array([fill if n else x for x, n in zip(v.tolist(), null)])
     t = col.type
-    if isinstance(t, sa.Integer):
+    if isinstance(t, sa.Boolean):
+        if v.dtype.kind not in "iub" or not np.all(null | (v == 0) | (v == 1)):
+            raise InputError(src, col.name, "booleans (true/false or 0/1)", str(v.dtype))
+        v = v.astype(bool)
+    elif isinstance(t, sa.Integer):
         if v.dtype.kind not in "iub":
             raise InputError(src, col.name, "integers", str(v.dtype))
         bits = 64 if isinstance(t, sa.BigInteger) else 16 if isinstance(t, sa.SmallInteger) else 32
@@ -232,7 +252,7 @@ def _py_values(v, null):
     return o.tolist()
 
 
-def ingest_truth(engine, rundir, *, batch_size=50_000):
+def ingest_truth(engine, rundir, *, batch_size=50_000, on_batch=None):
     """Ingest a run directory's truth (truth.h5 tables, variables/truth-*.h5) into the Truth* tables
     (each table or file one transaction; rerunning inserts only what is missing). Returns
     {table name: rows inserted}."""
@@ -245,7 +265,7 @@ def ingest_truth(engine, rundir, *, batch_size=50_000):
             if dataset in fh:
                 t = read_table(fh[dataset])
                 cols = {names.get(c, c): t[c] for c in t.dtype.names if names.get(c, c) in table.c}
-                counts[table.name] = ingest(engine, table.name, cols, batch_size=batch_size)
+                counts[table.name] = ingest(engine, table.name, cols, batch_size=batch_size, on_batch=on_batch)
     flux = schema.TruthVariableFlux.name
     counts[flux] = 0
     for p in sorted(glob.glob(os.path.join(rundir, "variables", "truth-*.h5"))):
@@ -253,7 +273,7 @@ def ingest_truth(engine, rundir, *, batch_size=50_000):
             t = read_table(fh["truth"])
         names = schema.TRUTH_FLUX_COLUMNS
         cols = {names.get(c, c): t[c] for c in t.dtype.names if names.get(c, c) in schema.TruthVariableFlux.c}
-        counts[flux] += ingest(engine, flux, cols, batch_size=batch_size)
+        counts[flux] += ingest(engine, flux, cols, batch_size=batch_size, on_batch=on_batch)
     return counts
 
 
@@ -262,13 +282,14 @@ def ingest_truth(engine, rundir, *, batch_size=50_000):
 LIGHT_CURVE_COLUMNS = ("objectId", "ccdVisitId", "filterName", "expMidpt", "psFlux", "psFlux_Sigma", "flags")
 
 
-def light_curve(engine, object_id, band=None):
+def light_curve(engine, object_id, band=None, truth_id=None):
     """The Run 1 light-curve query: ForcedSource JOIN CcdVisit JOIN Object WHERE objectId = ? [AND
     filterName = ?] ORDER BY expMidpt, as an astropy Table (fluxes in nJy).
 
-    When ObjectTruthMatch links the object to a truth source (the nearest if several), the column
-    truthFlux (nJy) gives that source's true flux in each visit, and meta holds truthId, truthKind and
-    truthDistanceArcsec. A galaxy's true flux is its total (bulge + disk) flux.
+    When ObjectTruthMatch links the object to a truth source (the nearest if several, else `truth_id`,
+    which must be one of its matches), the column truthFlux (nJy) gives that source's true flux in each
+    visit, and meta holds truthId, truthKind and truthDistanceArcsec. A galaxy's true flux is its total
+    (bulge + disk) flux.
     """
     from astropy.table import Table
     if band is not None and (not isinstance(band, str) or band not in schema.BANDS):
@@ -276,7 +297,7 @@ def light_curve(engine, object_id, band=None):
     fs, cv, obj = schema.ForcedSource, schema.CcdVisit, schema.Object
     object_id = int(object_id)
     with engine.connect() as conn:
-        match = _truth_match(conn, object_id)
+        match = _truth_match(conn, object_id, truth_id)
         q = (sa.select(*(fs.c[c] if c in fs.c else cv.c[c] for c in LIGHT_CURVE_COLUMNS))
              .select_from(fs.join(cv, fs.c.ccdVisitId == cv.c.ccdVisitId)
                           .join(obj, fs.c.objectId == obj.c.objectId))
@@ -310,11 +331,35 @@ def light_curve(engine, object_id, band=None):
     return t
 
 
-def _truth_match(conn, object_id):
+def _truth_match(conn, object_id, truth_id=None):
     m = schema.ObjectTruthMatch
-    return conn.execute(sa.select(m.c.truthId, m.c.truthKind, m.c.distance_arcsec)
-                        .where(m.c.objectId == object_id)
-                        .order_by(m.c.distance_arcsec, m.c.truthId).limit(1)).first()
+    q = sa.select(m.c.truthId, m.c.truthKind, m.c.distance_arcsec).where(m.c.objectId == object_id)
+    if truth_id is None:
+        return conn.execute(q.order_by(m.c.distance_arcsec, m.c.truthId).limit(1)).first()
+    row = conn.execute(q.where(m.c.truthId == int(truth_id))).first()
+    if row is None:
+        raise InputError(f"Object {object_id}", "truth id",
+                         "a truth source matched to the Object (ObjectTruthMatch)", int(truth_id))
+    return row
+
+
+def object_of_truth(engine, truth_id):
+    """The ObjectTruthMatch row (objectId, truthId, truthKind, distance_arcsec) of the Object nearest to
+    truth source `truth_id` (star, galaxy, supernova or lensed-image id), or None when no Object lies
+    within the match radius. A supernova on its host is found this way even when the host galaxy is the
+    Object's nearest truth source."""
+    m = schema.ObjectTruthMatch
+    with engine.connect() as conn:
+        return conn.execute(sa.select(m).where(m.c.truthId == int(truth_id))
+                            .order_by(m.c.distance_arcsec, m.c.objectId).limit(1)).first()
+
+
+def table_counts(engine):
+    """{table: rows} for the schema's tables present in the database."""
+    present = set(sa.inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        return {name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+                for name, t in schema.metadata.tables.items() if name in present}
 
 
 def _static_truth_flux(conn, match):

@@ -69,8 +69,12 @@ Object = sa.Table(
     *_per_band("{b}PsFlux", "{b}-band point-source flux on the coadd, nJy"),
     *_per_band("{b}PsFluxSigma", "uncertainty of {b}PsFlux, nJy"),
     _f("extendedness", "0 point-like .. 1 extended"),
-    _flags(),
-    comment="deep-coadd objects", **_MYSQL)
+    _f("Ixx", "adaptive second moment xx of the light (patch pixel axes), arcsec^2"),
+    _f("Iyy", "adaptive second moment yy of the light (patch pixel axes), arcsec^2"),
+    _f("Ixy", "adaptive second moment xy of the light (patch pixel axes), arcsec^2"),
+    sa.Column("shape_flag", sa.Boolean, comment="true: the moments (Ixx, Iyy, Ixy) failed or are unreliable"),
+    _flags("detection flags (level2 detect: objects detFlags)"),
+    comment="deep-coadd objects: the primary ones (detect_isPrimary) of every patch", **_MYSQL)
 
 ForcedSource = sa.Table(
     "ForcedSource", metadata,
@@ -121,6 +125,7 @@ ObjectTruthMatch = sa.Table(
     _s("truthKind", 16, "star (TruthStar), galaxy (TruthGalaxy), supernova (TruthSupernova), "
        "lensed_image (TruthLensedImage)", nullable=False),
     sa.Column("distance_arcsec", sa.Double, nullable=False, comment="Object-truth separation, arcsec"),
+    sa.Index("ix_ObjectTruthMatch_truthId", "truthId"),       # truth id -> its Object (lightcurve --truth-id)
     comment="Objects associated with truth sources; the nearest is the Object's match", **_MYSQL)
 
 # ---- truth (the simulation's input sky; truth.h5 and variables/truth-*.h5) -------------------------
