@@ -1,0 +1,70 @@
+"""A run's Level 2 cost from its trace (trace.jsonl: one record per task with start, end, kind, peak RSS).
+
+Task seconds are the wall time of a task on its worker. Every task runs single-threaded on one rank, so
+this is its CPU time when each worker has a core of its own (oversubscribed or shared cores inflate it).
+"""
+import json
+import os
+
+import numpy as np
+
+from twinkles_hpc import instrument
+
+#: Level 2 stages, in pipeline order: per-visit stages and stages amortized over all visits.
+PER_VISIT, AMORTIZED = ("calexp", "forced"), ("coadd", "objects")
+FULL_SENSOR_PIXELS = instrument.SENSOR_NX * instrument.SENSOR_NY
+
+
+def read_trace(path):
+    """The last record of each task (a task redone after its output was lost appears twice)."""
+    recs = {}
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:        # a torn last line of a killed run
+                    continue
+                recs[r["task"]] = r
+    return list(recs.values())
+
+
+def run_cost(rundir, cfg, n_visits, V):
+    path = os.path.join(rundir, "trace.jsonl")
+    if not os.path.exists(path):
+        why = {"value": None, "reason": f"no trace: {path} not found"}
+        return {"level2_seconds_per_visit": why, "coadd_peak_rss": why}
+    recs = read_trace(path)
+    secs = {}
+    for r in recs:
+        secs.setdefault(r["kind"], []).append(r["end"] - r["start"])
+    scale = FULL_SENSOR_PIXELS / (cfg.sensor.nx * cfg.sensor.ny)
+    stages, total = {}, 0.0
+    for kind in PER_VISIT + AMORTIZED:
+        s = secs.get(kind)
+        if not s:
+            stages[kind] = {"value": None, "reason": f"no {kind} tasks in the trace (stage off or not run)"}
+            continue
+        per = sum(s) / (len(s) if kind in PER_VISIT else max(n_visits, 1))
+        stages[kind] = {"seconds": per, "full_sensor_seconds": per * scale, "n_tasks": len(s),
+                        "basis": "mean per task" if kind in PER_VISIT else f"total / {n_visits} visits"}
+        total += per
+    out = {"level2_seconds_per_visit": {
+        "stages": stages, "total": total, "full_sensor_total": total * scale,
+        "sensor": [cfg.sensor.nx, cfg.sensor.ny], "full_sensor_scale": scale,
+        "note": ("task wall seconds on one single-threaded rank (= CPU seconds on an unshared core)"
+                 + ("" if scale == 1 else f"; the run's sensor is {cfg.sensor.nx}x{cfg.sensor.ny}: "
+                    f"full_sensor_* scale by the pixel count ({scale:.2f}x) to {instrument.SENSOR_NX}x"
+                    f"{instrument.SENSOR_NY}"))}}
+    if "visit" in secs:
+        out["simulate_seconds_per_visit"] = float(np.mean(secs["visit"]))
+    rss = [r["peak_rss_mb"] for r in recs if r["kind"] == "coadd" and "peak_rss_mb" in r]
+    budget = cfg.level2.memory_per_rank / 2 ** 20
+    out["coadd_peak_rss"] = (
+        {"max_mb": float(max(rss)), "median_mb": float(np.median(rss)), "n_tasks": len(rss),
+         "budget_mb": budget, "limit_mb": budget + V.rss_overhead_mb,
+         "note": "peak RSS (VmHWM, MiB) of the whole process per task; the budget ([level2] memory_per_rank) "
+                 "bounds the warp stack, validate.rss_overhead_mb allows for interpreter, libraries, catalogues"}
+        if rss else {"value": None, "reason": "no coadd tasks with peak RSS in the trace"})
+    return out
