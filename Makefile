@@ -21,9 +21,13 @@ venv: $(VENV)/.deps
 build: venv
 	$(PY) setup.py -q build_ext --inplace
 
+# The whole chain, then the run's validation against its truth (a failed threshold is shown, not fatal
+# here) and the HTML report, whose path is printed last.
 demo: build
 	$(MPIEXEC) -n 3 $(VENV)/bin/twinkles-hpc run jobs/demo.toml -o $(RUNDIR)
 	$(VENV)/bin/twinkles-hpc status $(RUNDIR)
+	-$(VENV)/bin/twinkles-hpc validate $(RUNDIR) --summary --json $(RUNDIR)/validation.json
+	$(VENV)/bin/twinkles-hpc report $(RUNDIR) --validation $(RUNDIR)/validation.json
 
 test: build test-serial test-mpi
 

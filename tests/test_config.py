@@ -26,8 +26,13 @@ def test_defaults_are_valid_and_documented():
 def test_demo_and_run1_configs_load():
     from conftest import ROOT
     demo = config.load(ROOT / "jobs" / "demo.toml")
-    assert (demo.sensor.nx, demo.sensor.ny) == (1000, 1000)
+    assert (demo.sensor.nx, demo.sensor.ny) == (2000, 2000)
     assert demo.cadence.max_visits >= 60 and demo.cadence.bands == "ugrizy"
+    L = demo.level2          # the demo runs the whole chain through the database
+    assert L.calibrate and L.coadd and L.objects and L.forced and L.ingest
+    for name in ("run1.toml", "level2-full.toml"):
+        full = config.load(ROOT / "jobs" / name)
+        assert (full.sensor.nx, full.sensor.ny) == (4000, 4072) and full.level2.ingest
 
 
 @pytest.mark.parametrize("text, key, expected", [
