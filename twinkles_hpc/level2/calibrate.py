@@ -74,6 +74,28 @@ def _saturation_mask(image, full_well, edge):
     return mask
 
 
+def aperture_correction(ap, ap_err, psf, psf_err, *, clip=3.0, iters=5):
+    """(ratio, error): the inverse-variance weighted, sigma-clipped mean of aperture / PSF flux over stars.
+    The large aperture's error (sky noise over its area) dominates the weights, so the bright stars
+    count most, and every clean star adds to the precision; the error is scaled up by sqrt(chi^2/dof)
+    when the ratios scatter more than their errors say."""
+    r = ap / psf
+    err = np.abs(r) * np.hypot(ap_err / ap, psf_err / psf)
+    keep = np.isfinite(r) & np.isfinite(err) & (err > 0)
+    for _ in range(iters):
+        w = 1.0 / err[keep] ** 2
+        mean = np.sum(w * r[keep]) / w.sum()
+        scale = max(1.4826 * np.median(np.abs(r[keep] - mean) / err[keep]), 1.0)
+        new = keep & (np.abs(r - mean) < clip * scale * err)
+        if np.array_equal(new, keep) or new.sum() < 3:
+            break
+        keep = new
+    w = 1.0 / err[keep] ** 2
+    mean = float(np.sum(w * r[keep]) / w.sum())
+    chi2 = float(np.sum(w * (r[keep] - mean) ** 2) / max(keep.sum() - 1, 1))
+    return mean, float(np.sqrt(max(chi2, 1.0) / w.sum()))
+
+
 def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
     """Calibrate pixels with their camera attributes; returns (planes dict: image, variance, mask,
     background and the `sources` table (source_table), metadata dict)."""
@@ -125,17 +147,19 @@ def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
     clean &= np.isfinite(ap)
     if clean.sum() < 3:
         raise CalibrationError(f"calibrate: {int(clean.sum())} clean stars for the aperture correction (need 3)")
-    # the large aperture is sensitive to background errors: take the brightest stars only
-    snr = phot["psf_flux"] / phot["psf_flux_err"]
-    bright = np.flatnonzero(clean)[np.argsort(-snr[clean])][:max(5, int(clean.sum()) // 4)]
-    ap_corr = float(np.median(ap[bright] / phot["psf_flux"][bright]))
+    ap_err = phot[f"ap_flux_{_forced._radius_name(c.ap_corr_radius)}_err"]
+    ap_corr, ap_corr_err = aperture_correction(ap[clean], ap_err[clean], phot["psf_flux"][clean],
+                                               phot["psf_flux_err"][clean])
     usable = (phot["flags"] & ~_forced.FLAG_EDGE) == 0
     zp, zp_err, n_zp = zero_point(np.where(usable, phot["psf_flux"] * ap_corr, np.nan),
                                   phot["psf_flux_err"] * ap_corr, ref[f"mag_{band}"], ref[f"mag_err_{band}"],
                                   min_snr=c.zp_min_snr)
+    # the zero point refers to total (aperture-corrected) flux: its error includes the correction's
+    zp_err = float(np.hypot(zp_err, 1.0857 * ap_corr_err / ap_corr))
     meta = {k: attrs[k] for k in CAMERA_ATTRS if k in attrs}
     meta.update(wcs=wcs.to_header_string(relax=True), psf=json.dumps(psf.to_dict()), zero_point=zp,
-                zero_point_err=zp_err, n_zero_point=n_zp, ap_corr=ap_corr, ap_corr_radius=c.ap_corr_radius,
+                zero_point_err=zp_err, n_zero_point=n_zp, ap_corr=ap_corr, ap_corr_err=ap_corr_err,
+                ap_corr_radius=c.ap_corr_radius,
                 flux_njy_per_electron=njy_per_electron(zp), n_astrometry=ainfo["n_matched"],
                 astrometry_rms_arcsec=ainfo["rms_arcsec"], n_psf_stars=pinfo["n_used"], psf_order=order,
                 n_detections=int(len(leaves)), background_level=float(np.median(bg.mesh)),

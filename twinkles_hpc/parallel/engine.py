@@ -58,6 +58,24 @@ class StopFlag:
         return self
 
 
+def _release_freed_memory():
+    """Hand the heap's free pages back to the kernel (glibc malloc_trim): without it a long-lived worker
+    keeps the high-water mark of its largest task as resident memory, and every later task's peak RSS
+    would include it."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def _peak_rss_reset():
     """Reset the kernel's peak-RSS counter (VmHWM) so each task reports its own peak."""
     try:
@@ -68,11 +86,12 @@ def _peak_rss_reset():
         return False
 
 
-def _peak_rss_mb():
+def _rss_mb(key="VmHWM"):
+    """VmHWM (peak since the last reset) or VmRSS (now) of this process, MiB."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -82,13 +101,16 @@ def _peak_rss_mb():
 
 def run_task(execute, task, rank, should_stop):
     """Run one task; returns (outputs, trace record). Raises Interrupted or the task's exception."""
+    _release_freed_memory()
     _peak_rss_reset()
+    start_rss = _rss_mb("VmRSS")
     start = time.time()
     outputs = execute(task, should_stop) or {}
     end = time.time()
     rec = {"task": task.id, "kind": task.kind, "rank": rank, "host": socket.gethostname(),
            "pid": os.getpid(), "start": round(start, 4), "end": round(end, 4),
-           "bytes": int(sum(outputs.values())), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+           "bytes": int(sum(outputs.values())), "peak_rss_mb": round(_rss_mb(), 1),
+           "start_rss_mb": round(start_rss, 1)}
     return outputs, rec
 
 
