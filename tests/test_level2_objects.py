@@ -169,7 +169,8 @@ def test_objects_stage(run):
           f"{np.round(st[:, 1] / st[:, 4], 3).tolist()} {np.round((st[:, 2] - st[:, 5]) / st[:, 3], 3).tolist()}")
     print(f"galaxy |position angle error| (deg, {len(gal_angles)}): median {np.median(gal_angles):.1f}, "
           f"within 30 deg {np.mean(gal_angles < 30):.2f}")
-    assert np.all(np.abs(ps_ap - 1) < 0.005), ps_ap
+    # each ratio carries the 20 px aperture's sky noise (a few 1e-3 for these stars): the median is the test
+    assert abs(np.median(ps_ap) - 1) < 0.003 and np.all(np.abs(ps_ap - 1) < 0.01), ps_ap
     assert np.all(np.abs(st[:, 0] / st[:, 3] - 1) < 0.05) and np.all(np.abs(st[:, 1] / st[:, 4] - 1) < 0.05), st
     assert np.all(np.abs(st[:, 2] - st[:, 5]) < 0.03 * st[:, 3]) and np.all(np.abs(st[:, 5]) < 0.1 * st[:, 3]), st
     assert len(gal_angles) >= 10 and np.mean(gal_angles < 30) >= 0.6, gal_angles      # random: 1/3

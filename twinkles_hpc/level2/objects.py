@@ -93,51 +93,95 @@ def object_dtype(bands):
     return np.dtype(f)
 
 
-def _read(path):
+#: The planes each pass reads: all of them to measure, these to build the detection image.
+PLANES = ("image", "variance", "mask", "n_visits")
+DETECT_PLANES = ("image", "variance", "mask")
+
+
+def _read(path, names=PLANES, psf=True):
+    """(planes, attrs, psf) of one band coadd: the named pixel planes, the attributes and its CoaddPSF
+    (None when the file has none or psf is False)."""
     with open_read(path) as f:
-        planes = {k: f[k][...] for k in ("image", "variance", "mask", "n_visits")}
+        planes = {k: f[k][...] for k in names}
         attrs = {k: (v.item() if getattr(v, "size", 0) == 1 and hasattr(v, "item") else v) for k, v in f.attrs.items()}
-        psf = CoaddPSF.from_file(f)
+        psf = CoaddPSF.from_file(f) if psf else None
     return planes, attrs, psf
 
 
 def _noise(var, good):
     """Source-free variance: running minimum of the variance over good pixels (NaN elsewhere)."""
-    v = np.where(good, var, np.inf).astype(np.float32)
+    v = np.where(good, var, np.inf).astype(np.float32, copy=False)
     m = ndimage.minimum_filter(v, size=NOISE_BOX, mode="nearest")
-    return np.where(good & np.isfinite(m) & (m > 0), m, np.nan)
+    del v
+    m[~(good & np.isfinite(m) & (m > 0))] = np.nan
+    return m
+
+
+def _detection_sums(shape):
+    """Zeroed accumulators of the detection image: D and V_D (float64), n, the OR of the bands' masks."""
+    return [np.zeros(shape, np.float64), np.zeros(shape, np.float64), np.zeros(shape, np.int32),
+            np.zeros(shape, np.uint16)]
+
+
+def _add_band(sums, planes):
+    """Add one band's planes to the detection sums (_detection_sums), in place."""
+    D, V, n, mask = sums
+    img, var = planes["image"], planes["variance"]
+    good = np.isfinite(img) & np.isfinite(var) & (var > 0) & ((planes["mask"] & NO_DATA) == 0)
+    s2 = _noise(var, good)
+    ok = good & np.isfinite(s2)
+    # the same per-pixel float32 quotients, added to the float64 sums where ok, without masked copies
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.add(D, img / np.sqrt(s2), out=D, where=ok)
+        np.add(V, var / s2, out=V, where=ok)
+    n += ok
+    mask |= planes["mask"]
+
+
+def _detection_result(sums):
+    """(D, V_D, n, mask OR) from the sums (emptied), D and V_D as float32; each float64 sum is freed
+    once cast, before the next is."""
+    D, V, n, mask = sums
+    sums.clear()
+    D = D.astype(np.float32)
+    V = V.astype(np.float32)
+    return D, V, n, mask
 
 
 def detection_image(coadds):
-    """(D, V_D, n) over the bands' planes (see the module doc); n = the bands with data at the pixel."""
-    shape = next(iter(coadds.values()))[0]["image"].shape
-    D = np.zeros(shape, np.float64)
-    V = np.zeros(shape, np.float64)
-    n = np.zeros(shape, np.int32)
+    """(D, V_D, n) over the bands' planes (see the module doc); n = the bands with data at the pixel.
+    coadds: band -> (planes, attrs), as _read gives them, summed in the dict's order."""
+    sums = None
     for planes, _ in coadds.values():
-        img, var = planes["image"], planes["variance"]
-        good = np.isfinite(img) & np.isfinite(var) & (var > 0) & ((planes["mask"] & NO_DATA) == 0)
-        s2 = _noise(var, good)
-        ok = good & np.isfinite(s2)
-        D[ok] += img[ok] / np.sqrt(s2[ok])
-        V[ok] += var[ok] / s2[ok]
-        n += ok
-    return D.astype(np.float32), V.astype(np.float32), n
+        if sums is None:
+            sums = _detection_sums(planes["image"].shape)
+        _add_band(sums, planes)
+    return _detection_result(sums)[:3]
 
 
-def write_detection_coadd(path, D, V, n_bands, labels, coadds):
+def _read_detection_image(paths):
+    """detection_image of the coadds at `paths` (band -> path) in band order, one band's planes in memory
+    at a time; returns (D, V_D, n, the OR of the bands' masks)."""
+    sums = None
+    for b in sorted(paths):
+        planes = _read(paths[b], DETECT_PLANES, psf=False)[0]
+        if sums is None:
+            sums = _detection_sums(planes["image"].shape)
+        _add_band(sums, planes)
+        del planes                      # before the next band is read
+    return _detection_result(sums)
+
+
+def write_detection_coadd(path, D, V, n_bands, labels, band_mask, attrs, bands):
     """The detection coadd of a patch, in the coadd format (docs/level2-coadd.md): image = D (sum over
-    bands of image_b / s_b, S/N units per pixel), variance = V_D, mask = OR of the bands' masks | DETECTED
-    in the detection footprints | NO_DATA where no band has data (image, variance NaN there), n_visits =
-    the bands with data, depth = 1 / V_D (0 without data); attributes band = "det", bands and the bands'
-    patch attributes. Written atomically."""
+    bands of image_b / s_b, S/N units per pixel), variance = V_D, mask = band_mask (the OR of the bands'
+    masks; updated in place) | DETECTED in the detection footprints | NO_DATA where no band has data
+    (image, variance NaN there), n_visits = the bands with data, depth = 1 / V_D (0 without data);
+    attributes band = "det", bands and the DET_ATTRS of `attrs` (the first band's). Written atomically."""
     nodata = n_bands == 0
-    mask = np.zeros(D.shape, np.uint16)
-    for planes, _ in coadds.values():
-        mask |= planes["mask"]
+    mask = band_mask                    # no copy: the caller has no further use for it
     mask[labels > 0] |= DETECTED
     mask[nodata] |= NO_DATA
-    a0 = next(iter(coadds.values()))[1]
     with atomic_h5(path) as f:
         f.create_dataset("image", data=np.where(nodata, np.float32(np.nan), D))
         f.create_dataset("variance", data=np.where(nodata, np.float32(np.nan), V))
@@ -146,9 +190,9 @@ def write_detection_coadd(path, D, V, n_bands, labels, coadds):
         with np.errstate(divide="ignore"):
             f.create_dataset("depth", data=np.where(nodata | (V <= 0), 0, 1 / V).astype(np.float32))
         for k in DET_ATTRS:
-            if k in a0:
-                f.attrs[k] = a0[k]
-        f.attrs["band"], f.attrs["bands"] = "det", sorted(coadds)
+            if k in attrs:
+                f.attrs[k] = attrs[k]
+        f.attrs["band"], f.attrs["bands"] = "det", sorted(bands)
         f.attrs["unit"] = "S/N per pixel: sum over bands of image_b / s_b, s_b the band's source-free noise"
     return path
 
@@ -229,16 +273,16 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, det
     the dict's keys sorted. Returns (objects, meta): objects an `object_dtype(bands)` array (module doc),
     meta a JSON-able dict (per band aperture-correction stars and correction, the shape band).
     detection_out: a path to write the detection coadd to (write_detection_coadd), or None.
+    Memory: one band's planes at a time (two passes over the bands: detection, then measurement), with
+    the detection image and the footprint labels.
     """
     paths = {b: p for b, p in coadd_paths_by_band.items() if p is not None}
     if not paths:
         raise ValueError("measure_patch: no coadd given")
     bands = sorted(coadd_paths_by_band) if bands is None else list(bands)
-    coadds = {b: _read(paths[b]) for b in sorted(paths)}
-    psfs = {b: c[2] for b, c in coadds.items()}
-    coadds = {b: c[:2] for b, c in coadds.items()}
-    a0 = next(iter(coadds.values()))[1]
-    for b, (_, a) in coadds.items():
+    attrs = {b: _read(paths[b], (), psf=False)[1] for b in sorted(paths)}
+    a0 = next(iter(attrs.values()))
+    for b, a in attrs.items():
         if list(a["patch"]) != list(a0["patch"]) or list(a["bbox"]) != list(a0["bbox"]):
             raise ValueError(f"measure_patch: coadd of band {b} is of another patch ({a['patch']})")
     wcs = WCS(fits.Header.fromstring(str(a0["wcs"])))
@@ -246,10 +290,11 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, det
     bx0, by0 = int(a0["bbox"][0]), int(a0["bbox"][1])
     ix0, iy0, inx, iny = (int(v) for v in a0["inner_bbox"])
 
-    D, V, n_bands = detection_image(coadds)
+    D, V, n_bands, band_mask = _read_detection_image(paths)
     cat, labels = detect(D, V, threshold=threshold, kernel_fwhm_px=DETECT_FWHM_PX, mask=n_bands == 0)
     if detection_out is not None:
-        write_detection_coadd(detection_out, D, V, n_bands, labels, coadds)
+        write_detection_coadd(detection_out, D, V, n_bands, labels, band_mask, a0, paths)
+    del D, V, n_bands, band_mask
     leaf = cat[leaves(cat)] if len(cat) else cat
     out = np.zeros(len(leaf), object_dtype(bands))
     out["objectId"] = object_id(tract, pi, pj, leaf["id"])
@@ -268,67 +313,79 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, det
     meta = {"tract": tract, "patch": [pi, pj], "threshold": threshold, "n_detections": int(len(cat)),
             "n_objects": int(len(out)), "bands": {}}
     det_xy = np.column_stack([leaf["x"], leaf["y"]]) if len(leaf) else np.zeros((0, 2))
-    ext_A = np.zeros(len(out))
-    ext_P = np.zeros(len(out))
-    ext_V = np.zeros(len(out))
-    ext_n = np.zeros(len(out), np.int32)
+    ext = {k: np.zeros(len(out)) for k in "APV"}        # extendedness sums over the bands
+    ext["n"] = np.zeros(len(out), np.int32)
+    sb = next((b for b in SHAPE_BANDS if b in paths), min(paths))
+    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0       # arcsec per pixel
     for b in bands:
-        if b not in coadds:
+        if b not in paths:
             continue
-        planes, _ = coadds[b]
-        psf = psfs[b]
+        planes, _, psf = _read(paths[b])
         if psf is None:
             raise ValueError(f"measure_patch: the {b} coadd {paths[b]} has no coadd PSF (psf_* datasets)")
-        img, var = planes["image"], planes["variance"]
-        mask = planes["mask"].copy()
-        mask[~(np.isfinite(img) & np.isfinite(var))] |= NO_DATA
-        img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
-        var = np.where(np.isfinite(var), var, 0.0).astype(np.float32)
-        radii = (EXT_AP, REPORT_AP, APCORR_AP)
-        # aperture correction from the bright isolated reference stars, measured with the coadd PSF
-        _, sx, sy = ap_corr_stars(planes, wcs, refcat, det_xy)
-        on = psf.covered(sx, sy)
-        sp = _forced.forced_photometry(img, var, mask, sx[on], sy[on], psf, ap_radii=radii)
-        clean = (sp["flags"] == 0) & np.isfinite(sp[_apname(APCORR_AP)]) & (sp["psf_flux"] > 0)
-        ratio = sp[_apname(APCORR_AP)][clean] / sp["psf_flux"][clean]
-        cov = psf.covered(leaf["x"], leaf["y"]) if len(out) else np.zeros(0, bool)
-        bm = {"n_ap_corr_stars": int(clean.sum()), "psf_grid_step": psf.step,
-              "n_inputs_max": int(psf.n_inputs.max()), "ap_corr_inputs": float(np.nanmedian(psf.ap_corr))
-              if np.isfinite(psf.ap_corr).any() else None}
-        meta["bands"][b] = bm
-        if not cov.any():
-            continue
-        x, y = leaf["x"][cov], leaf["y"][cov]
-        if clean.sum() >= MIN_AP_CORR_STARS:
-            bm["ap_corr"] = float(np.median(ratio))
-            corr = ap_corr_map(sp["x"][clean], sp["y"][clean], ratio, bm["ap_corr"], x, y)
-        else:                   # too few stars: the inputs' aperture corrections, combined as the coadd
-            corr = ap_corr_map(sx[:0], sy[:0], ratio[:0], psf.ap_corr_at(x, y), x, y)
-        ph = _forced.forced_photometry(img, var, mask, x, y, psf, object_ids=out["objectId"][cov], ap_radii=radii)
-        for c, v in (("PsFlux", ph["psf_flux"] * corr), ("PsFluxSigma", ph["psf_flux_err"] * corr),
-                     ("ApFlux", ph[_apname(REPORT_AP)]), ("ApFluxSigma", ph[_apname(REPORT_AP) + "_err"]),
-                     ("Flags", ph["flags"])):
-            out[f"{b}{c}"][cov] = v
-        frac = _forced.psf_aperture_fraction(psf, x, y, ap_radii=(EXT_AP,))[:, 0]
-        a6, e6 = ph[_apname(EXT_AP)], ph[_apname(EXT_AP) + "_err"]
-        use = np.zeros(len(out), bool)
-        use[cov] = np.isfinite(a6) & np.isfinite(ph["psf_flux"]) & ((ph["flags"] & _forced.FLAG_NO_DATA) == 0)
-        u = use[cov]
-        ext_A[use] += a6[u]
-        ext_P[use] += ph["psf_flux"][u] * frac[u]
-        ext_V[use] += e6[u] ** 2
-        ext_n += use
+        meta["bands"][b] = _measure_band(out, b, planes, psf, wcs, refcat, leaf, det_xy, ext)
+        if b == sb:
+            _measure_shapes(out, planes, leaf, labels, scale)
+        del planes, psf                 # before the next band is read
+    if sb not in bands:
+        _measure_shapes(out, _read(paths[sb], ("image", "mask"), psf=False)[0], leaf, labels, scale)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ext = ((ext_A > (1 + EXT_FRACTION) * ext_P) & (ext_A - ext_P > EXT_NSIGMA * np.sqrt(ext_V))).astype(float)
-    out["extendedness"] = np.where(ext_n > 0, ext, np.nan)
-    sb = next((b for b in SHAPE_BANDS if b in coadds), min(coadds))
-    planes = coadds[sb][0]
-    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0       # arcsec per pixel
-    usable = np.isfinite(planes["image"]) & ((planes["mask"] & (NO_DATA | BAD | SAT)) == 0)
-    ixx, iyy, ixy, flag = adaptive_moments(planes["image"], leaf["x"], leaf["y"], usable=usable,
-                                           owner=leaf["id"], labels=labels)
-    out["Ixx"], out["Iyy"], out["Ixy"], out["shape_flag"] = ixx * scale ** 2, iyy * scale ** 2, ixy * scale ** 2, flag
+        e = ((ext["A"] > (1 + EXT_FRACTION) * ext["P"])
+             & (ext["A"] - ext["P"] > EXT_NSIGMA * np.sqrt(ext["V"]))).astype(float)
+    out["extendedness"] = np.where(ext["n"] > 0, e, np.nan)
     meta["shape_band"] = sb
     meta["n_primary"] = int(out["detect_isPrimary"].sum())
     meta["n_deblended_parents"] = int(((cat["flags"] & FLAG_DEBLENDED) != 0).sum()) if len(cat) else 0
     return out, meta
+
+
+def _measure_band(out, b, planes, psf, wcs, refcat, leaf, det_xy, ext):
+    """Forced photometry of the Objects in band b (module doc, 3.) into `out`'s b columns, and the band's
+    share of the extendedness sums `ext` (A, P, V, n: per Object, updated in place); returns its meta."""
+    img, var = planes["image"], planes["variance"]
+    mask = planes["mask"].copy()
+    mask[~(np.isfinite(img) & np.isfinite(var))] |= NO_DATA
+    img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
+    var = np.where(np.isfinite(var), var, 0.0).astype(np.float32)
+    radii = (EXT_AP, REPORT_AP, APCORR_AP)
+    # aperture correction from the bright isolated reference stars, measured with the coadd PSF
+    _, sx, sy = ap_corr_stars(planes, wcs, refcat, det_xy)
+    on = psf.covered(sx, sy)
+    sp = _forced.forced_photometry(img, var, mask, sx[on], sy[on], psf, ap_radii=radii)
+    clean = (sp["flags"] == 0) & np.isfinite(sp[_apname(APCORR_AP)]) & (sp["psf_flux"] > 0)
+    ratio = sp[_apname(APCORR_AP)][clean] / sp["psf_flux"][clean]
+    cov = psf.covered(leaf["x"], leaf["y"]) if len(out) else np.zeros(0, bool)
+    bm = {"n_ap_corr_stars": int(clean.sum()), "psf_grid_step": psf.step,
+          "n_inputs_max": int(psf.n_inputs.max()), "ap_corr_inputs": float(np.nanmedian(psf.ap_corr))
+          if np.isfinite(psf.ap_corr).any() else None}
+    if not cov.any():
+        return bm
+    x, y = leaf["x"][cov], leaf["y"][cov]
+    if clean.sum() >= MIN_AP_CORR_STARS:
+        bm["ap_corr"] = float(np.median(ratio))
+        corr = ap_corr_map(sp["x"][clean], sp["y"][clean], ratio, bm["ap_corr"], x, y)
+    else:                   # too few stars: the inputs' aperture corrections, combined as the coadd
+        corr = ap_corr_map(sx[:0], sy[:0], ratio[:0], psf.ap_corr_at(x, y), x, y)
+    ph = _forced.forced_photometry(img, var, mask, x, y, psf, object_ids=out["objectId"][cov], ap_radii=radii)
+    for c, v in (("PsFlux", ph["psf_flux"] * corr), ("PsFluxSigma", ph["psf_flux_err"] * corr),
+                 ("ApFlux", ph[_apname(REPORT_AP)]), ("ApFluxSigma", ph[_apname(REPORT_AP) + "_err"]),
+                 ("Flags", ph["flags"])):
+        out[f"{b}{c}"][cov] = v
+    frac = _forced.psf_aperture_fraction(psf, x, y, ap_radii=(EXT_AP,))[:, 0]
+    a6, e6 = ph[_apname(EXT_AP)], ph[_apname(EXT_AP) + "_err"]
+    use = np.zeros(len(out), bool)
+    use[cov] = np.isfinite(a6) & np.isfinite(ph["psf_flux"]) & ((ph["flags"] & _forced.FLAG_NO_DATA) == 0)
+    u = use[cov]
+    ext["A"][use] += a6[u]
+    ext["P"][use] += ph["psf_flux"][u] * frac[u]
+    ext["V"][use] += e6[u] ** 2
+    ext["n"] += use
+    return bm
+
+
+def _measure_shapes(out, planes, leaf, labels, scale):
+    """Adaptive moments of the Objects (module doc, 6.) on one band's planes (image, mask), in arcsec^2."""
+    usable = np.isfinite(planes["image"]) & ((planes["mask"] & (NO_DATA | BAD | SAT)) == 0)
+    ixx, iyy, ixy, flag = adaptive_moments(planes["image"], leaf["x"], leaf["y"], usable=usable,
+                                           owner=leaf["id"], labels=labels)
+    out["Ixx"], out["Iyy"], out["Ixy"], out["shape_flag"] = ixx * scale ** 2, iyy * scale ** 2, ixy * scale ** 2, flag
