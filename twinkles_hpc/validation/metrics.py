@@ -2,7 +2,6 @@
 
 Definitions follow LSST validate_drp where one exists (docs/validation.md states each exactly).
 """
-import itertools
 
 import numpy as np
 
@@ -115,19 +114,22 @@ def completeness(mag, detected, edges):
 
 
 def mag_at_completeness(edges, frac, level):
-    """The magnitude where completeness first falls below `level`, from bright to faint: linear
-    interpolation between bin centres. (None, reason) when it never falls below, or is below from the
-    brightest bin on."""
+    """The magnitude where completeness falls below `level` for good: linear interpolation between the
+    centres of the faintest bin at or above `level` and the next fainter one, so that a bright bin of a
+    few sources with one missed (a saturated star, a blend) does not set it. (None, reason) when the
+    completeness never falls below, or is below in every bin."""
     centres = 0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:]))
     pts = [(m, f) for m, f in zip(centres, frac) if f is not None]
     if not pts:
         return None, "no truth sources in the covered area"
-    if pts[0][1] < level:
+    above = [i for i, (_, f) in enumerate(pts) if f >= level]
+    if not above:
         return None, f"completeness is below {level:g} already at r = {pts[0][0]:.2f}"
-    for (m0, f0), (m1, f1) in itertools.pairwise(pts):
-        if f1 < level:
-            return float(m0 + (f0 - level) / (f0 - f1) * (m1 - m0)), None
-    return None, f"completeness stays >= {level:g} to the faintest truth bin (r = {pts[-1][0]:.2f})"
+    j = above[-1]
+    if j == len(pts) - 1:
+        return None, f"completeness stays >= {level:g} to the faintest truth bin (r = {pts[-1][0]:.2f})"
+    (m0, f0), (m1, f1) = pts[j], pts[j + 1]
+    return float(m0 + (f0 - level) / (f0 - f1) * (m1 - m0)), None
 
 
 def light_curve_chi2(flux, err, true_flux, group):
