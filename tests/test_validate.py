@@ -147,6 +147,9 @@ def test_completeness_curve_and_crossings():
     assert metrics.mag_at_completeness(edges, frac, 0.5)[0] == pytest.approx(24.25, abs=0.3)
     assert metrics.mag_at_completeness(edges[:3], [1.0, 1.0], 0.5)[0] is None
     assert "already" in metrics.mag_at_completeness(edges[:3], [0.3, 0.2], 0.5)[1]
+    # sparse bins (fewer than 10 truth sources) are left out when the counts are given
+    assert metrics.mag_at_completeness(edges, [1.0, 1.0, 0.95, 0.8, 1.0], 0.9, [50, 50, 50, 50, 2])[0] == \
+        pytest.approx(19.25 + 0.5 / 3)
     # a bright bin with one of a few sources missed does not set the crossing
     assert metrics.mag_at_completeness(edges, [1.0, 0.8, 0.95, 0.8, 0.4], 0.9)[0] == pytest.approx(19.25 + 0.5 / 3)
 

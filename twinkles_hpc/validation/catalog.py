@@ -54,7 +54,7 @@ def detection(truth, objs, cov, V):
     out = {"radius_arcsec": V.match_radius_arcsec, "n_truth": len(r), "n_objects": len(objs),
            "bins": bins}
     for level, key in ((0.5, "mag50"), (0.9, "mag90")):
-        m, why = metrics.mag_at_completeness(edges, frac, level)
+        m, why = metrics.mag_at_completeness(edges, frac, level, n)
         out[key] = m if why is None else null_metric(why)
     # the checked bin: [completeness_mag - 0.5, completeness_mag)
     sel = (r >= V.completeness_mag - BIN_WIDTH) & (r < V.completeness_mag)

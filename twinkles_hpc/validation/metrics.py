@@ -113,13 +113,15 @@ def completeness(mag, detected, edges):
     return n, k, frac
 
 
-def mag_at_completeness(edges, frac, level):
+def mag_at_completeness(edges, frac, level, n=None, min_n=10):
     """The magnitude where completeness falls below `level` for good: linear interpolation between the
     centres of the faintest bin at or above `level` and the next fainter one, so that a bright bin of a
-    few sources with one missed (a saturated star, a blend) does not set it. (None, reason) when the
-    completeness never falls below, or is below in every bin."""
+    few sources with one missed (a saturated star, a blend) does not set it. With `n` (truth sources per
+    bin), bins with fewer than `min_n` are left out. (None, reason) when the completeness never falls
+    below, or is below in every bin."""
     centres = 0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:]))
-    pts = [(m, f) for m, f in zip(centres, frac) if f is not None]
+    counts = [min_n] * len(centres) if n is None else list(n)
+    pts = [(m, f) for m, f, k in zip(centres, frac, counts) if f is not None and k >= min_n]
     if not pts:
         return None, "no truth sources in the covered area"
     above = [i for i, (_, f) in enumerate(pts) if f >= level]
