@@ -110,3 +110,26 @@ def test_task_failure_is_reported_with_task_and_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rank 0 failed in task v1: ValueError: bad pixel" in err
     assert "bad pixel" in (tmp_path / "failures.log").read_text()
+
+
+def test_task_failure_is_reported_when_failures_log_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """A full disk (or a read-only run directory) must not hide the failure behind a second error."""
+    import builtins
+    real_open = builtins.open
+
+    def no_space(path, *a, **kw):
+        if str(path).endswith("failures.log"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, *a, **kw)
+
+    def execute(task, should_stop):
+        if task.id == "v1":
+            raise ValueError("bad pixel")
+        return {}
+
+    monkeypatch.setattr(builtins, "open", no_space)
+    with pytest.raises(SystemExit):
+        run_engine(tmp_path, execute)
+    err = capsys.readouterr().err
+    assert "rank 0 failed in task v1: ValueError: bad pixel (failures.log not written: No space left on device)" in err
+    assert "Traceback" in err and not (tmp_path / "failures.log").exists()

@@ -209,11 +209,15 @@ class Engine:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
 
     def _fail(self, rank, tid, message, tb):
-        with open(os.path.join(self.rundir, "failures.log"), "a", encoding="utf-8") as fh:
-            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} rank {rank} task {tid}\n{tb}\n")
-        self.journal.append("failed", task=tid, rank=rank, message=message)
-        print(f"twinkles-hpc: rank {rank} failed in task {tid}: {message} "
-              f"(traceback in {os.path.join(self.rundir, 'failures.log')})", file=sys.stderr, flush=True)
+        where = f"traceback in {os.path.join(self.rundir, 'failures.log')}"
+        try:
+            with open(os.path.join(self.rundir, "failures.log"), "a", encoding="utf-8") as fh:
+                fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} rank {rank} task {tid}\n{tb}\n")
+            self.journal.append("failed", task=tid, rank=rank, message=message)
+        except OSError as e:            # e.g. the disk is full: the failure is still reported, with its traceback
+            where = f"failures.log not written: {e.strerror}"
+            print(tb, file=sys.stderr, flush=True)
+        print(f"twinkles-hpc: rank {rank} failed in task {tid}: {message} ({where})", file=sys.stderr, flush=True)
         if self.comm.size > 1:
             self.comm.Abort(1)
         raise SystemExit(1)
