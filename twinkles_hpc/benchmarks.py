@@ -126,6 +126,16 @@ def main(args):
         if args.record:
             record(args.record, "twinkles-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]), res["lines"])
         return 0
+    if args.what == "report":
+        if not args.rundir:
+            raise SystemExit("twinkles-hpc bench report needs --rundir RUNDIR")
+        from twinkles_hpc.bench_report import bench_report
+        lines = bench_report(args.rundir)
+        for line in lines:
+            print(line)
+        if args.record:
+            record(args.record, "twinkles-hpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]), lines)
+        return 0
     if args.what == "visit":
         if not args.rundir:
             raise SystemExit("twinkles-hpc bench visit needs --rundir RUNDIR")

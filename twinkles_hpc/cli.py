@@ -392,11 +392,12 @@ def build_parser():
     i.set_defaults(func=cmd_imsim)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim", "visit", "detect", "forced"],
+    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
-                        "forced: forced photometry against photutils, apertures against sep (--stars objects)")
-    b.add_argument("--rundir", help="run directory (bench visit)")
+                        "forced: forced photometry against photutils, apertures against sep (--stars objects); "
+                        "report: the HTML report on the run's database and on a copy grown to Run 1.1's size")
+    b.add_argument("--rundir", help="run directory (bench visit, bench report)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
     b.add_argument("--nx", type=int, default=4000)
     b.add_argument("--ny", type=int, default=4072)
