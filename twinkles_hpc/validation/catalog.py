@@ -251,10 +251,14 @@ def supernovae(rundir, truth, objs, forced, V):
         return null_metric(f"no supernova with light in the run within {V.match_radius_arcsec:g}\" of a "
                            "primary Object")
     fs = np.concatenate([_with_band(forced[b], b) for b in forced])
+    fs = fs[(fs["flags"] == 0) & np.isfinite(fs["psFlux"])]
+    fs = fs[np.argsort(fs["objectId"], kind="stable")]      # one sort, then each Object's rows by bisection
+    fs_ids = np.ascontiguousarray(fs["objectId"])
     curves = []
     for o in o_idx:
         s = lit[claim[o]]
-        rows = fs[(fs["objectId"] == objs["objectId"][o]) & (fs["flags"] == 0) & np.isfinite(fs["psFlux"])]
+        oid = objs["objectId"][o]
+        rows = fs[np.searchsorted(fs_ids, oid, "left"):np.searchsorted(fs_ids, oid, "right")]
         sid = int(sne["id"][s])
         tf = np.array([true.get((sid, int(v)), 0.0) for v in rows["ccdVisitId"]])   # no row: no light
         chi2, dof = metrics.light_curve_chi2(rows["psFlux"], rows["psFlux_Sigma"], tf, rows["band"])
