@@ -92,11 +92,17 @@ ingest = true
 """
 
 
-def _level2_run(tmp_path_factory, n):
-    d = tmp_path_factory.mktemp(f"level2-n{n}")
-    (d / "c.toml").write_text(LEVEL2_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=n, check=True, timeout=600)
+def campaign_run(tmp_path_factory, name, toml, mpi=2, timeout=900):
+    """Write `toml` to a fresh directory and run it to completion under mpiexec -n `mpi` (0: no
+    mpiexec); returns the run directory."""
+    d = tmp_path_factory.mktemp(name)
+    (d / "c.toml").write_text(toml)
+    cli("run", d / "c.toml", "-o", d / "run", mpi=mpi, check=True, timeout=timeout)
     return d / "run"
+
+
+def _level2_run(tmp_path_factory, n):
+    return campaign_run(tmp_path_factory, f"level2-n{n}", LEVEL2_TOML, mpi=n, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import cli
+from conftest import campaign_run
 from scipy import ndimage
 
 from twinkles_hpc import config, instrument
@@ -239,10 +239,7 @@ calibrate = true
 
 @pytest.fixture(scope="module")
 def cr_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cosmics")
-    (d / "c.toml").write_text(CR_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=900)
-    return d / "run"
+    return campaign_run(tmp_path_factory, "cosmics", CR_TOML)
 
 
 def test_calexp_masks_the_true_cosmic_rays(cr_run):

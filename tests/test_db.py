@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import ROOT, TINY_TOML, cli
+from conftest import ROOT, TINY_TOML, campaign_run
 
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.store import db, schema
@@ -312,10 +312,7 @@ def test_light_curve_carries_truth_flux(engine):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("db")
-    (d / "tiny.toml").write_text(TINY_TOML)
-    cli("run", d / "tiny.toml", "-o", d / "run", check=True)
-    return d / "run"
+    return campaign_run(tmp_path_factory, "db", TINY_TOML, mpi=0)
 
 
 def test_truth_ingest_of_a_run(engine, tiny_run):

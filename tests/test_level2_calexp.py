@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import cli
+from conftest import campaign_run, cli
 
 from twinkles_hpc import instrument
 from twinkles_hpc.store.atomic import open_read
@@ -31,10 +31,7 @@ calibrate = true
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("calexp")
-    (d / "c.toml").write_text(CALEXP_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=900)
-    return d / "run"
+    return campaign_run(tmp_path_factory, "calexp", CALEXP_TOML)
 
 
 def test_calexps_recover_true_wcs_and_zero_point(run):

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import campaign_run, cli
 from matplotlib.image import imread
 
 from twinkles_hpc.report import ReportLimits, write_report
@@ -53,10 +53,7 @@ CAPS = ["--max-sne", "4", "--max-lenses", "3", "--max-stars", "2", "--stamps", "
 
 @pytest.fixture(scope="session")
 def sn_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report-run")
-    (d / "c.toml").write_text(REPORT_TOML)
-    cli("run", d / "c.toml", "-o", d / "run", mpi=2, check=True, timeout=600)
-    return d / "run"
+    return campaign_run(tmp_path_factory, "report-run", REPORT_TOML, timeout=600)
 
 
 @pytest.fixture(scope="session")
