@@ -5,6 +5,8 @@ Numbers from SMTN-002 / syseng_throughputs 1.9 (see ../shared/SCIENCE.md section
 import numpy as np
 
 BANDS = "ugrizy"
+#: AB magnitude of 1 nJy: the zero point of every flux in nanojansky (catalogues, database, truth).
+NJY_ZEROPOINT = 31.4
 #: PhoSim / OpSim filter index (0..5) of each band.
 BAND_INDEX = {b: i for i, b in enumerate(BANDS)}
 
@@ -53,3 +55,15 @@ def check_band(band, source="band", field="band"):
     if band not in BAND_INDEX:
         raise InputError(source, field, f"one of {', '.join(BANDS)}", band)
     return band
+
+
+def mag_to_njy(mag):
+    """AB magnitude -> flux in nJy."""
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - NJY_ZEROPOINT))
+
+
+def njy_to_mag(flux):
+    """Flux in nJy -> AB magnitude; NaN where the flux is not positive."""
+    f = np.asarray(flux, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(f > 0, NJY_ZEROPOINT - 2.5 * np.log10(f), np.nan)

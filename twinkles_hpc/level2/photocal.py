@@ -7,9 +7,8 @@ visit's own band: there is no band mapping.
 """
 import numpy as np
 
+from twinkles_hpc.instrument import NJY_ZEROPOINT
 from twinkles_hpc.level2 import CalibrationError
-
-NJY_ZEROPOINT = 31.4
 
 
 def zero_point(flux_e, flux_err_e, ref_mag, ref_mag_err, *, min_snr=20.0, clip=3.0, iters=5):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from twinkles_hpc.errors import InputError
+from twinkles_hpc.instrument import mag_to_njy
 from twinkles_hpc.report import html as H
 from twinkles_hpc.report import images, objects, plots
 from twinkles_hpc.report.data import BANDS, RunData
@@ -357,7 +358,7 @@ def _residuals(run, ctx, summary, _):
         flux, mag = ob[f"{b}PsFlux"][o_idx].astype(float), st[f"{b}Mag"][s_idx].astype(float)
         ok = np.isfinite(flux) & np.isfinite(mag) & (mag >= objects.STAR_BRIGHT_LIMIT) & (mag < 24)
         if ok.any():
-            ratio = flux[ok] / 10 ** (-0.4 * (mag[ok] - 31.4))
+            ratio = flux[ok] / mag_to_njy(mag[ok])
             per_band[b] = (mag[ok], ratio)
             bright = mag[ok] < 21.5
             stats[b] = {"n": int(ok.sum()), "median_ratio_17_21.5": float(np.median(ratio[bright])) if bright.any() else None}

@@ -14,7 +14,7 @@ from twinkles_hpc.errors import InputError
 from twinkles_hpc.report import html as H
 from twinkles_hpc.report import images, plots
 from twinkles_hpc.store import schema
-from twinkles_hpc.store.db import mag_to_njy
+from twinkles_hpc.instrument import mag_to_njy, njy_to_mag
 from twinkles_hpc.validation.metrics import light_curve_chi2
 
 #: Stars brighter than this (true r, AB) saturate in a 30 s visit: not shown as "bright stars".
@@ -132,7 +132,7 @@ def select_supernovae(run, n_max, m5_of_visit):
         sid = int(ids[k])
         out.append({"kind": "sn", "id": sid, "objectId": obj[sid][0], "distance_arcsec": obj[sid][1],
                     "n_detectable": int(n_det[k]), "n_measured_detectable": int(n_meas[k]),
-                    "peak_true_mag": float(31.4 - 2.5 * np.log10(peak[k])) if peak[k] > 0 else None})
+                    "peak_true_mag": float(njy_to_mag(peak[k])) if peak[k] > 0 else None})
     return out, len(m["truthId"]), None
 
 
@@ -162,7 +162,7 @@ def supernova_page(run, ctx, s, sn_row):
         pick.append(before[-1])                # the last epoch before the explosion: the host alone
     pick = sorted({int(i) for i in pick}, key=lambda i: lc["expMidpt"][i])
     epochs = [(lc["ccdVisitId"][i], lc["filterName"][i], lc["expMidpt"][i],
-               f"true {31.4 - 2.5 * np.log10(truth[i]):.2f}" if truth[i] > 0 else "no SN light") for i in pick]
+               f"true {njy_to_mag(truth[i]):.2f}" if truth[i] > 0 else "no SN light") for i in pick]
     stamps = _stamp_strip(ctx.stamp_dir, "stamps/", key, ctx.cutter, epochs, sn_row["ra"], sn_row["decl"],
                           ctx.limits.stamp_half)
     coadd = _coadd_stamp(ctx.stamp_dir, "stamps/", key, ctx.coadds, sn_row["ra"], sn_row["decl"])

@@ -8,18 +8,15 @@ row for every visit. Rows are sorted by (visit_id, source_id) so a visit reads o
 """
 import numpy as np
 
+from twinkles_hpc.instrument import mag_to_njy
+
 KIND_SUPERNOVA, KIND_LENSED_IMAGE = 1, 2
-NJY_ZEROPOINT = 31.4        # AB magnitude of 1 nJy
 
 VARIABLE_DTYPE = np.dtype([("source_id", "i8"), ("kind", "i1"), ("ra", "f8"), ("dec", "f8"),
                            ("parent_id", "i8"),     # supernova: host galaxy id (-1 hostless); image: system id
                            ("redshift", "f8")])
 TRUTH_DTYPE = np.dtype([("source_id", "i8"), ("visit_id", "i8"), ("band", "U1"), ("mjd", "f8"),
                         ("mag", "f8"), ("flux_njy", "f8")])
-
-
-def mag_to_njy(mag):
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - NJY_ZEROPOINT))
 
 
 def variable_sources(sne, images, systems):

@@ -14,6 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from twinkles_hpc.errors import InputError
+from twinkles_hpc.instrument import mag_to_njy
 from twinkles_hpc.store import schema
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
@@ -27,10 +28,6 @@ _NO_PASSWORD = (f"no password in the URL: set {ENV_PASSWORD} (and {ENV_USER}) or
 
 # ---- connecting -------------------------------------------------------------------------------------
 
-
-def mag_to_njy(mag):
-    """AB magnitude -> flux in nanojansky (AB zero point 31.4 for nJy)."""
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - 31.4))
 
 def connect(url=None, rundir=None, **engine_kw):
     """A SQLAlchemy Engine: `url` (e.g. mysql+pymysql://host/db, mysql+pymysql://localhost/db?unix_socket=

@@ -15,9 +15,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from twinkles_hpc.errors import InputError
+from twinkles_hpc.instrument import njy_to_mag
 from twinkles_hpc.store import db, schema
 
-NJY_AB_ZERO_POINT = 31.4           # AB magnitude of 1 nJy
 LEVEL2_TABLES = ("CcdVisit", "Object", "ForcedSource")
 
 
@@ -86,20 +86,13 @@ def lightcurve(source, object_id=None, band=None, *, truth_id=None):
         engine.dispose()
 
 
-def flux_to_mag(flux_njy):
-    """AB magnitude of a flux in nJy; NaN where the flux is not positive."""
-    f = np.asarray(flux_njy, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(f > 0, NJY_AB_ZERO_POINT - 2.5 * np.log10(f), np.nan)
-
-
 def with_magnitudes(t):
     """Add psMag, psMag_Sigma (2.5 / ln 10 x psFlux_Sigma / psFlux) and truthMag (when truthFlux is)."""
-    t["psMag"] = flux_to_mag(t["psFlux"])
+    t["psMag"] = njy_to_mag(t["psFlux"])
     with np.errstate(divide="ignore", invalid="ignore"):
         t["psMag_Sigma"] = np.where(t["psFlux"] > 0, 2.5 / np.log(10) * t["psFlux_Sigma"] / t["psFlux"], np.nan)
     if "truthFlux" in t.colnames:
-        t["truthMag"] = flux_to_mag(t["truthFlux"])
+        t["truthMag"] = njy_to_mag(t["truthFlux"])
     for c in ("psMag", "psMag_Sigma", "truthMag"):
         if c in t.colnames:
             t[c].unit = "mag"

@@ -9,7 +9,8 @@ from scipy.spatial import cKDTree
 from twinkles_hpc import instrument
 from twinkles_hpc.validation import metrics
 from twinkles_hpc.validation.match import brightest_within, has_neighbour, tangent_arcsec
-from twinkles_hpc.validation.products import galaxy_mag, mag_to_njy, njy_to_mag, null_metric, read_h5_table
+from twinkles_hpc.instrument import mag_to_njy, njy_to_mag
+from twinkles_hpc.validation.products import galaxy_mag, null_metric, read_h5_table
 
 #: Isolation for photometric residuals: no other truth source within this radius (arcsec) ...
 ISOLATION_ARCSEC = 3.0

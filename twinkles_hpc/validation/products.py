@@ -16,8 +16,6 @@ from twinkles_hpc.errors import InputError
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
-NJY_ZEROPOINT = 31.4
-
 
 def null_metric(reason, **extra):
     return {"value": None, "reason": reason, **extra}
@@ -37,15 +35,6 @@ def read_attrs(path):
 def read_h5_table(path, name):
     with open_read(path) as fh:
         return read_table(fh[name])
-
-
-def njy_to_mag(flux):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return NJY_ZEROPOINT - 2.5 * np.log10(flux)
-
-
-def mag_to_njy(mag):
-    return 10.0 ** (-0.4 * (np.asarray(mag, float) - NJY_ZEROPOINT))
 
 
 def load_config(rundir, thresholds_toml=None):
