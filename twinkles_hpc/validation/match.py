@@ -2,15 +2,13 @@
 import numpy as np
 from scipy.spatial import cKDTree
 
+from twinkles_hpc.level2.astrometry import tangent_plane
+
 
 def tangent_arcsec(ra, dec, ra0, dec0):
     """Gnomonic (TAN) projection of (ra, dec) about (ra0, dec0), all degrees; returns (n, 2) arcsec."""
-    ra, dec = np.deg2rad(np.asarray(ra, float)), np.deg2rad(np.asarray(dec, float))
-    a0, d0 = np.deg2rad(ra0), np.deg2rad(dec0)
-    cosc = np.sin(d0) * np.sin(dec) + np.cos(d0) * np.cos(dec) * np.cos(ra - a0)
-    xi = np.cos(dec) * np.sin(ra - a0) / cosc
-    eta = (np.cos(d0) * np.sin(dec) - np.sin(d0) * np.cos(dec) * np.cos(ra - a0)) / cosc
-    return np.rad2deg(np.c_[xi, eta]) * 3600.0
+    xi, eta = tangent_plane(np.asarray(ra, float), np.asarray(dec, float), ra0, dec0)
+    return np.c_[xi, eta] * 3600.0
 
 
 def nearest(xy_from, xy_to, radius):
