@@ -29,7 +29,7 @@ from twinkles_hpc.level2.astrometry import calibrate_astrometry
 from twinkles_hpc.level2.background import BackgroundConfig, estimate_background
 from twinkles_hpc.level2.cosmics import CosmicRayConfig, find_cosmic_rays
 from twinkles_hpc.level2.detect import detect
-from twinkles_hpc.level2.photocal import njy_per_electron, zero_point
+from twinkles_hpc.level2.photocal import clipped_weighted_mean, njy_per_electron, zero_point
 from twinkles_hpc.level2.psf import STAMP_RADIUS, estimate_psf
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 from twinkles_hpc.store.tables import write_table
@@ -81,19 +81,9 @@ def aperture_correction(ap, ap_err, psf, psf_err, *, clip=3.0, iters=5):
     when the ratios scatter more than their errors say."""
     r = ap / psf
     err = np.abs(r) * np.hypot(ap_err / ap, psf_err / psf)
-    keep = np.isfinite(r) & np.isfinite(err) & (err > 0)
-    for _ in range(iters):
-        w = 1.0 / err[keep] ** 2
-        mean = np.sum(w * r[keep]) / w.sum()
-        scale = max(1.4826 * np.median(np.abs(r[keep] - mean) / err[keep]), 1.0)
-        new = keep & (np.abs(r - mean) < clip * scale * err)
-        if np.array_equal(new, keep) or new.sum() < 3:
-            break
-        keep = new
-    w = 1.0 / err[keep] ** 2
-    mean = float(np.sum(w * r[keep]) / w.sum())
-    chi2 = float(np.sum(w * (r[keep] - mean) ** 2) / max(keep.sum() - 1, 1))
-    return mean, float(np.sqrt(max(chi2, 1.0) / w.sum()))
+    valid = np.isfinite(r) & np.isfinite(err) & (err > 0)
+    mean, mean_err, _ = clipped_weighted_mean(r, err, valid, clip=clip, iters=iters, readmit=False, min_keep=3)
+    return mean, mean_err
 
 
 def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
