@@ -427,21 +427,16 @@ def run_objects(cfg, rundir, index, bands):
     paths = {b: (os.path.join(rundir, coadd_relpath(b, *index)) if b in bands else None)
              for b in cfg.cadence.bands}
     paths = {b: (p if p is not None and _coadd_has_inputs(p) else None) for b, p in paths.items()}
-    if all(p is None for p in paths.values()):
-        return _no_objects(cfg, rundir, index, np.zeros(0, object_dtype(list(cfg.cadence.bands))))
+    if all(p is None for p in paths.values()):         # no calibrated calexp on the patch: an empty table
+        return _write_objects(cfg, rundir, index, np.zeros(0, object_dtype(list(cfg.cadence.bands))),
+                              read_skymap(rundir).tract,
+                              {"calib_ok": False, "reason": "no calibrated calexp on the patch"})
     det_rel = coadd_relpath("det", *index)               # the multi-band detection coadd, written first
     os.makedirs(os.path.join(rundir, os.path.dirname(det_rel)), exist_ok=True)
     objects, meta = measure_patch(paths, refcat, bands=list(cfg.cadence.bands),
                                   detection_out=os.path.join(rundir, det_rel))
-    rel = objects_relpath(*index)
-    out = os.path.join(rundir, rel)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with atomic_h5(out) as fh:
-        write_table(fh, "objects", objects)
-        fh.attrs["tract"], fh.attrs["patch"] = meta["tract"], list(index)
-        fh.attrs["bands"] = list(cfg.cadence.bands)
-        fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
-    return {det_rel: os.path.getsize(os.path.join(rundir, det_rel)), rel: os.path.getsize(out)}
+    return {det_rel: os.path.getsize(os.path.join(rundir, det_rel)),
+            **_write_objects(cfg, rundir, index, objects, meta["tract"], meta)}
 
 
 def _coadd_has_inputs(path):
@@ -449,16 +444,15 @@ def _coadd_has_inputs(path):
         return len(fh.attrs.get("inputs", [path])) > 0
 
 
-def _no_objects(cfg, rundir, index, objects):
-    """The empty Object table of a patch none of whose calexps was calibrated."""
+def _write_objects(cfg, rundir, index, objects, tract, meta):
+    """objects/patch-I-J.h5: the table and its attributes, written atomically; returns {relpath: bytes}."""
     rel = objects_relpath(*index)
     out = os.path.join(rundir, rel)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     with atomic_h5(out) as fh:
         write_table(fh, "objects", objects)
-        fh.attrs["tract"], fh.attrs["patch"] = read_skymap(rundir).tract, list(index)
+        fh.attrs["tract"], fh.attrs["patch"] = tract, list(index)
         fh.attrs["bands"] = list(cfg.cadence.bands)
-        fh.attrs["meta"] = json.dumps({"calib_ok": False, "reason": "no calibrated calexp on the patch"})
+        fh.attrs["meta"] = json.dumps(meta, sort_keys=True)
     return {rel: os.path.getsize(out)}
 
 
