@@ -22,6 +22,7 @@ from twinkles_hpc.store.db import SQLITE_NAME
 
 RUN1 = {"CcdVisit": 1120, "Object": 41_653, "ForcedSource": 33_800_000}
 SYNTHETIC_ID0 = 1 << 50          # synthetic ids start here, far above any real one
+INSERT_FORCED = 'INSERT INTO "ForcedSource" (objectId, ccdVisitId, psFlux, psFlux_Sigma, flags) VALUES (?, ?, ?, ?, 0)'
 
 
 def grow_database(src, dst, target=RUN1, batch=1_000_000):
@@ -65,11 +66,9 @@ def grow_database(src, dst, target=RUN1, batch=1_000_000):
                             [10.0] * take))
             done += take
             if len(rows) >= batch:
-                cur.executemany('INSERT INTO "ForcedSource" (objectId, ccdVisitId, psFlux, psFlux_Sigma, flags) '
-                                'VALUES (?, ?, ?, ?, 0)', rows)
+                cur.executemany(INSERT_FORCED, rows)
                 rows = []
-        cur.executemany('INSERT INTO "ForcedSource" (objectId, ccdVisitId, psFlux, psFlux_Sigma, flags) '
-                        'VALUES (?, ?, ?, ?, 0)', rows)
+        cur.executemany(INSERT_FORCED, rows)
         con.commit()
         return {t: cur.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in target}
     finally:

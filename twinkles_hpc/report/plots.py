@@ -205,14 +205,19 @@ def supernova(path, lc, offsets, dense, window, title):
             a.plot(dense[b][0], dense[b][1], "-", color=c, lw=1.2)
         else:
             a.plot(lc["expMidpt"][m], lc["truthFlux"][m], "-", color=c, lw=1.0)
-    a.axhline(0, color="k", lw=0.6)
     a.set_xlim(*window)
+    _finish_time_panel(fig, a, path, "flux (nJy)", title, top=0.92, bottom=0.13)
+
+
+def _finish_time_panel(fig, a, path, ylabel, title, top, bottom):
+    """Zero line, MJD axis, labels, band legend and grid of a one-panel light-curve figure; saves it."""
+    a.axhline(0, color="k", lw=0.6)
     a.set_xlabel("MJD (d)")
-    a.set_ylabel("flux (nJy)")
+    a.set_ylabel(ylabel)
     a.set_title(title, fontsize=9)
     _legend(a, fontsize=8, ncol=6)
     a.grid(True, alpha=0.3)
-    fig.subplots_adjust(left=0.12, right=0.98, top=0.92, bottom=0.13)
+    fig.subplots_adjust(left=0.12, right=0.98, top=top, bottom=bottom)
     _save(fig, path)
 
 
@@ -248,11 +253,4 @@ def star(path, lc, title):
         d = 1e3 * (lc["psMag"][m] - lc["truthMag"][m])
         a.errorbar(lc["expMidpt"][m], d, 1e3 * lc["psMag_Sigma"][m], fmt="o", color=BAND_COLOURS[b], ms=4, lw=1,
                    label=b)
-    a.axhline(0, color="k", lw=0.6)
-    a.set_xlabel("MJD (d)")
-    a.set_ylabel("psMag - true mag (mmag)")
-    a.set_title(title, fontsize=9)
-    _legend(a, fontsize=8, ncol=6)
-    a.grid(True, alpha=0.3)
-    fig.subplots_adjust(left=0.12, right=0.98, top=0.91, bottom=0.14)
-    _save(fig, path)
+    _finish_time_panel(fig, a, path, "psMag - true mag (mmag)", title, top=0.91, bottom=0.14)
