@@ -61,18 +61,18 @@ def cli(*args, mpi=0, env=None, timeout=600, check=False):
     return r
 
 
-#: The Level 2 chain on a small field: 3 g + 3 r visits of a 1600 px sensor at different rotations,
-#: calexps, coadds on 800 px patches (3 x 3) with the smallest budget (each 1000 px patch in 9
-#: sub-regions), Objects and ForcedSource. One run serves the coadd, Objects and ForcedSource tests.
-LEVEL2_TOML = """
+def small_field_toml(cadence, level2, *, seed=11, galaxy_mag_limit=25.5, extra=""):
+    """A calibratable small field: a 1600 px sensor, the sky within 0.1 deg to r = `galaxy_mag_limit` with
+    four times the field's stars, no supernovae or lenses; `cadence` and `level2` are the bodies of
+    those sections, `extra` whole sections placed before [level2]."""
+    return f"""
 [run]
-seed = 11
+seed = {seed}
 [cadence]
-bands = "gr"
-max_visits = 6
+{cadence}
 [sky]
 radius = 0.1
-galaxy_mag_limit = 25.5
+galaxy_mag_limit = {galaxy_mag_limit}
 star_density_scale = 4.0
 [supernovae]
 enabled = false
@@ -81,15 +81,21 @@ enabled = false
 [sensor]
 nx = 1600
 ny = 1600
-[level2]
-calibrate = true
+{extra}[level2]
+{level2}
+"""
+
+
+#: The Level 2 chain on a small field: 3 g + 3 r visits of a 1600 px sensor at different rotations,
+#: calexps, coadds on 800 px patches (3 x 3) with the smallest budget (each 1000 px patch in 9
+#: sub-regions), Objects and ForcedSource. One run serves the coadd, Objects and ForcedSource tests.
+LEVEL2_TOML = small_field_toml('bands = "gr"\nmax_visits = 6', """calibrate = true
 coadd = true
 memory_per_rank = 16777216
 patch_size = 800
 objects = true
 forced = true
-ingest = true
-"""
+ingest = true""")
 
 
 def campaign_run(tmp_path_factory, name, toml, mpi=2, timeout=900):

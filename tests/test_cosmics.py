@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import campaign_run
+from conftest import campaign_run, small_field_toml
 from scipy import ndimage
 
 from twinkles_hpc import config, instrument
@@ -213,28 +213,8 @@ def test_full_sensor_is_fast():
 
 
 # -- the calexp stage of a run, against the eimages' truth -------------------------------------------
-CR_TOML = """
-[run]
-seed = 23
-[cadence]
-bands = "r"
-max_visits = 2
-[sky]
-radius = 0.1
-galaxy_mag_limit = 25.0
-star_density_scale = 4.0
-[supernovae]
-enabled = false
-[lensing]
-enabled = false
-[sensor]
-nx = 1600
-ny = 1600
-[imsim]
-cosmic_ray_rate = 0.5
-[level2]
-calibrate = true
-"""
+CR_TOML = small_field_toml('bands = "r"\nmax_visits = 2', "calibrate = true", seed=23, galaxy_mag_limit=25.0,
+                           extra="[imsim]\ncosmic_ray_rate = 0.5\n")
 
 
 @pytest.fixture(scope="module")

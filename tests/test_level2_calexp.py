@@ -3,30 +3,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import campaign_run, cli
+from conftest import campaign_run, cli, small_field_toml
 
 from twinkles_hpc import instrument
 from twinkles_hpc.store.atomic import open_read
 
-CALEXP_TOML = """
-[run]
-seed = 11
-[cadence]
-max_visits = 6
-[sky]
-radius = 0.1
-galaxy_mag_limit = 25.5
-star_density_scale = 4.0
-[supernovae]
-enabled = false
-[lensing]
-enabled = false
-[sensor]
-nx = 1600
-ny = 1600
-[level2]
-calibrate = true
-"""
+CALEXP_TOML = small_field_toml("max_visits = 6", "calibrate = true")
 
 
 @pytest.fixture(scope="module")
