@@ -53,34 +53,36 @@ cdef inline bint sharp(const float[:, ::1] image, const float[:, ::1] variance, 
     return False
 
 
+cdef inline int first_good(const float[:, ::1] image, const uint16_t[:, ::1] mask, Py_ssize_t i, Py_ssize_t j,
+                           int di, int dj, int bad, int max_gap, double *value) noexcept nogil:
+    """Steps (1..max_gap) from (i, j) along (di, dj) to the first unmasked pixel, whose value goes to
+    *value; 0 when there is none on the sensor within max_gap."""
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], pi, pj
+    cdef int k
+    for k in range(1, max_gap + 1):
+        pi, pj = i + k * di, j + k * dj
+        if pi < 0 or pi >= ny or pj < 0 or pj >= nx:
+            return 0
+        if not (mask[pi, pj] & bad):
+            value[0] = image[pi, pj]
+            return k
+    return 0
+
+
 cdef inline double interpolate(const float[:, ::1] image, const uint16_t[:, ::1] mask, Py_ssize_t i,
                                Py_ssize_t j, int bad, int max_gap) noexcept nogil:
     """Linear interpolation across the shortest masked gap through (i, j) among the four directions
     (diagonal gaps count sqrt(2) per step; equal gaps are averaged); else the mean of the unmasked
     pixels within max_gap; else 0 (the background)."""
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], pi, pj
-    cdef int d, k1, k2, k
+    cdef int d, k1, k2
     cdef double v1 = 0.0, v2 = 0.0, gap, best = 1e300, acc = 0.0, w
     cdef int n = 0
     for d in range(4):
-        k1 = 0
-        for k in range(1, max_gap + 1):
-            pi, pj = i - k * DI[d], j - k * DJ[d]
-            if pi < 0 or pi >= ny or pj < 0 or pj >= nx:
-                break
-            if not (mask[pi, pj] & bad):
-                k1, v1 = k, image[pi, pj]
-                break
+        k1 = first_good(image, mask, i, j, -DI[d], -DJ[d], bad, max_gap, &v1)
         if k1 == 0:
             continue
-        k2 = 0
-        for k in range(1, max_gap + 1):
-            pi, pj = i + k * DI[d], j + k * DJ[d]
-            if pi < 0 or pi >= ny or pj < 0 or pj >= nx:
-                break
-            if not (mask[pi, pj] & bad):
-                k2, v2 = k, image[pi, pj]
-                break
+        k2 = first_good(image, mask, i, j, DI[d], DJ[d], bad, max_gap, &v2)
         if k2 == 0:
             continue
         gap = (k1 + k2) * (1.0 if d < 2 else 1.4142135623730951)
