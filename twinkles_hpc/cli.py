@@ -123,7 +123,7 @@ def cmd_run(args):
 def run_status(rundir):
     """Summary of a run directory: tasks done per kind, checkpoints, lock, timing."""
     from twinkles_hpc.parallel import campaign
-    from twinkles_hpc.parallel.journal import Journal
+    from twinkles_hpc.parallel.journal import Journal, read_jsonl
     from twinkles_hpc.parallel.lock import RunLock
     from twinkles_hpc.store.atomic import open_read
     from twinkles_hpc.store.tables import read_table
@@ -147,11 +147,7 @@ def run_status(rundir):
     ckdir = os.path.join(rundir, "checkpoints")
     ckpts = sorted(f for f in os.listdir(ckdir) if f.endswith(".h5")) if os.path.isdir(ckdir) else []
     ends = [e for e in events if e["event"] == "end"]
-    trace = []
-    tpath = os.path.join(rundir, "trace.jsonl")
-    if os.path.exists(tpath):
-        with open(tpath) as fh:
-            trace = [json.loads(line) for line in fh if line.strip()]
+    trace = read_jsonl(os.path.join(rundir, "trace.jsonl"))
     n_done = sum(k["done"] for k in kinds.values())
     per_visit = _visit_counts(rundir, visits, done)
     return {

@@ -8,6 +8,22 @@ import os
 import time
 
 
+def read_jsonl(path):
+    """The JSON objects of a JSON-lines file (the journal, trace.jsonl), skipping blank lines and a torn
+    line that a killed run left; [] when the file does not exist."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return out
+
+
 class Journal:
     def __init__(self, rundir):
         self.rundir = rundir
@@ -22,16 +38,7 @@ class Journal:
             os.fsync(fh.fileno())
 
     def events(self):
-        if not os.path.exists(self.path):
-            return []
-        out = []
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # torn write of a crashed run
-        return out
+        return read_jsonl(self.path)
 
     def completed(self):
         """{task_id: outputs} for done tasks whose outputs are all present with the recorded sizes."""

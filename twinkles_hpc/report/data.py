@@ -10,11 +10,12 @@ import numpy as np
 import sqlalchemy as sa
 
 from twinkles_hpc.errors import InputError
+from twinkles_hpc.parallel.journal import read_jsonl
 from twinkles_hpc.store import db, schema
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.lightcurve import open_database, with_magnitudes
 from twinkles_hpc.store.tables import read_table
-from twinkles_hpc.validation.cost import read_trace
+from twinkles_hpc.validation.cost import last_per_task
 
 BANDS = "ugrizy"
 #: Band colours of the plots (the usual blue-to-red sequence, readable on white).
@@ -57,14 +58,7 @@ class RunData:
         if not os.path.exists(p):
             self.missing["trace"] = f"no trace: {p} not found"
             return None
-        with open(p) as fh:
-            recs = []
-            for line in fh:
-                try:
-                    recs.append(json.loads(line))
-                except json.JSONDecodeError:       # a torn last line of a killed run
-                    continue
-        return recs
+        return read_jsonl(p)
 
     def _engine(self, url):
         if url:                    # asked for by name: a database that cannot be read is bad input
@@ -80,8 +74,8 @@ class RunData:
             self.engine.dispose()
 
     def task_records(self):
-        """The last trace record of each task (validation.cost.read_trace), for per-task numbers."""
-        return read_trace(self.path("trace.jsonl")) if self.trace is not None else []
+        """The last trace record of each task, for per-task numbers."""
+        return last_per_task(self.trace) if self.trace is not None else []
 
     # ---- database queries -------------------------------------------------------------------------
     def query(self, stmt):

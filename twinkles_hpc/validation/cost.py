@@ -3,31 +3,26 @@
 Task seconds are the wall time of a task on its worker. Every task runs single-threaded on one rank, so
 this is its CPU time when each worker has a core of its own (oversubscribed or shared cores inflate it).
 """
-import json
 import os
 
 import numpy as np
 
 from twinkles_hpc import instrument
+from twinkles_hpc.parallel.journal import read_jsonl
 
 #: Level 2 stages, in pipeline order: per-visit stages and stages amortized over all visits.
 PER_VISIT, AMORTIZED = ("calexp", "forced"), ("coadd", "objects")
 FULL_SENSOR_PIXELS = instrument.SENSOR_NX * instrument.SENSOR_NY
 
 
+def last_per_task(records):
+    """The last trace record of each task (a task redone after its output was lost appears twice)."""
+    return list({r["task"]: r for r in records}.values())
+
+
 def read_trace(path):
-    """The last record of each task (a task redone after its output was lost appears twice)."""
-    recs = {}
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:        # a torn last line of a killed run
-                    continue
-                recs[r["task"]] = r
-    return list(recs.values())
+    """The last record of each task in a trace.jsonl."""
+    return last_per_task(read_jsonl(path))
 
 
 def run_cost(rundir, cfg, n_visits, V):
