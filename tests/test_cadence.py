@@ -11,9 +11,10 @@ from scipy.stats import ks_2samp
 
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.instrument import BANDS, FIELD_DEC, FIELD_RA, FIELD_ID
-from twinkles_hpc.sky.cadence import (
-    VISIT_DTYPE, five_sigma_depth, night_of, one_per_night_band, read_opsim, subsample,
-    synthetic_cadence)
+from twinkles_hpc.sky.cadence import five_sigma_depth, one_per_night_band, subsample, synthetic_cadence
+from twinkles_hpc.sky.ephemeris import night_of
+from twinkles_hpc.sky.opsim import read_opsim
+from twinkles_hpc.sky.visits import VISIT_DTYPE
 
 SHARED_DATA = Path(os.environ.get("TWINKLES_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
 RUN1_CSV = SHARED_DATA / "twinkles_run1_opsim_visits.csv"

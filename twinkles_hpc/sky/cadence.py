@@ -1,262 +1,19 @@
-"""The cadence: OpSim visit lists read from real OpSim output, or a synthetic Run 1-like one.
+"""The cadence: Run 1 visit rules, subsampling, and a synthetic Run 1-like visit list.
 
-Units throughout: MJD in days (start of exposure, as OpSim stores it), angles in degrees, seeing
-(FWHM) in arcsec, depths in AB mag, sky brightness in mag/arcsec^2, moon phase in percent
-illuminated, exposure time in seconds. See docs/cadence.md.
+OpSim output itself is read by twinkles_hpc.sky.opsim; read_opsim is importable from here too.
+Units as in twinkles_hpc.sky.visits; see docs/cadence.md.
 """
-import csv
-import io
-import sqlite3
-from pathlib import Path
-
 import numpy as np
 
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.instrument import BANDS, FIELD_DEC, FIELD_RA, K_ATM, check_band, fwhm_geom
-
-VISIT_DTYPE = np.dtype([
-    ("visit_id", "i8"), ("mjd", "f8"), ("band", "U1"), ("night", "i4"), ("exptime", "f8"),
-    ("fwhm_eff", "f8"), ("fwhm_geom", "f8"), ("five_sigma_depth", "f8"), ("sky_brightness", "f8"),
-    ("rot_sky_pos", "f8"),                                  # degrees
-    ("airmass", "f8"), ("ra", "f8"), ("dec", "f8"),         # boresight, degrees
-    ("moon_alt", "f8"), ("moon_phase", "f8")])              # degrees, percent
+from twinkles_hpc.sky.ephemeris import (
+    altitude, angular_separation, moon_alt_phase, moon_ephemeris, parallactic_angle, sun_altitude)
+from twinkles_hpc.sky.opsim import read_opsim  # noqa: F401  (callers import it from here)
+from twinkles_hpc.sky.visits import DEFAULT_EXPTIME, VISIT_DTYPE
 
 #: Run 1 visit counts per band (SCIENCE.md section 2): the synthetic default.
 RUN1_COUNTS = {"u": 254, "g": 195, "r": 196, "i": 195, "z": 195, "y": 192}
-
-# Cerro Pachon as OpSim v3 placed it: the Run 1 file's `lst` column equals GMST + this longitude
-# to 1e-4 deg.
-SITE_LAT, SITE_LON = -30.2444, -70.7494
-#: Night n runs from noon UTC (08-09 h in Chile, always daytime) of MJD NIGHT_ZERO_MJD + n:
-#: this reproduces every `night` of the Run 1 file (kraken_1042 started on MJD 59580).
-NIGHT_ZERO_MJD = 59579.5
-DEFAULT_EXPTIME = 30.0                                       # s, every LSST visit of the era
-
-
-# ---------------------------------------------------------------------------------- reading
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_TABLES = ("Summary", "SummaryAllProps", "observations")
-# field -> (old-schema names, new-schema names, required). Old tables store angles in radians.
-_COLUMNS = {
-    "visit_id": (("obsHistID",), ("observationId",), True),
-    "mjd": (("expMJD",), ("observationStartMJD",), True),
-    "band": (("filter",), ("filter", "band"), True),
-    "fwhm_eff": (("FWHMeff",), ("seeingFwhmEff",), True),
-    "five_sigma_depth": (("fiveSigmaDepth",), ("fiveSigmaDepth",), True),
-    "sky_brightness": (("filtSkyBrightness",), ("skyBrightness",), True),
-    "rot_sky_pos": (("rotSkyPos",), ("rotSkyPos",), True),
-    "airmass": (("airmass",), ("airmass",), True),
-    "field_ra": (("fieldRA",), ("fieldRA",), True),
-    "field_dec": (("fieldDec",), ("fieldDec",), True),
-    "fwhm_geom": (("FWHMgeom",), ("seeingFwhmGeom",), False),
-    "exptime": (("visitExpTime",), ("visitExposureTime",), False),
-    "night": (("night",), ("night",), False),
-    "moon_alt": (("moonAlt",), ("moonAlt",), False),
-    "moon_phase": (("moonPhase",), ("moonPhase",), False),
-    "field_id": (("fieldID",), ("fieldId", "fieldID"), False),
-    "dithered_ra": (("ditheredRA",), ("ditheredRA",), False),
-    "dithered_dec": (("ditheredDec",), ("ditheredDec",), False),
-}
-_RADIANS = {"rot_sky_pos", "field_ra", "field_dec", "dithered_ra", "dithered_dec", "moon_alt"}
-
-
-def read_opsim(path, *, field_id=None, ra=None, dec=None, radius_deg=1.75, use_dither=False):
-    """Read the visits of one field from an OpSim CSV file or SQLite database.
-
-    Both schemas are read: the old one (table `Summary`, obsHistID/expMJD/..., angles in radians)
-    and the new one (table `SummaryAllProps` or `observations`, observationId/observationStartMJD/...,
-    angles in degrees); a CSV may carry either column set. Visits are selected by `field_id` where
-    the table has a field-id column, else by the distance of the field centre from (`ra`, `dec`)
-    (degrees) within `radius_deg`; with neither, every visit is kept. `use_dither` puts the
-    dithered pointing (ditheredRA/ditheredDec) in ra/dec. Returns VISIT_DTYPE sorted by
-    (mjd, visit_id). Any bad input raises InputError naming the file and the column.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file", "an OpSim CSV file or SQLite database", "no such file")
-    if (ra is None) != (dec is None):
-        raise InputError(path, "ra/dec", "both ra and dec, or neither", (ra, dec))
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    if head.startswith(_SQLITE_MAGIC):
-        label, cols, old = _read_sqlite(path, field_id, ra, dec, radius_deg, use_dither)
-    else:
-        label, cols, old = _read_csv(path, head, use_dither)
-    return _assemble(path, label, cols, old, field_id, ra, dec, radius_deg, use_dither)
-
-
-def _resolve(path, header, use_dither, label):
-    """Map each VISIT field to the column that carries it; returns ({field: column}, is_old)."""
-    if "expMJD" in header:
-        old = True
-    elif "observationStartMJD" in header:
-        old = False
-    else:
-        raise InputError(path, label("expMJD"), "an OpSim column expMJD (old schema) or "
-                         "observationStartMJD (new schema)", "neither")
-    names = {}
-    for field, (old_names, new_names, required) in _COLUMNS.items():
-        cands = old_names if old else new_names
-        found = next((c for c in cands if c in header), None)
-        must = required or (use_dither and field.startswith("dithered") and old)
-        if found is None and must:
-            raise InputError(path, label(cands[0]), "a column of that name", "missing")
-        if found is not None:
-            names[field] = found
-    return names, old
-
-
-def _read_sqlite(path, field_id, ra, dec, radius_deg, use_dither):
-    try:
-        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            table = next((t for t in _TABLES if t in tables), None)
-            if table is None:
-                raise InputError(path, "table", f"one of {', '.join(_TABLES)}", tables)
-            label = lambda col: f"{table}.{col}"  # noqa: E731
-            header = [r[1] for r in con.execute(f"PRAGMA table_info({_quote(table)})")]
-            names, old = _resolve(path, header, use_dither, label)
-            # Filter in SQL first: a full survey (minion_1016) has 2.4 million rows.
-            where, args = "", ()
-            if field_id is not None and "field_id" in names:
-                where, args = f' WHERE {_quote(names["field_id"])} = ?', (int(field_id),)
-            elif ra is not None:
-                lo, hi = dec - radius_deg, dec + radius_deg
-                if old:
-                    lo, hi = np.radians(lo), np.radians(hi)
-                where, args = f' WHERE {_quote(names["field_dec"])} BETWEEN ? AND ?', (float(lo), float(hi))
-            cols = list(names.values())
-            sql = f'SELECT {", ".join(_quote(c) for c in cols)} FROM {_quote(table)}{where}'
-            rows = con.execute(sql, args).fetchall()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as err:
-        raise InputError(path, "database", "a readable SQLite database", str(err)) from None
-    data = list(zip(*rows)) if rows else [()] * len(cols)
-    return label, _fields(names, old, dict(zip(cols, data))), old
-
-
-def _quote(name):
-    """An SQL identifier, quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _read_csv(path, head, use_dither):
-    label = lambda col: col  # noqa: E731
-    if not head or b"\x00" in head:
-        raise InputError(path, "format", "an OpSim CSV file or SQLite database",
-                         "empty file" if not head else "binary data")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(path, "format", "an OpSim CSV file or SQLite database", "not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader)]
-    rows = [r for r in reader if r]
-    if any(len(r) != len(header) for r in rows):
-        bad = next(i for i, r in enumerate(rows) if len(r) != len(header))
-        raise InputError(path, "row", f"{len(header)} comma-separated values per row",
-                         f"{len(rows[bad])} on line {bad + 2}")
-    names, old = _resolve(path, header, use_dither, label)
-    data = list(zip(*rows)) if rows else [()] * len(header)
-    return label, _fields(names, old, dict(zip(header, data))), old
-
-
-def _fields(names, old, data):
-    """{field: (column name, raw values, angles-in-radians flag)} for the columns present."""
-    return {f: (c, data[c], old and f in _RADIANS) for f, c in names.items()}
-
-
-def _numbers(path, label, col, values, finite):
-    """Raw column values (strings or SQLite values) as float64, with a one-line error on bad ones."""
-    try:
-        out = np.array(values, dtype=object).astype(np.float64)
-    except (TypeError, ValueError):
-        for i, v in enumerate(values):
-            try:
-                float(v)
-            except (TypeError, ValueError):
-                raise InputError(path, label(col), "numbers", f"{v!r} in data row {i + 1}") from None
-        raise
-    if finite and not np.all(np.isfinite(out)):
-        i = int(np.flatnonzero(~np.isfinite(out))[0])
-        what = "finite seeing (arcsec)" if col in ("FWHMeff", "seeingFwhmEff") else "finite numbers"
-        raise InputError(path, label(col), what, f"{out[i]} in data row {i + 1}")
-    return out
-
-
-def _assemble(path, label, cols, old, field_id, ra, dec, radius_deg, use_dither):
-    """Check, convert and select the raw columns into a sorted VISIT_DTYPE array."""
-    col_name = {f: c for f, (c, _, _) in cols.items()}
-    n_rows = len(cols["mjd"][1])
-    if n_rows == 0 and field_id is None and ra is None:
-        raise InputError(path, label(col_name["mjd"]), "at least one visit", "no rows")
-    num = {}
-    for field, (col, values, radians) in cols.items():
-        if field == "band":
-            continue
-        x = _numbers(path, label, col, values, finite=_COLUMNS[field][2])
-        num[field] = np.degrees(x) if radians else x
-    for field in ("field_ra", "rot_sky_pos"):   # degrees in a radians table: wrong schema
-        worst = np.nanmax(np.abs(num[field]), initial=0.0) if cols[field][2] else 0.0
-        if worst > 360.0 + 1e-4:
-            raise InputError(path, label(col_name[field]), "radians (old OpSim schema)",
-                             f"{np.radians(worst):.4g}, which looks like degrees")
-    band = np.array([str(b).strip() for b in cols["band"][1]])
-    bad = ~np.isin(band, list(BANDS))
-    if bad.any():
-        raise InputError(path, label(col_name["band"]), f"a filter letter in {BANDS}",
-                         f"{str(band[bad][0])!r} in data row {int(np.flatnonzero(bad)[0]) + 1}")
-
-    # Selection: by field id where the table has one, else by distance of the field centre.
-    if field_id is not None and "field_id" in num:
-        keep = num["field_id"] == field_id
-        if not keep.any():
-            raise InputError(path, label(col_name["field_id"]), f"visits of field {field_id}",
-                             f"none in {n_rows} rows")
-    elif ra is not None:
-        sep = angular_separation(ra, dec, num["field_ra"], num["field_dec"])
-        keep = sep <= radius_deg
-        if not keep.any():
-            raise InputError(path, label(col_name["field_ra"]) + "/" + col_name["field_dec"],
-                             f"visits within {radius_deg} deg of (ra, dec) = ({ra}, {dec})",
-                             f"none; nearest field centre at {np.nanmin(sep, initial=180.0):.3g} deg")
-    elif field_id is not None:
-        raise InputError(path, label(_COLUMNS["field_id"][0 if old else 1][0]),
-                         f"a field-id column to select field {field_id} (or pass ra and dec)", "missing")
-    else:
-        keep = np.ones(band.size, bool)
-
-    n = int(keep.sum())
-    v = np.zeros(n, VISIT_DTYPE)
-    v["band"] = band[keep]
-    for field in ("mjd", "fwhm_eff", "five_sigma_depth", "sky_brightness", "airmass"):
-        v[field] = num[field][keep]
-    v["rot_sky_pos"] = num["rot_sky_pos"][keep] % 360.0
-    ids = num["visit_id"][keep]
-    if np.any(ids != np.round(ids)):
-        raise InputError(path, label(col_name["visit_id"]), "integer visit ids", ids[ids != np.round(ids)][0])
-    v["visit_id"] = ids.astype(np.int64)
-    pos = "dithered_" if use_dither and "dithered_ra" in num else "field_"
-    v["ra"], v["dec"] = num[pos + "ra"][keep] % 360.0, num[pos + "dec"][keep]
-    if not np.all(np.isfinite(v["ra"]) & np.isfinite(v["dec"])):
-        raise InputError(path, label(col_name[pos + "ra"]), "finite pointings", "NaN")
-
-    # Optional columns: absent or blank values get derived ones.
-    def opt(field, derived):
-        x = num[field][keep] if field in num else np.full(n, np.nan)
-        return np.where(np.isfinite(x), x, derived)
-    v["fwhm_geom"] = opt("fwhm_geom", fwhm_geom(v["fwhm_eff"]))
-    v["exptime"] = opt("exptime", DEFAULT_EXPTIME)
-    v["night"] = opt("night", night_of(v["mjd"])).astype(np.int32)
-    if "moon_alt" not in num or "moon_phase" not in num:
-        moon_alt, moon_phase = moon_alt_phase(v["mjd"])
-    else:
-        moon_alt = moon_phase = np.nan
-    v["moon_alt"] = opt("moon_alt", moon_alt)
-    v["moon_phase"] = opt("moon_phase", moon_phase)
-    return v[np.lexsort((v["visit_id"], v["mjd"]))]
 
 
 def one_per_night_band(visits):
@@ -317,78 +74,6 @@ def _spread(t, k):
     j = np.arange(k)
     chosen = np.maximum.accumulate(np.maximum(near - j, 0)) + j
     return np.minimum(chosen, t.size - k + j)
-
-
-# ------------------------------------------------------------------------------- ephemerides
-def night_of(mjd):
-    """OpSim night number of an MJD (nights roll over at noon UTC; night 0 began MJD 59579.5)."""
-    return np.floor(np.asarray(mjd) - NIGHT_ZERO_MJD).astype(np.int64)
-
-
-def angular_separation(ra1, dec1, ra2, dec2):
-    """Great-circle distance between points given in degrees, degrees (haversine: exact when small)."""
-    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (ra1, dec1, ra2, dec2))
-    h = np.sin((dec2 - dec1) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))))
-
-
-def _altitude(mjd, ra, dec):
-    """Altitude (degrees) at the site of a position (degrees) at time `mjd`; also the hour angle."""
-    gmst = 280.46061837 + 360.98564736629 * (np.asarray(mjd) - 51544.5)
-    ha = np.radians(gmst + SITE_LON - ra)
-    lat, d = np.radians(SITE_LAT), np.radians(dec)
-    alt = np.arcsin(np.sin(lat) * np.sin(d) + np.cos(lat) * np.cos(d) * np.cos(ha))
-    return np.degrees(alt), ha
-
-
-def _sun_radec(mjd):
-    """Sun RA, Dec (degrees), Astronomical Almanac low-precision formulae (0.01 deg)."""
-    n = np.asarray(mjd) - 51544.5
-    g = np.radians(357.528 + 0.9856003 * n)
-    lam = np.radians(280.460 + 0.9856474 * n + 1.915 * np.sin(g) + 0.020 * np.sin(2 * g))
-    eps = np.radians(23.439 - 4e-7 * n)
-    return (np.degrees(np.arctan2(np.cos(eps) * np.sin(lam), np.cos(lam))) % 360,
-            np.degrees(np.arcsin(np.sin(eps) * np.sin(lam))))
-
-
-def _moon_radec(mjd):
-    """Geocentric Moon RA, Dec (degrees), Astronomical Almanac low-precision series (0.3 deg)."""
-    T = (np.asarray(mjd) - 51544.5) / 36525.0
-    s = lambda a, b: np.sin(np.radians(a + b * T))  # noqa: E731
-    lam = np.radians(218.32 + 481267.881 * T + 6.29 * s(135.0, 477198.87) - 1.27 * s(259.3, -413335.36)
-                     + 0.66 * s(235.7, 890534.22) + 0.21 * s(269.9, 954397.74)
-                     - 0.19 * s(357.5, 35999.05) - 0.11 * s(186.5, 966404.03))
-    bet = np.radians(5.13 * s(93.3, 483202.02) + 0.28 * s(228.2, 960400.89)
-                     - 0.28 * s(318.3, 6003.15) - 0.17 * s(217.6, -407332.21))
-    eps = np.radians(23.439 - 0.013 * T)
-    x = np.cos(bet) * np.cos(lam)
-    y = np.cos(eps) * np.cos(bet) * np.sin(lam) - np.sin(eps) * np.sin(bet)
-    z = np.sin(eps) * np.cos(bet) * np.sin(lam) + np.cos(eps) * np.sin(bet)
-    return np.degrees(np.arctan2(y, x)) % 360, np.degrees(np.arcsin(z))
-
-
-def _moon(mjd):
-    """Topocentric Moon altitude (deg), phase (percent illuminated) and geocentric RA, Dec (deg)."""
-    mra, mdec = _moon_radec(mjd)
-    sra, sdec = _sun_radec(mjd)
-    alt, _ = _altitude(mjd, mra, mdec)
-    alt = alt - 0.95 * np.cos(np.radians(alt))       # lunar parallax (57 arcmin horizontal)
-    phase = 50.0 * (1.0 - np.cos(np.radians(angular_separation(sra, sdec, mra, mdec))))
-    return alt, phase, mra, mdec
-
-
-def moon_alt_phase(mjd):
-    """Topocentric Moon altitude (degrees) and phase (percent illuminated) at the site.
-
-    Matches the Run 1 OpSim moonAlt to 0.4 deg and moonPhase to 0.8 percent.
-    """
-    return _moon(mjd)[:2]
-
-
-def parallactic_angle(ha, dec):
-    """Parallactic angle (degrees) for hour angle `ha` (radians) and declination `dec` (degrees)."""
-    lat, d = np.radians(SITE_LAT), np.radians(dec)
-    return np.degrees(np.arctan2(np.sin(ha), np.tan(lat) * np.cos(d) - np.sin(d) * np.cos(ha)))
 
 
 # ------------------------------------------------------------------------ synthetic cadence
@@ -492,8 +177,8 @@ def _observable_nights(start_mjd, years, ra, dec):
     n_nights = int(np.ceil(years * 365.25)) + 1
     step = _GRID_MIN / 1440.0
     t = noon0 + np.arange(n_nights)[:, None] + np.arange(int(1440 / _GRID_MIN))[None, :] * step
-    sun_alt, _ = _altitude(t, *_sun_radec(t))
-    alt, _ = _altitude(t, ra, dec)
+    sun_alt = sun_altitude(t)
+    alt, _ = altitude(t, ra, dec)
     ok = (sun_alt < _TWILIGHT_ALT) & (alt > np.degrees(np.arcsin(1.0 / _MAX_AIRMASS)))
     ok &= (t >= start_mjd) & (t < start_mjd + years * 365.25)
     first = np.argmax(ok, axis=1)
@@ -577,7 +262,7 @@ def synthetic_cadence(seed, *, years=10.0, start_mjd=59580.0, ra=FIELD_RA, dec=F
     v = np.zeros(n, VISIT_DTYPE)
     v["mjd"], v["band"], v["night"], v["exptime"] = mjd, bands, nights[night_idx], DEFAULT_EXPTIME
     v["ra"], v["dec"] = ra % 360.0, dec
-    alt, ha = _altitude(mjd, ra, dec)
+    alt, ha = altitude(mjd, ra, dec)
     v["airmass"] = 1.0 / np.sin(np.radians(alt))
     lam = np.array([_LAMBDA_EFF_NM[b] for b in bands])
     x06 = v["airmass"] ** 0.6
@@ -586,7 +271,7 @@ def synthetic_cadence(seed, *, years=10.0, start_mjd=59580.0, ra=FIELD_RA, dec=F
     v["fwhm_geom"] = fwhm_geom(v["fwhm_eff"])
     rot_tel = np.where(np.sin(ha) < 0, np.clip(rng.normal(_ROT_TEL_MEAN, _ROT_TEL_SD, n), -90.0, 90.0), 0.0)
     v["rot_sky_pos"] = (rot_tel - parallactic_angle(ha, dec)) % 360.0
-    v["moon_alt"], v["moon_phase"], moon_ra, moon_dec = _moon(mjd)
+    v["moon_alt"], v["moon_phase"], moon_ra, moon_dec = moon_ephemeris(mjd)
     moon_sep = angular_separation(ra, dec, moon_ra, moon_dec)
     noise = rng.standard_normal(n)
     for b in BANDS:
