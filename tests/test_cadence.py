@@ -1,4 +1,5 @@
-"""Cadence: OpSim readers (both schemas, CSV and SQLite), Run 1 rules, the synthetic cadence."""
+"""Cadence: OpSim readers (both schemas, CSV and SQLite), the site ephemeris, Run 1 rules, the
+synthetic cadence."""
 import csv
 import math
 import os
@@ -11,6 +12,7 @@ from scipy.stats import ks_2samp
 
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.instrument import BANDS, FIELD_DEC, FIELD_RA, FIELD_ID
+from twinkles_hpc.sky import ephemeris
 from twinkles_hpc.sky.cadence import five_sigma_depth, one_per_night_band, subsample, synthetic_cadence
 from twinkles_hpc.sky.ephemeris import night_of
 from twinkles_hpc.sky.opsim import read_opsim
@@ -154,6 +156,25 @@ def test_missing_optional_columns_are_derived(run1_rows, run1, tmp_path):
     # Moon from the built-in ephemeris agrees with OpSim's.
     assert np.abs(v["moon_alt"] - run1["moon_alt"]).max() < 1.0
     assert np.abs(v["moon_phase"] - run1["moon_phase"]).max() < 1.0
+
+
+def test_ephemeris_matches_run1(run1_rows):
+    """The site ephemeris against the Run 1 OpSim columns of the same visits (angles in radians)."""
+    header, rows = run1_rows
+    col = lambda name: np.array([float(r[header.index(name)]) for r in rows])  # noqa: E731
+    mjd, ra, dec = col("expMJD"), np.degrees(col("fieldRA")), np.degrees(col("fieldDec"))
+    np.testing.assert_array_equal(night_of(mjd), col("night"))
+    assert np.abs(ephemeris.sun_altitude(mjd) - np.degrees(col("sunAlt"))).max() < 0.6
+    alt, ha = ephemeris.altitude(mjd, ra, dec)
+    assert np.abs(alt - np.degrees(col("altitude"))).max() < 0.6
+    moon_alt, moon_phase, moon_ra, moon_dec = ephemeris.moon_ephemeris(mjd)
+    assert np.abs(moon_alt - np.degrees(col("moonAlt"))).max() < 0.4
+    assert np.abs(moon_phase - col("moonPhase")).max() < 0.9
+    assert ephemeris.angular_separation(moon_ra, moon_dec, np.degrees(col("moonRA")),
+                                        np.degrees(col("moonDec"))).max() < 1.3
+    # rotSkyPos = rotTelPos - parallactic angle; near the zenith the angle turns fast, hence the median.
+    rot = np.degrees(col("rotTelPos")) - ephemeris.parallactic_angle(ha, dec) - np.degrees(col("rotSkyPos"))
+    assert np.median(np.abs((rot + 180.0) % 360.0 - 180.0)) < 0.01
 
 
 def test_one_per_night_band_keeps_lowest_airmass():
