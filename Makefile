@@ -6,7 +6,7 @@ MPIEXEC := $(VENV)/bin/mpiexec
 RUNDIR ?= runs/demo
 MPI_TIMEOUT ?= 900
 
-.PHONY: venv build demo test test-serial test-mpi bench clean
+.PHONY: venv build demo test lint test-serial test-mpi bench clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ demo: build
 	-$(VENV)/bin/twinkles-hpc validate $(RUNDIR) --summary --json $(RUNDIR)/validation.json
 	$(VENV)/bin/twinkles-hpc report $(RUNDIR) --validation $(RUNDIR)/validation.json
 
-test: build test-serial test-mpi
+test: build lint test-serial test-mpi
+
+# ruff (configured in pyproject.toml): a lint error fails the test command
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test-serial:
 	$(PY) -m pytest -q tests --ignore=tests/mpi

@@ -28,7 +28,7 @@ density = 20000.0
 [sensor]
 nx = 256
 ny = 256
-[imsim]
+[visit]
 chunk_objects = 16
 checkpoint_interval = 0.0
 """
@@ -61,10 +61,10 @@ def cli(*args, mpi=0, env=None, timeout=600, check=False):
     return r
 
 
-def small_field_toml(cadence, level2, *, seed=11, galaxy_mag_limit=25.5, extra=""):
+def small_field_toml(cadence, stages, *, seed=11, galaxy_mag_limit=25.5, extra=""):
     """A calibratable small field: a 1600 px sensor, the sky within 0.1 deg to r = `galaxy_mag_limit` with
-    four times the field's stars, no supernovae or lenses; `cadence` and `level2` are the bodies of
-    those sections, `extra` whole sections placed before [level2]."""
+    four times the field's stars, no supernovae or lenses; `cadence` is the body of that section, `stages`
+    the stage sections ([calexp] ...), `extra` whole sections placed before them."""
     return f"""
 [run]
 seed = {seed}
@@ -81,21 +81,25 @@ enabled = false
 [sensor]
 nx = 1600
 ny = 1600
-{extra}[level2]
-{level2}
+{extra}{stages}
 """
 
 
 #: The Level 2 chain on a small field: 3 g + 3 r visits of a 1600 px sensor at different rotations,
 #: calexps, coadds on 800 px patches (3 x 3) with the smallest budget (each 1000 px patch in 9
 #: sub-regions), Objects and ForcedSource. One run serves the coadd, Objects and ForcedSource tests.
-LEVEL2_TOML = small_field_toml('bands = "gr"\nmax_visits = 6', """calibrate = true
-coadd = true
+LEVEL2_TOML = small_field_toml('bands = "gr"\nmax_visits = 6', """[calexp]
+enabled = true
+[coadd]
+enabled = true
 memory_per_rank = 16777216
 patch_size = 800
-objects = true
-forced = true
-ingest = true""")
+[objects]
+enabled = true
+[forced]
+enabled = true
+[ingest]
+enabled = true""")
 
 
 def campaign_run(tmp_path_factory, name, toml, mpi=2, timeout=900):

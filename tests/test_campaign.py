@@ -16,10 +16,10 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 def pixel_digest(rundir):
     """sha256 over every eimage's pixels and metadata, in visit order."""
     d = hashlib.sha256()
-    files = sorted(f for f in os.listdir(os.path.join(rundir, "eimages")) if f.startswith("v"))
+    files = sorted(f for f in os.listdir(os.path.join(rundir, "visit")) if f.startswith("v"))
     assert files, f"no eimages in {rundir}"
     for f in files:
-        with h5py.File(os.path.join(rundir, "eimages", f), "r") as fh:
+        with h5py.File(os.path.join(rundir, "visit", f), "r") as fh:
             d.update(fh["image"][...].tobytes())
             d.update(json.dumps({k: str(v) for k, v in fh.attrs.items()}, sort_keys=True).encode())
     return d.hexdigest(), len(files)
@@ -45,14 +45,14 @@ def test_serial_run_outputs(reference):
     assert st["complete"] and st["n_done"] == 14 and not st["running"] and st["checkpoints"] == []
     with h5py.File(run / "truth.h5", "r") as fh:
         assert len(fh["stars"]) > 0 and len(fh["galaxies"]) > 100 and len(fh["visits"]) == 12
-    f = sorted((run / "eimages").glob("v*.h5"))[0]
+    f = sorted((run / "visit").glob("v*.h5"))[0]
     with h5py.File(f, "r") as fh:
         img, a = fh["image"][...], dict(fh.attrs)
         assert img.shape == (256, 256) and img.dtype == np.float32
         assert abs(np.median(img) - a["sky_e"]) < 5 * np.sqrt(a["sky_e"] + a["read_noise"] ** 2)
         assert "CTYPE1" in a["wcs"] and json.loads(a["psf"])
     # per-band virtual datasets see every visit of the band
-    with h5py.File(run / "eimages" / f"band-{a['band']}.h5", "r") as fh:
+    with h5py.File(run / "visit" / f"band-{a['band']}.h5", "r") as fh:
         stack = fh["image"]
         i = list(fh["visit_id"][...]).index(a["visit_id"])
         assert np.array_equal(stack[i], img)

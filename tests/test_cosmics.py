@@ -61,7 +61,7 @@ def test_rate_zero_and_bad_input():
 
 def _sky_config(**imsim):
     return config.from_dict({"run": {"seed": 3}, "sensor": {"nx": 300, "ny": 300},
-                             "imsim": {"chunk_objects": 16, **imsim}})
+                             "visit": {"chunk_objects": 16, **imsim}})
 
 
 def _visit(cfg, tmp_path, name, stop_after=None):
@@ -213,8 +213,8 @@ def test_full_sensor_is_fast():
 
 
 # -- the calexp stage of a run, against the eimages' truth -------------------------------------------
-CR_TOML = small_field_toml('bands = "r"\nmax_visits = 2', "calibrate = true", seed=23, galaxy_mag_limit=25.0,
-                           extra="[imsim]\ncosmic_ray_rate = 0.5\n")
+CR_TOML = small_field_toml('bands = "r"\nmax_visits = 2', "[calexp]\nenabled = true", seed=23, galaxy_mag_limit=25.0,
+                           extra="[visit]\ncosmic_ray_rate = 0.5\n")
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +225,10 @@ def cr_run(tmp_path_factory):
 def test_calexp_masks_the_true_cosmic_rays(cr_run):
     with open_read(cr_run / "truth.h5") as fh:
         stars = read_table(fh["stars"])
-    calexps = sorted((cr_run / "calexps").glob("v*.h5"))
+    calexps = sorted((cr_run / "calexp").glob("v*.h5"))
     assert len(calexps) == 2
     for path in calexps:
-        with open_read(path) as c, open_read(cr_run / "eimages" / path.name) as e:
+        with open_read(path) as c, open_read(cr_run / "visit" / path.name) as e:
             assert c.attrs["calib_ok"] and "truth" not in c
             mask, img = c["mask"][...], c["image"][...]
             crs, eimg, a = e["truth/cosmic_rays"][...], e["image"][...], dict(e.attrs)

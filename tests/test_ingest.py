@@ -16,10 +16,17 @@ from test_db import dump, isolated_env, mariadb_engine, mariadb_option_file, mar
 from twinkles_hpc import config as config_mod
 from twinkles_hpc import truthmatch
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.parallel import campaign
+from twinkles_hpc import rundir as rd
+from twinkles_hpc.pipeline.context import RunContext
+from twinkles_hpc.pipeline.registry import stage
+from twinkles_hpc.pipeline.setup import plan
+from twinkles_hpc.pipeline.stage import Upstream
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.rundir.task import Task
 from twinkles_hpc.store import db, ingest, schema
 from twinkles_hpc.store.lightcurve import lightcurve
 from twinkles_hpc.store.tables import read_table, write_table
+from twinkles_hpc.level2.psf import fwhm_from_json
 
 LEVEL2_TABLES = ("CcdVisit", "Object", "ForcedSource", "ObjectTruthMatch", "TruthStar", "TruthGalaxy")
 #: Calibration error allowed on top of the statistical flux error (zero point, aperture correction)
@@ -41,16 +48,12 @@ def all_tables(engine):
 def ingest_run(rundir, url):
     """Every ingest task of `rundir` into `url`, in the task graph's order, in this process; returns the
     receipts' {table: rows inserted}. Writes receipts: give it a linked_copy of the shared run."""
-    cfg = campaign.load_rundir_config(rundir)
-    cfg.database.url = url
-    visits = campaign.existing_visits(rundir)
-    tasks = campaign.build_tasks(cfg, visits, campaign.read_skymap(rundir))
-    by_id = {int(v["visit_id"]): v for v in visits}
+    cfg = rd.load_config(rundir)
+    cfg.ingest.url = url
+    ctx, tasks = plan(cfg, str(rundir))
     inserted = {}
     for t in (t for t in tasks if t.kind == "ingest"):
-        p = t.params
-        out = campaign.run_ingest(cfg, str(rundir), by_id, t.id, p["step"], p.get("patches", ()),
-                                  p.get("visit_ids", ()))
+        out = stage("ingest").run(ctx, t, None)
         with open(rundir / next(iter(out))) as fh:
             for table, n in json.load(fh)["inserted"].items():
                 inserted[table] = inserted.get(table, 0) + n
@@ -83,7 +86,7 @@ def test_tables_hold_exactly_the_hdf5_products(level2_run, run_db):
     objects, forced = h5_rows(level2_run, "objects", "objects"), h5_rows(level2_run, "forced", "forced_source")
     primary = objects[objects["detect_isPrimary"]]
     counts = db.table_counts(run_db)
-    assert counts["CcdVisit"] == len(list((level2_run / "calexps").glob("*.h5"))) == 6
+    assert counts["CcdVisit"] == len(list((level2_run / "calexp").glob("*.h5"))) == 6
     assert counts["Object"] == len(primary) > 300
     assert counts["ForcedSource"] == len(forced) > 1000
     with h5py.File(level2_run / "truth.h5", "r") as fh:
@@ -106,10 +109,10 @@ def test_tables_hold_exactly_the_hdf5_products(level2_run, run_db):
 
 
 def test_ccd_visit_rows_describe_the_calexps(level2_run, run_db):
-    visits = {int(v["visit_id"]): v for v in campaign.existing_visits(level2_run)}
+    visits = {int(v["visit_id"]): v for v in rd.read_visits(level2_run)}
     for r in dump(run_db, "CcdVisit"):
         v = visits[r.ccdVisitId]
-        with h5py.File(level2_run / campaign.calexp_relpath(r.visitId, r.filterName), "r", locking=False) as fh:
+        with h5py.File(level2_run / layout.calexp(r.visitId, r.filterName), "r", locking=False) as fh:
             a = dict(fh.attrs)
         assert r.visitId == r.ccdVisitId and r.filterName == v["band"] and (r.raftName, r.ccdName) == ("R22", "S11")
         assert r.obsStart == v["mjd"] and r.expMidpt == pytest.approx(v["mjd"] + v["exptime"] / 2 / 86400, abs=1e-9)
@@ -132,7 +135,7 @@ def test_ingesting_again_adds_nothing(level2_run, run_db, tmp_path):
     assert ingest.ingest_forced(e, forced) == 0
     assert ingest.ingest_objects(e, objects) == 0
     assert ingest.ingest_truth_match(e, objects, level2_run / "truth.h5", 1.0) == 0
-    assert ingest.ingest_ccd_visits(e, sorted((level2_run / "calexps").glob("*.h5"))) == 0
+    assert ingest.ingest_ccd_visits(e, sorted((level2_run / "calexp").glob("*.h5")), fwhm_from_json) == 0
     assert set(db.ingest_truth(e, level2_run).values()) == {0}
     assert set(ingest_run(run, f"sqlite:///{copy}").values()) == {0}       # the tasks' own code path
     assert all_tables(e) == before
@@ -149,7 +152,7 @@ def test_sigkill_mid_ingest_then_rerun_gives_the_same_database(level2_run, run_d
     # ForcedSource file's transaction, after the first file was committed
     r = cli("run", cfg, "-o", run, mpi=2, env={"TWINKLES_HPC_FAULT": "kill_in_ingest=ForcedSource:2"})
     assert r.returncode != 0, r.stdout + r.stderr
-    assert "resuming:" in r.stdout and (run / ".fault-killed-ingest").exists()
+    assert "resuming:" in r.stdout and (run / ".faults" / "kill_in_ingest").exists()
     assert (run / "ingest" / "Object.json").exists() and not (run / "ingest" / "ForcedSource-0000.json").exists()
     e = db.connect(rundir=run)
     with e.connect() as conn:
@@ -328,18 +331,25 @@ def test_truth_id_finds_the_object_of_a_supernova_on_its_host(tmp_path):
 # ---- config --------------------------------------------------------------------------------------------------
 
 def test_ingest_config_is_validated(tmp_path):
-    base = LEVEL2_TOML.replace("ingest = true\n", "")
     cfg = config_mod.from_dict(config_mod.tomllib.loads(LEVEL2_TOML))
-    assert cfg.level2.ingest and cfg.database.url == "" and cfg.database.match_radius == 1.0
-    with pytest.raises(InputError, match="level2.ingest: expected false unless level2.forced = true"):
-        config_mod.from_dict(config_mod.tomllib.loads(base.replace("forced = true", "forced = false\ningest = true")))
-    bad = config_mod.tomllib.loads(LEVEL2_TOML + '[database]\nurl = "mysql://bob:hunter2@dbhost/twinkles"\n')
-    with pytest.raises(InputError, match="database.url: expected no password") as err:
+    assert cfg.ingest.enabled and cfg.ingest.url == "" and cfg.ingest.match_radius == 1.0
+    no_forced = LEVEL2_TOML.replace("[forced]\nenabled = true", "[forced]\nenabled = false")
+    with pytest.raises(InputError, match="ingest.enabled: expected false unless forced.enabled = true"):
+        config_mod.from_dict(config_mod.tomllib.loads(no_forced))
+    assert LEVEL2_TOML.rstrip().endswith("[ingest]\nenabled = true")          # what follows is [ingest]'s
+    bad = config_mod.tomllib.loads(LEVEL2_TOML + 'url = "mysql://bob:hunter2@dbhost/twinkles"\n')
+    with pytest.raises(InputError, match="ingest.url: expected no password") as err:
         config_mod.from_dict(bad)
     assert "hunter2" not in str(err.value)
-    ok = config_mod.from_dict(config_mod.tomllib.loads(LEVEL2_TOML + '[database]\nurl = "mysql://bob@dbhost/t"\n'))
-    assert ok.database.url.startswith("mysql://")
-    tasks = campaign.ingest_tasks(ok, np.zeros(250, [("visit_id", "i8")]), [])
+    ok = config_mod.from_dict(config_mod.tomllib.loads(LEVEL2_TOML + 'url = "mysql://bob@dbhost/t"\n'))
+    assert ok.ingest.url.startswith("mysql://")
+    visits = np.zeros(250, [("visit_id", "i8")])
+    visits["visit_id"] = np.arange(250)
+    up = Upstream()
+    up.add("sky", [Task("sky", "sky")])
+    for s in ("calexp", "forced"):
+        up.add(s, [Task(layout.task_id(s, layout.visit_key(v)), s) for v in visits["visit_id"]])
+    tasks = stage("ingest").tasks(RunContext(ok, None, visits), up.view(stage("ingest")))
     assert [t.id for t in tasks][-3:] == ["ingest/ForcedSource/0000", "ingest/ForcedSource/0001",
                                           "ingest/ForcedSource/0002"]
     assert all(t.deps[-1] == prev.id for prev, t in zip(tasks, tasks[1:])), "one writer at a time: a chain"

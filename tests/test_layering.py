@@ -1,12 +1,34 @@
-"""The dependency rules of docs/design.md, checked on the source: level2 never imports sky or imsim
-(it measures pixels, never the truth); sky, imsim and level2 never import parallel; only __main__
-imports cli."""
+"""The dependency rules of docs/design.md, checked on the source of every module: level2 never imports sky
+or imsim (it measures pixels, never the truth); sky, imsim and level2 never import the pipeline, the
+scheduler (parallel) or the testing seams; store never imports level2 (it knows formats, not algorithms);
+validation, report and bench never import the scheduler; the scheduler knows tasks, never stages; only the
+CLI installs the testing seams; nothing below the CLI imports it."""
 import ast
 from pathlib import Path
 
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "twinkles_hpc"
+
+P = "twinkles_hpc."
+RULES = {
+    "level2": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
+    "sky": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
+    "imsim": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
+    "store": ("level2", "sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
+    "rundir": ("level2", "sky", "imsim", "parallel", "testing", "cli", "validation", "report", "bench"),
+    "parallel": ("pipeline", "testing", "cli", "validation", "report", "bench", "level2", "sky", "imsim"),
+    "pipeline": ("testing", "cli", "validation", "report", "bench"),
+    "validation": ("parallel", "testing", "cli", "report", "bench"),
+    "report": ("parallel", "testing", "cli", "bench"),
+    "bench": ("parallel", "testing", "cli"),
+    "testing": ("cli",),
+}
+#: top-level modules: what they must not import
+BASE = ("sky", "imsim", "level2", "store", "rundir", "parallel", "pipeline", "validation", "report", "bench",
+        "testing", "cli", "config", "options")
+MODULES = {"config.py": ("parallel", "testing", "cli"), "options.py": BASE, "errors.py": BASE,
+           "instrument.py": BASE, "truthmatch.py": ("parallel", "pipeline", "testing", "cli")}
 
 
 def imports(path):
@@ -19,14 +41,40 @@ def imports(path):
             yield from (f"{node.module}.{a.name}" for a in node.names)
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("level2", ("twinkles_hpc.sky", "twinkles_hpc.imsim", "twinkles_hpc.parallel", "twinkles_hpc.cli")),
-    ("sky", ("twinkles_hpc.parallel", "twinkles_hpc.cli", "twinkles_hpc.level2")),
-    ("imsim", ("twinkles_hpc.parallel", "twinkles_hpc.cli", "twinkles_hpc.level2")),
-    ("store", ("twinkles_hpc.parallel", "twinkles_hpc.cli", "twinkles_hpc.sky", "twinkles_hpc.imsim")),
-    ("parallel", ("twinkles_hpc.cli",)),
-])
-def test_package_imports_respect_the_layers(package, forbidden):
-    bad = [(p.name, m) for p in sorted((PKG / package).glob("*.py")) for m in imports(p)
-           if m.startswith(forbidden)]
+def forbidden_imports(path, forbidden):
+    bad = tuple(P + f for f in forbidden)
+    return [(str(path.relative_to(PKG)), m) for m in imports(path) if m.startswith(bad)]
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_package_imports_respect_the_layers(package):
+    files = sorted((PKG / package).rglob("*.py"))
+    assert files, f"no package {package}"
+    bad = [b for p in files for b in forbidden_imports(p, RULES[package])]
     assert not bad, f"{package} imports what it must not: {bad}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_imports_respect_the_layers(module):
+    path = PKG / module
+    if not path.exists():
+        pytest.skip(f"no {module}")
+    bad = forbidden_imports(path, MODULES[module])
+    assert not bad, f"{module} imports what it must not: {bad}"
+
+
+def test_every_package_has_rules():
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")}
+    assert packages <= set(RULES), f"packages without layering rules: {sorted(packages - set(RULES))}"
+
+
+def test_only_the_cli_installs_the_testing_seams():
+    users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if "testing" not in p.parts
+                   and any(m.startswith(P + "testing") for m in imports(p)))
+    assert users == ["cli.py"], users
+
+
+def test_nothing_below_the_cli_imports_it():
+    users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                   if any(m == P + "cli" or m.startswith(P + "cli.") for m in imports(p)))
+    assert users == ["__main__.py"], users

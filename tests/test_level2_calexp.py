@@ -8,7 +8,7 @@ from conftest import campaign_run, cli, small_field_toml
 from twinkles_hpc import instrument
 from twinkles_hpc.store.atomic import open_read
 
-CALEXP_TOML = small_field_toml("max_visits = 6", "calibrate = true")
+CALEXP_TOML = small_field_toml("max_visits = 6", "[calexp]\nenabled = true")
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +17,10 @@ def run(tmp_path_factory):
 
 
 def test_calexps_recover_true_wcs_and_zero_point(run):
-    calexps = sorted((run / "calexps").glob("v*.h5"))
+    calexps = sorted((run / "calexp").glob("v*.h5"))
     assert len(calexps) == 6
     for path in calexps:
-        with open_read(path) as c, open_read(run / "eimages" / path.name) as e:
+        with open_read(path) as c, open_read(run / "visit" / path.name) as e:
             assert c["image"].dtype == np.float32 and c["mask"].dtype == np.uint16
             assert c["variance"].shape == c["image"].shape == (1600, 1600)
             a, t = dict(c.attrs), dict(e.attrs)
@@ -63,7 +63,7 @@ def test_calexp_source_tables(run):
     with open_read(run / "truth.h5") as fh:
         true_stars = read_table(fh["stars"])
     pulls = []
-    for path in sorted((run / "calexps").glob("v*.h5")):
+    for path in sorted((run / "calexp").glob("v*.h5")):
         with open_read(path) as fh:
             src, a, mask = read_table(fh["sources"]), dict(fh.attrs), fh["mask"][...]
         assert src.dtype == SOURCE_DTYPE and len(src) == a["n_detections"] > 0
@@ -103,11 +103,12 @@ def _blank_visit(run, tmp, vid):
     cannot be calibrated. Returns (visit row, a calibrated visit of the same band)."""
     import h5py
 
-    from twinkles_hpc.parallel.campaign import calexp_relpath, eimage_relpath
-    good = sorted((run / "calexps").glob("v*.h5"))[0]
+    from twinkles_hpc.rundir.layout import calexp as calexp_relpath
+    from twinkles_hpc.rundir.layout import eimage as eimage_relpath
+    good = sorted((run / "calexp").glob("v*.h5"))[0]
     with open_read(good) as fh:
         gid, band = int(fh.attrs["visit_id"]), str(fh.attrs["band"])
-    for d in ("eimages", "calexps"):
+    for d in ("visit", "calexp"):
         (tmp / d).mkdir(parents=True, exist_ok=True)
     (tmp / "refcat.h5").write_bytes((run / "refcat.h5").read_bytes())
     (tmp / calexp_relpath(gid, band)).write_bytes((run / calexp_relpath(gid, band)).read_bytes())
@@ -123,14 +124,27 @@ def _blank_visit(run, tmp, vid):
 
 
 def test_uncalibratable_visit_is_recorded_and_skipped_downstream(run, tmp_path):
-    from twinkles_hpc import cli as cli_mod
+    from twinkles_hpc import rundir as rd
     from twinkles_hpc.level2.calibrate import calexp_ok
     from twinkles_hpc.level2.forcedsource import FORCED_SOURCE_DTYPE
-    from twinkles_hpc.parallel import campaign
+    from twinkles_hpc.pipeline.context import RunContext
+    from twinkles_hpc.pipeline.registry import stage
+    from twinkles_hpc.pipeline.stage import Upstream
+    from twinkles_hpc.pipeline.stages.coadd import make_skymap
+    from twinkles_hpc.rundir import layout
+    from twinkles_hpc.rundir.status import calib_failures
+    from twinkles_hpc.rundir.task import Task
     from twinkles_hpc.store.tables import read_table
     bad, good = _blank_visit(run, tmp_path, 99999999)
+    cfg = rd.load_config(str(run))
+    cfg.coadd.enabled = True
+    visits = rd.read_visits(str(run))
+    good_row = visits[visits["visit_id"] == good["visit_id"]]
+    bad_row = good_row.copy()
+    bad_row["visit_id"] = bad["visit_id"]
     lines = []
-    out = campaign.run_calexp(str(tmp_path), bad, log=lines.append)
+    ctx = RunContext(cfg, str(tmp_path), np.concatenate([good_row, bad_row]), log=lines.append)
+    out = stage("calexp").run(ctx, Task("calexp/99999999", "calexp", params={"visit_id": bad["visit_id"]}), None)
     path = tmp_path / next(iter(out))
     with open_read(path) as fh:
         a = dict(fh.attrs)
@@ -139,26 +153,27 @@ def test_uncalibratable_visit_is_recorded_and_skipped_downstream(run, tmp_path):
     assert a["visit_id"] == 99999999 and a["band"] == bad["band"] and "zero_point" not in a
     assert len(lines) == 1 and "99999999" in lines[0] and "calibration failed" in lines[0]
     assert not calexp_ok(path)
-    assert calexp_ok(tmp_path / campaign.calexp_relpath(good["visit_id"], good["band"]))
+    assert calexp_ok(tmp_path / layout.calexp(good["visit_id"], good["band"]))
     # the coadd of a patch both visits overlap uses the good calexp only
-    cfg = campaign.load_rundir_config(str(run))
-    cfg.level2.coadd = True
-    visits = campaign.existing_visits(str(run))
-    skymap = campaign.coadd_skymap(cfg, visits[visits["visit_id"] == good["visit_id"]])
-    task = campaign.coadd_tasks(cfg, visits[visits["visit_id"] == good["visit_id"]], skymap)[0]
-    rel = campaign.run_coadd(cfg, str(tmp_path), skymap, good["band"], task.params["patch"],
-                             [good["visit_id"], bad["visit_id"]])
+    ctx_good = RunContext(cfg, None, good_row)
+    ctx.skymap = ctx_good.skymap = make_skymap(cfg, good_row)
+    up = Upstream()
+    up.add("calexp", [Task(layout.task_id("calexp", layout.visit_key(good["visit_id"])), "calexp")])
+    task = stage("coadd").tasks(ctx_good, up.view(stage("coadd")))[0]
+    task.params["visit_ids"] = [good["visit_id"], bad["visit_id"]]
+    rel = stage("coadd").run(ctx, task, None)
     with open_read(tmp_path / next(iter(rel))) as fh:
         inputs = list(fh.attrs["inputs"])
         assert (fh["n_visits"][...] <= 1).all() and (fh["n_visits"][...] == 1).any()
     assert inputs == [f"v{good['visit_id']:08d}-{good['band']}.h5"]
     # forced photometry of the failed visit: an empty table of the right dtype, no objects read
-    rel = campaign.run_forced(str(tmp_path), bad, patches=[(0, 0)])
+    rel = stage("forced").run(ctx, Task("forced/99999999", "forced", params={"visit_id": bad["visit_id"],
+                                                                         "patches": [(0, 0)]}), None)
     with open_read(tmp_path / next(iter(rel))) as fh:
         rows = read_table(fh["forced_source"])
     assert len(rows) == 0 and rows.dtype == FORCED_SOURCE_DTYPE
     # status counts the failure
-    fails = cli_mod._calib_failures(str(tmp_path), np.array([(bad["visit_id"], bad["band"]), (good["visit_id"],
+    fails = calib_failures(str(tmp_path), np.array([(bad["visit_id"], bad["band"]), (good["visit_id"],
                                     good["band"])], dtype=[("visit_id", "i8"), ("band", "U1")]),
                                     {"calexp/99999999", f"calexp/{good['visit_id']:08d}"})
     assert list(fails) == [99999999] and "astrometry" in fails[99999999]
@@ -166,7 +181,7 @@ def test_uncalibratable_visit_is_recorded_and_skipped_downstream(run, tmp_path):
 
 def test_genuine_errors_still_raise(run, tmp_path):
     from twinkles_hpc.level2.calibrate import calibrate_visit
-    eimage = sorted((run / "eimages").glob("v*.h5"))[0]
+    eimage = sorted((run / "visit").glob("v*.h5"))[0]
     with pytest.raises(TypeError):
         calibrate_visit(eimage, None, tmp_path / "c.h5")
     assert not (tmp_path / "c.h5").exists()
@@ -191,13 +206,16 @@ enabled = false
 [sensor]
 nx = 700
 ny = 700
-[level2]
-calibrate = true
-coadd = true
+[calexp]
+enabled = true
+[coadd]
+enabled = true
 patch_size = 700
 memory_per_rank = 16777216
-objects = true
-forced = true
+[objects]
+enabled = true
+[forced]
+enabled = true
 """
 
 
@@ -209,7 +227,7 @@ def test_run_with_uncalibratable_visits_completes(tmp_path):
     run = tmp_path / "run"
     r = cli("run", tmp_path / "c.toml", "-o", run, mpi=2, check=True, timeout=900)
     ok, failed = {}, {}
-    for path in sorted((run / "calexps").glob("v*.h5")):
+    for path in sorted((run / "calexp").glob("v*.h5")):
         with open_read(path) as fh:
             a = dict(fh.attrs)
             (ok if a["calib_ok"] else failed)[int(a["visit_id"])] = (path.name, a.get("calib_failure"))
@@ -218,7 +236,7 @@ def test_run_with_uncalibratable_visits_completes(tmp_path):
     assert {n[0][-4] for n in failed.values()} == {"u"}
     log = [line for line in r.stdout.splitlines() if "calibration failed" in line]
     assert len(log) == len(failed) and all(any(f"visit {v} " in line for line in log) for v in failed)
-    for path in (run / "coadds").glob("[a-z]/patch-*.h5"):
+    for path in (run / "coadd").glob("[a-z]/patch-*.h5"):
         with open_read(path) as fh:
             assert set(fh.attrs["inputs"]) <= {n for n, _ in ok.values()}
     for v, (name, _) in {**ok, **failed}.items():

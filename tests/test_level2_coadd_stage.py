@@ -11,7 +11,9 @@ from conftest import MPIEXEC, cli
 
 from twinkles_hpc import config
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.parallel import campaign
+from twinkles_hpc import rundir as rd
+from twinkles_hpc.pipeline.setup import plan
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
@@ -22,7 +24,7 @@ PLANES = ("image", "variance", "mask", "n_visits", "depth")
 
 def coadd_digest(rundir):
     d = hashlib.sha256()
-    for path in sorted((rundir / "coadds").glob("*/patch-*.h5")):
+    for path in sorted((rundir / "coadd").glob("*/patch-*.h5")):
         with open_read(path) as f:
             for k in PLANES:
                 d.update(f[k][...].tobytes())
@@ -35,9 +37,9 @@ def run(level2_run):
 
 
 def test_coadd_stage(run):
-    cfg = campaign.load_rundir_config(run)
-    visits = campaign.existing_visits(run)
-    tasks = [t for t in campaign.build_tasks(cfg, visits, campaign.read_skymap(run)) if t.kind == "coadd"]
+    cfg = rd.load_config(run)
+    visits = rd.read_visits(run)
+    tasks = [t for t in plan(cfg, run)[1] if t.kind == "coadd"]
     assert {t.params["band"] for t in tasks} == set(visits["band"]) == {"g", "r"}
     with open_read(run / "refcat.h5") as f:
         ref = read_table(f["refcat"])
@@ -46,8 +48,8 @@ def test_coadd_stage(run):
     ratios, centre_counts, vs_inputs = {}, set(), []
     calexps = {}
     for v in visits:
-        with open_read(run / campaign.calexp_relpath(v["visit_id"], v["band"])) as c:
-            calexps[campaign.calexp_relpath(v["visit_id"], v["band"]).split("/")[-1]] = (
+        with open_read(run / layout.calexp(v["visit_id"], v["band"])) as c:
+            calexps[layout.calexp(v["visit_id"], v["band"]).split("/")[-1]] = (
                 c["image"][...], WCS(fits.Header.fromstring(c.attrs["wcs"])), c.attrs["flux_njy_per_electron"])
 
     def ap_flux(img, x, y):
@@ -59,19 +61,19 @@ def test_coadd_stage(run):
 
     for t in tasks:
         band = t.params["band"]
-        with open_read(run / campaign.coadd_relpath(band, *t.params["patch"])) as f:
+        with open_read(run / layout.coadd(band, *t.params["patch"])) as f:
             a = dict(f.attrs)
             img, nv = f["image"][...], f["n_visits"][...]
             assert len(f["subregions"]) > 1 and f["mask"].dtype == np.uint16 and f["depth"].shape == img.shape
         assert a["band"] == band and list(a["patch"]) == list(t.params["patch"]) and a["unit"] == "nJy per pixel"
-        assert json.loads(a["skymap"]) == campaign.read_skymap(run).to_dict()
+        assert json.loads(a["skymap"]) == rd.read_skymap_dict(run)
         wcs = WCS(fits.Header.fromstring(a["wcs"]))
         # n_visits at the patch centre = the band's visits whose calexp holds it (10 px edge tolerance)
         cy, cx = img.shape[0] // 2, img.shape[1] // 2
         ra, dec = wcs.all_pix2world(cx, cy, 0)
         inside = []
         for v in visits[visits["band"] == band]:
-            with open_read(run / campaign.calexp_relpath(v["visit_id"], band)) as c:
+            with open_read(run / layout.calexp(v["visit_id"], band)) as c:
                 u, w = WCS(fits.Header.fromstring(c.attrs["wcs"])).all_world2pix(ra, dec, 0)
                 inside.append(min(u, w, c["image"].shape[1] - 1 - u, c["image"].shape[0] - 1 - w))
         inside = np.array(inside)
@@ -124,15 +126,15 @@ def test_coadd_bit_identical_at_three_ranks(run, level2_run_n3):
 
 def test_coadd_config_checks(tmp_path):
     p = tmp_path / "c.toml"
-    for text, key in [("[level2]\ncoadd = true\n", "level2.coadd"),
-                      ("[level2]\nmemory_per_rank = 1000\n", "level2.memory_per_rank"),
-                      ("[level2]\ncoadd_statistic = 'max'\n", "level2.coadd_statistic"),
-                      ("[level2]\npatch_size = 100\npatch_overlap = 50\n", "level2.patch_overlap")]:
+    for text, key in [("[coadd]\nenabled = true\n", "coadd.enabled"),
+                      ("[coadd]\nmemory_per_rank = 1000\n", "coadd.memory_per_rank"),
+                      ("[coadd]\nstatistic = 'max'\n", "coadd.statistic"),
+                      ("[coadd]\npatch_size = 100\npatch_overlap = 50\n", "coadd.patch_overlap")]:
         p.write_text(text)
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             config.load(p)
     # a budget too small for the largest stack is refused when the graph is built, before any task
-    cfg = config.from_dict({"cadence": {"max_visits": 6}, "level2": {"calibrate": True, "coadd": True}})
-    cfg.level2.memory_per_rank = 1 << 16
-    with pytest.raises(InputError, match="level2.memory_per_rank"):
-        campaign.build_tasks(cfg, campaign.select_cadence(cfg))
+    cfg = config.from_dict({"cadence": {"max_visits": 6}, "calexp": {"enabled": True}, "coadd": {"enabled": True}})
+    cfg.coadd.memory_per_rank = 1 << 16
+    with pytest.raises(InputError, match="coadd.memory_per_rank"):
+        plan(cfg, None)

@@ -1,4 +1,4 @@
-"""The ForcedSource stage ([level2] forced = true): forced photometry of every primary Object on every calexp,
+"""The ForcedSource stage ([forced] enabled = true): forced photometry of every primary Object on every calexp,
 checked against the reference catalogue (flux scale, repeatability), for error calibration on faint constant
 stars, and bit-identical at 2 and 3 ranks."""
 import hashlib
@@ -12,7 +12,9 @@ from scipy.spatial import cKDTree
 from twinkles_hpc import config
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.level2.forcedsource import FORCED_SOURCE_DTYPE
-from twinkles_hpc.parallel import campaign
+from twinkles_hpc import rundir as rd
+from twinkles_hpc.pipeline.setup import plan
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
@@ -36,13 +38,13 @@ def run(level2_run):
 def _read_all(run, visits, patches):
     objs = []
     for i, j in sorted(patches):
-        with open_read(run / campaign.objects_relpath(i, j)) as f:
+        with open_read(run / layout.objects(i, j)) as f:
             objs.append(read_table(f["objects"]))
     obj = np.concatenate(objs)
     prim = obj[obj["detect_isPrimary"]]
     forced = {}
     for v in visits:
-        with open_read(run / campaign.forced_relpath(v["visit_id"], v["band"])) as f:
+        with open_read(run / layout.forced(v["visit_id"], v["band"])) as f:
             forced[int(v["visit_id"])] = read_table(f["forced_source"])
     return prim, forced
 
@@ -69,9 +71,9 @@ def _lookup(rows, object_ids):
 
 
 def test_forced_stage(run):
-    cfg = campaign.load_rundir_config(run)
-    visits = campaign.existing_visits(run)
-    tasks = campaign.build_tasks(cfg, visits, campaign.read_skymap(run))
+    cfg = rd.load_config(run)
+    visits = rd.read_visits(run)
+    tasks = plan(cfg, run)[1]
     ftasks = [t for t in tasks if t.kind == "forced"]
     otasks = [t.id for t in tasks if t.kind == "objects"]
     assert len(ftasks) == len(visits)
@@ -148,8 +150,8 @@ def test_forced_bit_identical_at_three_ranks(run, level2_run_n3):
 
 def test_forced_config_check(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[level2]\ncalibrate = true\ncoadd = true\nforced = true\n")
-    with pytest.raises(InputError, match=r"level2\.forced"):
+    p.write_text("[calexp]\nenabled = true\n[coadd]\nenabled = true\n[forced]\nenabled = true\n")
+    with pytest.raises(InputError, match=r"forced\.enabled: expected false unless objects\.enabled = true"):
         config.load(p)
-    cfg = config.from_dict({"level2": {"calibrate": True, "coadd": True, "objects": True, "forced": True}})
-    assert cfg.level2.forced
+    cfg = config.from_dict({s: {"enabled": True} for s in ("calexp", "coadd", "objects", "forced")})
+    assert cfg.forced.enabled

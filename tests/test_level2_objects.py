@@ -1,4 +1,4 @@
-"""The Objects stage in a run ([level2] objects = true): per-patch multi-band detection, deblending and
+"""The Objects stage in a run ([objects] enabled = true): per-patch multi-band detection, deblending and
 measurement on the coadds, checked against the reference catalogue and the truth, bit-identical at 2 and
 3 ranks."""
 import hashlib
@@ -18,7 +18,9 @@ from twinkles_hpc.level2 import objects as objects_mod
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.forced import mixture_image
 from twinkles_hpc.level2.shapes import adaptive_moments
-from twinkles_hpc.parallel import campaign
+from twinkles_hpc import rundir as rd
+from twinkles_hpc.pipeline.setup import plan
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
@@ -72,9 +74,9 @@ def _psf_moments(psf, x, y):
 
 
 def test_objects_stage(run):
-    cfg = campaign.load_rundir_config(run)
-    visits = campaign.existing_visits(run)
-    tasks = campaign.build_tasks(cfg, visits, campaign.read_skymap(run))
+    cfg = rd.load_config(run)
+    visits = rd.read_visits(run)
+    tasks = plan(cfg, run)[1]
     otasks = [t for t in tasks if t.kind == "objects"]
     patches = {tuple(t.params["patch"]) for t in tasks if t.kind == "coadd"}
     assert {tuple(t.params["patch"]) for t in otasks} == patches and len(patches) == 9
@@ -87,17 +89,17 @@ def test_objects_stage(run):
     ids, ratios, star_ext, gal_ext, found, total = [], [], [], [], 0, 0
     ps_ap, star_shapes, gal_angles = [], [], []
     for i, j in sorted(patches):
-        with open_read(run / campaign.objects_relpath(i, j)) as f:
+        with open_read(run / layout.objects(i, j)) as f:
             obj = read_table(f["objects"])
             assert list(f.attrs["patch"]) == [i, j]
-        with open_read(run / campaign.coadd_relpath("r", i, j)) as f:
+        with open_read(run / layout.coadd("r", i, j)) as f:
             a = dict(f.attrs)
             nv, rimg = f["n_visits"][...], f["image"][...]
             psf = CoaddPSF.from_file(f)
         # the detection coadd the Objects were detected on, as a product
-        coadds = {b: objects_mod._read(run / campaign.coadd_relpath(b, i, j))[:2] for b in ("g", "r")}
+        coadds = {b: objects_mod._read(run / layout.coadd(b, i, j))[:2] for b in ("g", "r")}
         D, _, n_bands = objects_mod.detection_image(coadds)
-        with open_read(run / campaign.coadd_relpath("det", i, j)) as f:
+        with open_read(run / layout.detection_coadd(i, j)) as f:
             assert f.attrs["band"] == "det" and list(f.attrs["bands"]) == ["g", "r"] and f.attrs["wcs"] == a["wcs"]
             assert np.array_equal(f["image"][...], np.where(n_bands == 0, np.float32(np.nan), D), equal_nan=True)
             assert np.array_equal(f["n_visits"][...], n_bands)
@@ -194,8 +196,8 @@ def test_objects_bit_identical_at_three_ranks(run, level2_run_n3):
 
 def test_objects_config_check(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[level2]\ncalibrate = true\nobjects = true\n")
-    with pytest.raises(InputError, match=r"level2\.objects"):
+    p.write_text("[calexp]\nenabled = true\n[objects]\nenabled = true\n")
+    with pytest.raises(InputError, match=r"objects\.enabled: expected false unless coadd\.enabled = true"):
         config.load(p)
-    cfg = config.from_dict({"level2": {"calibrate": True, "coadd": True, "objects": True}})
-    assert cfg.level2.objects
+    cfg = config.from_dict({s: {"enabled": True} for s in ("calexp", "coadd", "objects")})
+    assert cfg.objects.enabled

@@ -12,7 +12,7 @@ from conftest import LEVEL2_TOML, MPIEXEC, cli
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
 #: run-directory products of Level 2 (HDF5) and the embedded database
-PRODUCTS = ("calexps", "coadds", "objects", "forced")
+PRODUCTS = ("calexp", "coadd", "objects", "forced")
 
 
 def _bytes(value):
@@ -69,7 +69,7 @@ def test_sigkill_at_every_level2_stage_then_resume_is_bit_identical(level2_run, 
     for k, stage in enumerate(("calexp", "coadd", "objects", "forced")):
         r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
         assert r.returncode != 0, f"the run was not killed in the {stage} stage:\n{r.stdout}\n{r.stderr}"
-        assert (run / f".fault-killed-{k}").exists()
+        assert (run / ".faults" / f"kill_after_task-{k}").exists()
     r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming:" in r.stdout

@@ -40,13 +40,17 @@ density = 20000.0
 [sensor]
 nx = 800
 ny = 800
-[level2]
-calibrate = true
-coadd = true
-objects = true
-forced = true
-ingest = true
+[calexp]
+enabled = true
+[coadd]
+enabled = true
 patch_size = 1000
+[objects]
+enabled = true
+[forced]
+enabled = true
+[ingest]
+enabled = true
 """
 CAPS = ["--max-sne", "4", "--max-lenses", "3", "--max-stars", "2", "--stamps", "4"]
 

@@ -16,6 +16,7 @@ from twinkles_hpc.errors import InputError
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.validation import metrics
 from twinkles_hpc.validation.match import brightest_within
+from twinkles_hpc.level2.psf import fwhm_from_json
 
 
 # -- metric functions ----------------------------------------------------------------------------------
@@ -130,8 +131,8 @@ def test_am1_section_on_synthetic_source_tables():
     # a 3' field: no pairs 4-6' apart, null with the reason; no source tables at all: the reader's reason
     small = am1_section(*_synthetic_am1_input(3.0, [(0, "r"), (1, "r")], sigma, rng), V)
     assert small["value"] is None and "4-6'" in small["reason"] and small["bands"]["r"]["n_stars"] == 100
-    none = am1_section(truth, [], V, "no calexps: [level2] calibrate = false")
-    assert none == {"value": None, "reason": "no calexps: [level2] calibrate = false"}
+    none = am1_section(truth, [], V, "no calexps: [calexp] enabled = false")
+    assert none == {"value": None, "reason": "no calexps: [calexp] enabled = false"}
 
 
 def test_completeness_curve_and_crossings():
@@ -223,7 +224,7 @@ def test_report_keys_and_null_reasons(report, level2_run):
     assert report["supernovae"]["value"] is None and "supernovae" in report["supernovae"]["reason"]
     skipped = {c["metric"] for c in report["checks"] if c["ok"] is None}
     assert "sn_median_chi2_dof" in skipped
-    if json.loads((level2_run / "config.json").read_text())["level2"].get("ingest"):
+    if json.loads((level2_run / "config.json").read_text())["ingest"].get("enabled"):
         assert set(report["database"]["difference"].values()) == {0}     # the run's own database is whole
     else:
         assert report["database"]["value"] is None
@@ -241,7 +242,7 @@ def _am1_from_files(run, truth_file, mag_lo, mag_hi, snr_min=50.0, radius_arcsec
     with h5py.File(truth_file, "r") as fh:
         st, gal = read_table(fh["stars"]), read_table(fh["galaxies"])
     pos = {}                                             # band -> {star: {visit: SkyCoord}}
-    for path in sorted((run / "calexps").glob("v*.h5")):
+    for path in sorted((run / "calexp").glob("v*.h5")):
         with open_read(path) as fh:
             if not fh.attrs["calib_ok"]:
                 continue
@@ -302,7 +303,7 @@ def test_calibration_offsets_match_the_files(report, level2_run):
         zps, ams = [], []
         for row in cal["visits"]:
             name = f"v{row['visit_id']:08d}-{b}.h5"
-            with open_read(level2_run / "calexps" / name) as c, open_read(level2_run / "eimages" / name) as e:
+            with open_read(level2_run / "calexp" / name) as c, open_read(level2_run / "visit" / name) as e:
                 ca, ea = dict(c.attrs), dict(e.attrs)
             zp_true = (instrument.ZEROPOINT[b] + 2.5 * np.log10(ea["exptime"])
                        - instrument.K_ATM[b] * (ea["airmass"] - 1))
@@ -367,7 +368,7 @@ def test_bad_input_exits_2_with_one_line(level2_run, tmp_path):
         shutil.copy(level2_run / f, part / f)
     r = cli("validate", part)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "calexps/v" in r.stderr and "calexp" in r.stderr
+    assert "calexp/v" in r.stderr and "calexp" in r.stderr
 
 
 def test_database_row_counts(level2_run, tmp_path):
@@ -375,7 +376,7 @@ def test_database_row_counts(level2_run, tmp_path):
     url = f"sqlite:///{tmp_path / 'l2.sqlite'}"
     engine = db.connect(url)
     db.create_schema(engine)
-    ingest.ingest_ccd_visits(engine, sorted((level2_run / "calexps").glob("v*.h5")))
+    ingest.ingest_ccd_visits(engine, sorted((level2_run / "calexp").glob("v*.h5")), fwhm_from_json)
     ingest.ingest_objects(engine, sorted((level2_run / "objects").glob("patch-*.h5")))
     forced = sorted((level2_run / "forced").glob("v*.h5"))
     ingest.ingest_forced(engine, forced[:-1])                  # one visit's ForcedSource left out
@@ -403,22 +404,23 @@ def test_failed_calibrations_and_stages_off(level2_run, tmp_path):
     the stages that were off are null with a reason, and nothing fails."""
     import h5py
     run = tmp_path / "calexp-only"
-    (run / "calexps").mkdir(parents=True)
-    (run / "eimages").mkdir()
+    (run / "calexp").mkdir(parents=True)
+    (run / "visit").mkdir()
     cfg = json.loads((level2_run / "config.json").read_text())
-    cfg["level2"].update(coadd=False, objects=False, forced=False, ingest=False)
+    for s in ("coadd", "objects", "forced", "ingest"):
+        cfg[s]["enabled"] = False
     (run / "config.json").write_text(json.dumps(cfg))
     for f in ("visits.h5", "truth.h5"):
         shutil.copy(level2_run / f, run / f)
-    names = sorted(p.name for p in (level2_run / "calexps").glob("v*.h5"))
+    names = sorted(p.name for p in (level2_run / "calexp").glob("v*.h5"))
     bad = [n for n in names if n.endswith("-r.h5")][:2]
     for n in names:
         if n in bad:
-            with h5py.File(run / "calexps" / n, "w") as fh:
+            with h5py.File(run / "calexp" / n, "w") as fh:
                 fh.attrs["calib_ok"], fh.attrs["calib_failure"] = False, "2 clean stars (need 3)"
         else:
-            shutil.copy(level2_run / "calexps" / n, run / "calexps" / n)
-            shutil.copy(level2_run / "eimages" / n, run / "eimages" / n)
+            shutil.copy(level2_run / "calexp" / n, run / "calexp" / n)
+            shutil.copy(level2_run / "visit" / n, run / "visit" / n)
     r = cli("validate", run)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)

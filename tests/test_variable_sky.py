@@ -13,7 +13,7 @@ from twinkles_hpc.store.tables import read_table
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("var")
     cfg = d / "tiny.toml"
-    cfg.write_text(TINY_TOML + "\n[instcat]\nwrite = true\n")
+    cfg.write_text(TINY_TOML.replace("[visit]\n", "[visit]\ninstcat = true\n"))
     cli("run", cfg, "-o", d / "run", check=True)
     return cfg, d / "run"
 
@@ -53,7 +53,7 @@ def test_visit_renders_variables_at_their_truth_flux(run, tmp_path):
     truth flux (electrons) of the variables on the sensor."""
     cfgpath, rundir = run
     cfg = config.load(cfgpath)
-    cfg.imsim.noise = False
+    cfg.visit.noise = False
     t = tables(rundir)
     with open_read(rundir / "variables" / "truth-0000.h5") as fh:
         rows = read_table(fh["truth"])
@@ -62,8 +62,9 @@ def test_visit_renders_variables_at_their_truth_flux(run, tmp_path):
     vid = np.bincount(sn_rows["visit_id"] - sn_rows["visit_id"].min()).argmax() + sn_rows["visit_id"].min()
     visit = t["visits"][t["visits"]["visit_id"] == vid][0]
     spec = VisitSpec.from_row(visit)
-    from twinkles_hpc.parallel.campaign import visit_variable_mags
-    mags = visit_variable_mags(str(rundir), 0, spec.visit_id, t["variables"])
+    from twinkles_hpc.pipeline.context import RunContext
+    from twinkles_hpc.pipeline.stages.variables import visit_variable_mags
+    mags = visit_variable_mags(RunContext(cfg, str(rundir), t["visits"]), 0, spec.visit_id, t["variables"])
     assert np.isfinite(mags).sum() > 0
     imgs = []
     for with_var in (True, False):
@@ -95,12 +96,13 @@ def test_instance_catalogue_round_trip_renders_the_same_image(run, tmp_path):
     assert {"point", "sersic2d"} <= set(cat.objects["source_type"])
     # render it noise-free with the run's visit conditions and compare with the run's noise-free render
     cfg = config.load(cfgpath)
-    cfg.imsim.noise = False
+    cfg.visit.noise = False
     t = tables(rundir)
     visit = t["visits"][t["visits"]["visit_id"] == cat.obshistid][0]
     spec = VisitSpec.from_row(visit)
-    from twinkles_hpc.parallel.campaign import visit_variable_mags
-    mags = visit_variable_mags(str(rundir), 0, spec.visit_id, t["variables"])
+    from twinkles_hpc.pipeline.context import RunContext
+    from twinkles_hpc.pipeline.stages.variables import visit_variable_mags
+    mags = visit_variable_mags(RunContext(cfg, str(rundir), t["visits"]), 0, spec.visit_id, t["variables"])
     ref = tmp_path / "ref.h5"
     simulate_visit(spec, t["stars"], t["galaxies"], cfg, str(ref), str(tmp_path / "ck.h5"),
                    variables=t["variables"], var_mags=mags)

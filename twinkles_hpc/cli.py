@@ -50,10 +50,14 @@ def _abort(comm, what):
 # -- run -------------------------------------------------------------------------------------------
 def cmd_run(args):
     from twinkles_hpc import config as config_mod
-    from twinkles_hpc.parallel import campaign
+    from twinkles_hpc import rundir as rd
     from twinkles_hpc.parallel.engine import Engine
     from twinkles_hpc.parallel.journal import Journal
     from twinkles_hpc.parallel.lock import RunLock
+    from twinkles_hpc.pipeline import registry
+    from twinkles_hpc.pipeline.context import RunContext
+    from twinkles_hpc.pipeline.setup import plan
+    from twinkles_hpc.pipeline.stage import GraphError
     from twinkles_hpc.store.atomic import remove_stale_temporaries
 
     comm = _world()
@@ -64,17 +68,18 @@ def cmd_run(args):
             cfg = config_mod.load(args.config)
             with open(args.config) as fh:
                 text = fh.read()
-            campaign.check_rundir(cfg, rundir)
-            visits = campaign.existing_visits(rundir)
-            if visits is None:
-                visits = campaign.select_cadence(cfg)
-            skymap = campaign.coadd_skymap(cfg, visits, rundir)
-            tasks = campaign.build_tasks(cfg, visits, skymap)
+            rd.check(cfg, rundir)
+            alter = None
+            if os.environ.get("TWINKLES_HPC_FAULT"):
+                from twinkles_hpc.testing import faults
+                alter = faults.alter_graph
+            ctx, tasks = plan(cfg, rundir, alter=alter)
+            visits = ctx.visits
             os.makedirs(rundir, exist_ok=True)
             lock = RunLock(rundir).acquire()
-            campaign.init_rundir(cfg, rundir, text, visits, skymap)
+            rd.init(cfg, rundir, text, visits, ctx.skymap)
             n_tmp = remove_stale_temporaries(rundir)
-            campaign.forget_lost_database(cfg, rundir)
+            registry.before_run(ctx)
             done, lost = Journal(rundir).completed()
             setup = ("ok", cfg, visits, tasks, sorted(done))
             n_pending = len([t for t in tasks if t.id not in done])
@@ -87,18 +92,26 @@ def cmd_run(args):
                       + (f", {len(lost)} redone (outputs missing)" if lost else "")
                       + (f", {n_tmp} partial file(s) removed" if n_tmp else ""), flush=True)
         except (InputError, RunDirError) as exc:
-            setup = ("error", str(exc))
+            setup = ("error", str(exc), EXIT_BAD_INPUT)
+        except GraphError as exc:
+            setup = ("error", str(exc), 1)
         except Exception:
             _abort(comm, "setting up the run")
     setup = comm.bcast(setup, root=0)
     if setup[0] == "error":
         if comm.rank == 0:
+            if lock is not None:
+                lock.release()
             _err(setup[1])
-        return EXIT_BAD_INPUT
+        return setup[2]
     _, cfg, visits, tasks, done = setup
     log = (lambda m: print(f"[twinkles-hpc] rank {comm.rank}: {m}", flush=True))
-    engine = Engine(comm, rundir, campaign.Executor(cfg, rundir, visits, log=log), Journal(rundir),
-                    progress_interval=args.progress_interval)
+    ctx = RunContext(cfg, rundir, visits, log=log)
+    execute = registry.Executor(ctx)
+    if os.environ.get("TWINKLES_HPC_FAULT"):        # the restart tests' fault injection (docs/testing.md)
+        from twinkles_hpc.testing import faults
+        execute = faults.install(ctx, execute)
+    engine = Engine(comm, rundir, execute, Journal(rundir), progress_interval=args.progress_interval)
     t0 = time.time()
     try:
         status = engine.run(tasks, done)
@@ -106,8 +119,7 @@ def cmd_run(args):
         _abort(comm, "running tasks")
     if comm.rank == 0:
         if status == "complete":
-            campaign.write_band_views(rundir, visits, cfg.sensor)
-            campaign.clean_checkpoints(rundir)
+            registry.finalise(ctx)
             cpu, wall = engine.scheduler_cpu
             role = "scheduler" if comm.size > 1 else "rank 0"
             print(f"[twinkles-hpc] done in {time.time() - t0:.1f} s: {len(tasks)} tasks; {role} used "
@@ -121,117 +133,24 @@ def cmd_run(args):
 
 # -- status ----------------------------------------------------------------------------------------
 def run_status(rundir):
-    """Summary of a run directory: tasks done per kind, checkpoints, lock, timing."""
-    from twinkles_hpc.parallel import campaign
-    from twinkles_hpc.parallel.journal import Journal, read_jsonl
+    """Summary of a run directory: tasks done per stage, checkpoints, lock, timing (rundir/status.py)."""
+    from twinkles_hpc import rundir as rd
+    from twinkles_hpc.parallel.journal import Journal
     from twinkles_hpc.parallel.lock import RunLock
-    from twinkles_hpc.store.atomic import open_read
-    from twinkles_hpc.store.tables import read_table
+    from twinkles_hpc.pipeline.setup import plan
+    from twinkles_hpc.rundir.status import run_status as status
 
-    cfg = campaign.load_rundir_config(rundir)
-    vpath = os.path.join(rundir, "visits.h5")
-    if os.path.exists(vpath):
-        with open_read(vpath) as fh:
-            visits = read_table(fh["visits"])
-    else:
-        visits = campaign.select_cadence(cfg)
-    tasks = campaign.build_tasks(cfg, visits, campaign.coadd_skymap(cfg, visits, rundir))
+    cfg = rd.load_config(rundir)
+    _, tasks = plan(cfg, rundir)
     j = Journal(rundir)
     done, lost = j.completed()
-    events = j.events()
-    kinds = {}
-    for t in tasks:
-        k = kinds.setdefault(t.kind, {"total": 0, "done": 0})
-        k["total"] += 1
-        k["done"] += t.id in done
-    ckdir = os.path.join(rundir, "checkpoints")
-    ckpts = sorted(f for f in os.listdir(ckdir) if f.endswith(".h5")) if os.path.isdir(ckdir) else []
-    ends = [e for e in events if e["event"] == "end"]
-    trace = read_jsonl(os.path.join(rundir, "trace.jsonl"))
-    n_done = sum(k["done"] for k in kinds.values())
-    per_visit = _visit_counts(rundir, visits, done)
-    return {
-        "rundir": rundir, "name": cfg.run.name, "tasks": kinds, "n_tasks": len(tasks), "n_done": n_done,
-        "complete": n_done == len(tasks), "running": RunLock.is_locked(rundir),
-        "last_status": ends[-1]["status"] if ends else None,
-        "starts": sum(e["event"] == "start" for e in events),
-        "failed": [e for e in events if e["event"] == "failed"][-3:],
-        "checkpoints": ckpts, "lost_outputs": lost,
-        "bytes_written": int(sum(r["bytes"] for r in trace)),
-        "task_seconds": round(sum(r["end"] - r["start"] for r in trace), 2),
-        "per_visit": per_visit,
-        "calib_failed": _calib_failures(rundir, visits, done),
-        "database": _database_summary(rundir),
-    }
-
-
-def _database_summary(rundir):
-    from twinkles_hpc.store.lightcurve import database_summary
-    try:
-        return database_summary(rundir)
-    except InputError as exc:
-        return {"error": str(exc)}
-
-
-def _calib_failures(rundir, visits, done):
-    """{visit id: reason} of the finished calexps that record a failed calibration (calib_ok = False)."""
-    from twinkles_hpc.parallel import campaign
-    from twinkles_hpc.store.atomic import open_read
-    out = {}
-    for v in visits:
-        if f"calexp/{int(v['visit_id']):08d}" in done:
-            with open_read(os.path.join(rundir, campaign.calexp_relpath(v["visit_id"], v["band"]))) as fh:
-                if not fh.attrs.get("calib_ok", True):
-                    out[int(v["visit_id"])] = str(fh.attrs.get("calib_failure", ""))
-    return out
-
-
-def _visit_counts(rundir, visits, done):
-    """Median and range over finished visits of the sources each eimage records (attributes)."""
-    from twinkles_hpc.parallel import campaign
-    from twinkles_hpc.store.atomic import open_read
-    import numpy as np
-    keys = ("n_sources", "n_supernovae", "n_supernovae_snr5", "n_lensed_images", "n_saturated")
-    vals = {k: [] for k in keys}
-    for v in visits:
-        if campaign.visit_task_id(v["visit_id"]) not in done:
-            continue
-        with open_read(os.path.join(rundir, campaign.eimage_relpath(v["visit_id"], v["band"]))) as fh:
-            for k in keys:
-                if k in fh.attrs:
-                    vals[k].append(int(fh.attrs[k]))
-    return {k: {"median": float(np.median(x)), "min": int(min(x)), "max": int(max(x))}
-            for k, x in vals.items() if x}
+    return status(rundir, tasks, j.events(), done, lost, RunLock.is_locked(rundir))
 
 
 def cmd_status(args):
+    from twinkles_hpc.rundir.status import format_status
     st = run_status(os.path.abspath(args.rundir))
-    if args.json:
-        print(json.dumps(st, indent=1))
-        return 0
-    state = "running" if st["running"] else ("complete" if st["complete"] else "incomplete")
-    print(f"{st['rundir']}: {st['name']}: {state}, {st['n_done']}/{st['n_tasks']} tasks done "
-          f"({st['starts']} start(s), last: {st['last_status']})")
-    for kind, k in st["tasks"].items():
-        print(f"  {kind:8s} {k['done']:6d} / {k['total']:6d}")
-    if st["checkpoints"]:
-        print(f"  mid-visit checkpoints: {', '.join(st['checkpoints'])}")
-    for f in st["failed"]:
-        print(f"  failed: rank {f['rank']} task {f['task']}: {f['message']}")
-    print(f"  {st['bytes_written'] / 1e6:.1f} MB written, {st['task_seconds']:.1f} task-seconds")
-    for k, v in st["per_visit"].items():
-        print(f"  per visit: {k:18s} median {v['median']:8.1f}  range {v['min']}..{v['max']}")
-    if st["calib_failed"]:
-        print(f"  calibration failed: {len(st['calib_failed'])} visit(s), skipped by coadd and forced photometry")
-        for vid, why in list(st["calib_failed"].items())[:5]:
-            print(f"    visit {vid}: {why}")
-    if st["database"]:
-        d = st["database"]
-        size = f", {d['bytes'] / 1e6:.1f} MB" if "bytes" in d else ""
-        print(f"  database {d.get('url', '')}{size}: " + (d["error"] if "error" in d else ", ".join(
-            f"{t} {n}" for t, n in d["tables"].items() if n) or "empty"))
-    if not st["complete"] and not st["running"]:
-        print("  resume with the same `twinkles-hpc run CONFIG -o RUNDIR` command")
+    print(json.dumps(st, indent=1) if args.json else format_status(st))
     return 0
 
 

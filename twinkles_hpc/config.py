@@ -61,17 +61,6 @@ class CadenceSection:
 
 
 @dataclass
-class SkySection:
-    radius: float = opt(0.3, "deg",
-                        "Radius of the static-sky catalogue around the pointing (covers every rotation).",
-                        lo=0.0, lo_open=True, hi=5.0)
-    star_mag_limit: float = opt(26.5, "mag", "Faintest star, r band AB.", lo=10.0, hi=32.0)
-    galaxy_mag_limit: float = opt(28.0, "mag", "Faintest galaxy (bulge + disk), r band AB.", lo=10.0, hi=32.0)
-    star_density_scale: float = opt(1.0, "", "Multiplier on the star number counts.", lo=0.0)
-    galaxy_density_scale: float = opt(1.0, "", "Multiplier on the galaxy number counts.", lo=0.0)
-
-
-@dataclass
 class SupernovaeSection:
     enabled: bool = opt(True, "", "Simulate type Ia supernovae in host galaxies (plus hostless twins).")
     rate_boost: float = opt(270.0, "",
@@ -94,12 +83,6 @@ class LensingSection:
 
 
 @dataclass
-class InstcatSection:
-    write: bool = opt(False, "",
-                      "Write a PhoSim instance catalogue per visit (instcat/phosim_cat_NNNNNNNN.txt).")
-
-
-@dataclass
 class SensorSection:
     nx: int = opt(instrument.SENSOR_NX, "pixel", "Sensor width (serial direction).", lo=16, hi=100_000)
     ny: int = opt(instrument.SENSOR_NY, "pixel", "Sensor height (parallel direction).", lo=16, hi=100_000)
@@ -107,74 +90,6 @@ class SensorSection:
     read_noise: float = opt(instrument.READ_NOISE, "e-", "Read noise per pixel, rms.", lo=0.0)
     dark_current: float = opt(instrument.DARK_CURRENT, "e-/s", "Dark current per pixel.", lo=0.0)
     full_well: float = opt(instrument.FULL_WELL, "e-", "Saturation level.", lo=0.0, lo_open=True)
-
-
-@dataclass
-class ImsimSection:
-    psf_fwhm_gradient: float = opt(0.05, "",
-                                   "Fractional growth of the PSF FWHM from sensor centre to corner.",
-                                   lo=0.0, hi=1.0)
-    psf_ellip_gradient: float = opt(0.02, "", "PSF ellipticity at the sensor corner.", lo=0.0, hi=0.5)
-    chunk_objects: int = opt(4000, "objects",
-                             "Objects rendered between mid-visit checkpoint opportunities.", lo=1)
-    checkpoint_interval: float = opt(120.0, "s",
-                                     "Write a mid-visit checkpoint after a chunk when this long has "
-                                     "passed since the last one (0 = after every chunk).", lo=0.0)
-    pointing_error: float = opt(1.0, "arcsec",
-                                "Rms telescope pointing error per axis: the image is rendered at the true "
-                                "pointing, the eimage header carries the nominal one.", lo=0.0)
-    rotation_error: float = opt(30.0, "arcsec", "Rms rotator (rotSkyPos) error.", lo=0.0)
-    compression: str = opt("none", "", "HDF5 compression of pixel planes.",
-                           choices=("none", "lzf", "gzip"))
-    fits: bool = opt(False, "", "Also write each eimage as FITS (with WCS) beside the HDF5 file.")
-    noise: bool = opt(True, "", "Add sky, Poisson and read noise (False: expected electrons, for tests).")
-    cosmic_ray_rate: float = opt(0.04, "1/cm^2/s",
-                                 "Cosmic-ray tracks per cm^2 of sensor per second of exposure, added when "
-                                 "noise = true (0 = none); ~2x the sea-level muon flux (docs/imsim.md).",
-                                 lo=0.0)
-
-
-@dataclass
-class Level2Section:
-    calibrate: bool = opt(False, "",
-                          "Calibrate every visit into a calexp (background, detection, astrometric and "
-                          "photometric calibration, PSF model) against the reference catalogue.")
-    coadd: bool = opt(False, "",
-                      "Coadd the calexps of each band on the skymap's patches (coadds/B/patch-I-J.h5); "
-                      "needs calibrate = true.")
-    memory_per_rank: int = opt(2 << 30, "bytes",
-                               "Memory budget of one coadd task (one rank): each patch is coadded in "
-                               "sub-regions sized so that the stack of their warps fits it (>= 16 MiB).",
-                               lo=16 << 20)
-    patch_size: int = opt(4000, "pixel", "Side of a skymap patch (the box it owns), at the sensor's pixel scale.",
-                          lo=16, hi=100_000)
-    patch_overlap: int = opt(100, "pixel", "Width each patch's coadd extends into its neighbours on every side.",
-                             lo=0)
-    coadd_statistic: str = opt("mean", "",
-                               "'mean' (inverse-variance weighted, sigma-clipped) or 'median' per pixel.",
-                               choices=("mean", "median"))
-    objects: bool = opt(False, "",
-                        "Detect, deblend and measure Objects on each patch's coadds (objects/patch-I-J.h5: "
-                        "multi-band detection, per-band coadd PSF, forced PSF and aperture fluxes, "
-                        "extendedness, detect_isPrimary); needs coadd = true.")
-    forced: bool = opt(False, "",
-                       "Forced photometry of every primary Object on every calexp (forced/vNNNNNNNN-B.h5, "
-                       "table forced_source: objectId, ccdVisitId, psFlux, psFlux_Sigma in nJy, flags, x, y); "
-                       "needs objects = true.")
-    ingest: bool = opt(False, "",
-                       "Ingest the run into the catalogue database ([database] url): CcdVisit, Object, "
-                       "ForcedSource, the truth tables and ObjectTruthMatch; needs forced = true.")
-
-
-@dataclass
-class DatabaseSection:
-    url: str = opt("", "",
-                   "Catalogue database of [level2] ingest: '' = sqlite:///RUNDIR/level2.sqlite, or "
-                   "mysql+pymysql://[user@]host[:port]/database; never a password (docs/database.md).")
-    batch_size: int = opt(50_000, "rows", "Rows per INSERT batch (a file's rows are one transaction).", lo=1)
-    match_radius: float = opt(1.0, "arcsec",
-                              "ObjectTruthMatch: every truth source this close to a primary Object is a match.",
-                              lo=0.0, lo_open=True, hi=60.0)
 
 
 @dataclass
@@ -213,26 +128,22 @@ class ValidateSection:
     sn_chi2_max: float = opt(3.0, "", "Largest median chi^2/dof of supernova light curves against the truth.",
                              lo=0.0, lo_open=True)
     rss_overhead_mb: float = opt(512.0, "MB",
-                                 "Allowance above level2.memory_per_rank for a coadd task's peak RSS (interpreter, "
+                                 "Allowance above coadd.memory_per_rank for a coadd task's peak RSS (interpreter, "
                                  "libraries, catalogues).", lo=0.0)
 
 
-@dataclass
-class Config:
-    run: RunSection = field(default_factory=RunSection)
-    cadence: CadenceSection = field(default_factory=CadenceSection)
-    sky: SkySection = field(default_factory=SkySection)
-    supernovae: SupernovaeSection = field(default_factory=SupernovaeSection)
-    lensing: LensingSection = field(default_factory=LensingSection)
-    instcat: InstcatSection = field(default_factory=InstcatSection)
-    sensor: SensorSection = field(default_factory=SensorSection)
-    imsim: ImsimSection = field(default_factory=ImsimSection)
-    level2: Level2Section = field(default_factory=Level2Section)
-    database: DatabaseSection = field(default_factory=DatabaseSection)
-    validate: ValidateSection = field(default_factory=ValidateSection, metadata=dict(outputs=False))
-    #: Directory the config file was read from; relative paths in it resolve against this.
-    base_dir: str = field(default=".", metadata=dict(internal=True))
-    path: str = field(default="<defaults>", metadata=dict(internal=True))
+#: Sections that belong to no stage, before the stages' sections; [validate] comes last.
+GLOBAL_SECTIONS = (("run", RunSection), ("cadence", CadenceSection), ("sensor", SensorSection),
+                   ("supernovae", SupernovaeSection), ("lensing", LensingSection))
+#: Sections of earlier versions: a config that still has one is told where its keys went.
+RENAMED_SECTIONS = {
+    "level2": "[calexp], [coadd], [objects], [forced] and [ingest] (each with enabled = true; "
+              "coadd_statistic is now [coadd] statistic)",
+    "imsim": "[visit]", "instcat": "[visit] (write is now instcat)", "database": "[ingest]"}
+
+
+class ConfigBase:
+    """Methods of the Config class (its sections are the global ones and the stages', config_class())."""
 
     def sections(self):
         return [(f.name, getattr(self, f.name)) for f in fields(self) if not f.metadata.get("internal")]
@@ -248,6 +159,32 @@ class Config:
 
     def resolve_path(self, p):
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
+
+
+_CONFIG_CLASS = None
+
+
+def config_class():
+    """The Config dataclass: the global sections, each stage's section (pipeline/registry.py) in pipeline
+    order, then [validate]; built once."""
+    global _CONFIG_CLASS
+    if _CONFIG_CLASS is None:
+        from twinkles_hpc.pipeline import registry
+        spec = [(name, cls, field(default_factory=cls)) for name, cls in GLOBAL_SECTIONS + tuple(registry.sections())]
+        spec.append(("validate", ValidateSection, field(default_factory=ValidateSection,
+                                                        metadata=dict(outputs=False))))
+        # directory the config file was read from (relative paths in it resolve against this), and its path
+        spec.append(("base_dir", str, field(default=".", metadata=dict(internal=True))))
+        spec.append(("path", str, field(default="<defaults>", metadata=dict(internal=True))))
+        _CONFIG_CLASS = dataclasses.make_dataclass("Config", spec, bases=(ConfigBase,))
+        _CONFIG_CLASS.__module__ = __name__
+    return _CONFIG_CLASS
+
+
+def __getattr__(name):
+    if name == "Config":
+        return config_class()
+    raise AttributeError(name)
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -287,28 +224,8 @@ def _validate(cfg):
     if c.source != "synthetic" and not os.path.exists(cfg.resolve_path(c.source)):
         raise InputError(p, "cadence.source", "'synthetic' or an existing OpSim CSV/SQLite file",
                          cfg.resolve_path(c.source))
-    L = cfg.level2
-    if L.coadd and not L.calibrate:
-        raise InputError(p, "level2.coadd", "false unless level2.calibrate = true (the coadd reads calexps)",
-                         L.coadd)
-    if L.objects and not L.coadd:
-        raise InputError(p, "level2.objects", "false unless level2.coadd = true (Objects are measured on the "
-                         "coadds)", L.objects)
-    if L.forced and not L.objects:
-        raise InputError(p, "level2.forced", "false unless level2.objects = true (forced photometry measures "
-                         "the Objects on the calexps)", L.forced)
-    if L.ingest and not L.forced:
-        raise InputError(p, "level2.ingest", "false unless level2.forced = true (the database holds the "
-                         "ForcedSource of every Object)", L.ingest)
-    if cfg.database.url:
-        from twinkles_hpc.store.db import check_url
-        try:
-            check_url(cfg.database.url)
-        except InputError as exc:
-            raise InputError(p, "database.url", exc.expected, exc.source) from None
-    if 2 * L.patch_overlap >= L.patch_size:
-        raise InputError(p, "level2.patch_overlap", f"a value < level2.patch_size / 2 ({L.patch_size / 2:g}) pixel",
-                         L.patch_overlap)
+    from twinkles_hpc.pipeline import registry
+    registry.check_config(cfg)
     V = cfg.validate
     if V.pa1_mag_max <= V.pa1_mag_min:
         raise InputError(p, "validate.pa1_mag_max", f"a value > validate.pa1_mag_min ({V.pa1_mag_min})",
@@ -321,9 +238,11 @@ def _validate(cfg):
 
 def from_dict(data, path="<dict>", base_dir="."):
     """Build a validated Config from a parsed TOML mapping."""
-    cfg = Config(base_dir=base_dir, path=str(path))
+    cfg = config_class()(base_dir=base_dir, path=str(path))
     known = dict(cfg.sections())
     for sec_name, sec_data in data.items():
+        if sec_name in RENAMED_SECTIONS and sec_name not in known:
+            raise InputError(path, sec_name, f"its keys in {RENAMED_SECTIONS[sec_name]}", "an old section")
         if sec_name not in known:
             raise InputError(path, sec_name, "a section among [" + "], [".join(known) + "]", "unknown section")
         if not isinstance(sec_data, dict):
@@ -363,7 +282,7 @@ def _toml_value(v):
 def defaults_toml():
     """Every field with its default, unit and doc, as a commented TOML file."""
     out = ["# twinkles-hpc configuration: every field, its default, unit and meaning.", ""]
-    for name, sec in Config().sections():
+    for name, sec in config_class()().sections():
         out.append(f"[{name}]")
         for f in fields(sec):
             m = f.metadata

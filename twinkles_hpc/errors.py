@@ -6,7 +6,11 @@ EXIT_BAD_INPUT = 2
 EXIT_RESUBMIT = 75
 
 
-class InputError(Exception):
+class TwinklesError(Exception):
+    """The base of every error twinkles-hpc raises on purpose (the CLI prints it as one line)."""
+
+
+class InputError(TwinklesError, ValueError):
     """Bad user input: a config file, an OpSim database, an instance catalogue, a command-line value.
 
     The message is one line that names the file, the field and what was expected.
@@ -20,9 +24,9 @@ class InputError(Exception):
         super().__init__(msg)
 
 
-class RunDirError(Exception):
+class RunDirError(TwinklesError):
     """The run directory cannot be used (locked by another run, or made by a different config)."""
 
 
-class Interrupted(Exception):
+class Interrupted(TwinklesError):
     """A task stopped on request (signal) after writing a checkpoint; rerunning resumes it."""

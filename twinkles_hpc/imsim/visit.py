@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from twinkles_hpc import __version__, instrument
 from twinkles_hpc.errors import Interrupted
-from twinkles_hpc.faults import int_fault
 from twinkles_hpc.imsim import cosmics as _cosmics
 from twinkles_hpc.imsim import noise as _noise
 from twinkles_hpc.imsim.psf import PSFModel
@@ -151,10 +149,10 @@ def true_pointing(spec: VisitSpec, cfg):
     arcsec), keyed by (run seed, visit id, STAGE_POINTING). The image is rendered with the true WCS;
     the eimage header carries the nominal one, which Level 2 calibrates against its reference stars."""
     g = np.random.default_rng([cfg.run.seed, spec.visit_id, STAGE_POINTING]).standard_normal(3)
-    e = cfg.imsim.pointing_error / 3600.0
+    e = cfg.visit.pointing_error / 3600.0
     dec = spec.dec + g[1] * e
     ra = spec.ra + g[0] * e / np.cos(np.deg2rad(dec))
-    rot = spec.rot_sky_pos + g[2] * cfg.imsim.rotation_error / 3600.0
+    rot = spec.rot_sky_pos + g[2] * cfg.visit.rotation_error / 3600.0
     return dataclasses.replace(spec, ra=float(ra), dec=float(dec), rot_sky_pos=float(rot))
 
 
@@ -190,15 +188,17 @@ class VisitCheckpoint:
 
 
 def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, should_stop=lambda: False,
-                   log=None, variables=None, var_mags=None, instcat_path=None):
+                   log=None, variables=None, var_mags=None, instcat_path=None, on_chunk=None, on_checkpoint=None):
     """Render, add noise and write one eimage. Returns {path: bytes} of what it wrote.
 
     `variables` (twinkles_hpc.sky.variables.VARIABLE_DTYPE) with `var_mags`, their magnitudes in this
     visit, add the supernovae and lensed quasar images. With `instcat_path`, the visit's PhoSim
     instance catalogue is written too. Raises Interrupted after writing a checkpoint when
-    should_stop() turns true between chunks.
+    should_stop() turns true between chunks. on_chunk(k), when given, is called after chunk k of several
+    and returns True to force a checkpoint; on_checkpoint(k) after that checkpoint is written (the test
+    seams of twinkles_hpc.testing.faults).
     """
-    sensor, im = cfg.sensor, cfg.imsim
+    sensor, im = cfg.sensor, cfg.visit
     true = true_pointing(spec, cfg)
     wcs = SensorWCS(true.ra, true.dec, true.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
     nominal = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
@@ -216,23 +216,19 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
         image = np.zeros((sensor.ny, sensor.nx), dtype=np.float64)
     elif log:
         log(f"visit {spec.visit_id}: resuming at chunk {start}/{n_chunks}")
-    kill_after, usr1_after = int_fault("kill_after_chunk"), int_fault("usr1_after_chunk")
     last_ckpt = time.time()
     for c in range(start, n_chunks):
         sl = slice(c * im.chunk_objects, (c + 1) * im.chunk_objects)
         render_chunk(image, src, sl, psf, wcs.jacobian)
         if c + 1 == n_chunks:
             break
-        if usr1_after == c + 1:
-            os.kill(os.getpid(), signal.SIGUSR1)
+        forced = bool(on_chunk(c + 1)) if on_chunk else False
         stop = should_stop()
-        if stop or time.time() - last_ckpt >= im.checkpoint_interval or kill_after == c + 1:
+        if stop or time.time() - last_ckpt >= im.checkpoint_interval or forced:
             ckpt.save(image, c + 1)
             last_ckpt = time.time()
-            marker = os.path.join(os.path.dirname(ckpt_path), "fault-injected")
-            if kill_after == c + 1 and not os.path.exists(marker):
-                open(marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
+            if on_checkpoint:
+                on_checkpoint(c + 1)
             if stop:
                 raise Interrupted(f"visit {spec.visit_id} checkpointed at chunk {c + 1}/{n_chunks}")
     sky_e = _noise.sky_electrons(spec.sky_brightness, spec.band, spec.exptime,

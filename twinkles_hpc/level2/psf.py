@@ -251,3 +251,8 @@ def estimate_psf(image, variance, x, y, *, nx=None, ny=None, order=1, K=K_COMPON
     w = np.exp(wl) / np.exp(wl).sum()
     return MixturePSF(w, rel, coefs[0], coefs[1], coefs[2], order, nx, ny), {
         "n_stars": int(len(x)), "n_used": int(keep.sum())}
+
+
+def fwhm_from_json(psf_json, x, y):
+    """FWHM (pixels) at one sensor position of a PSF model stored as JSON (a calexp's `psf` attribute)."""
+    return float(MixturePSF.from_dict(json.loads(psf_json)).fwhm_at(np.array([x]), np.array([y]))[0])

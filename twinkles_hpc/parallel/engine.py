@@ -22,23 +22,15 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 
 from twinkles_hpc.errors import Interrupted
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.rundir.task import Task  # noqa: F401  (the engine runs Tasks)
 
 TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN = range(11, 18)
 #: Longest sleep between polls (s): bounds the latency of handing out work; a waiting rank wakes
 #: at most 1/MAX_POLL_SLEEP times a second, a negligible load.
 MAX_POLL_SLEEP = 0.005
-
-
-@dataclass(order=False)
-class Task:
-    id: str
-    kind: str
-    cost: float = 1.0                 # predicted cost, relative units (for LPT ordering and the ETA)
-    deps: tuple = ()
-    params: dict = field(default_factory=dict)
 
 
 class StopFlag:
@@ -200,7 +192,7 @@ class Engine:
         self.comm, self.rundir, self.execute, self.journal = comm, rundir, execute, journal
         self.out, self.progress_interval = out, progress_interval
         self.stop = StopFlag().install()
-        self.trace_path = os.path.join(rundir, "trace.jsonl")
+        self.trace_path = os.path.join(rundir, layout.TRACE)
 
     # -- rank 0 -------------------------------------------------------------------------------
     def _record(self, tid, outputs, rec):
@@ -209,9 +201,9 @@ class Engine:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
 
     def _fail(self, rank, tid, message, tb):
-        where = f"traceback in {os.path.join(self.rundir, 'failures.log')}"
+        where = f"traceback in {os.path.join(self.rundir, layout.FAILURES)}"
         try:
-            with open(os.path.join(self.rundir, "failures.log"), "a", encoding="utf-8") as fh:
+            with open(os.path.join(self.rundir, layout.FAILURES), "a", encoding="utf-8") as fh:
                 fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} rank {rank} task {tid}\n{tb}\n")
             self.journal.append("failed", task=tid, rank=rank, message=message)
         except OSError as e:            # e.g. the disk is full: the failure is still reported, with its traceback
@@ -253,7 +245,10 @@ class Engine:
             self._record(task.id, outputs, rec)
             sched.complete(task.id)
             prog.update(task.cost, force=not sched.ready)
-        return "complete" if not sched.pending else "interrupted"
+        if sched.pending:
+            raise RuntimeError(f"task graph cannot progress: {len(sched.pending)} tasks wait on dependencies "
+                               "that are not in the graph")
+        return "complete"
 
     def _schedule(self, sched, prog):
         comm = self.comm

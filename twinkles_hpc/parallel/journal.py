@@ -7,27 +7,14 @@ import json
 import os
 import time
 
-
-def read_jsonl(path):
-    """The JSON objects of a JSON-lines file (the journal, trace.jsonl), skipping blank lines and a torn
-    line that a killed run left; [] when the file does not exist."""
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return out
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.rundir.jsonl import read_jsonl
 
 
 class Journal:
     def __init__(self, rundir):
         self.rundir = rundir
-        self.path = os.path.join(rundir, "journal.jsonl")
+        self.path = os.path.join(rundir, layout.JOURNAL)
 
     def append(self, event, **fields):
         rec = {"event": event, "time": round(time.time(), 3), **fields}

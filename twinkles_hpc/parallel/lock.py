@@ -10,11 +10,12 @@ import socket
 import time
 
 from twinkles_hpc.errors import RunDirError
+from twinkles_hpc.rundir import layout
 
 
 class RunLock:
     def __init__(self, rundir):
-        self.path = os.path.join(rundir, ".lock")
+        self.path = os.path.join(rundir, layout.LOCK)
         self.fh = None
 
     def acquire(self):
@@ -49,7 +50,7 @@ class RunLock:
 
     @staticmethod
     def is_locked(rundir):
-        path = os.path.join(rundir, ".lock")
+        path = os.path.join(rundir, layout.LOCK)
         if not os.path.exists(path):
             return False
         with open(path, "a+") as fh:

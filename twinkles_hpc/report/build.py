@@ -15,6 +15,7 @@ import numpy as np
 
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.instrument import mag_to_njy
+from twinkles_hpc.pipeline import registry
 from twinkles_hpc.report import html as H
 from twinkles_hpc.report import images, objects, plots
 from twinkles_hpc.report.data import BANDS, RunData
@@ -211,8 +212,8 @@ def _page_task(job):
 
 def _overview(run, ctx, summary, _):
     c = run.config
-    l2 = c.get("level2", {})
-    stages = ", ".join(k for k in ("calibrate", "coadd", "objects", "forced", "ingest") if l2.get(k)) or "none (simulation only)"
+    stages = ", ".join(s.name for s in registry.STAGES if s.optional and c.get(s.name, {}).get("enabled")) or \
+        "none (simulation only)"
     rows = [("run directory", H.esc(run.rundir)), ("sensor (pixels)", f"{c['sensor']['nx']} x {c['sensor']['ny']}"),
             ("visits", len(run.visits) if run.visits is not None else "&ndash;"),
             ("Level 2 stages", H.esc(stages)),
@@ -258,7 +259,7 @@ def _cadence(run, ctx, summary, _):
 def _coadds(run, ctx, summary, _):
     patches = ctx.coadds
     if not patches:
-        return H.note("no coadds in this run ([level2] coadd = false, or the coadd tasks have not run)")
+        return H.note("no coadds in this run ([coadd] enabled = false, or the coadd tasks have not run)")
     os.makedirs(os.path.join(ctx.out, "coadds"))
     figs, noises, planes, info = [], {}, {}, {}
     allpaths = [p for ps in patches.values() for p in ps]

@@ -10,7 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.parallel.journal import read_jsonl
+from twinkles_hpc.rundir import layout, read_jsonl
 from twinkles_hpc.store import db, schema
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.lightcurve import open_database, with_magnitudes
@@ -30,7 +30,7 @@ class RunData:
         self.rundir = os.path.abspath(rundir)
         if not os.path.isdir(self.rundir):
             raise InputError(self.rundir, "run directory", "an existing twinkles-hpc run directory", "not found")
-        cj = os.path.join(self.rundir, "config.json")
+        cj = os.path.join(self.rundir, layout.CONFIG_JSON)
         if not os.path.isfile(cj):
             raise InputError(cj, "file", "the run's config (a twinkles-hpc run directory)", "missing")
         with open(cj) as fh:
@@ -45,7 +45,7 @@ class RunData:
         return os.path.join(self.rundir, *parts)
 
     def _visits(self):
-        p = self.path("visits.h5")
+        p = self.path(layout.VISITS)
         if not os.path.exists(p):
             self.missing["visits"] = f"no cadence: {p} not found"
             return None
@@ -54,7 +54,7 @@ class RunData:
         return v[np.argsort(v["mjd"], kind="stable")]
 
     def _trace(self):
-        p = self.path("trace.jsonl")
+        p = self.path(layout.TRACE)
         if not os.path.exists(p):
             self.missing["trace"] = f"no trace: {p} not found"
             return None

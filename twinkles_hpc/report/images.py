@@ -9,6 +9,7 @@ from astropy.wcs import WCS
 from matplotlib.image import imsave
 from scipy.ndimage import map_coordinates
 
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 
 #: Largest side of a band's coadd mosaic, pixels (block-averaged down to it).
@@ -56,10 +57,14 @@ def block_mean(ds, factor):
 
 
 def coadd_patches(rundir):
-    """{band: [coadds/B/patch-I-J.h5, ...]} of the run's coadds (the detection coadd 'det' included)."""
+    """{band: [coadd/B/patch-I-J.h5, ...]} of the run's coadds, and under 'det' the detection coadds
+    (objects/detection-I-J.h5)."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(rundir, "coadds", "*", "patch-*.h5"))):
+    for path in sorted(glob.glob(os.path.join(rundir, layout.COADD_GLOB))):
         out.setdefault(os.path.basename(os.path.dirname(path)), []).append(path)
+    det = sorted(glob.glob(os.path.join(rundir, layout.DETECTION_COADD_GLOB)))
+    if det:
+        out["det"] = det
     return out
 
 
@@ -178,7 +183,7 @@ class CalexpStamps:
                 np.array(cdinv).reshape(-1, 2, 2), np.array(size).reshape(-1, 2))
 
     def path(self, visit_id, band):
-        return os.path.join(self.rundir, "calexps", f"v{int(visit_id):08d}-{band}.h5")
+        return os.path.join(self.rundir, layout.calexp(visit_id, band))
 
     def cutout(self, visit_id, band, ra, dec, half=15):
         """(image, noise) of a (2 half + 1)^2 pixel stamp centred on (ra, dec), resampled (bilinear, through

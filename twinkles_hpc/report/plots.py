@@ -5,6 +5,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from twinkles_hpc.pipeline import registry
 from twinkles_hpc.report.data import BAND_COLOURS, BANDS
 
 DPI = 80
@@ -160,8 +161,7 @@ def completeness(path, bins):
     _save(fig, path)
 
 
-KIND_COLOURS = {"sky": "#4c72b0", "variables": "#8172b2", "visit": "#55a868", "calexp": "#c44e52",
-                "coadd": "#dd8452", "objects": "#937860", "forced": "#da8bc3", "ingest": "#8c8c8c"}
+KIND_COLOURS = registry.colours()
 
 
 def gantt(path, records, util):

@@ -1,6 +1,6 @@
 """The cadence: Run 1 visit rules, subsampling, and a synthetic Run 1-like visit list.
 
-OpSim output itself is read by twinkles_hpc.sky.opsim; read_opsim is importable from here too.
+OpSim output itself is read by twinkles_hpc.sky.opsim.
 Units as in twinkles_hpc.sky.visits; see docs/cadence.md.
 """
 import numpy as np
@@ -9,7 +9,6 @@ from twinkles_hpc.errors import InputError
 from twinkles_hpc.instrument import BANDS, FIELD_DEC, FIELD_RA, K_ATM, check_band, fwhm_geom
 from twinkles_hpc.sky.ephemeris import (
     altitude, angular_separation, moon_alt_phase, moon_ephemeris, parallactic_angle, sun_altitude)
-from twinkles_hpc.sky.opsim import read_opsim  # noqa: F401  (callers import it from here)
 from twinkles_hpc.sky.visits import DEFAULT_EXPTIME, VISIT_DTYPE
 
 #: Run 1 visit counts per band (SCIENCE.md section 2): the synthetic default.

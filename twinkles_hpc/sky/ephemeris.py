@@ -78,7 +78,7 @@ def moon_ephemeris(mjd):
 def moon_alt_phase(mjd):
     """Topocentric Moon altitude (degrees) and phase (percent illuminated) at the site.
 
-    Matches the Run 1 OpSim moonAlt to 0.4 deg and moonPhase to 0.8 percent.
+    Matches the Run 1 OpSim moonAlt to 0.4 deg and moonPhase to 0.9 percent.
     """
     return moon_ephemeris(mjd)[:2]
 

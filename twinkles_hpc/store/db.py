@@ -18,10 +18,11 @@ from twinkles_hpc.instrument import mag_to_njy
 from twinkles_hpc.store import schema
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
+from twinkles_hpc.rundir import layout
 
 ENV_USER, ENV_PASSWORD = "TWINKLES_DB_USER", "TWINKLES_DB_PASSWORD"
 ENV_OPTION_FILE = "TWINKLES_DB_OPTION_FILE"
-SQLITE_NAME = "level2.sqlite"
+SQLITE_NAME = layout.SQLITE
 _NO_PASSWORD = (f"no password in the URL: set {ENV_PASSWORD} (and {ENV_USER}) or put user and "
                 f"password in the [client] section of a MySQL option file ({ENV_OPTION_FILE} or ~/.my.cnf)")
 
@@ -254,9 +255,9 @@ def ingest_truth(engine, rundir, *, batch_size=50_000, on_batch=None):
     (each table or file one transaction; rerunning inserts only what is missing). Returns
     {table name: rows inserted}."""
     counts = {}
-    path = os.path.join(rundir, "truth.h5")
+    path = os.path.join(rundir, layout.TRUTH)
     if not os.path.isfile(path):
-        raise InputError(rundir, "truth.h5", "a run directory with truth.h5")
+        raise InputError(rundir, layout.TRUTH, f"a run directory with {layout.TRUTH}")
     with open_read(path) as fh:
         for dataset, (table, names) in schema.TRUTH_H5.items():
             if dataset in fh:
@@ -265,7 +266,7 @@ def ingest_truth(engine, rundir, *, batch_size=50_000, on_batch=None):
                 counts[table.name] = ingest(engine, table.name, cols, batch_size=batch_size, on_batch=on_batch)
     flux = schema.TruthVariableFlux.name
     counts[flux] = 0
-    for p in sorted(glob.glob(os.path.join(rundir, "variables", "truth-*.h5"))):
+    for p in sorted(glob.glob(os.path.join(rundir, layout.VARIABLES_TRUTH_GLOB))):
         with open_read(p) as fh:
             t = read_table(fh["truth"])
         names = schema.TRUTH_FLUX_COLUMNS

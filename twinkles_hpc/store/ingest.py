@@ -7,7 +7,6 @@ step that was killed half-way is completed by running it again, and the result i
 an uninterrupted run. The task graph (parallel/campaign.py) chains the steps so that only one process
 writes at a time (SQLite allows one writer). See docs/database.md.
 """
-import json
 
 import numpy as np
 import sqlalchemy as sa
@@ -22,19 +21,19 @@ RAFT_NAME, CCD_NAME = "R22", "S11"
 
 # ---- CcdVisit ------------------------------------------------------------------------------------------
 
-def ccd_visit_row(calexp_path):
+def ccd_visit_row(calexp_path, psf_fwhm):
     """The CcdVisit row of one calexp (a dict of scalars), from its attributes only (no pixels read).
 
     obsStart is the visit's MJD (OpSim's start of exposure), expMidpt adds half the exposure; ra/decl are
     the fitted WCS at the sensor centre; zenithDistance = arccos(1 / airmass) (plane-parallel); seeing is
-    the PSF model's FWHM at the sensor centre; skyBg the median background (e-/pixel) and skyNoise its
-    noise per pixel, sqrt(skyBg / gain + read_noise^2), as calibrate's variance plane models it.
+    the PSF model's FWHM at the sensor centre, `psf_fwhm(psf_json, x, y)` in pixels (the caller knows the
+    PSF model: the store knows formats, not algorithms); skyBg the median background (e-/pixel) and skyNoise
+    its noise per pixel, sqrt(skyBg / gain + read_noise^2), as calibrate's variance plane models it.
     """
     from astropy.io import fits
     from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
 
-    from twinkles_hpc.level2.psf import MixturePSF
     with open_read(calexp_path) as fh:
         a = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in fh.attrs.items()}
         ny, nx = fh["image"].shape
@@ -42,7 +41,7 @@ def ccd_visit_row(calexp_path):
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     ra, dec = (float(v) for v in wcs.all_pix2world([[cx, cy]], 0)[0])
     scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial))) * 3600.0
-    fwhm = float(MixturePSF.from_dict(json.loads(a["psf"])).fwhm_at(np.array([cx]), np.array([cy]))[0])
+    fwhm = float(psf_fwhm(a["psf"], cx, cy))
     mjd, exptime = float(a["mjd"]), float(a["exptime"])
     sky = float(a.get("background_level", np.nan))
     return dict(ccdVisitId=int(a["visit_id"]), visitId=int(a["visit_id"]), raftName=RAFT_NAME,
@@ -54,9 +53,9 @@ def ccd_visit_row(calexp_path):
                 flags=0)
 
 
-def ingest_ccd_visits(engine, calexp_paths, *, batch_size=50_000, on_batch=None):
+def ingest_ccd_visits(engine, calexp_paths, psf_fwhm, *, batch_size=50_000, on_batch=None):
     """CcdVisit rows of every calexp, one transaction (a row is ~200 bytes: a million visits fit)."""
-    rows = [ccd_visit_row(p) for p in calexp_paths]
+    rows = [ccd_visit_row(p, psf_fwhm) for p in calexp_paths]
     if not rows:
         return 0
     cols = {k: np.array([r[k] for r in rows]) for k in rows[0]}

@@ -17,19 +17,20 @@ import sqlalchemy as sa
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.instrument import njy_to_mag
 from twinkles_hpc.store import db, schema
+from twinkles_hpc.rundir import layout
 
 LEVEL2_TABLES = ("CcdVisit", "Object", "ForcedSource")
 
 
 def database_url(rundir):
-    """The URL of a run directory's database: its [database] url, else sqlite:///RUNDIR/level2.sqlite."""
-    cj = os.path.join(rundir, "config.json")
+    """The URL of a run directory's database: its [ingest] url, else sqlite:///RUNDIR/level2.sqlite."""
+    cj = os.path.join(rundir, layout.CONFIG_JSON)
     if not os.path.isdir(rundir):
         raise InputError(rundir, "run directory", "an existing directory")
     url = ""
     if os.path.exists(cj):
         with open(cj) as fh:
-            url = json.load(fh).get("database", {}).get("url", "")
+            url = json.load(fh).get("ingest", {}).get("url", "")
     return url or db.sqlite_url(rundir)
 
 
@@ -39,8 +40,8 @@ def open_database(rundir=None, url=None):
     u = db.check_url(url)
     shown = u.render_as_string(hide_password=True)
     if u.get_backend_name() == "sqlite" and not (u.database and os.path.isfile(u.database)):
-        raise InputError(u.database or shown, "database", "an ingested SQLite database (run with [level2] "
-                         "ingest = true)", "no such file")
+        raise InputError(u.database or shown, "database", "an ingested SQLite database (run with [ingest] "
+                         "enabled = true)", "no such file")
     engine = db.connect(url)
     try:
         present = set(sa.inspect(engine).get_table_names())

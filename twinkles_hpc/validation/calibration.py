@@ -7,6 +7,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from twinkles_hpc import instrument
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.validation import metrics
 from twinkles_hpc.validation.products import need, null_metric, read_attrs
 
@@ -35,17 +36,17 @@ def wcs_offset_mas(fitted_header, true_header, nx, ny, n=WCS_GRID):
 def calibration(rundir, visits, cfg):
     """Per band: zero point and WCS offsets of each calexp from its eimage's truth, their median and max.
     A visit whose calibration failed (calexp attribute calib_ok = False) is listed with its reason."""
-    if not cfg.level2.calibrate:
-        return null_metric("no calexps: [level2] calibrate = false")
+    if not cfg.calexp.enabled:
+        return null_metric("no calexps: [calexp] enabled = false")
     per_band, failed = {}, {}
     for v in visits:
-        name = f"v{int(v['visit_id']):08d}-{v['band']}.h5"
         b = str(v["band"])
-        c = read_attrs(need(os.path.join(rundir, "calexps", name), "a calexp ([level2] calibrate = true)"))
+        c = read_attrs(need(os.path.join(rundir, layout.calexp(v["visit_id"], b)),
+                            "a calexp ([calexp] enabled = true)"))
         if not c.get("calib_ok", True):
             failed.setdefault(b, []).append({"visit_id": int(v["visit_id"]), "reason": c.get("calib_failure", "")})
             continue
-        e = read_attrs(need(os.path.join(rundir, "eimages", name), "the eimage of a calibrated visit"))
+        e = read_attrs(need(os.path.join(rundir, layout.eimage(v["visit_id"], b)), "the eimage of a calibrated visit"))
         zp = 1e3 * (float(c["zero_point"]) - true_zero_point(e))
         mean, worst = wcs_offset_mas(c["wcs"], e["true_wcs"], cfg.sensor.nx, cfg.sensor.ny)
         per_band.setdefault(b, []).append(

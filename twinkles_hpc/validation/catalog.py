@@ -10,6 +10,7 @@ from twinkles_hpc import instrument
 from twinkles_hpc.validation import metrics
 from twinkles_hpc.validation.match import brightest_within, has_neighbour, tangent_arcsec
 from twinkles_hpc.instrument import mag_to_njy, njy_to_mag
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.validation.products import galaxy_mag, null_metric, read_h5_table
 
 #: Isolation for photometric residuals: no other truth source within this radius (arcsec) ...
@@ -234,7 +235,7 @@ def supernovae(rundir, truth, objs, forced, V):
     if forced is None:
         return null_metric("no forced photometry: [level2] forced = false")
     true, peak = {}, {}
-    for path in sorted(glob.glob(os.path.join(rundir, "variables", "truth-*.h5"))):
+    for path in sorted(glob.glob(os.path.join(rundir, layout.VARIABLES_TRUTH_GLOB))):
         t = read_h5_table(path, "truth")
         t = t[np.isin(t["source_id"], sne["id"])]
         for s, v, f in zip(t["source_id"].tolist(), t["visit_id"].tolist(), t["flux_njy"].tolist()):

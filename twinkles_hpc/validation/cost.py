@@ -8,10 +8,10 @@ import os
 import numpy as np
 
 from twinkles_hpc import instrument
-from twinkles_hpc.parallel.journal import read_jsonl
+from twinkles_hpc.pipeline import registry
+from twinkles_hpc.pipeline.stage import AMORTISED, PER_VISIT
+from twinkles_hpc.rundir import layout, read_jsonl
 
-#: Level 2 stages, in pipeline order: per-visit stages and stages amortized over all visits.
-PER_VISIT, AMORTIZED = ("calexp", "forced"), ("coadd", "objects")
 FULL_SENSOR_PIXELS = instrument.SENSOR_NX * instrument.SENSOR_NY
 
 
@@ -26,7 +26,7 @@ def read_trace(path):
 
 
 def run_cost(rundir, cfg, n_visits, V):
-    path = os.path.join(rundir, "trace.jsonl")
+    path = os.path.join(rundir, layout.TRACE)
     if not os.path.exists(path):
         why = {"value": None, "reason": f"no trace: {path} not found"}
         return {"level2_seconds_per_visit": why, "coadd_peak_rss": why}
@@ -36,14 +36,16 @@ def run_cost(rundir, cfg, n_visits, V):
         secs.setdefault(r["kind"], []).append(r["end"] - r["start"])
     scale = FULL_SENSOR_PIXELS / (cfg.sensor.nx * cfg.sensor.ny)
     stages, total = {}, 0.0
-    for kind in PER_VISIT + AMORTIZED:
+    classes = registry.cost_classes()
+    per_visit, amortised = classes.get(PER_VISIT, ()), classes.get(AMORTISED, ())
+    for kind in per_visit + amortised:
         s = secs.get(kind)
         if not s:
             stages[kind] = {"value": None, "reason": f"no {kind} tasks in the trace (stage off or not run)"}
             continue
-        per = sum(s) / (len(s) if kind in PER_VISIT else max(n_visits, 1))
+        per = sum(s) / (len(s) if kind in per_visit else max(n_visits, 1))
         stages[kind] = {"seconds": per, "full_sensor_seconds": per * scale, "n_tasks": len(s),
-                        "basis": "mean per task" if kind in PER_VISIT else f"total / {n_visits} visits"}
+                        "basis": "mean per task" if kind in per_visit else f"total / {n_visits} visits"}
         total += per
     out = {"level2_seconds_per_visit": {
         "stages": stages, "total": total, "full_sensor_total": total * scale,
@@ -59,14 +61,14 @@ def run_cost(rundir, cfg, n_visits, V):
     # the task's own growth: its peak over the worker's resident size when it started (caches of earlier
     # stages, the interpreter), when the trace has it
     own = [r["peak_rss_mb"] - r["start_rss_mb"] for r in coadd if "start_rss_mb" in r]
-    budget = cfg.level2.memory_per_rank / 2 ** 20
+    budget = cfg.coadd.memory_per_rank / 2 ** 20
     gated = own if len(own) == len(rss) else rss
     out["coadd_peak_rss"] = (
         {"max_mb": float(max(gated)), "process_max_mb": float(max(rss)), "median_mb": float(np.median(gated)),
          "n_tasks": len(rss), "budget_mb": budget, "limit_mb": budget + V.rss_overhead_mb,
          "basis": "peak - start RSS of each task" if gated is own else "peak RSS of the process",
          "note": "peak RSS (VmHWM, MiB, reset per task) of each coadd task over the worker's RSS when it started "
-                 "(process_max_mb: the whole process); the budget ([level2] memory_per_rank) bounds the warp "
+                 "(process_max_mb: the whole process); the budget ([coadd] memory_per_rank) bounds the warp "
                  "stack, validate.rss_overhead_mb allows for the rest"}
         if rss else {"value": None, "reason": "no coadd tasks with peak RSS in the trace"})
     return out

@@ -8,16 +8,16 @@ from twinkles_hpc.errors import InputError
 def database_counts(rundir, cfg, url, expected):
     """{"url", "counts", "expected", "difference"} for the tables in `expected` ({table: rows or None}), or a
     null record when there is no database to look at. url None: the run's own database if it ingested one
-    ([level2] ingest = true: [database] url, else RUNDIR/level2.sqlite, which must exist)."""
+    ([ingest] enabled = true: [ingest] url, else RUNDIR/level2.sqlite, which must exist)."""
     from twinkles_hpc.store import db
     if url is None:
-        if not getattr(cfg.level2, "ingest", False):
-            return {"value": None, "reason": "no database: give --db URL, or run with [level2] ingest = true"}
-        url = getattr(cfg.database, "url", "") or None
+        if not cfg.ingest.enabled:
+            return {"value": None, "reason": "no database: give --db URL, or run with [ingest] enabled = true"}
+        url = cfg.ingest.url or None
         if url is None:
             path = os.path.join(rundir, db.SQLITE_NAME)
             if not os.path.exists(path):
-                raise InputError(path, "file", "the run's database ([level2] ingest = true)", "missing")
+                raise InputError(path, "file", "the run's database ([ingest] enabled = true)", "missing")
     engine = db.connect(url, rundir=rundir)
     try:
         counts = db.table_counts(engine)

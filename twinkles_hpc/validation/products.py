@@ -3,7 +3,6 @@
 A product the run's config says must exist but does not raises InputError naming the file (exit 2).
 """
 import glob
-import json
 import os
 
 import numpy as np
@@ -12,7 +11,9 @@ from astropy.wcs import WCS
 
 from twinkles_hpc import config as config_mod
 from twinkles_hpc import instrument
+from twinkles_hpc import rundir as rundir_mod
 from twinkles_hpc.errors import InputError
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
@@ -41,9 +42,8 @@ def load_config(rundir, thresholds_toml=None):
     """The run's config (config.json); [validate] from `thresholds_toml` when given."""
     if not os.path.isdir(rundir):
         raise InputError(rundir, "run directory", "an existing twinkles-hpc run directory", "not found")
-    cj = need(os.path.join(rundir, "config.json"), "the run's config (a twinkles-hpc run directory)")
-    with open(cj) as fh:
-        cfg = config_mod.from_dict(json.load(fh), path=cj, base_dir=rundir)
+    need(os.path.join(rundir, layout.CONFIG_JSON), "the run's config (a twinkles-hpc run directory)")
+    cfg = rundir_mod.load_config(rundir)
     if thresholds_toml:
         cfg.validate = config_mod.load(thresholds_toml).validate
     return cfg
@@ -56,7 +56,7 @@ def galaxy_mag(g, band):
 
 
 def read_truth(rundir):
-    path = need(os.path.join(rundir, "truth.h5"), "the truth catalogues (task sky)")
+    path = need(os.path.join(rundir, layout.TRUTH), "the truth catalogues (stage sky)")
     with open_read(path) as fh:
         t = {k: read_table(fh[k]) for k in ("stars", "galaxies", "supernovae", "lensed_images") if k in fh}
         t["ra0"], t["dec0"] = float(fh.attrs["ra"]), float(fh.attrs["dec"])
@@ -65,11 +65,11 @@ def read_truth(rundir):
 
 def read_objects(rundir, cfg):
     """Primary Objects of every patch (the union has each source once)."""
-    if not cfg.level2.objects:
+    if not cfg.objects.enabled:
         return None
-    paths = sorted(glob.glob(os.path.join(rundir, "objects", "patch-*.h5")))
+    paths = sorted(glob.glob(os.path.join(rundir, layout.OBJECTS_GLOB)))
     if not paths:
-        need(os.path.join(rundir, "objects", "patch-I-J.h5"), "Object tables ([level2] objects = true)")
+        need(os.path.join(rundir, layout.OBJECTS_GLOB), "Object tables ([objects] enabled = true)")
     parts = [read_h5_table(p, "objects") for p in paths]
     bands = [b for b in instrument.BANDS if f"{b}PsFlux" in parts[0].dtype.names]
     cols = ["objectId", "psRa", "psDecl", "extendedness", "detect_isPrimary"] + [
@@ -85,7 +85,7 @@ class Coverage:
 
     def __init__(self, rundir):
         planes = {}
-        for path in sorted(glob.glob(os.path.join(rundir, "coadds", "*", "patch-*.h5"))):
+        for path in sorted(glob.glob(os.path.join(rundir, layout.COADD_GLOB))):
             with open_read(path) as fh:
                 a = {k: fh.attrs[k] for k in ("wcs", "bbox", "inner_bbox")}
                 n = fh["n_visits"][...] > 0
@@ -115,12 +115,12 @@ class Coverage:
 def read_sources(rundir, visits, cfg):
     """Every calibrated visit's calexp source table: (list of (visit_id, band, table), reason or None).
     Failed calibrations have none and are left out; the reason says why nothing could be read."""
-    if not cfg.level2.calibrate:
-        return [], "no calexps: [level2] calibrate = false"
+    if not cfg.calexp.enabled:
+        return [], "no calexps: [calexp] enabled = false"
     out, old = [], 0
     for v in visits:
-        name = f"v{int(v['visit_id']):08d}-{v['band']}.h5"
-        with open_read(need(os.path.join(rundir, "calexps", name), "a calexp ([level2] calibrate = true)")) as fh:
+        path = os.path.join(rundir, layout.calexp(v["visit_id"], v["band"]))
+        with open_read(need(path, "a calexp ([calexp] enabled = true)")) as fh:
             if not fh.attrs.get("calib_ok", True):
                 continue
             if "sources" not in fh:
@@ -135,11 +135,11 @@ def read_sources(rundir, visits, cfg):
 
 def read_forced(rundir, visits, cfg):
     """Every visit's forced_source rows, with the visit's band: dict band -> structured array."""
-    if not cfg.level2.forced:
+    if not cfg.forced.enabled:
         return None
     out = {}
     for v in visits:
-        name = f"v{int(v['visit_id']):08d}-{v['band']}.h5"
-        path = need(os.path.join(rundir, "forced", name), "forced photometry ([level2] forced = true)")
+        path = need(os.path.join(rundir, layout.forced(v["visit_id"], v["band"])),
+                    "forced photometry ([forced] enabled = true)")
         out.setdefault(str(v["band"]), []).append(read_h5_table(path, "forced_source"))
     return {b: np.concatenate(parts) for b, parts in out.items()}

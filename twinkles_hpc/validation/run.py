@@ -6,6 +6,7 @@ nothing. A product the run's config says must exist but does not is bad input (I
 """
 import os
 
+from twinkles_hpc.rundir import layout
 from twinkles_hpc.validation import catalog, cost, products
 from twinkles_hpc.validation.calibration import calibration
 from twinkles_hpc.validation.catalog import BIN_WIDTH
@@ -80,14 +81,14 @@ def validate_run(rundir, thresholds_toml=None, db_url=None):
     rundir = os.path.abspath(rundir)
     cfg = products.load_config(rundir, thresholds_toml)
     V = cfg.validate
-    visits = read_h5_table(need(os.path.join(rundir, "visits.h5"), "the run's cadence (visits.h5)"), "visits")
+    visits = read_h5_table(need(os.path.join(rundir, layout.VISITS), "the run's cadence (visits.h5)"), "visits")
     truth = products.read_truth(rundir)
     rep = {"rundir": rundir, "thresholds": {k: getattr(V, k) for k in V.__dataclass_fields__},
            "calibration": calibration(rundir, visits, cfg)}
     got = products.read_objects(rundir, cfg)
     objs, forced, cov = None, None, None
     if got is None:
-        why = null_metric("no Objects: [level2] objects = false")
+        why = null_metric("no Objects: [objects] enabled = false")
         rep.update(detection=why, photometry=why, pa1=why, supernovae=why)
     else:
         objs, bands = got
@@ -102,7 +103,7 @@ def validate_run(rundir, thresholds_toml=None, db_url=None):
     rep["cost"] = cost.run_cost(rundir, cfg, len(visits), V)
     rep["database"] = database_counts(rundir, cfg, db_url, {
         "CcdVisit": (sum(c.get("n_visits", 0) for c in rep["calibration"].values())   # calibrated ones
-                     if cfg.level2.calibrate else None),
+                     if cfg.calexp.enabled else None),
         "Object": len(objs) if objs is not None else None,
         "ForcedSource": sum(len(f) for f in forced.values()) if forced is not None else None})
     rep["checks"] = checks(rep, V)

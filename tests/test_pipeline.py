@@ -1,0 +1,133 @@
+"""The stage registry: one word per stage across config, task, folder and module; the task graph derived
+from the stages' declarations and checked when built (a missing dependency or a cycle is an error naming
+the tasks, exit 1 on 1 and 3 ranks, never 75); config checks between stages."""
+import ast
+from pathlib import Path
+
+import pytest
+from conftest import MPIEXEC, TINY_TOML, cli
+
+from twinkles_hpc import config
+from twinkles_hpc.errors import InputError
+from twinkles_hpc.pipeline import registry
+from twinkles_hpc.pipeline.setup import plan
+from twinkles_hpc.pipeline.stage import GraphError, Stage, Upstream, check_graph
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.rundir.task import Task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_one_word_per_stage():
+    names = [s.name for s in registry.STAGES]
+    assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "ingest"]
+    stages_dir = ROOT / "twinkles_hpc" / "pipeline" / "stages"
+    assert sorted(p.stem for p in stages_dir.glob("*.py") if p.stem != "__init__") == sorted(names)
+    cfg = config.from_dict({})
+    for s in registry.STAGES:
+        assert s.name.isalpha() and s.name.islower()
+        if s.section is not None:                        # the config section is the stage's name
+            assert isinstance(getattr(cfg, s.name), s.section)
+        for t in s.tables:
+            assert t[0].isupper()
+    # per-visit product folders are the stage names
+    assert layout.eimage(1, "r").split("/")[0] == "visit"
+    assert layout.calexp(1, "r").split("/")[0] == "calexp"
+    assert layout.coadd("r", 0, 0).split("/")[0] == "coadd"
+    assert layout.objects(0, 0).split("/")[0] == "objects"
+    assert layout.forced(1, "r").split("/")[0] == "forced"
+    assert layout.variables_truth(0).split("/")[0] == "variables"
+    assert layout.ingest_receipt("truth").split("/")[0] == "ingest"
+
+
+def test_stage_order_follows_requirements():
+    seen = set()
+    for s in registry.STAGES:
+        assert set(s.requires) | set(s.uses) <= seen, f"{s.name} comes before what it reads"
+        seen.add(s.name)
+
+
+def test_graph_is_derived_and_checked():
+    cfg = config.load(ROOT / "jobs" / "demo.toml")
+    ctx, tasks = plan(cfg, None)
+    ids = {t.id for t in tasks}
+    kinds = {t.kind for t in tasks}
+    assert kinds == {s.name for s in registry.STAGES}
+    assert all(d in ids for t in tasks for d in t.deps)
+    assert all(t.id.split("/")[0] == t.kind for t in tasks)
+    v = int(ctx.visits["visit_id"][0])
+    calexp = next(t for t in tasks if t.id == layout.task_id("calexp", layout.visit_key(v)))
+    assert calexp.deps == (layout.task_id("visit", layout.visit_key(v)),)
+
+
+def test_missing_dependency_and_cycle_name_the_tasks():
+    a, b, c = Task("a", "x"), Task("b", "x", deps=("a",)), Task("c", "x", deps=("b",))
+    assert check_graph([a, b, c]) == [a, b, c]
+    with pytest.raises(GraphError, match="task c depends on task nope, which is not in the graph"):
+        check_graph([a, b, Task("c", "x", deps=("nope",))])
+    with pytest.raises(GraphError, match=r"cycle: (a -> c -> b -> a|b -> a -> c -> b|c -> b -> a -> c)"):
+        check_graph([Task("a", "x", deps=("c",)), b, c])
+    with pytest.raises(GraphError, match="task a is in the graph twice"):
+        check_graph([a, Task("a", "x")])
+    up = Upstream()
+    up.add("sky", [Task("sky", "sky")])
+    with pytest.raises(GraphError, match="task calexp/00000001 depends on task visit/00000001"):
+        up.get("visit", "00000001", for_task="calexp/00000001")
+
+    class Sneaky(Stage):
+        name, requires = "sneaky", ("sky",)
+    with pytest.raises(GraphError, match="stage sneaky looks up tasks of stage visit"):
+        up.view(Sneaky()).get("visit", "00000001", for_task="sneaky")
+
+
+def test_enabled_stage_needs_what_it_requires():
+    with pytest.raises(InputError, match=r"coadd\.enabled: expected false unless calexp\.enabled = true"):
+        config.from_dict({"coadd": {"enabled": True}})
+    with pytest.raises(InputError, match=r"level2: expected its keys in \[calexp\]"):
+        config.from_dict({"level2": {"calibrate": True}})
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("how, message", [("missing", "depends on task visit/99999999, which is not in the graph"),
+                                          ("cycle", "the task graph has a cycle")])
+def test_broken_graph_exits_1_on_any_rank_count(tmp_path, n, how, message):
+    if n > 1 and not MPIEXEC:
+        pytest.skip("no mpiexec")
+    (tmp_path / "c.toml").write_text(TINY_TOML)
+    r = cli("run", tmp_path / "c.toml", "-o", tmp_path / "run", mpi=n if n > 1 else 0,
+            env={"TWINKLES_HPC_FAULT": f"graph={how}"}, timeout=300)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1         # one line, from rank 0
+
+
+def test_data_model_doc_names_every_layout_path():
+    """docs/data-model.md agrees with rundir/layout.py: every product path template is documented."""
+    text = (ROOT / "docs" / "data-model.md").read_text()
+    tree = ast.parse((ROOT / "twinkles_hpc" / "rundir" / "layout.py").read_text())
+    consts = [n.targets[0].id for n in tree.body if isinstance(n, ast.Assign)
+              and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str) and n.targets[0].id.isupper()
+              and not n.targets[0].id.endswith("_GLOB")]
+    for name in consts:
+        assert f"`{getattr(layout, name)}`" in text, f"docs/data-model.md does not name layout.{name}"
+    documented = {
+        layout.eimage: ("NNNNNNNN", "B"), layout.band_view: ("B",), layout.calexp: ("NNNNNNNN", "B"),
+        layout.coadd: ("B", "I", "J"), layout.detection_coadd: ("I", "J"), layout.objects: ("I", "J"),
+        layout.forced: ("NNNNNNNN", "B"), layout.variables_truth: ("KKKK",), layout.checkpoint: ("NNNNNNNN",),
+        layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",)}
+    for fn, args in documented.items():
+        assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+    assert funcs - {f.__name__ for f in documented} == {"visit_key", "chunk_key", "patch_key", "task_id",
+                                                        "split_task_id", "path", "eimage_fits"}
+
+
+def _template(fn, args):
+    """A layout function's path with placeholders (visit_key and friends format integers: patch them)."""
+    import twinkles_hpc.rundir.layout as L
+    saved = L.visit_key, L.chunk_key, L.patch_key
+    L.visit_key, L.chunk_key, L.patch_key = str, str, (lambda i, j: f"{i}-{j}")
+    try:
+        return fn(*args)
+    finally:
+        L.visit_key, L.chunk_key, L.patch_key = saved

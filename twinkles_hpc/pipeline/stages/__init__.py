@@ -1,0 +1,1 @@
+"""One module per stage, in pipeline order (pipeline/registry.py lists them)."""

@@ -1,0 +1,55 @@
+"""Stage calexp: every visit's eimage calibrated into a calexp (cosmic rays, background, detection,
+astrometric and photometric calibration against the reference catalogue, PSF model, source table)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from twinkles_hpc.config import opt
+from twinkles_hpc.pipeline.stage import PER_VISIT, Stage
+from twinkles_hpc.pipeline.stages.visit import visit_cost
+from twinkles_hpc.rundir import layout
+
+
+@dataclass
+class CalexpSection:
+    enabled: bool = opt(False, "",
+                        "Calibrate every visit into a calexp (background, detection, astrometric and "
+                        "photometric calibration, PSF model) against the reference catalogue.")
+
+
+class CalexpStage(Stage):
+    name = "calexp"
+    doc = "one calibrated exposure per visit (calexp/vNNNNNNNN-B.h5)"
+    section = CalexpSection
+    requires = ("sky", "visit")
+    outputs = (layout.calexp,)
+    tables = ("CcdVisit",)
+    colour = "#c44e52"
+    cost_class = PER_VISIT
+
+    def tasks(self, ctx, up):
+        out = []
+        for v in ctx.visits:
+            key = layout.visit_key(v["visit_id"])
+            dep = up.get("visit", key, for_task=layout.task_id(self.name, key))
+            out.append(self.task(key, 2.0 * visit_cost(v, ctx.cfg.sensor), deps=(dep,),
+                                 visit_id=int(v["visit_id"])))
+        return out
+
+    def run(self, ctx, task, should_stop):
+        """A visit that cannot be calibrated gets a calexp with calib_ok = False (one log line); later
+        stages skip it."""
+        from twinkles_hpc.level2.calibrate import calibrate_visit
+        visit = ctx.by_id[task.params["visit_id"]]
+        rel = layout.calexp(visit["visit_id"], visit["band"])
+        out = ctx.path(rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        meta = calibrate_visit(ctx.path(layout.eimage(visit["visit_id"], visit["band"])), ctx.refcat(), out)
+        if not meta["calib_ok"]:
+            ctx.log_line(f"visit {int(visit['visit_id'])} ({visit['band']}): calibration failed: "
+                         f"{meta['calib_failure']}")
+        return {rel: os.path.getsize(out)}
+
+
+STAGE = CalexpStage()

@@ -1,0 +1,90 @@
+"""Set-up, checks and loading of a run directory (its layout is rundir/layout.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+from twinkles_hpc.errors import InputError, RunDirError
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store.atomic import atomic_h5, atomic_write_bytes, open_read
+from twinkles_hpc.store.tables import read_table, write_table
+
+#: Folders made when a run directory is created (the others appear with their first product).
+FOLDERS = ("visit", layout.CHECKPOINTS, "variables")
+
+
+def check(cfg, rundir):
+    """Refuse, touching nothing, a directory made by another config or that is not a run directory."""
+    cj = os.path.join(rundir, layout.CONFIG_JSON)
+    if os.path.exists(cj):
+        old = read_config_dict(rundir)
+        new = json.loads(cfg.fingerprint())
+        diff = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+        if diff:
+            raise RunDirError(f"{rundir}: run directory was made with a different config "
+                              f"({', '.join(diff[:5])} differ{'s' if len(diff) == 1 else ''}); "
+                              "use a new run directory")
+    elif os.path.isdir(rundir) and os.listdir(rundir):
+        raise RunDirError(f"{rundir}: directory exists, is not empty and is not a twinkles-hpc run "
+                          f"directory (no {layout.CONFIG_JSON}); choose another -o")
+
+
+def read_visits(rundir):
+    """The run's cadence (visits.h5), or None before the first run wrote it."""
+    path = os.path.join(rundir, layout.VISITS)
+    if not os.path.exists(path):
+        return None
+    with open_read(path) as fh:
+        return read_table(fh["visits"])
+
+
+existing_visits = read_visits
+
+
+def init(cfg, rundir, config_text, visits, skymap=None):
+    """Create the layout and record the config, the cadence and the skymap (first run only)."""
+    for d in FOLDERS:
+        os.makedirs(os.path.join(rundir, d), exist_ok=True)
+    path = os.path.join(rundir, layout.VISITS)
+    if not os.path.exists(path):
+        with atomic_h5(path) as fh:
+            write_table(fh, "visits", visits)
+    path = os.path.join(rundir, layout.SKYMAP)
+    if skymap is not None and not os.path.exists(path):
+        atomic_write_bytes(path, json.dumps(skymap.to_dict(), indent=1, sort_keys=True).encode())
+    cj = os.path.join(rundir, layout.CONFIG_JSON)
+    if not os.path.exists(cj):
+        with open(os.path.join(rundir, layout.CONFIG_TOML), "w") as fh:
+            fh.write(config_text)
+        atomic_write_bytes(cj, json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode())
+
+
+def read_config_dict(rundir):
+    """config.json of a run directory as a dict; InputError (exit 2) when it is missing or unreadable."""
+    cj = os.path.join(rundir, layout.CONFIG_JSON)
+    if not os.path.exists(cj):
+        raise InputError(rundir, layout.CONFIG_JSON, "a twinkles-hpc run directory", "not found")
+    try:
+        with open(cj, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise InputError(cj, "file", "the JSON config a run wrote", f"unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(cj, "file", "a JSON object", type(data).__name__)
+    return data
+
+
+def load_config(rundir):
+    """The validated Config a run directory was made with."""
+    from twinkles_hpc import config as config_mod
+    return config_mod.from_dict(read_config_dict(rundir), path=os.path.join(rundir, layout.CONFIG_JSON),
+                                base_dir=rundir)
+
+
+def read_skymap_dict(rundir):
+    """skymap.json as a dict (level2.skymap.SkyMap.from_dict builds the skymap), or None."""
+    path = os.path.join(rundir, layout.SKYMAP)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
