@@ -6,10 +6,15 @@ EXIT_BAD_INPUT = 2
 EXIT_RESUBMIT = 75
 
 
-class InputError(Exception):
+class TwinklesError(Exception):
+    """The base of the errors this package raises on purpose (catch it to catch them all)."""
+
+
+class InputError(TwinklesError, ValueError):
     """Bad user input: a config file, an OpSim database, an instance catalogue, a command-line value.
 
-    The message is one line that names the file, the field and what was expected.
+    The message is one line that names the file, the field and what was expected. A ValueError, so
+    that a bad argument to an API function (e.g. a science config's field) is what Python code expects.
     """
 
     def __init__(self, source, field, expected, got=None):
@@ -20,9 +25,9 @@ class InputError(Exception):
         super().__init__(msg)
 
 
-class RunDirError(Exception):
+class RunDirError(TwinklesError):
     """The run directory cannot be used (locked by another run, or made by a different config)."""
 
 
-class Interrupted(Exception):
+class Interrupted(TwinklesError):
     """A task stopped on request (signal) after writing a checkpoint; rerunning resumes it."""
