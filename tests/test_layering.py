@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "twinkles_hpc"
 
 P = "twinkles_hpc."
 RULES = {
-    "level2": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
+    "level2": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench", "config"),
     "sky": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
     "imsim": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
     "store": ("level2", "sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),

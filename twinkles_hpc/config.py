@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -17,14 +16,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from twinkles_hpc import instrument
+from twinkles_hpc import instrument, options
 from twinkles_hpc.errors import InputError
-
-
-def opt(default, unit, doc, *, choices=None, lo=None, hi=None, lo_open=False):
-    """A config field: default value, unit ('' if dimensionless), one-line doc and bounds."""
-    return field(default=default, metadata=dict(unit=unit, doc=doc, choices=choices, lo=lo, hi=hi,
-                                                lo_open=lo_open))
+from twinkles_hpc.options import opt
 
 
 @dataclass
@@ -149,7 +143,7 @@ class ConfigBase:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if not f.metadata.get("internal")]
 
     def to_dict(self):
-        return {name: dataclasses.asdict(sec) for name, sec in self.sections()}
+        return {name: options.to_dict(sec) for name, sec in self.sections()}
 
     def fingerprint(self):
         """A canonical JSON string of every setting that shapes the outputs (not [validate]): two runs agree
@@ -187,32 +181,6 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _check_value(path, key, f, value):
-    want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool,
-                                                    "str": str}[f.type]
-    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise InputError(path, key, _TYPE_NAMES[want], value)
-    m = f.metadata
-    if m.get("choices") and value not in m["choices"]:
-        raise InputError(path, key, "one of " + ", ".join(m["choices"]), value)
-    if want in (int, float):
-        if want is float and not math.isfinite(value):
-            raise InputError(path, key, "a finite number", value)
-        lo, hi = m.get("lo"), m.get("hi")
-        if lo is not None and (value < lo or (m.get("lo_open") and value == lo)):
-            raise InputError(path, key, f"a value {'>' if m.get('lo_open') else '>='} {lo}"
-                             + (f" {m['unit']}" if m["unit"] else ""), value)
-        if hi is not None and value > hi:
-            raise InputError(path, key, f"a value <= {hi}" + (f" {m['unit']}" if m["unit"] else ""), value)
-    return value
-
-
 def _validate(cfg):
     p = cfg.path
     bands = cfg.cadence.bands
@@ -247,13 +215,7 @@ def from_dict(data, path="<dict>", base_dir="."):
             raise InputError(path, sec_name, "a section among [" + "], [".join(known) + "]", "unknown section")
         if not isinstance(sec_data, dict):
             raise InputError(path, sec_name, "a [table]", sec_data)
-        sec = known[sec_name]
-        sec_fields = {f.name: f for f in fields(sec)}
-        for key, value in sec_data.items():
-            full = f"{sec_name}.{key}"
-            if key not in sec_fields:
-                raise InputError(path, full, "a key among " + ", ".join(sec_fields), "unknown key")
-            setattr(sec, key, _check_value(path, full, sec_fields[key], value))
+        options.apply(known[sec_name], sec_data, path, sec_name)
     _validate(cfg)
     return cfg
 
@@ -271,23 +233,9 @@ def load(path):
     return from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
-def _toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    return repr(v)
-
-
 def defaults_toml():
     """Every field with its default, unit and doc, as a commented TOML file."""
     out = ["# twinkles-hpc configuration: every field, its default, unit and meaning.", ""]
     for name, sec in config_class()().sections():
-        out.append(f"[{name}]")
-        for f in fields(sec):
-            m = f.metadata
-            unit = f" [{m['unit']}]" if m["unit"] else ""
-            out.append(f"# {m['doc']}{unit}")
-            out.append(f"{f.name} = {_toml_value(getattr(sec, f.name))}")
-        out.append("")
+        out += options.section_toml(name, sec)
     return "\n".join(out)

@@ -13,7 +13,8 @@ class TwinklesError(Exception):
 class InputError(TwinklesError, ValueError):
     """Bad user input: a config file, an OpSim database, an instance catalogue, a command-line value.
 
-    The message is one line that names the file, the field and what was expected.
+    The message is one line that names the file, the field and what was expected. A ValueError, so
+    that a bad argument to an API function (e.g. a science config's field) is what Python code expects.
     """
 
     def __init__(self, source, field, expected, got=None):

@@ -33,7 +33,8 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from scipy.special import ndtr
 
-from twinkles_hpc import _detect
+from twinkles_hpc import _detect, options
+from twinkles_hpc.options import opt
 
 ESTIMATORS = {"sextractor": 0, "median": 1, "mean": 2}
 
@@ -41,26 +42,17 @@ ESTIMATORS = {"sextractor": 0, "median": 1, "mean": 2}
 @dataclass
 class BackgroundConfig:
     """Background estimation settings."""
-    mesh_size: int = 128                #: target mesh size, pixels
-    filter_size: int = 3                #: median filter of the mesh, meshes (1: none)
-    clip_sigma: float = 3.0             #: sigma-clipping half-width, in clipped sd
-    clip_iters: int = 5                 #: maximum clipping iterations
-    mode_estimator: str = "sextractor"  #: "sextractor", "median" or "mean"
-    min_valid_fraction: float = 0.5     #: a mesh needs this fraction of unmasked pixels
+    mesh_size: int = opt(128, "pixel", "Target mesh size.", lo=8)
+    filter_size: int = opt(3, "mesh", "Median filter of the mesh (1: none).", lo=1)
+    clip_sigma: float = opt(3.0, "sigma", "Sigma-clipping half-width, in clipped sd.", lo=1.0)
+    clip_iters: int = opt(5, "", "Maximum clipping iterations.", lo=0, hi=100)
+    mode_estimator: str = opt("sextractor", "", "Level of a mesh: 'sextractor', 'median' or 'mean'.",
+                              choices=tuple(ESTIMATORS))
+    min_valid_fraction: float = opt(0.5, "", "A mesh needs this fraction of unmasked pixels.",
+                                    lo=0.0, lo_open=True, hi=1.0)
 
-    def validate(self):
-        if not (isinstance(self.mesh_size, (int, np.integer)) and self.mesh_size >= 8):
-            raise ValueError(f"mesh_size must be an integer >= 8 pixels, got {self.mesh_size!r}")
-        if not (isinstance(self.filter_size, (int, np.integer)) and self.filter_size >= 1):
-            raise ValueError(f"filter_size must be an integer >= 1 mesh, got {self.filter_size!r}")
-        if not (math.isfinite(self.clip_sigma) and self.clip_sigma >= 1.0):
-            raise ValueError(f"clip_sigma must be >= 1, got {self.clip_sigma!r}")
-        if not (isinstance(self.clip_iters, (int, np.integer)) and 0 <= self.clip_iters <= 100):
-            raise ValueError(f"clip_iters must be an integer in [0, 100], got {self.clip_iters!r}")
-        if self.mode_estimator not in ESTIMATORS:
-            raise ValueError(f"mode_estimator must be one of {sorted(ESTIMATORS)}, got {self.mode_estimator!r}")
-        if not 0.0 < self.min_valid_fraction <= 1.0:
-            raise ValueError(f"min_valid_fraction must be in (0, 1], got {self.min_valid_fraction!r}")
+    def __post_init__(self):
+        options.check_section(self)
 
 
 def clip_correction(k):
@@ -183,7 +175,7 @@ def estimate_background(image, mask=None, config=None):
     Unmasked non-finite pixels raise ValueError. Returns a Background.
     """
     config = BackgroundConfig() if config is None else config
-    config.validate()
+    options.check_section(config)          # fields may have changed since it was made
     img = as_float32_image("image", image)
     m = as_mask(mask, img.shape)
     ny, nx = img.shape

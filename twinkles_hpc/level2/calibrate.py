@@ -22,6 +22,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from twinkles_hpc import options
 from twinkles_hpc.level2 import CalibrationError
 from twinkles_hpc.level2 import detect as _detect
 from twinkles_hpc.level2 import forced as _forced
@@ -31,6 +32,7 @@ from twinkles_hpc.level2.cosmics import CosmicRayConfig, find_cosmic_rays
 from twinkles_hpc.level2.detect import detect
 from twinkles_hpc.level2.photocal import clipped_weighted_mean, njy_per_electron, zero_point
 from twinkles_hpc.level2.psf import STAMP_RADIUS, estimate_psf
+from twinkles_hpc.options import opt
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 from twinkles_hpc.store.tables import write_table
 
@@ -50,18 +52,28 @@ SOURCE_DTYPE = np.dtype([("id", "i8"), ("x", "f8"), ("y", "f8"), ("x_err", "f8")
 
 @dataclass
 class CalibrateConfig:
-    edge_margin: int = 8                 # pixels flagged EDGE at the sensor border
-    detect_threshold: float = 5.0        # sigma
-    detect_fwhm_px: float = 4.0          # matched-filter FWHM, pixels (0.8" at 0.2"/px)
-    astrom_min_snr: float = 20.0
-    psf_min_snr: float = 30.0
-    psf_isolation_px: float = 3 * STAMP_RADIUS / 2
-    psf_order: int = 2                   # polynomial degree of the PSF's variation across the sensor
-    max_psf_stars: int = 120
-    ap_corr_radius: float = 20.0         # pixels: the "total flux" aperture of the aperture correction
-    zp_min_snr: float = 20.0
-    repair_cosmic_rays: bool = True
+    """How to calibrate a visit; the bounds are those the steps need (detect, forced_photometry)."""
+    edge_margin: int = opt(8, "pixel", "Width of the sensor border flagged EDGE.", lo=1)
+    detect_threshold: float = opt(5.0, "sigma", "Detection threshold.", lo=0.0, lo_open=True)
+    detect_fwhm_px: float = opt(4.0, "pixel", "Matched-filter FWHM of the detection (0.8\" at 0.2\"/px).",
+                                lo=0.5, hi=100.0)
+    astrom_min_snr: float = opt(20.0, "", "Smallest SNR of a detection used by the astrometric calibration.",
+                                lo=0.0)
+    psf_min_snr: float = opt(30.0, "", "Smallest SNR of a PSF star and of an aperture-correction star.", lo=0.0)
+    psf_isolation_px: float = opt(3 * STAMP_RADIUS / 2, "pixel",
+                                  "A PSF star has no other detection within this distance.", lo=0.0)
+    psf_order: int = opt(2, "", "Polynomial degree of the PSF's variation across the sensor (lowered when "
+                         "stars are too few).", lo=0)
+    max_psf_stars: int = opt(120, "", "Most PSF stars used (the brightest).", lo=1)
+    ap_corr_radius: float = opt(20.0, "pixel", "Radius of the 'total flux' aperture of the aperture correction.",
+                                lo=0.0, lo_open=True, hi=_forced.MAX_RADIUS)
+    zp_min_snr: float = opt(20.0, "", "Smallest SNR of a star used for the zero point.", lo=0.0)
+    repair_cosmic_rays: bool = opt(True, "", "Find, mask (CR) and repair cosmic rays (level2/cosmics.py).")
     cosmic_rays: CosmicRayConfig = field(default_factory=CosmicRayConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+
+    def __post_init__(self):
+        options.check_section(self)
 
 
 def _saturation_mask(image, full_well, edge):
@@ -86,15 +98,15 @@ def aperture_correction(ap, ap_err, psf, psf_err, *, clip=3.0, iters=5):
     return mean, mean_err
 
 
-def calibrate_exposure(image, attrs, refcat, config=CalibrateConfig()):
+def calibrate_exposure(image, attrs, refcat, config=None):
     """Calibrate pixels with their camera attributes; returns (planes dict: image, variance, mask,
     background and the `sources` table (source_table), metadata dict)."""
-    c = config
+    c = CalibrateConfig() if config is None else config
     band = str(attrs["band"])
     gain, rn = float(attrs.get("gain", 1.0)), float(attrs["read_noise"])
     image = np.asarray(image, dtype=np.float32)
     mask = _saturation_mask(image, float(attrs["full_well"]), c.edge_margin)
-    bg = estimate_background(image, mask=(mask & MASK_SAT) > 0, config=BackgroundConfig())
+    bg = estimate_background(image, mask=(mask & MASK_SAT) > 0, config=c.background)
     background = bg.image(image.shape)
     sub = np.ascontiguousarray(image - background, dtype=np.float32)
     n_cr = 0
@@ -222,7 +234,7 @@ def _near_mask(mask, x, y, r, bits):
     return out
 
 
-def calibrate_visit(eimage_path, refcat, out_path, config=CalibrateConfig()):
+def calibrate_visit(eimage_path, refcat, out_path, config=None):
     """eimage file -> calexp file (atomic). Returns the calexp metadata (calib_ok False and calib_failure
     the reason when the visit cannot be calibrated: the file then has no pixel planes and no sources)."""
     with open_read(eimage_path) as fh:

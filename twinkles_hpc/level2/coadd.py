@@ -21,9 +21,10 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from twinkles_hpc import _warp
+from twinkles_hpc import _warp, options
 from twinkles_hpc.level2 import coaddpsf
 from twinkles_hpc.level2.warp import KERNELS, NO_DATA, SOURCE_MARGIN, source_bbox, warp_into
+from twinkles_hpc.options import opt
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 
 # docs/data-model.md mask bits
@@ -48,44 +49,32 @@ PLANES = {"image": np.float32, "variance": np.float32, "mask": np.uint16, "n_vis
 
 @dataclass
 class CoaddConfig:
-    """How to coadd a patch.
-
-    memory_per_rank: bytes a rank may use for the coadd (the plan's budget); statistic: "mean"
-    (weighted by the inverse sky variance of each input, sigma-clipped) or "median"; clip_sigma: the
-    clipping threshold in units of each input's noise (widened by the robust spread of the inputs, see
-    _warp.combine); clip_iters: clipping iterations (0: plain weighted mean); bad_mask_bits: an input
-    pixel with any of these bits is left out (default SAT | CR | NO_DATA | BAD); protect_mask_bits: no
-    clipping at a pixel where at least half of the good inputs carry one of these bits (default DETECTED:
-    inside sources, where the inputs differ by their PSFs, not by artefacts); kernel, mask_weight: passed
-    to the warp; psf_grid_step: cell side (patch pixels) of the coadd PSF's node grid.
-    """
-    memory_per_rank: int = 2 << 30
-    statistic: str = "mean"
-    clip_sigma: float = 3.0
-    clip_iters: int = 2
-    bad_mask_bits: int = SAT | CR | NO_DATA | BAD
-    protect_mask_bits: int = DETECTED
-    kernel: str = "lanczos3"
-    mask_weight: float = 0.05
-    psf_grid_step: int = 50
+    """How to coadd a patch."""
+    memory_per_rank: int = opt(2 << 30, "bytes", "Memory a rank may use for the coadd (the plan's budget).", lo=1)
+    statistic: str = opt("mean", "",
+                         "'mean' (weighted by the inverse sky variance of each input, sigma-clipped) or 'median'.",
+                         choices=("mean", "median"))
+    clip_sigma: float = opt(3.0, "sigma",
+                            "Clipping threshold in units of each input's noise (widened by the robust spread of "
+                            "the inputs, see _warp.combine).", lo=1.0)
+    clip_iters: int = opt(2, "", "Clipping iterations (0: plain weighted mean).", lo=0)
+    bad_mask_bits: int = opt(SAT | CR | NO_DATA | BAD, "",
+                             "An input pixel with any of these mask bits is left out (SAT | CR | NO_DATA | BAD).",
+                             lo=0, hi=0xFFFF)
+    protect_mask_bits: int = opt(DETECTED, "",
+                                 "No clipping at a pixel where at least half of the good inputs carry one of "
+                                 "these bits (DETECTED: inside sources, where the inputs differ by their PSFs).",
+                                 lo=0, hi=0xFFFF)
+    kernel: str = opt("lanczos3", "",
+                      "Warp kernel: 'lanczos3' (reproduces polynomials up to degree 2) or 'lanczos3_plain' (afw's).",
+                      choices=KERNELS)
+    mask_weight: float = opt(0.05, "",
+                             "The warp ORs the mask bits of input pixels whose kernel weight |w_x w_y| is at "
+                             "least this.", lo=0.0, lo_open=True, hi=1.0)
+    psf_grid_step: int = opt(50, "pixel", "Cell side (patch pixels) of the coadd PSF's node grid.", lo=1)
 
     def __post_init__(self):
-        if self.statistic not in ("mean", "median"):
-            raise ValueError(f"CoaddConfig.statistic must be 'mean' or 'median', got {self.statistic!r}")
-        if not self.clip_sigma >= 1.0:
-            raise ValueError(f"CoaddConfig.clip_sigma must be >= 1, got {self.clip_sigma!r}")
-        if int(self.clip_iters) != self.clip_iters or self.clip_iters < 0:
-            raise ValueError(f"CoaddConfig.clip_iters must be an integer >= 0, got {self.clip_iters!r}")
-        for name in ("bad_mask_bits", "protect_mask_bits"):
-            v = getattr(self, name)
-            if int(v) != v or not 0 <= v < 1 << 16:
-                raise ValueError(f"CoaddConfig.{name} must be a 16-bit mask, got {v!r}")
-        if int(self.psf_grid_step) != self.psf_grid_step or self.psf_grid_step < 1:
-            raise ValueError(f"CoaddConfig.psf_grid_step must be an integer >= 1 px, got {self.psf_grid_step!r}")
-        if not self.memory_per_rank > 0:
-            raise ValueError(f"CoaddConfig.memory_per_rank must be > 0 bytes, got {self.memory_per_rank!r}")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"CoaddConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
+        options.check_section(self)
 
 
 def subregion_bytes(side, n_inputs, bytes_per_pixel_per_input=STACK_BYTES, *, src_pixels_per_pixel=1.0,

@@ -27,35 +27,27 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from twinkles_hpc import _cosmics
+from twinkles_hpc import _cosmics, options
+from twinkles_hpc.options import opt
 
 
 @dataclass
 class CosmicRayConfig:
-    """nsigma: seed threshold (pixel noise units); min_fwhm_px: the narrowest PSF FWHM the exposure can
-    have, pixels (0.5" at 0.2"/px); sharpness: the fraction of that PSF's neighbour ratio a seed must
-    fall below; cfac: noise units taken off the seed's value; grow_nsigma: threshold of the grown
-    neighbours; max_iter: detection passes; max_gap: longest interpolation half-gap, pixels."""
-    nsigma: float = 5.0
-    min_fwhm_px: float = 2.5
-    sharpness: float = 0.6
-    cfac: float = 2.0
-    grow_nsigma: float = 3.0
-    grow: int = 2
-    max_iter: int = 3
-    max_gap: int = 5
+    nsigma: float = opt(5.0, "sigma", "Seed threshold, in units of the pixel's noise.", lo=0.0)
+    min_fwhm_px: float = opt(2.5, "pixel", "Narrowest PSF FWHM the exposure can have (0.5\" at 0.2\"/px).",
+                             lo=0.0)
+    sharpness: float = opt(0.6, "", "Fraction of that PSF's neighbour ratio a seed must fall below.",
+                           lo=0.0, lo_open=True, hi=1.0)
+    cfac: float = opt(2.0, "sigma", "Noise units taken off the seed's value (and added to its neighbours' mean).",
+                      lo=0.0)
+    grow_nsigma: float = opt(3.0, "sigma", "Threshold of the seed's neighbours that join it.", lo=0.0)
+    grow: int = opt(2, "pixel", "Steps (8-connected, through pixels above grow_nsigma) a seed's flag grows.",
+                    lo=1)
+    max_iter: int = opt(3, "", "Detection passes, each on the image the previous one repaired.", lo=1)
+    max_gap: int = opt(5, "pixel", "Longest half-gap the repair interpolates across.", lo=1)
 
     def __post_init__(self):
-        for name in ("nsigma", "min_fwhm_px", "sharpness", "cfac", "grow_nsigma"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-                raise ValueError(f"CosmicRayConfig.{name} must be a finite number >= 0, got {v!r}")
-        if not 0 < self.sharpness <= 1:
-            raise ValueError(f"CosmicRayConfig.sharpness must be in (0, 1], got {self.sharpness!r}")
-        for name in ("grow", "max_iter", "max_gap"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"CosmicRayConfig.{name} must be an integer >= 1, got {v!r}")
+        options.check_section(self)
 
 
 def neighbour_ratios(fwhm_px):

@@ -10,7 +10,10 @@ and the cost classes all come from these declarations (pipeline/registry.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from twinkles_hpc.errors import TwinklesError
+from twinkles_hpc.options import opt
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.task import Task
 
@@ -18,6 +21,13 @@ from twinkles_hpc.rundir.task import Task
 #: Level 2 per visit, Level 2 amortised over the visits (a coadd's or an Object table's cost spread over the
 #: visits it reads), and the database.
 SETUP, SIMULATION, PER_VISIT, AMORTISED, DATABASE = "setup", "simulation", "per_visit", "amortised", "database"
+
+
+@dataclass
+class Switch:
+    """The `enabled` field of an optional stage's section (listed first: a section subclasses its science
+    config and this, `class CalexpSection(CalibrateConfig, Switch)`)."""
+    enabled: bool = opt(False, "", "Run this stage.")
 
 
 class GraphError(TwinklesError):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from twinkles_hpc.config import opt
-from twinkles_hpc.pipeline.stage import PER_VISIT, Stage
+from twinkles_hpc.options import opt
+from twinkles_hpc.level2.calibrate import CalibrateConfig
+from twinkles_hpc.pipeline.stage import PER_VISIT, Stage, Switch
 from twinkles_hpc.pipeline.stages.visit import visit_cost
 from twinkles_hpc.rundir import layout
 
 
 @dataclass
-class CalexpSection:
+class CalexpSection(CalibrateConfig, Switch):
+    """[calexp]: the calibration's settings (level2.calibrate.CalibrateConfig) and the switch."""
     enabled: bool = opt(False, "",
                         "Calibrate every visit into a calexp (background, detection, astrometric and "
                         "photometric calibration, PSF model) against the reference catalogue.")
@@ -45,7 +47,8 @@ class CalexpStage(Stage):
         rel = layout.calexp(visit["visit_id"], visit["band"])
         out = ctx.path(rel)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        meta = calibrate_visit(ctx.path(layout.eimage(visit["visit_id"], visit["band"])), ctx.refcat(), out)
+        meta = calibrate_visit(ctx.path(layout.eimage(visit["visit_id"], visit["band"])), ctx.refcat(), out,
+                               config=ctx.cfg.calexp)
         if not meta["calib_ok"]:
             ctx.log_line(f"visit {int(visit['visit_id'])} ({visit['band']}): calibration failed: "
                          f"{meta['calib_failure']}")

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from twinkles_hpc.config import opt
+from twinkles_hpc.options import opt
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.pipeline.stage import AMORTISED, Stage
+from twinkles_hpc.level2.coadd import CoaddConfig
+from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import commit
 
@@ -22,7 +23,8 @@ FULL_SENSOR_PIXELS = 16.288e6
 
 
 @dataclass
-class CoaddSection:
+class CoaddSection(CoaddConfig, Switch):
+    """[coadd]: the coadd's settings (level2.coadd.CoaddConfig), the skymap's geometry and the switch."""
     enabled: bool = opt(False, "",
                         "Coadd the calexps of each band on the skymap's patches (coadd/B/patch-I-J.h5); "
                         "needs [calexp] enabled = true.")
@@ -34,9 +36,6 @@ class CoaddSection:
                           lo=16, hi=100_000)
     patch_overlap: int = opt(100, "pixel", "Width each patch's coadd extends into its neighbours on every side.",
                              lo=0)
-    statistic: str = opt("mean", "",
-                         "'mean' (inverse-variance weighted, sigma-clipped) or 'median' per pixel.",
-                         choices=("mean", "median"))
 
 
 def pointing_margin_px(cfg):
@@ -112,8 +111,8 @@ class CoaddStage(Stage):
     def run(self, ctx, task, should_stop):
         """Coadd one patch in one band on this rank alone (comm=None); the budget bounds its peak memory."""
         from twinkles_hpc.level2.calibrate import calexp_ok
-        from twinkles_hpc.level2.coadd import CoaddConfig, coadd_patch
-        p, C, skymap = task.params, ctx.cfg.coadd, ctx.skymap
+        from twinkles_hpc.level2.coadd import coadd_patch
+        p, skymap = task.params, ctx.skymap
         band, index = p["band"], tuple(p["patch"])
         rel = layout.coadd(band, *index)
         out = ctx.path(rel)
@@ -121,7 +120,7 @@ class CoaddStage(Stage):
         part = f"{out}.tmp-{os.getpid()}"     # complete but unnamed until the run's own attributes are added
         inputs = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
         coadd_patch([q for q in inputs if calexp_ok(q)], skymap.patch(*index),  # failed calibrations left out
-                    CoaddConfig(memory_per_rank=C.memory_per_rank, statistic=C.statistic), out=part)
+                    ctx.cfg.coadd, out=part)
         with h5py.File(part, "r+", locking=False) as fh:
             fh.attrs["band"] = band
             fh.attrs["skymap"] = json.dumps(skymap.to_dict(), sort_keys=True)

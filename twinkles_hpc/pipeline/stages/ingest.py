@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles_hpc.config import opt
+from twinkles_hpc.options import opt
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.pipeline.stage import DATABASE, Stage
 from twinkles_hpc.rundir import layout

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles_hpc.config import opt
+from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import SETUP, Stage
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles_hpc.config import opt
+from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import SIMULATION, Stage
 from twinkles_hpc.pipeline.stages.variables import truth_chunks
 from twinkles_hpc.rundir import layout
