@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import MPIEXEC
 
-from twinkles_hpc.bench_report import SYNTHETIC_ID0, grow_database
+from twinkles_hpc.bench.report import SYNTHETIC_ID0, grow_database
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.store import db
 

@@ -78,3 +78,24 @@ def test_nothing_below_the_cli_imports_it():
     users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
                    if any(m == P + "cli" or m.startswith(P + "cli.") for m in imports(p)))
     assert users == ["__main__.py"], users
+
+
+def test_bench_uses_public_names_only_and_only_cli_imports_it():
+    bad = []
+    for p in sorted((PKG / "bench").glob("*.py")):
+        tree = ast.parse(p.read_text())
+        ours = set()                  # names bound to other twinkles_hpc modules and their members
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("twinkles_hpc") \
+                    and not node.module.startswith("twinkles_hpc.bench"):
+                bad += [f"{node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") or "._" in node.module]
+                ours |= {a.asname or a.name for a in node.names}
+        bad += [f"{n.value.id}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name) and n.value.id in ours
+                and n.attr.startswith("_") and not n.attr.endswith("__")]
+    assert not bad, f"bench uses private names: {bad}"
+    importers = [p.relative_to(PKG).as_posix() for p in sorted(PKG.rglob("*.py"))
+                 if p.parent.name != "bench" and p.name != "cli.py"
+                 and any(m == "twinkles_hpc.bench" or m.startswith("twinkles_hpc.bench.") for m in imports(p))]
+    assert not importers, f"only cli imports bench: {importers}"

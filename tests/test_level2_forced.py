@@ -5,7 +5,7 @@ import pytest
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.level2 import forced as F
-from twinkles_hpc.bench_forced import PixelPSF, bench_forced
+from twinkles_hpc.bench.forced import PixelPSF, bench_forced
 from twinkles_hpc.level2.forced import forced_photometry
 
 SKY, READ_NOISE = 883.0, 8.8          # electrons per pixel: r band, 30 s, 21.2 mag/arcsec^2

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from twinkles_hpc import bench
+from twinkles_hpc.bench import imsim as bench
 from twinkles_hpc.imsim import psf as psf_mod
 from twinkles_hpc.imsim import sersic
 from twinkles_hpc.imsim.psf import PSFModel

@@ -209,8 +209,8 @@ def cmd_imsim(args):
 
 # -- bench -----------------------------------------------------------------------------------------
 def cmd_bench(args):
-    from twinkles_hpc import benchmarks
-    return benchmarks.main(args)
+    from twinkles_hpc import bench
+    return bench.main(args)
 
 
 # -- validate --------------------------------------------------------------------------------------
@@ -318,10 +318,15 @@ def build_parser():
     b.add_argument("--ny", type=int, default=4072)
     b.add_argument("--stars", type=int, default=2000)
     b.add_argument("--galaxies", type=int, default=5000)
+    b.add_argument("--seed", type=int, default=1, help="seed of the simulated scene (imsim, detect, forced)")
     b.add_argument("--repeat", type=int, default=3, help="timed repetitions (best and median reported)")
     b.add_argument("--no-galsim", action="store_true", help="skip the GalSim comparison")
     b.add_argument("--galsim-objects", type=int, default=None,
                    help="time GalSim on this many objects and extrapolate to the scene")
+    b.add_argument("--no-photutils", action="store_true", help="skip the photutils comparison (bench forced)")
+    b.add_argument("--photutils-objects", type=int, default=None,
+                   help="time photutils on this many objects and extrapolate (bench forced; default: all, "
+                        "or 1000 if a probe predicts more than 2 minutes)")
     b.add_argument("--record", metavar="MD", help="append the results to this markdown file "
                    "(e.g. docs/benchmarks.md)")
     b.set_defaults(func=cmd_bench)

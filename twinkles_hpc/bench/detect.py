@@ -1,15 +1,15 @@
-"""`bench_detect`: our background and detection against sep (SExtractor as a library) on one simulated
-full-sensor image, timed side by side in the same run and compared with the truth (docs/level2-detect.md).
-
-A benchmark, not Level 2 code: it builds its image with twinkles_hpc.imsim (the scene of twinkles_hpc.bench),
-imported inside `simulate` so that importing this module pulls in no simulation code.
+"""`twinkles-hpc bench detect`: our background and detection against sep (SExtractor as a library) on one
+simulated full-sensor image, timed side by side in the same run and compared with the truth
+(docs/level2-detect.md). The image is the scene of bench.imsim plus sky and noise.
 """
-import time
-
 import numpy as np
 from scipy.spatial import cKDTree
 
 from twinkles_hpc import instrument
+from twinkles_hpc.bench import imsim as bench_imsim
+from twinkles_hpc.bench.common import time_calls
+from twinkles_hpc.imsim.noise import add_sky_and_noise, sky_electrons
+from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.level2.background import BackgroundConfig, estimate_background
 from twinkles_hpc.level2.detect import detect, gaussian_taps, leaves
 
@@ -19,26 +19,13 @@ MATCH_RADIUS = 2.0
 ISOLATION = 12.0
 
 
-def _best(fn, repeat):
-    """(best wall time over `repeat` calls, last result)."""
-    best, out = float("inf"), None
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def simulate(*, nx, ny, n_stars, n_galaxies, seed, fwhm=0.7, band="r", exptime=30.0):
     """(eimage float32 electrons, scene, sky electrons per pixel, psf): the bench scene, sky, noise."""
-    from twinkles_hpc import bench
-    from twinkles_hpc.imsim.noise import add_sky_and_noise, sky_electrons
-    from twinkles_hpc.imsim.psf import PSFModel
-    scene = bench.make_scene(nx=nx, ny=ny, n_stars=n_stars, n_galaxies=n_galaxies, seed=seed, band=band,
-                             exptime=exptime)
+    scene = bench_imsim.make_scene(nx=nx, ny=ny, n_stars=n_stars, n_galaxies=n_galaxies, seed=seed, band=band,
+                                   exptime=exptime)
     psf = PSFModel(fwhm, pixel_scale=instrument.PIXEL_SCALE, nx=nx, ny=ny)
     expected = np.zeros((ny, nx))
-    bench.render_scene(expected, scene, bench.bench_jacobian(), psf)
+    bench_imsim.render_scene(expected, scene, bench_imsim.bench_jacobian(), psf)
     sky = sky_electrons(instrument.DARK_SKY_MAG[band], band, exptime)
     image, _ = add_sky_and_noise(expected, sky, instrument.READ_NOISE, (seed, 0, 17))
     return image, scene, sky, psf
@@ -60,7 +47,7 @@ def score(x, y, scene, nx, ny):
     mi = match(x, y, tx, ty)
     near = cKDTree(np.c_[tx, ty]).query(np.c_[tx, ty], k=2)[0][:, 1] if len(tx) > 1 else np.full(len(tx), np.inf)
     inside = (tx > 10) & (tx < nx - 11) & (ty > 10) & (ty < ny - 11)
-    out = dict(n=len(x), matched_stars=int((mi[:ns] >= 0).sum()), matched_galaxies=int((mi[ns:] >= 0).sum()))
+    out = {"n": len(x), "matched_stars": int((mi[:ns] >= 0).sum()), "matched_galaxies": int((mi[ns:] >= 0).sum())}
     used = np.zeros(len(x), bool)
     used[mi[mi >= 0]] = True
     out["unmatched"] = int((~used).sum())
@@ -96,7 +83,8 @@ def bench_detect(nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, *, thr
     variance = (np.maximum(image, 0) + np.float32(instrument.READ_NOISE ** 2)).astype(np.float32)
     noise = float(np.sqrt(sky + instrument.READ_NOISE ** 2))
     cfg = BackgroundConfig(mesh_size=mesh_size, filter_size=filter_size)
-    out = dict(nx=nx, ny=ny, n_stars=n_stars, n_galaxies=n_galaxies, threshold=threshold, fwhm_px=fwhm_px)
+    out = {"nx": nx, "ny": ny, "n_stars": n_stars, "n_galaxies": n_galaxies, "threshold": threshold,
+           "fwhm_px": fwhm_px}
 
     def ours_bkg():
         b = estimate_background(image, config=cfg)
@@ -115,19 +103,20 @@ def bench_detect(nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, *, thr
         return (f"    {name:<24s}{seconds:7.3f} s {r['n']:6d} {r['matched_stars']:6d} {r['matched_galaxies']:6d} "
                 f"{r['unmatched']:5d}   {r['bright_rms']:.4f} / {r['faint_rms']:.3f}   {r['completeness_r22']:.4f}")
 
-    lines = [f"detect bench: {nx}x{ny} px, {n_stars} stars + {n_galaxies} galaxies, seeing {fwhm}\" "
-             f"({fwhm_px:.1f} px), sky {sky:.0f} e-/px, noise {noise:.1f} e-; best of {repeat} runs, 1 core",
-             f"  background, mesh {mesh_size} px, filter {filter_size}: time, mean(bkg - sky) and rms(bkg - sky) in "
-             "units of the pixel noise",
+    lines = [(f"detect bench: {nx}x{ny} px, {n_stars} stars + {n_galaxies} galaxies, seeing {fwhm}\" "
+              f"({fwhm_px:.1f} px), sky {sky:.0f} e-/px, noise {noise:.1f} e-; best of {repeat} runs, 1 core"),
+             (f"  background, mesh {mesh_size} px, filter {filter_size}: time, mean(bkg - sky) and rms(bkg - sky) "
+              "in units of the pixel noise"),
              f"    {'':<24s}{'time':>9s}  {'bias':>7s}  {'rms':>6s}"]
-    t, (bkg, bkg_img) = _best(ours_bkg, repeat)
-    lines.append(bkg_row("ours", t, bkg_img))
+    t, (bkg, bkg_img) = time_calls(ours_bkg, repeat)
+    lines.append(bkg_row("ours", t.best, bkg_img))
     if sep:
         def sep_bkg():
             b = sep.Background(image, bw=mesh_size, bh=mesh_size, fw=filter_size, fh=filter_size)
             return b.back()
-        t, sep_img = _best(sep_bkg, repeat)
-        lines.append(bkg_row("sep", t, sep_img) + f"   (ours: speed-up {out['sep_bkg_s'] / out['ours_bkg_s']:.2f}x)")
+        t, sep_img = time_calls(sep_bkg, repeat)
+        lines.append(bkg_row("sep", t.best, sep_img)
+                     + f"   (ours: speed-up {out['sep_bkg_s'] / out['ours_bkg_s']:.2f}x)")
     sub = image - bkg_img
     taps = gaussian_taps(fwhm_px)
     kernel = np.outer(taps, taps).astype(np.float32)
@@ -137,24 +126,25 @@ def bench_detect(nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, *, thr
                  "completeness of stars r < 22")
     lines.append(f"    {'':<24s}{'time':>9s} {'found':>6s} {'stars':>6s} {'gals':>6s} {'unm.':>5s}   "
                  f"{'centroids':^15s}   {'compl.':>6s}")
-    t, (cat, _) = _best(lambda: detect(sub, variance, threshold=threshold, kernel_fwhm_px=fwhm_px), repeat)
+    t, (cat, _) = time_calls(lambda: detect(sub, variance, threshold=threshold, kernel_fwhm_px=fwhm_px), repeat)
     leaf = cat[leaves(cat)]
-    lines.append(det_row("ours", t, leaf["x"], leaf["y"]))
+    lines.append(det_row("ours", t.best, leaf["x"], leaf["y"]))
     out["n_children"] = int((cat["parent"] > 0).sum())
     if sep:
         old = sep.get_extract_pixstack()
         sep.set_extract_pixstack(max(old, nx * ny // 4))
         try:
             err = np.sqrt(variance)
-            t, o = _best(lambda: sep.extract(sub, threshold, err=err, filter_kernel=kernel, filter_type="matched",
-                                             minarea=5), repeat)
-            lines.append(det_row("sep_error_map", t, o["x"], o["y"]))
+            t, o = time_calls(lambda: sep.extract(sub, threshold, err=err, filter_kernel=kernel,
+                                                  filter_type="matched", minarea=5), repeat)
+            lines.append(det_row("sep_error_map", t.best, o["x"], o["y"]))
             thr = threshold * float(np.sqrt((kernel.astype(np.float64) ** 2).sum()))
-            t, o = _best(lambda: sep.extract(sub, thr, err=bkg.global_rms, filter_kernel=kernel, minarea=5), repeat)
-            lines.append(det_row("sep_global_rms", t, o["x"], o["y"]))
+            t, o = time_calls(lambda: sep.extract(sub, thr, err=bkg.global_rms, filter_kernel=kernel, minarea=5),
+                              repeat)
+            lines.append(det_row("sep_global_rms", t.best, o["x"], o["y"]))
             sig = np.full(len(o), fwhm_px / 2.3548)
-            tw, (xw, yw, _) = _best(lambda: sep.winpos(sub, o["x"], o["y"], sig), repeat)
-            lines.append(det_row("sep_global_rms+winpos", t + tw, xw, yw))
+            tw, (xw, yw, _) = time_calls(lambda: sep.winpos(sub, o["x"], o["y"], sig), repeat)
+            lines.append(det_row("sep_global_rms+winpos", t.best + tw.best, xw, yw))
         finally:
             sep.set_extract_pixstack(old)
         lines.append(f"  ours: speed-up {out['sep_error_map_s'] / out['ours_s']:.1f}x against sep with the error map, "
@@ -164,3 +154,9 @@ def bench_detect(nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, *, thr
         lines.append("  sep: not run (not installed or sep=False)")
     out["lines"] = lines
     return out
+
+
+def run(args):
+    """`twinkles-hpc bench detect`: background + detection against sep; returns the lines to print."""
+    return bench_detect(nx=args.nx, ny=args.ny, n_stars=args.stars, n_galaxies=args.galaxies, seed=args.seed,
+                        repeat=args.repeat)["lines"]

@@ -1,20 +1,25 @@
-"""Benchmark: forced PSF photometry of known stars on one full-sensor image, ours against photutils'
-PSFPhotometry with the positions held fixed, and our exact-overlap circular apertures against
-sep.sum_circle in exact mode, in the same run (`python -m twinkles_hpc.bench_forced`).
+"""`twinkles-hpc bench forced`: forced PSF photometry of known stars on one full-sensor image, ours against
+photutils' PSFPhotometry with the positions held fixed, and our exact-overlap circular apertures against
+sep.sum_circle in exact mode, in the same run.
 
 A benchmark, not Level 2 code: it makes its image with twinkles_hpc.imsim (the Level 2 code never does).
 """
-import argparse
-import time
 import warnings
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from twinkles_hpc import instrument
+from twinkles_hpc.bench.common import Timer, time_calls
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
-from twinkles_hpc.level2.forced import DEFAULT_AP_RADII, MASK_SAT, forced_photometry, mixture_image, psf_fwhm
+from twinkles_hpc.level2.forced import (
+    DEFAULT_AP_RADII,
+    MASK_SAT,
+    forced_photometry,
+    mixture_image,
+    psf_fwhm,
+)
 
 #: photutils PSF: a GriddedPSFModel of GRID x GRID ePSFs (our mixture sampled OVERSAMPLING x finer).
 GRID, OVERSAMPLING = 5, 4
@@ -46,9 +51,10 @@ def make_image(*, n_objects=5000, nx=4000, ny=4072, seed=1, fwhm=0.7, band="r", 
     sky = noise.sky_electrons(21.2, band, exptime)
     pixels, _ = noise.add_sky_and_noise(expected, sky, instrument.READ_NOISE, (seed, 0, 0))
     del expected
-    return dict(image=pixels - np.float32(sky), variance=np.maximum(pixels, 0) + np.float32(instrument.READ_NOISE ** 2),
-                mask=np.where(pixels >= noise.FULL_WELL, MASK_SAT, 0).astype(np.uint16),
-                psf=PixelPSF(model), x=x, y=y, flux=flux)
+    return {"image": pixels - np.float32(sky),
+            "variance": np.maximum(pixels, 0) + np.float32(instrument.READ_NOISE ** 2),
+            "mask": np.where(pixels >= noise.FULL_WELL, MASK_SAT, 0).astype(np.uint16),
+            "psf": PixelPSF(model), "x": x, "y": y, "flux": flux}
 
 
 def photutils_model(psf, nx, ny, half):
@@ -75,13 +81,12 @@ def run_photutils(sim, idx, fit_shape):
     ny, nx = sim["image"].shape
     phot = PSFPhotometry(photutils_model(sim["psf"], nx, ny, fit_shape // 2 + 3), fit_shape, aperture_radius=6)
     init = QTable({"x": sim["x"][idx], "y": sim["y"][idx]})
-    t0 = time.perf_counter()
+    timer = Timer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = phot(sim["image"], mask=sim["mask"] != 0, error=np.sqrt(sim["variance"]), init_params=init)
-    dt = time.perf_counter() - t0
+        res = timer(phot, sim["image"], mask=sim["mask"] != 0, error=np.sqrt(sim["variance"]), init_params=init)
     flux = np.asarray(res["flux_fit"], dtype=np.float64)
-    return dt, flux, (np.asarray(res["flags"]) == 0) & np.isfinite(flux)
+    return timer.best, flux, (np.asarray(res["flags"]) == 0) & np.isfinite(flux)
 
 
 def bench_apertures(sim, ap_radii=DEFAULT_AP_RADII, repeat=3, snr_min=50.0):
@@ -91,20 +96,16 @@ def bench_apertures(sim, ap_radii=DEFAULT_AP_RADII, repeat=3, snr_min=50.0):
     mixture it evaluates anyway; sep is called once per radius. Returns (dict, lines)."""
     import sep
     img, var, x, y = sim["image"], sim["variance"], sim["x"], sim["y"]
-    t_ours, t_sep = [], []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        ours = forced_photometry(img, var, None, x, y, sim["psf"], ap_radii=ap_radii, psf_radius=1.0)
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        theirs = [sep.sum_circle(img, x, y, r, var=var, subpix=0) for r in ap_radii]
-        t_sep.append(time.perf_counter() - t0)
-    out = {"ap_radii": list(ap_radii), "ours_s": min(t_ours), "sep_s": min(t_sep),
-           "speedup": min(t_sep) / min(t_ours), "radii": {}}
+    t_ours, t_sep = Timer(), Timer()
+    for _ in range(max(1, repeat)):                # alternate the two, so that both see the same machine
+        ours = t_ours(forced_photometry, img, var, None, x, y, sim["psf"], ap_radii=ap_radii, psf_radius=1.0)
+        theirs = t_sep(lambda: [sep.sum_circle(img, x, y, r, var=var, subpix=0) for r in ap_radii])
+    out = {"ap_radii": list(ap_radii), "ours_s": t_ours.best, "sep_s": t_sep.best,
+           "speedup": t_sep.best / t_ours.best, "radii": {}}
     lines = [(f"  apertures r = {', '.join(f'{r:g}' for r in ap_radii)} px, exact overlap, no mask: ours "
-              f"{min(t_ours):.3f} s (forced_photometry, 1 px PSF fit), sep {sep.__version__} "
-              f"sum_circle(subpix=0) {min(t_sep):.3f} s ({len(ap_radii)} calls); ours is {out['speedup']:.2f}x "
-              f"{'faster' if out['speedup'] >= 1 else 'slower'} (best of {len(t_ours)})")]
+              f"{t_ours.best:.3f} s (forced_photometry, 1 px PSF fit), sep {sep.__version__} "
+              f"sum_circle(subpix=0) {t_sep.best:.3f} s ({len(ap_radii)} calls); ours is {out['speedup']:.2f}x "
+              f"{'faster' if out['speedup'] >= 1 else 'slower'} (best of {len(t_ours.seconds)})")]
     for k, r in enumerate(ap_radii):
         name = f"ap_flux_{r:g}".replace(".", "p")
         f_ours, e_ours = ours[name], ours[name + "_err"]
@@ -135,36 +136,32 @@ def bench_forced(n_objects=5000, nx=4000, ny=4072, seed=1, *, fwhm=0.7, repeat=3
     on that many objects (evenly spaced) and extrapolate linearly; by default all, unless a probe of `probe`
     objects predicts more than max_photutils_s, then 1000. Returns a dict of numbers and `lines`."""
     sim = make_image(n_objects=n_objects, nx=nx, ny=ny, seed=seed, fwhm=fwhm)
-    times = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        ours = forced_photometry(sim["image"], sim["variance"], sim["mask"], sim["x"], sim["y"], sim["psf"])
-        times.append(time.perf_counter() - t0)
+    timer, ours = time_calls(lambda: forced_photometry(sim["image"], sim["variance"], sim["mask"], sim["x"],
+                                                       sim["y"], sim["psf"]), repeat)
     radius = 3.0 * psf_fwhm(sim["psf"], sim["x"], sim["y"])
-    fit_shape = 2 * int(round(np.median(radius))) + 1
+    fit_shape = 2 * round(np.median(radius)) + 1
     good = ours["flags"] == 0
     snr = ours["psf_flux"] / ours["psf_flux_err"]
     d, _ = cKDTree(np.c_[sim["x"], sim["y"]]).query(np.c_[sim["x"], sim["y"]], k=2)
     isolated = d[:, 1] > 2 * radius                       # no other star within twice the fit radius
     iso = good & isolated & (snr > 50)
     bias = np.median(ours["psf_flux"][iso] / sim["flux"][iso]) - 1
-    out = dict(n_objects=n_objects, nx=nx, ny=ny, ours_best_s=min(times), ours_median_s=float(np.median(times)),
-               n_flag0=int(good.sum()), ours_bias_isolated=float(bias), fit_shape=fit_shape)
-    lines = [f"forced photometry bench: {nx}x{ny} px, {n_objects} stars r 17-24, seeing {fwhm}\", "
-             f"PSF fit radius 3 x FWHM_eff (median {np.median(radius):.1f} px), apertures 3, 6, 12 px",
-             f"  ours: best {min(times):.3f} s, median {np.median(times):.3f} s of {len(times)} "
-             f"({1e6 * min(times) / n_objects:.1f} us/object, 1 core); {good.sum()} unflagged",
-             f"  ours vs truth, {iso.sum()} isolated unflagged stars with SNR > 50: median ratio - 1 = {bias:+.1e} "
-             f"(isolated: no other star within {2 * np.median(radius):.0f} px)"]
-    try:
-        import sep  # noqa: F401
+    out = {"n_objects": n_objects, "nx": nx, "ny": ny, "ours_best_s": timer.best, "ours_median_s": timer.median,
+           "n_flag0": int(good.sum()), "ours_bias_isolated": float(bias), "fit_shape": fit_shape}
+    lines = [(f"forced photometry bench: {nx}x{ny} px, {n_objects} stars r 17-24, seeing {fwhm}\", "
+              f"PSF fit radius 3 x FWHM_eff (median {np.median(radius):.1f} px), apertures 3, 6, 12 px"),
+             (f"  ours: best {timer.best:.3f} s, median {timer.median:.3f} s of {len(timer.seconds)} "
+              f"({1e6 * timer.best / n_objects:.1f} us/object, 1 core); {good.sum()} unflagged"),
+             (f"  ours vs truth, {iso.sum()} isolated unflagged stars with SNR > 50: median ratio - 1 = {bias:+.1e} "
+              f"(isolated: no other star within {2 * np.median(radius):.0f} px)")]
+    try:                                  # bench_apertures imports sep
         out["apertures"], ap_lines = bench_apertures(sim, repeat=repeat)
         lines += ap_lines
     except ImportError:
         lines.append("  apertures: sep not installed, not compared")
     if photutils is None:
         try:
-            import photutils  # noqa: F401
+            import photutils
         except ImportError:
             photutils = False
     if photutils is False:
@@ -192,38 +189,27 @@ def bench_forced(n_objects=5000, nx=4000, ny=4072, seed=1, *, fwhm=0.7, repeat=3
     offs = [((f - sim["flux"][idx])[faint].mean(), (f - sim["flux"][idx])[faint].std() / np.sqrt(faint.sum()))
             for f in (ours["psf_flux"][idx], f_pu)]
     out.update(faint_offset_ours_e=float(offs[0][0]), faint_offset_photutils_e=float(offs[1][0]))
-    out.update(photutils_s=t_pu, photutils_objects=int(idx.size), speedup=t_pu / min(times),
+    out.update(photutils_s=t_pu, photutils_objects=int(idx.size), speedup=t_pu / timer.best,
                ratio_median=float(np.median(ratio[both])), ratio_rms_bright=float(np.std(ratio[bright] - 1)),
                diff_rms_sigma=float(np.std(diff[clean])), photutils_bias_isolated=float(bias_pu),
                n_compared=int(both.sum()))
-    lines += [f"  photutils {pu.__version__} PSFPhotometry (GriddedPSFModel {GRID}x{GRID}, oversampling "
-              f"{OVERSAMPLING}, x_0/y_0 fixed, fit_shape {fit_shape}, TRF fitter): {t_pu:.2f} s{note}; "
-              f"ours is {out['speedup']:.0f}x faster",
-              f"  agreement: median ratio ours/photutils {out['ratio_median']:.5f} over {both.sum()} objects "
-              f"unflagged by both; isolated ones: rms(ratio - 1) {out['ratio_rms_bright']:.1e} at SNR > 50 "
-              f"({bright.sum()}), rms((ours - photutils) / err) {out['diff_rms_sigma']:.3f} ({clean.sum()})",
+    lines += [(f"  photutils {pu.__version__} PSFPhotometry (GriddedPSFModel {GRID}x{GRID}, oversampling "
+               f"{OVERSAMPLING}, x_0/y_0 fixed, fit_shape {fit_shape}, TRF fitter): {t_pu:.2f} s{note}; "
+               f"ours is {out['speedup']:.0f}x faster"),
+              (f"  agreement: median ratio ours/photutils {out['ratio_median']:.5f} over {both.sum()} objects "
+               f"unflagged by both; isolated ones: rms(ratio - 1) {out['ratio_rms_bright']:.1e} at SNR > 50 "
+               f"({bright.sum()}), rms((ours - photutils) / err) {out['diff_rms_sigma']:.3f} ({clean.sum()})"),
               f"  photutils vs truth, the same {bright.sum()} isolated SNR > 50: median ratio - 1 = {bias_pu:+.1e}",
-              f"  {faint.sum()} isolated faint stars (SNR 5-20), mean flux - truth: ours {offs[0][0]:+.1f} +- "
-              f"{offs[0][1]:.1f} e-, photutils {offs[1][0]:+.1f} +- {offs[1][1]:.1f} e- "
-              f"(inverse-variance weights from the noisy variance plane)"]
+              (f"  {faint.sum()} isolated faint stars (SNR 5-20), mean flux - truth: ours {offs[0][0]:+.1f} +- "
+               f"{offs[0][1]:.1f} e-, photutils {offs[1][0]:+.1f} +- {offs[1][1]:.1f} e- "
+               f"(inverse-variance weights from the noisy variance plane)")]
     out["lines"] = lines
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--objects", type=int, default=5000)
-    p.add_argument("--nx", type=int, default=4000)
-    p.add_argument("--ny", type=int, default=4072)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--photutils-objects", type=int, default=None)
-    p.add_argument("--no-photutils", action="store_true")
-    a = p.parse_args(argv)
-    res = bench_forced(a.objects, a.nx, a.ny, a.seed, repeat=a.repeat, photutils_objects=a.photutils_objects,
-                       photutils=False if a.no_photutils else None)
-    print("\n".join(res["lines"]))
-
-
-if __name__ == "__main__":
-    main()
+def run(args):
+    """`twinkles-hpc bench forced`: forced photometry of --stars objects against photutils and sep; returns
+    the lines to print."""
+    return bench_forced(n_objects=args.stars, nx=args.nx, ny=args.ny, seed=args.seed, repeat=args.repeat,
+                        photutils=False if args.no_photutils else None,
+                        photutils_objects=args.photutils_objects)["lines"]

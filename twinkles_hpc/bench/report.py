@@ -13,12 +13,12 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import time
 
 import numpy as np
 
+from twinkles_hpc.bench.common import Timer
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.store.db import SQLITE_NAME
+from twinkles_hpc.rundir import layout
 
 RUN1 = {"CcdVisit": 1120, "Object": 41_653, "ForcedSource": 33_800_000}
 SYNTHETIC_ID0 = 1 << 50          # synthetic ids start here, far above any real one
@@ -80,30 +80,36 @@ def bench_report(rundir, workdir=None):
     grown to Run 1.1's size; returns the lines to print."""
     from twinkles_hpc.report import write_report
     rundir = os.path.abspath(rundir)
-    src = os.path.join(rundir, SQLITE_NAME)
+    src = os.path.join(rundir, layout.SQLITE)
     if not os.path.isfile(src):
-        raise InputError(rundir, SQLITE_NAME, "a run directory with its database ([level2] ingest = true)")
-    validation = os.path.join(rundir, "validation.json")
+        raise InputError(rundir, layout.SQLITE, "a run directory with its database ([ingest] enabled = true)")
+    validation = os.path.join(rundir, layout.VALIDATION)
     if not os.path.isfile(validation):
-        raise InputError(rundir, "validation.json", "a saved `twinkles-hpc validate RUNDIR --json "
+        raise InputError(rundir, layout.VALIDATION, "a saved `twinkles-hpc validate RUNDIR --json "
                          "RUNDIR/validation.json`")
     work = tempfile.mkdtemp(prefix="twinkles-bench-report-", dir=workdir)
     try:
         big = os.path.join(work, "run1-size.sqlite")
-        t0 = time.time()
-        counts = grow_database(src, big)
-        t_grow = time.time() - t0
-        lines = [f"report bench: {rundir}; Run 1.1-size copy of its database built in {t_grow:.0f} s "
+        t_grow = Timer()
+        counts = t_grow(grow_database, src, big)
+        lines = [f"report bench: {rundir}; Run 1.1-size copy of its database built in {t_grow.best:.0f} s "
                  f"({os.path.getsize(big) / 2 ** 30:.2f} GiB): "
                  + ", ".join(f"{k} {v:,}" for k, v in counts.items())]
         for name, url in (("run's own database", None), ("Run 1.1-size database", "sqlite:///" + big)):
-            t0 = time.time()
-            summary = write_report(rundir, os.path.join(work, "report"), url, validation_json=validation, jobs=1)
-            dt = time.time() - t0
+            t_report = Timer()
+            summary = t_report(write_report, rundir, os.path.join(work, "report"), url, validation_json=validation,
+                               jobs=1)
             pages = sum(1 for f in os.listdir(os.path.join(work, "report", "objects")) if f.endswith(".html"))
-            lines.append(f"  {name:<24} report in {dt:6.1f} s ({pages} object pages, one process; "
+            lines.append(f"  {name:<24} report in {t_report.best:6.1f} s ({pages} object pages, one process; "
                          f"steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()
                                                 if k != "total") + ")")
         return lines
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args):
+    """`twinkles-hpc bench report --rundir RUN`: returns the lines to print."""
+    if not args.rundir:
+        raise SystemExit("twinkles-hpc bench report needs --rundir RUNDIR")
+    return bench_report(args.rundir)

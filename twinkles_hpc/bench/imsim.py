@@ -1,14 +1,18 @@
-"""Benchmarks: `bench_imsim` times our Gaussian-mixture renderer on a full-sensor scene against GalSim's
-usual per-object drawImage in the same run, and compares per-object flux and size (`twinkles-hpc bench imsim`).
+"""`twinkles-hpc bench imsim`: `bench_imsim` times our Gaussian-mixture renderer on a full-sensor scene
+against GalSim's usual per-object drawImage in the same run, compares per-object flux and size, then times
+the rest of a visit (sky + noise, HDF5 write).
 """
-import time
+import os
+import tempfile
 
 import numpy as np
 
 from twinkles_hpc import instrument
-from twinkles_hpc.imsim import render
+from twinkles_hpc.bench.common import Timer, time_calls
+from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.wcs import sky_to_pixel_matrix
+from twinkles_hpc.store.atomic import atomic_h5
 
 #: Field rotation of the benchmark scene (degrees), so that PA and the sky-to-pixel Jacobian are exercised.
 BENCH_ROT_DEG = 30.0
@@ -35,19 +39,20 @@ def make_scene(*, nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, band=
     """
     rng = np.random.default_rng(seed)
     s_mag = _power_law_mags(rng, n_stars, 16.0, 24.0, 0.15)
-    stars = dict(x=rng.uniform(0, nx - 1, n_stars), y=rng.uniform(0, ny - 1, n_stars),
-                 flux=instrument.counts_from_mag(s_mag, band, exptime), mag=s_mag)
+    stars = {"x": rng.uniform(0, nx - 1, n_stars), "y": rng.uniform(0, ny - 1, n_stars),
+             "flux": instrument.counts_from_mag(s_mag, band, exptime), "mag": s_mag}
     g_mag = _power_law_mags(rng, n_galaxies, 20.0, 27.0, 0.35)
     kind = rng.random(n_galaxies)
     bt = np.where(kind < 0.3, 0.0, np.where(kind < 0.4, 1.0, rng.uniform(0.05, 0.6, n_galaxies)))
     flux = instrument.counts_from_mag(g_mag, band, exptime)
     disk_hlr = np.clip(1.2 * 10 ** (-0.08 * (g_mag - 20.0) + rng.normal(0, 0.15, n_galaxies)), 0.2, 3.0)
     pa = rng.uniform(0, 180, n_galaxies)
-    gal = dict(x=rng.uniform(0, nx - 1, n_galaxies), y=rng.uniform(0, ny - 1, n_galaxies), mag=g_mag,
-               bulge_flux=bt * flux, bulge_hlr=np.clip(disk_hlr * rng.uniform(0.3, 0.8, n_galaxies), 0.2, 3.0),
-               bulge_q=rng.uniform(0.5, 1.0, n_galaxies), bulge_pa=(pa + rng.normal(0, 10, n_galaxies)) % 180,
-               disk_flux=(1 - bt) * flux, disk_hlr=disk_hlr, disk_q=rng.uniform(0.2, 1.0, n_galaxies), disk_pa=pa)
-    return dict(stars=stars, galaxies=gal)
+    gal = {"x": rng.uniform(0, nx - 1, n_galaxies), "y": rng.uniform(0, ny - 1, n_galaxies), "mag": g_mag,
+           "bulge_flux": bt * flux, "bulge_hlr": np.clip(disk_hlr * rng.uniform(0.3, 0.8, n_galaxies), 0.2, 3.0),
+           "bulge_q": rng.uniform(0.5, 1.0, n_galaxies), "bulge_pa": (pa + rng.normal(0, 10, n_galaxies)) % 180,
+           "disk_flux": (1 - bt) * flux, "disk_hlr": disk_hlr, "disk_q": rng.uniform(0.2, 1.0, n_galaxies),
+           "disk_pa": pa}
+    return {"stars": stars, "galaxies": gal}
 
 
 def render_scene(image, scene, jacobian, psf, origin=(0.0, 0.0)):
@@ -137,8 +142,8 @@ def compare_objects(galsim, scene, jacobian, psf, n_compare, seed=0):
         dg = np.hypot(m_us.observed_shape.g1 - m_gs.observed_shape.g1, m_us.observed_shape.g2 - m_gs.observed_shape.g2)
         rows.append((ours.sum() / stamp.array.sum(), m_us.moments_sigma / m_gs.moments_sigma, dg, kind))
     cols = list(zip(*rows)) if rows else [[], [], [], []]
-    return dict(flux_ratio=np.array(cols[0], float), size_ratio=np.array(cols[1], float),
-                shape_diff=np.array(cols[2], float), kind=np.array(cols[3], str))
+    return {"flux_ratio": np.array(cols[0], float), "size_ratio": np.array(cols[1], float),
+            "shape_diff": np.array(cols[2], float), "kind": np.array(cols[3], str)}
 
 
 def _import_galsim(galsim):
@@ -166,23 +171,28 @@ def bench_imsim(*, nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, fwhm
                        exptime=exptime)
     J = bench_jacobian()
     psf = PSFModel(fwhm, pixel_scale=instrument.PIXEL_SCALE, nx=nx, ny=ny)
-    times = []
-    for _ in range(max(1, repeat)):
+
+    def blank():
         image = np.empty((ny, nx))
         image.fill(0.0)                       # fault the pages in outside the timing (so for GalSim below)
-        t0 = time.perf_counter()
+        return image
+
+    def render_into(image):
         render_scene(image, scene, J, psf)
-        times.append(time.perf_counter() - t0)
-    out = dict(nx=nx, ny=ny, n_stars=n_stars, n_galaxies=n_galaxies, fwhm=fwhm, band=band, exptime=exptime,
-               render_best_s=min(times), render_median_s=float(np.median(times)), image_sum=float(image.sum()))
-    lines = [f"imsim bench: {nx}x{ny} px, {n_stars} stars + {n_galaxies} bulge+disk galaxies, "
-             f"seeing {fwhm}\", {band} band, {exptime:g} s",
-             f"  ours:   render best {out['render_best_s']:.3f} s, median {out['render_median_s']:.3f} s "
-             f"({len(times)} runs, 1 core)"]
+        return image
+
+    timer, image = time_calls(render_into, repeat, setup=blank)
+    out = {"nx": nx, "ny": ny, "n_stars": n_stars, "n_galaxies": n_galaxies, "fwhm": fwhm, "band": band,
+           "exptime": exptime, "render_best_s": timer.best, "render_median_s": timer.median,
+           "image_sum": float(image.sum())}
+    lines = [(f"imsim bench: {nx}x{ny} px, {n_stars} stars + {n_galaxies} bulge+disk galaxies, "
+              f"seeing {fwhm}\", {band} band, {exptime:g} s"),
+             (f"  ours:   render best {out['render_best_s']:.3f} s, median {out['render_median_s']:.3f} s "
+              f"({len(timer.seconds)} runs, 1 core)")]
     for name, step in extra_steps or []:
-        t0 = time.perf_counter()
-        step(image)
-        out[f"{name}_s"] = time.perf_counter() - t0
+        step_timer = Timer()
+        step_timer(step, image)
+        out[f"{name}_s"] = step_timer.best
         lines.append(f"  + {name}: {out[f'{name}_s']:.3f} s")
     if extra_steps:
         out["visit_total_s"] = out["render_best_s"] + sum(out[f"{n}_s"] for n, _ in extra_steps)
@@ -196,9 +206,9 @@ def bench_imsim(*, nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, fwhm
     total = n_stars + n_galaxies
     full = gs.ImageD(nx, ny, xmin=0, ymin=0, scale=1.0)
     full.array.fill(0.0)
-    t0 = time.perf_counter()
-    done = render_galsim_scene(gs, full, scene, J, psf, limit=galsim_objects)
-    t_gs = time.perf_counter() - t0
+    gs_timer = Timer()
+    done = gs_timer(render_galsim_scene, gs, full, scene, J, psf, galsim_objects)
+    t_gs = gs_timer.best
     if done < total:
         out["galsim_measured_s"], out["galsim_objects"] = t_gs, done
         t_gs *= total / max(done, 1)
@@ -224,3 +234,26 @@ def bench_imsim(*, nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, fwhm
     lines.append(f"    |shape difference| (HSM g): max {out['shape_max_abs_dev']:.2e}")
     out["lines"] = lines
     return out
+
+
+def visit_steps(band="r", exptime=30.0, sky_mag=21.2):
+    """The non-render steps of a visit, timed by bench_imsim after the render: sky + noise, write."""
+    sky_e = noise.sky_electrons(sky_mag, band, exptime)
+    state = {}
+
+    def add_noise(image):
+        state["pixels"], _ = noise.add_sky_and_noise(image, sky_e, instrument.READ_NOISE, (1, 1, 1))
+
+    def write(image):
+        with tempfile.TemporaryDirectory() as d, atomic_h5(os.path.join(d, "eimage.h5")) as fh:
+            fh.create_dataset("image", data=state["pixels"])
+
+    return [("sky+noise", add_noise), ("write HDF5", write)]
+
+
+def run(args):
+    """`twinkles-hpc bench imsim`: a full visit against GalSim; returns the lines to print."""
+    res = bench_imsim(nx=args.nx, ny=args.ny, n_stars=args.stars, n_galaxies=args.galaxies, seed=args.seed,
+                      repeat=args.repeat, galsim=False if args.no_galsim else None,
+                      galsim_objects=args.galsim_objects, extra_steps=visit_steps())
+    return res["lines"]
