@@ -105,7 +105,8 @@ def cmd_run(args):
             _err(setup[1])
         return setup[2]
     _, cfg, visits, tasks, done = setup
-    log = (lambda m: print(f"[twinkles-hpc] rank {comm.rank}: {m}", flush=True))
+    def log(m):
+        print(f"[twinkles-hpc] rank {comm.rank}: {m}", flush=True)
     ctx = RunContext(cfg, rundir, visits, log=log)
     execute = registry.Executor(ctx)
     if os.environ.get("TWINKLES_HPC_FAULT"):        # the restart tests' fault injection (docs/testing.md)

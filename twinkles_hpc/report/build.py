@@ -279,7 +279,8 @@ def _coadds(run, ctx, summary, _):
         rgb = images.colour_composite([planes[b][crop] for b in "irg"], [noises[b] for b in "irg"])
         images.imsave(os.path.join(ctx.out, "coadds", "gri.png"), rgb[::-1])
         figs.insert(0, H.figure("coadds/gri.png", "<b>gri</b> colour composite (i, r, g as red, green, blue; "
-                                "each band in units of its noise, one asinh stretch of the summed intensity)", cls="wide"))
+                                "each band in units of its noise, one asinh stretch of the summed intensity)",
+                                cls="wide"))
     summary["coadds"] = {"bands": info, "block_factor": f, "tract_bbox": geom}
     return (f'<div class="mosaic">{"".join(figs)}</div>'
             + f'<p class="muted">The union of the patches\' inner boxes in the tract ({geom[2]} x {geom[3]} px, '
@@ -310,8 +311,8 @@ def _validation(run, ctx, summary, validation_json):
                              "n_null": classes.count("null")}
     tbl = H.table(["metric", "value", "threshold", "result", "reason (when not measurable)"], rows,
                   row_classes=classes, table_id="validation-checks", left=(0, 4))
-    tbl = tbl.replace("<td>PASS</td>", '<td class="ok">PASS</td>').replace("<td>FAIL</td>", '<td class="ok">FAIL</td>') \
-             .replace("<td>n/a</td>", '<td class="ok">n/a</td>')
+    for word in ("PASS", "FAIL", "n/a"):
+        tbl = tbl.replace(f"<td>{word}</td>", f'<td class="ok">{word}</td>')
     head = (f"<p><b>{'All checks pass' if n_fail == 0 else f'{n_fail} check(s) fail'}</b> "
             f"({len(classes)} checks, {classes.count('null')} not measurable on this run). Thresholds: the run's "
             '<code>[validate]</code> section; definitions in docs/validation.md. <a href="validation.json">'
@@ -362,7 +363,8 @@ def _residuals(run, ctx, summary, _):
             ratio = flux[ok] / mag_to_njy(mag[ok])
             per_band[b] = (mag[ok], ratio)
             bright = mag[ok] < 21.5
-            stats[b] = {"n": int(ok.sum()), "median_ratio_17_21.5": float(np.median(ratio[bright])) if bright.any() else None}
+            stats[b] = {"n": int(ok.sum()),
+                        "median_ratio_17_21.5": float(np.median(ratio[bright])) if bright.any() else None}
     summary["flux_residuals"] = stats
     if per_band:
         plots.flux_ratio(os.path.join(ctx.out, "flux_ratio.png"), per_band)
@@ -400,8 +402,8 @@ def _objects(run, ctx, summary, _):
                 H.num(s["peak_true_mag"], "{:.2f}"), s["n_measured_detectable"], s["n_epochs"], H.num(s["chi2_dof"]),
                 H.num(s["peak_true_snr"], "{:.1f}")) for s in sne]
         out.append(f"<h3 id=\"objects-sn\">Supernovae ({len(sne)} of {n_matched} matched to an Object)</h3>"
-                   + H.table(["SN", "Object", "z", "peak true mag", "measured epochs &lt; m5", "usable epochs", "chi^2/dof",
-                              "peak true S/N"], trs, table_id="sn-index")
+                   + H.table(["SN", "Object", "z", "peak true mag", "measured epochs &lt; m5", "usable epochs",
+                              "chi^2/dof", "peak true S/N"], trs, table_id="sn-index")
                    + f'<p class="muted">The {len(sne)} best-sampled supernovae (most visits in which the supernova is '
                      "brighter than the visit's m5 and its Object has an unflagged forced measurement) of the "
                      f"{n_matched} with an Object within the match radius (cap: --max-sne). Usable epochs: unflagged "
@@ -465,8 +467,9 @@ def _trace(run, ctx, summary, _):
     summary["trace"] = {"span_s": span, "ranks": {str(k): v for k, v in util.items()}, "kinds": per_kind(recs)}
     rows = [(f"rank {r}", u["n_tasks"], H.num(u["busy_s"], "{:.2f}"), H.num(100 * u["utilisation"], "{:.1f}"))
             for r, u in util.items()]
+    kinds = sorted(per_kind(recs).items(), key=lambda kv: -kv[1]["seconds"])
     krows = [(H.esc(k), v["n_tasks"], H.num(v["seconds"], "{:.2f}"), H.num(v["seconds"] / v["n_tasks"], "{:.3f}"),
-              H.num(v["max_rss_mb"], "{:.0f}")) for k, v in sorted(per_kind(recs).items(), key=lambda kv: -kv[1]["seconds"])]
+              H.num(v["max_rss_mb"], "{:.0f}")) for k, v in kinds]
     return (H.figure("trace.png", "Each worker rank's tasks against wall time (s since the first task started), "
                      "coloured by kind; the percentage at the right is the rank's utilisation (busy seconds / span). "
                      f"Span {span:.1f} s, {len(recs)} task records (trace.jsonl).")

@@ -168,7 +168,8 @@ def supernova_page(run, ctx, s, sn_row):
     coadd = _coadd_stamp(ctx.stamp_dir, "stamps/", key, ctx.coadds, sn_row["ra"], sn_row["decl"])
     facts = [("supernova id", s["id"]), ("Object", s["objectId"]), ("distance to Object (arcsec)",
              H.num(s["distance_arcsec"])), ("redshift", H.num(z, "{:.4f}")), ("t0 (MJD of B max)", H.num(t0, "{:.2f}")),
-             ("x1", H.num(float(sn_row["x1"]))), ("c", H.num(float(sn_row["c"]))), ("M_B", H.num(float(sn_row["MB"]), "{:.2f}")),
+             ("x1", H.num(float(sn_row["x1"]))), ("c", H.num(float(sn_row["c"]))),
+             ("M_B", H.num(float(sn_row["MB"]), "{:.2f}")),
              ("host galaxy id", sn_row["hostId"]), ("peak true mag", H.num(s["peak_true_mag"], "{:.2f}")),
              ("usable epochs (all bands, whole run)", s["n_epochs"]), ("epochs brighter than m5", s["n_detectable"]),
              ("chi^2/dof vs truth", H.num(s["chi2_dof"])), ("peak true S/N", H.num(s["peak_true_snr"]))]
@@ -181,7 +182,8 @@ def supernova_page(run, ctx, s, sn_row):
             + f'<p><a href="{key}.csv">light curve as CSV</a> (all epochs; expMidpt in MJD, fluxes in nJy)</p>'
             + "<h3>Postage stamps</h3>" + coadd + stamps
             + '<p class="muted">Calexp stamps (electrons, asinh stretch per stamp, resampled to north up, east left '
-              "at 0.2\"/px) centred on the supernova's true position: its brightest epochs and the last epoch before explosion.</p>")
+              "at 0.2\"/px) centred on the supernova's true position: its brightest epochs and the last epoch before "
+              "explosion.</p>")
     _write_page(ctx, key, f"Supernova {s['id']}", body)
 
 
@@ -252,8 +254,9 @@ def lens_page(run, ctx, s, image_obj):
         n_ep = max(n_ep, n)
         label = "images " + "+".join(str(int(im["imageIndex"])) for im in group) + f" (Object {oid})"
         curves.append((label, lc, band_offsets(lc, truth), truth))
+    finite = [c for c in chis if c is not None]
     s.update(n_objects=len(groups), n_epochs=n_ep, redshift=float(row["zSrc"]),
-             chi2_dof=float(np.median([c for c in chis if c is not None])) if any(c is not None for c in chis) else None)
+             chi2_dof=float(np.median(finite)) if finite else None)
     plots.lens_curves(os.path.join(ctx.obj_dir, key + ".png"), curves)
     marks = [(float(im["ra"]), float(im["decl"])) for im in ims]
     ra, dec = float(row["ra"]), float(row["decl"])
@@ -263,8 +266,9 @@ def lens_page(run, ctx, s, image_obj):
     img_rows = [(int(im["imageIndex"]), H.num(float(im["xArcsec"]), "{:.2f}"), H.num(float(im["yArcsec"]), "{:.2f}"),
                  H.num(float(im["magnification"]), "{:.2f}"), H.num(float(im["delay"]), "{:.1f}"),
                  image_obj.get(int(im["imageId"]), ("none",))[0]) for im in ims]
-    facts = [("system id", s["id"]), ("lens galaxy id", row["lensGalaxyId"]), ("z lens", H.num(float(row["zLens"]), "{:.3f}")),
-             ("z source", H.num(float(row["zSrc"]), "{:.3f}")), ("velocity dispersion (km/s)", H.num(float(row["velDisp"]), "{:.0f}")),
+    facts = [("system id", s["id"]), ("lens galaxy id", row["lensGalaxyId"]),
+             ("z lens", H.num(float(row["zLens"]), "{:.3f}")), ("z source", H.num(float(row["zSrc"]), "{:.3f}")),
+             ("velocity dispersion (km/s)", H.num(float(row["velDisp"]), "{:.0f}")),
              ("image separation (arcsec)", H.num(float(row["imSep"]), "{:.2f}")),
              ("DRW tau, observed frame (d)", H.num(float(row["tauObs"]), "{:.0f}")),
              ("source i mag (unlensed)", H.num(float(row["iSrcMag"]), "{:.2f}")),
@@ -276,7 +280,8 @@ def lens_page(run, ctx, s, image_obj):
             + (H.note("Several images fall on one Object (blended at the coadd's resolution): its truth is the sum "
                       "of their true fluxes.") if blended else "")
             + H.figure(key + ".png", "Forced PSF flux (nJy) of each Object holding lensed images, minus its per-band "
-                       "static offset (lens galaxy light), against the summed true flux of its images (lines), per band.")
+                       "static offset (lens galaxy light), against the summed true flux of its images (lines), "
+                       "per band.")
             + "<h3>Postage stamps</h3>" + coadd + stamps
             + '<p class="muted">Calexp stamps (electrons, asinh stretch per stamp, resampled to north up, east left) '
               "centred on the lens galaxy, at epochs spread evenly over the run (any band).</p>")
@@ -331,7 +336,8 @@ def star_page(run, ctx, s):
     stamps = _stamp_strip(ctx.stamp_dir, "stamps/", key, ctx.cutter, ctx.spread_epochs(ra, dec), ra, dec,
                           ctx.limits.stamp_half)
     mags = ", ".join(f"{b} {float(row[b + 'Mag'][0]):.2f}" for b in "ugrizy")
-    facts = [("star id", s["id"]), ("Object", s["objectId"]), ("distance to Object (arcsec)", H.num(s["distance_arcsec"])),
+    facts = [("star id", s["id"]), ("Object", s["objectId"]),
+             ("distance to Object (arcsec)", H.num(s["distance_arcsec"])),
              ("true magnitudes (AB)", mags), ("usable epochs", s["n_epochs"]),
              ("median psMag - true (mmag)", H.num(s["median_dmag_mmag"], "{:.1f}")),
              ("rms of psMag - true (mmag)", H.num(s["rms_mmag"], "{:.1f}")),

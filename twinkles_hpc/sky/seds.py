@@ -79,7 +79,8 @@ def _qe(lam):
 
 def _filter(lam, band):
     lo, hi = FILTER_EDGES_NM[band]
-    return FILTER_PEAK[band] * _logistic((lam - lo) / (EDGE_WIDTH_FRAC * lo)) * _logistic((hi - lam) / (EDGE_WIDTH_FRAC * hi))
+    return (FILTER_PEAK[band] * _logistic((lam - lo) / (EDGE_WIDTH_FRAC * lo))
+            * _logistic((hi - lam) / (EDGE_WIDTH_FRAC * hi)))
 
 
 @functools.cache
