@@ -35,7 +35,7 @@ CALIBRATION_FLOOR = 0.01
 
 def h5_rows(rundir, product, table):
     out = []
-    for p in sorted((rundir / product).glob("*.h5")):
+    for p in sorted((rundir / product).glob("patch-*.h5" if product == "objects" else "*.h5")):
         with h5py.File(p, "r", locking=False) as fh:
             out.append(read_table(fh[table]))
     return np.concatenate(out)
@@ -131,7 +131,7 @@ def test_ingesting_again_adds_nothing(level2_run, run_db, tmp_path):
     before = all_tables(e)
     assert sum(len(v) for v in before.values()) > 5000
     forced = sorted((level2_run / "forced").glob("*.h5"))
-    objects = sorted((level2_run / "objects").glob("*.h5"))
+    objects = sorted((level2_run / "objects").glob("patch-*.h5"))
     assert ingest.ingest_forced(e, forced) == 0
     assert ingest.ingest_objects(e, objects) == 0
     assert ingest.ingest_truth_match(e, objects, level2_run / "truth.h5", 1.0) == 0

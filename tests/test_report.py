@@ -273,7 +273,7 @@ def test_a_run_without_level2_products_says_so(sn_run, tmp_path):
     summary = write_report(run, limits=ReportLimits(max_supernovae=2, max_lenses=1, max_stars=1), jobs=1)
     text = (run / "report" / "index.html").read_text()
     assert "no coadds in this run" in text
-    assert "the validation could not run" in text and "calexps" in text
+    assert "the validation could not run" in text and "calexp/v" in text
     assert "no catalogue database" in text and "no supernova pages" in text and "no lensed quasar pages" in text
     assert summary["supernovae"]["pages"] == [] and "database" in summary["missing"]
     assert (run / "report" / "cadence.png").exists() and (run / "report" / "trace.png").exists()

@@ -429,5 +429,5 @@ def test_failed_calibrations_and_stages_off(level2_run, tmp_path):
     assert {f["visit_id"] for f in cal["r"]["failed"]} == {int(n[1:9]) for n in bad}
     assert cal["r"]["failed"][0]["reason"] == "2 clean stars (need 3)"
     for key in ("detection", "photometry", "pa1", "supernovae"):
-        assert rep[key]["value"] is None and "objects = false" in rep[key]["reason"]
+        assert rep[key]["value"] is None and "[objects] enabled = false" in rep[key]["reason"]
     assert rep["cost"]["coadd_peak_rss"]["value"] is None and "trace" in rep["cost"]["coadd_peak_rss"]["reason"]

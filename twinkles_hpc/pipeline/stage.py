@@ -102,6 +102,18 @@ class Stage:
         """Run one task; returns {relpath: bytes} of what it wrote."""
         raise NotImplementedError
 
+    def ingest_steps(self, ctx, up):
+        """The steps that load this stage's products into the database, in order: [(key, deps, cost,
+        params)], key the step's name (its task is ingest/KEY, its receipt ingest/KEY.json), deps the Tasks
+        whose outputs it reads (from `up`, the ingest stage's view of every stage with tables). Only for a
+        stage with `tables`."""
+        return []
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        """Load one step's products into `engine` (store/db.py, store/ingest.py); returns {table: rows
+        inserted}. kw: batch_size, on_batch."""
+        raise NotImplementedError
+
     def before_run(self, ctx):
         """Rank 0, before the journal is read: undo what a user removed by hand (optional)."""
 

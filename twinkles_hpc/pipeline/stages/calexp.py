@@ -55,4 +55,16 @@ class CalexpStage(Stage):
         return {rel: os.path.getsize(out)}
 
 
+    def ingest_steps(self, ctx, up):
+        return [("CcdVisit", list(up.tasks("calexp").values()), 0.01 * len(ctx.visits), {})]
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        """CcdVisit: one row per calibrated calexp (failed calibrations have none)."""
+        from twinkles_hpc.level2.calibrate import calexp_ok
+        from twinkles_hpc.level2.psf import fwhm_from_json
+        from twinkles_hpc.store import ingest
+        paths = [ctx.path(layout.calexp(v, ctx.by_id[v]["band"])) for v in sorted(ctx.by_id)]
+        return {step: ingest.ingest_ccd_visits(engine, [p for p in paths if calexp_ok(p)], fwhm_from_json, **kw)}
+
+
 STAGE = CalexpStage()

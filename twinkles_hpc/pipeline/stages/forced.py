@@ -66,6 +66,24 @@ class ForcedStage(Stage):
         return {rel: os.path.getsize(out)}
 
 
+    def ingest_steps(self, ctx, up):
+        """ForcedSource per chunk of VISITS_PER_INGEST_CHUNK visits, each after its visits' forced tasks: the
+        database fills while later visits are still measured."""
+        vids = [int(v) for v in np.sort(ctx.visits["visit_id"])]
+        n, out = layout.VISITS_PER_INGEST_CHUNK, []
+        for k in range(0, len(vids), n):
+            chunk = vids[k:k + n]
+            key = f"ForcedSource/{layout.chunk_key(k // n)}"
+            deps = [up.get("forced", layout.visit_key(v), for_task=layout.task_id("ingest", key)) for v in chunk]
+            out.append((key, deps, 0.05 * len(chunk), {"visit_ids": chunk}))
+        return out
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        from twinkles_hpc.store import ingest
+        paths = [ctx.path(layout.forced(v, ctx.by_id[v]["band"])) for v in params["visit_ids"]]
+        return {step: ingest.ingest_forced(engine, paths, **kw)}
+
+
 def _patch_objects(ctx, index):
     """The Object table of one patch (the columns forced photometry needs), read once per worker."""
     t, = ctx.cache("objects", size=256).get(ctx.path(layout.objects(*index)), ("objects",))

@@ -63,6 +63,22 @@ class ObjectsStage(Stage):
                 **_write_objects(ctx, index, objects, meta["tract"], meta)}
 
 
+    def ingest_steps(self, ctx, up):
+        otasks = list(up.tasks("objects").values())
+        patches = [t.params["patch"] for t in otasks]
+        return [("Object", otasks, 0.2, {"patches": patches}), ("ObjectTruthMatch", [], 0.2, {"patches": patches})]
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        """Object (the primary Objects of every patch) and ObjectTruthMatch (every truth source within
+        [ingest] match_radius of a primary Object)."""
+        from twinkles_hpc.store import ingest
+        paths = [ctx.path(layout.objects(*q)) for q in sorted(tuple(q) for q in params["patches"])]
+        if step == "Object":
+            return {step: ingest.ingest_objects(engine, paths, **kw)}
+        return {step: ingest.ingest_truth_match(engine, paths, ctx.path(layout.TRUTH), ctx.cfg.ingest.match_radius,
+                                                **kw)}
+
+
 def _coadd_has_inputs(path):
     with open_read(path) as fh:
         return len(fh.attrs.get("inputs", [path])) > 0

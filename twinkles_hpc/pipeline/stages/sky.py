@@ -29,6 +29,8 @@ class SkyStage(Stage):
     doc = "the static sky, lensed quasars and supernovae (truth.h5) and the reference catalogue (refcat.h5)"
     section = SkySection
     outputs = (layout.TRUTH, layout.REFCAT)
+    tables = ("TruthStar", "TruthGalaxy", "TruthSupernova", "TruthLensSystem", "TruthLensedImage", "TruthVariable",
+              "TruthVariableFlux")
     colour = "#4c72b0"
     cost_class = SETUP
     optional = False
@@ -62,6 +64,15 @@ class SkyStage(Stage):
         with atomic_h5(ref) as fh:
             write_table(fh, "refcat", make_refcat(seed, sky["stars"]))
         return {layout.TRUTH: os.path.getsize(path), layout.REFCAT: os.path.getsize(ref)}
+
+
+    def ingest_steps(self, ctx, up):
+        deps = [up.get("sky", None, for_task="ingest/truth")] + list(up.tasks("variables").values())
+        return [("truth", deps, 0.2, {})]
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        from twinkles_hpc.store import db
+        return db.ingest_truth(engine, ctx.rundir, **kw)
 
 
 def _lensed_quasars(cfg, galaxies):
