@@ -4,6 +4,7 @@ the tasks, exit 1 on 1 and 3 ranks, never 75); config checks between stages."""
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import MPIEXEC, TINY_TOML, cli
 
@@ -131,3 +132,25 @@ def _template(fn, args):
         return fn(*args)
     finally:
         L.visit_key, L.chunk_key, L.patch_key = saved
+
+
+def test_algorithm_settings_are_in_the_toml_and_the_fingerprint(tmp_path):
+    """[calexp] and [coadd] hold the science configs' settings: settable in the TOML, printed by
+    config --defaults, and a change on an existing run directory is refused like any other."""
+    from twinkles_hpc import rundir as rd
+    from twinkles_hpc.errors import RunDirError
+    from twinkles_hpc.level2.calibrate import CalibrateConfig
+    from twinkles_hpc.level2.coadd import CoaddConfig
+    text = config.defaults_toml()
+    assert "[calexp.cosmic_rays]" in text and "[calexp.background]" in text and "clip_sigma" in text
+    base = {"calexp": {"enabled": True}}
+    cfg = config.from_dict(base)
+    assert isinstance(cfg.calexp, CalibrateConfig) and isinstance(cfg.coadd, CoaddConfig)
+    visits = np.zeros(1, [("visit_id", "i8")])
+    rd.init(cfg, str(tmp_path), "", visits)
+    rd.check(config.from_dict(base), str(tmp_path))                      # the same config: accepted
+    changed = config.from_dict({"calexp": {"enabled": True, "cosmic_rays": {"nsigma": 6.0}}})
+    with pytest.raises(RunDirError, match=r"calexp\.cosmic_rays differs"):
+        rd.check(changed, str(tmp_path))
+    with pytest.raises(InputError, match=r"calexp\.background\.mesh_size"):
+        config.from_dict({"calexp": {"background": {"mesh_size": 2}}})
