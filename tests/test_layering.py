@@ -1,6 +1,6 @@
 """The dependency rules of docs/design.md, checked on the source: level2 never imports sky or imsim
 (it measures pixels, never the truth); sky, imsim and level2 never import parallel; only __main__
-imports cli."""
+imports cli; mpiwait (used by level2 and parallel) imports nothing of the package."""
 import ast
 from pathlib import Path
 
@@ -30,3 +30,9 @@ def test_package_imports_respect_the_layers(package, forbidden):
     bad = [(p.name, m) for p in sorted((PKG / package).glob("*.py")) for m in imports(p)
            if m.startswith(forbidden)]
     assert not bad, f"{package} imports what it must not: {bad}"
+
+
+def test_mpiwait_imports_nothing_of_the_package():
+    """level2 and parallel both wait through twinkles_hpc.mpiwait: it must sit below both."""
+    assert not [m for m in imports(PKG / "mpiwait.py") if m.startswith("twinkles_hpc")]
+

@@ -12,7 +12,6 @@ in tract pixels and the combination is per pixel), so the coadd is bit-identical
 the number of ranks.
 """
 import os
-import time
 from dataclasses import dataclass
 
 import h5py
@@ -21,7 +20,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from twinkles_hpc import _warp
+from twinkles_hpc import _warp, mpiwait
 from twinkles_hpc.level2 import coaddpsf
 from twinkles_hpc.level2.warp import KERNELS, NO_DATA, SOURCE_MARGIN, source_bbox, warp_into
 from twinkles_hpc.store.atomic import atomic_h5, open_read
@@ -264,24 +263,6 @@ def coadd_subregion(infos, dst_wcs, box, config, workspace=None, weights=None):
     return combine_warps(*stack, scales, weights[[i for i, _ in used]], config, out=out)
 
 
-def _wait(test):
-    """Poll test() with a growing sleep (100 us to 5 ms): MPICH's blocking calls spin a core."""
-    delay = 1e-4
-    while not test():
-        time.sleep(delay)
-        delay = min(2 * delay, 5e-3)
-
-
-def _send(comm, obj, dest, tag):
-    req = comm.isend(obj, dest=dest, tag=tag)
-    _wait(req.Test)
-
-
-def _recv(comm, source, tag):
-    _wait(lambda: comm.Iprobe(source=source, tag=tag))
-    return comm.recv(source=source, tag=tag)
-
-
 def _paste(dst, sub, x0, y0):
     for k, a in sub.items():
         dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
@@ -374,14 +355,14 @@ def _gather(comm, rank, size, subs, mine, compute, patch):
             try:
                 res = compute(k)
             except Exception as e:
-                _send(comm, ("error", f"{type(e).__name__}: {e}"), 0, k)
+                mpiwait.poll_send(comm, ("error", f"{type(e).__name__}: {e}"), 0, k)
                 raise
-            _send(comm, res, 0, k)
+            mpiwait.poll_send(comm, res, 0, k)
             del res
         return None
     result = {k: np.empty(patch.shape, dt) for k, dt in PLANES.items()}
     for k, (x0, y0, _, _) in enumerate(subs):
-        res = compute(k) if k % size == 0 else _recv(comm, k % size, k)
+        res = compute(k) if k % size == 0 else mpiwait.poll_recv(comm, k % size, k)[0]
         if isinstance(res, tuple):
             raise RuntimeError(f"rank {k % size} failed in coadd sub-region {k}: {res[1]}")
         _paste(result, res, x0, y0)
@@ -402,8 +383,8 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
             err = f"{type(e).__name__}: {e}"
             raise
         finally:
-            _send(comm, (part, err), 0, 0)
-        _recv(comm, 0, 1)                           # rank 0 has renamed the file into place
+            mpiwait.poll_send(comm, (part, err), 0, 0)
+        mpiwait.poll_recv(comm, 0, 1)               # rank 0 has renamed the file into place
         return out
     with atomic_h5(out) as f:
         ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt) for k, dt in PLANES.items()}
@@ -415,7 +396,7 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
         for k in mine:
             _paste(ds, compute(k), *subs[k][:2])
         for r in range(1, size):
-            part, err = _recv(comm, r, 0)
+            (part, err), _, _ = mpiwait.poll_recv(comm, r, 0)
             if err is not None:
                 raise RuntimeError(f"rank {r} failed in its coadd sub-regions: {err}")
             try:
@@ -426,6 +407,6 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
                 if os.path.exists(part):
                     os.remove(part)
     for r in range(1, size):
-        _send(comm, "done", r, 1)
+        mpiwait.poll_send(comm, "done", r, 1)
     return out
 
