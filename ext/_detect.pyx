@@ -12,6 +12,18 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memset
 
+cdef enum:
+    # the `flags` bits of the detection catalogue (documented in detect.py, which re-exports them)
+    FLAG_DEBLENDED = 1
+    FLAG_EDGE = 2
+    FLAG_MASKED = 4
+    FLAG_CENTROID = 8
+    FLAG_NEGATIVE = 16
+
+#: Flag name -> bit (the wrapper's FLAG_<name>).
+FLAGS = {"DEBLENDED": FLAG_DEBLENDED, "EDGE": FLAG_EDGE, "MASKED": FLAG_MASKED, "CENTROID": FLAG_CENTROID,
+         "NEGATIVE": FLAG_NEGATIVE}
+
 # ------------------------------------------------------------------ selection and sorting
 include "_select.pxi"
 
@@ -738,9 +750,9 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
     image, unmasked and either undetected (label 0) or labelled lo..hi: excluding pixels in symmetric
     pairs keeps the centroid of a symmetric source unbiased next to masks, edges and neighbours. Each
     step moves by twice the windowed mean offset (exact in one step for a Gaussian source of the window's
-    width). Returns flag bits: 1 masked pixels met, 2 failed (masked pixels carry more than MASKED_MAX of
-    the window's weight, no positive weight, or it drifted more than R from the start; (x, y) are then
-    left at the start).
+    width). Returns flag bits: FLAG_MASKED masked pixels met, FLAG_CENTROID failed (masked pixels carry
+    more than MASKED_MAX of the window's weight, no positive weight, or it drifted more than R from the
+    start; (x, y) are then left at the start).
     """
     cdef double x0 = x[0], y0 = y[0], a = 0.5 / (sig * sig), sw, sx, sy, w, dx, dy, wall, wmask
     cdef Py_ssize_t ic, jc, i, j, mi, mj
@@ -763,7 +775,7 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
                 u = _usable(mask, lab, nx, ny, i, j, lo, hi) | _usable(mask, lab, nx, ny, mi, mj, lo, hi)
                 if u:
                     if u & 2:
-                        flags |= 1
+                        flags |= FLAG_MASKED
                         wmask += w
                     continue
                 w *= img[j * nx + i]
@@ -773,7 +785,7 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
         if sw <= 0 or wmask > MASKED_MAX * wall:
             x[0] = x0
             y[0] = y0
-            return flags | 2
+            return flags | FLAG_CENTROID
         dx = 2.0 * sx / sw
         dy = 2.0 * sy / sw
         x[0] += dx
@@ -781,7 +793,7 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
         if (x[0] - x0) * (x[0] - x0) + (y[0] - y0) * (y[0] - y0) > R * R:
             x[0] = x0
             y[0] = y0
-            return flags | 2
+            return flags | FLAG_CENTROID
         if dx * dx + dy * dy < tol * tol:
             break
     return flags
@@ -800,7 +812,7 @@ cdef inline void _accumulate(double[:, ::1] acc, int64_t[:, ::1] iout, Py_ssize_
     acc[r, 6] += I * dx * dy
     iout[r, 2] += 1
     if edge:
-        iout[r, 3] |= 2
+        iout[r, 3] |= FLAG_EDGE
 
 
 def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsigned char[:, ::1] mask,
@@ -811,7 +823,7 @@ def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsig
     """Measure every record; see detect.py. Footprint f (0-based) owns records rec0[f].. : one if it has a
     single child, else the parent then its children. labels (footprint ids in) end holding record id + 1 of
     each pixel's leaf. fout columns: x, y, flux, flux_err, xx, yy, xy, peak_value; iout: x_peak, y_peak,
-    npix, flags (bits 2 edge, 4 masked pixels in the centroid window, 8 windowed centroid failed)."""
+    npix, flags (FLAG_EDGE, FLAG_MASKED, FLAG_CENTROID)."""
     cdef Py_ssize_t nfp = start.shape[0] - 1, nx = image.shape[1], ny = image.shape[0]
     cdef Py_ssize_t nrec = fout.shape[0], f, k, p, i, j, r, rl, npk = 0, R = <Py_ssize_t> ceil(4.0 * sig)
     cdef bint has_mask = mask.shape[0] > 0
@@ -884,7 +896,7 @@ def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsig
                 else:
                     lo = hi = <int32_t> (r + 1)
                 iout[r, 3] |= _winpos(&image[0, 0], &mask[0, 0] if has_mask else NULL, &labels[0, 0], nx, ny,
-                                      lo, hi, sig, R, wx, wy, &fout[r, 0], &fout[r, 1], maxiter, tol) << 2
+                                      lo, hi, sig, R, wx, wy, &fout[r, 0], &fout[r, 1], maxiter, tol)
     free(wx)
     free(wy)
     return nrec

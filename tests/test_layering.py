@@ -1,6 +1,7 @@
 """The dependency rules of docs/design.md, checked on the source: level2 never imports sky or imsim
 (it measures pixels, never the truth); sky, imsim and level2 never import parallel; only __main__
-imports cli; mpiwait (used by level2 and parallel) imports nothing of the package."""
+imports cli; mpiwait (used by level2 and parallel) imports nothing of the package; the mask planes and
+flag bits keep their values."""
 import ast
 from pathlib import Path
 
@@ -36,3 +37,14 @@ def test_mpiwait_imports_nothing_of_the_package():
     """level2 and parallel both wait through twinkles_hpc.mpiwait: it must sit below both."""
     assert not [m for m in imports(PKG / "mpiwait.py") if m.startswith("twinkles_hpc")]
 
+
+
+def test_mask_planes_and_flags_keep_their_data_model_bits():
+    """Each family is defined once (level2/masks.py, the kernels' FLAGS); products already written depend
+    on the values (docs/data-model.md)."""
+    from twinkles_hpc.level2 import detect, forced, masks
+    assert masks.PLANES == {"SAT": 1, "CR": 2, "EDGE": 4, "DETECTED": 8, "NO_DATA": 16, "BAD": 32}
+    assert ((forced.FLAG_OFF_IMAGE, forced.FLAG_EDGE, forced.FLAG_MASKED, forced.FLAG_SATURATED,
+             forced.FLAG_NO_DATA, forced.FLAG_AP_FILLED) == (1, 2, 4, 8, 16, 32))
+    assert ((detect.FLAG_DEBLENDED, detect.FLAG_EDGE, detect.FLAG_MASKED, detect.FLAG_CENTROID,
+             detect.FLAG_NEGATIVE) == (1, 2, 4, 8, 16))

@@ -22,11 +22,9 @@ from astropy.wcs.utils import proj_plane_pixel_area
 
 from twinkles_hpc import _warp, mpiwait
 from twinkles_hpc.level2 import coaddpsf
-from twinkles_hpc.level2.warp import KERNELS, NO_DATA, SOURCE_MARGIN, source_bbox, warp_into
+from twinkles_hpc.level2.masks import BAD, CR, DETECTED, EDGE, NO_DATA, SAT
+from twinkles_hpc.level2.warp import KERNELS, SOURCE_MARGIN, source_bbox, warp_into
 from twinkles_hpc.store.atomic import atomic_h5, open_read
-
-# docs/data-model.md mask bits
-SAT, CR, EDGE, DETECTED, BAD = 1, 2, 4, 8, 32
 
 #: Bytes per sub-region pixel per input in the stack: warped image and variance (float32), mask (uint16).
 STACK_BYTES = 10
@@ -138,7 +136,7 @@ def combine_warps(images, variances, masks, scales, weights, config, out=None):
         if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
             raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
     _warp.combine(images, variances, masks, scales, weights, int(config.bad_mask_bits),
-                  int(config.protect_mask_bits), config.statistic == "median", float(config.clip_sigma),
+                  int(config.protect_mask_bits), NO_DATA, config.statistic == "median", float(config.clip_sigma),
                   int(config.clip_iters), res["image"], res["variance"], res["mask"], res["n_visits"],
                   res["depth"])
     return res

@@ -25,19 +25,18 @@ Lanczos-3 warp at a half-pixel shift lowers the per-pixel variance of white nois
 and moves the rest into covariance), so the coadd's variance plane is right per pixel but the noise in
 a sum over pixels is larger than the summed variance says.
 
-Mask: an output pixel ORs the bits of the input pixels whose weight |w_x w_y| >= `mask_weight` (default
-0.05: at integer shifts only the pixel itself, at a half-pixel shift in x and y the 2 x 2 nearest and
-their 8 edge neighbours). A pixel whose
-6 x 6 kernel footprint is not wholly inside the source gets image = variance = NaN and mask NO_DATA.
+Mask (the bits of level2/masks.py): an output pixel ORs the bits of the input pixels whose weight
+|w_x w_y| >= `mask_weight` (default 0.05: at integer shifts only the pixel itself, at a half-pixel shift
+in x and y the 2 x 2 nearest and their 8 edge neighbours). A pixel whose 6 x 6 kernel footprint is not
+wholly inside the source gets image = variance = NaN and mask NO_DATA.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from twinkles_hpc import _warp
+from twinkles_hpc.level2.masks import NO_DATA
 
-#: docs/data-model.md mask bit: no valid pixel.
-NO_DATA = 16
 #: "lanczos3": normalised Lanczos-3 weights plus the least-squares correction that reproduces polynomials
 #: up to degree 2; "lanczos3_plain": normalised Lanczos-3 only (as LSST afw), whose first moment errs by
 #: up to 0.02 px, i.e. 8e-4 of the peak on a sigma = 15 px Gaussian's slope.
@@ -223,5 +222,6 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
         return None
     g = mapping_grid(src_wcs, dst_wcs, box, grid_step=grid_step, max_grid_error=max_grid_error)
     _warp.warp(src, var, msk, sx0, sy0, g.gu, g.gv, g.gj, g.gx0, g.gy0, g.step, x0, y0,
-               image, variance, mask, float(mask_weight), kernel == "lanczos3")
+               image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3")
     return g
+
