@@ -1,8 +1,8 @@
-"""Private kernels of twinkles_hpc.level2.warp and twinkles_hpc.level2.coadd: Lanczos-3 resampling of an
-image, its variance and mask through a tabulated coordinate grid, and the per-pixel combination of a
-stack of warps (weighted sigma-clipped mean, or median).
+"""Private kernels of twinkles_hpc.level2.warp: Lanczos-3 resampling of an image, its variance and mask
+through a tabulated coordinate grid, and the per-pixel combination of a stack of warps (weighted
+sigma-clipped mean, or median) that level2/coadd.py calls through warp.combine_stack.
 
-Called only by those wrappers, which validate every input and document the physics; nothing is checked
+Called only by that wrapper, which validates every input and documents the physics; nothing is checked
 twice here. Mask bits come in as arguments (level2/masks.py owns them). Both kernels release the GIL.
 """
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc

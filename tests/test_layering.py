@@ -1,13 +1,15 @@
 """The dependency rules of docs/design.md, checked on the source: level2 never imports sky or imsim
 (it measures pixels, never the truth); sky, imsim and level2 never import parallel; only __main__
-imports cli; mpiwait (used by level2 and parallel) imports nothing of the package; the mask planes and
-flag bits keep their values."""
+imports cli; each compiled kernel (ext/_X.pyx -> twinkles_hpc._X) has exactly one wrapper module;
+mpiwait (used by level2 and parallel) imports nothing of the package; the mask planes and flag bits keep
+their values."""
 import ast
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "twinkles_hpc"
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "twinkles_hpc"
 
 
 def imports(path):
@@ -33,10 +35,18 @@ def test_package_imports_respect_the_layers(package, forbidden):
     assert not bad, f"{package} imports what it must not: {bad}"
 
 
+def test_each_kernel_has_one_wrapper():
+    """Only the wrapper validates a kernel's inputs and documents it, so only the wrapper imports it."""
+    kernels = sorted(f"twinkles_hpc.{p.stem}" for p in (ROOT / "ext").glob("_*.pyx"))
+    assert kernels
+    users = {k: sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if k in set(imports(p)))
+             for k in kernels}
+    assert all(len(u) == 1 for u in users.values()), f"kernel -> importing modules: {users}"
+
+
 def test_mpiwait_imports_nothing_of_the_package():
     """level2 and parallel both wait through twinkles_hpc.mpiwait: it must sit below both."""
     assert not [m for m in imports(PKG / "mpiwait.py") if m.startswith("twinkles_hpc")]
-
 
 
 def test_mask_planes_and_flags_keep_their_data_model_bits():

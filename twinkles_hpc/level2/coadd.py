@@ -20,10 +20,10 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from twinkles_hpc import _warp, mpiwait
+from twinkles_hpc import mpiwait
 from twinkles_hpc.level2 import coaddpsf
 from twinkles_hpc.level2.masks import BAD, CR, DETECTED, EDGE, NO_DATA, SAT
-from twinkles_hpc.level2.warp import KERNELS, SOURCE_MARGIN, source_bbox, warp_into
+from twinkles_hpc.level2.warp import KERNELS, SOURCE_MARGIN, combine_stack, source_bbox, warp_into
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 
 #: Bytes per sub-region pixel per input in the stack: warped image and variance (float32), mask (uint16).
@@ -50,7 +50,7 @@ class CoaddConfig:
     memory_per_rank: bytes a rank may use for the coadd (the plan's budget); statistic: "mean"
     (weighted by the inverse sky variance of each input, sigma-clipped) or "median"; clip_sigma: the
     clipping threshold in units of each input's noise (widened by the robust spread of the inputs, see
-    _warp.combine); clip_iters: clipping iterations (0: plain weighted mean); bad_mask_bits: an input
+    warp.combine_stack); clip_iters: clipping iterations (0: plain weighted mean); bad_mask_bits: an input
     pixel with any of these bits is left out (default SAT | CR | NO_DATA | BAD); protect_mask_bits: no
     clipping at a pixel where at least half of the good inputs carry one of these bits (default DETECTED:
     inside sources, where the inputs differ by their PSFs, not by artefacts); kernel, mask_weight: passed
@@ -128,17 +128,12 @@ def combine_warps(images, variances, masks, scales, weights, config, out=None):
     scales[k] in nJy, weighing weights[k] in the mean, see input_weights) into a dict of the output
     planes (PLANES): image (nJy per pixel), variance (nJy^2), mask, n_visits (inputs used) and depth
     (inverse variance, nJy^-2; 0 where no input is good)."""
-    N, ny, nx = images.shape
+    _, ny, nx = images.shape
     res = out if out is not None else {k: np.empty((ny, nx), dt) for k, dt in PLANES.items()}
-    scales = np.ascontiguousarray(scales, dtype=np.float64)
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    for name, a in (("scales", scales), ("weights", weights)):
-        if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
-            raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
-    _warp.combine(images, variances, masks, scales, weights, int(config.bad_mask_bits),
-                  int(config.protect_mask_bits), NO_DATA, config.statistic == "median", float(config.clip_sigma),
-                  int(config.clip_iters), res["image"], res["variance"], res["mask"], res["n_visits"],
-                  res["depth"])
+    combine_stack(images, variances, masks, scales, weights,
+                  [res[k] for k in ("image", "variance", "mask", "n_visits", "depth")],
+                  bad_mask_bits=config.bad_mask_bits, protect_mask_bits=config.protect_mask_bits,
+                  median=config.statistic == "median", clip_sigma=config.clip_sigma, clip_iters=config.clip_iters)
     return res
 
 
