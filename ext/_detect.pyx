@@ -1,21 +1,31 @@
 # cython: language_level=3
-"""Private kernels for background estimation and source detection (see twinkles_hpc/level2/background.py
-and detect.py, which validate every input and document the method; nothing is checked twice here).
+"""Private kernels of twinkles_hpc/level2/detect.py (source detection: matched filter, connected
+footprints, deblending, measurement), which validates every input and documents the method; nothing is
+checked twice here. The detection catalogue's flag bits are defined here (FLAGS) and re-exported there.
 
 Images are float32 C-contiguous (ny, nx); pixel (i, j) is column i, row j, centred at x = i, y = j.
 A mask is uint8 (nonzero = ignore) of the same shape, or of shape (0, 0) for "no mask". Every kernel
 releases the GIL. Kernels that can meet bad pixels return the flat index of the first one (-1 if none).
 """
 import numpy as np
-from libc.math cimport NAN, ceil, exp, floor, fabs, isfinite, sqrt
+from libc.math cimport NAN, ceil, exp, floor, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memset
 
-# ------------------------------------------------------------------ selection and sorting
-include "_select.pxi"
+cdef enum:
+    # the `flags` bits of the detection catalogue (documented in detect.py, which re-exports them)
+    FLAG_DEBLENDED = 1
+    FLAG_EDGE = 2
+    FLAG_MASKED = 4
+    FLAG_CENTROID = 8
+    FLAG_NEGATIVE = 16
 
+#: Flag name -> bit (the wrapper's FLAG_<name>).
+FLAGS = {"DEBLENDED": FLAG_DEBLENDED, "EDGE": FLAG_EDGE, "MASKED": FLAG_MASKED, "CENTROID": FLAG_CENTROID,
+         "NEGATIVE": FLAG_NEGATIVE}
 
+# ------------------------------------------------------------------ sorting
 cdef void _sort_u64(uint64_t* a, Py_ssize_t n) noexcept nogil:
     """Sort a[0..n) ascending: quicksort (median of three), insertion sort below 24 elements; the smaller
     side is sorted first by recursion so the stack stays O(log n)."""
@@ -62,216 +72,6 @@ cdef inline uint32_t _desc_key(float v) noexcept nogil:
     cdef uint32_t b = (<uint32_t*> &v)[0]
     b = ~b if b & 0x80000000u else b | 0x80000000u
     return ~b
-
-
-# ------------------------------------------------------------------ background meshes
-cdef int _robust_start(float* sub, Py_ssize_t ns, double* m0, double* s0) noexcept nogil:
-    """Median m0 and s0 = 1.4826 MAD (or, if that is 0, the standard deviation) of sub[0..ns) (reordered).
-    Returns 1 if the values are all integers (quantised data)."""
-    cdef Py_ssize_t i
-    cdef int quantised = 1
-    cdef double s1 = 0.0, s2 = 0.0, t
-    for i in range(ns):
-        if sub[i] != floor(sub[i]):
-            quantised = 0
-        t = sub[i]
-        s1 += t
-        s2 += t * t
-    m0[0] = _select(sub, ns, ns // 2)
-    for i in range(ns):
-        sub[i] = <float> fabs(sub[i] - m0[0])
-    s0[0] = 1.4826 * _select(sub, ns, ns // 2)
-    if s0[0] <= 0.0:                            # more than half the values equal: the plain std
-        s0[0] = sqrt(max(s2 / ns - (s1 / ns) * (s1 / ns), 0.0))
-    return quantised
-
-
-cdef int _clipped_stats(const int32_t* hist, Py_ssize_t nb, double lo, double w, double clip, int iters,
-                        int estimator, double clip_corr, double* level, double* rms) noexcept nogil:
-    """Sigma-clipped level and rms from a histogram (bins of width w from lo; see background.py).
-    Returns 0, or 1 if too few values are left."""
-    cdef Py_ssize_t b, b0 = 0, b1 = nb - 1, c0, c1
-    cdef double iw = 1.0 / w, n_k, s1, s2, t, c, mean = 0.0, sd = 0.0, med = 0.0, cum, half, vlo, vhi
-    cdef int it
-    for it in range(iters + 1):
-        n_k = s1 = s2 = 0.0
-        for b in range(b0, b1 + 1):
-            c = hist[b]
-            t = (b + 0.5) * w                  # bin centre - lo
-            n_k += c
-            s1 += c * t
-            s2 += c * t * t
-        if n_k < 8:
-            return 1
-        mean = s1 / n_k
-        sd = sqrt(max(s2 / n_k - mean * mean, 0.0))
-        half = 0.5 * n_k                       # median: linear interpolation inside its bin
-        cum = 0.0
-        b = b0
-        while b < b1 and cum + hist[b] < half:
-            cum += hist[b]
-            b += 1
-        med = (b + (half - cum) / hist[b]) * w if hist[b] > 0 else (b + 0.5) * w
-        if it == iters:
-            break
-        vlo = (med - clip * sd) * iw - 0.5    # keep bins whose centres lie within med +- clip sd
-        vhi = (med + clip * sd) * iw - 0.5
-        c0 = <Py_ssize_t> ceil(vlo) if vlo > 0 else 0
-        c1 = <Py_ssize_t> floor(vhi) if vhi < nb - 1 else nb - 1
-        if c0 == b0 and c1 == b1:
-            break
-        b0 = c0
-        b1 = c1
-        if b1 < b0:
-            return 1
-    if estimator == 0 and fabs(mean - med) < 0.3 * sd:
-        level[0] = lo + 2.5 * med - 1.5 * mean
-    elif estimator == 2:
-        level[0] = lo + mean
-    else:
-        level[0] = lo + med
-    rms[0] = sd * clip_corr
-    return 0
-
-
-def mesh_stats(const float[:, ::1] image, const unsigned char[:, ::1] mask, const Py_ssize_t[::1] xe,
-               const Py_ssize_t[::1] ye, double clip, int iters, int estimator, double clip_corr,
-               double min_valid, double[:, ::1] level, double[:, ::1] rms):
-    """Clipped background level and rms of each mesh [ye[j], ye[j+1]) x [xe[i], xe[i+1]), unmasked pixels
-    only; estimator 0 sextractor, 1 median, 2 mean. Per mesh: a robust start from a strided subsample of
-    about 1024 pixels, then a histogram of m0 +- 8 s0 (see background.py). A strip of meshes is read row by
-    row (all its meshes' histograms at once) so that memory is streamed. Meshes with fewer than min_valid x
-    their area of usable pixels, or too few values, get NaN. Returns the flat index of the first unmasked
-    non-finite pixel met, or -1."""
-    cdef Py_ssize_t my = ye.shape[0] - 1, mx = xe.shape[0] - 1, nx = image.shape[1], HB = 1030, NS = 1200
-    cdef Py_ssize_t i, j, mi, mj, nb, sx, sy, x0, x1, y0, y1, k
-    cdef const unsigned char* m = &mask[0, 0] if mask.shape[0] > 0 else NULL
-    cdef const unsigned char* mrow
-    cdef const float* row
-    cdef float v, flo, fiw, fhi, ft
-    cdef double m0, s0, lo, w
-    cdef int quantised
-    cdef int32_t* h
-    cdef Py_ssize_t bad = -1
-    cdef float* sub = <float*> malloc(mx * NS * sizeof(float))
-    cdef int32_t* hist = <int32_t*> malloc(mx * HB * sizeof(int32_t))
-    cdef Py_ssize_t* ns = <Py_ssize_t*> malloc(mx * sizeof(Py_ssize_t))
-    cdef Py_ssize_t* nbs = <Py_ssize_t*> malloc(mx * sizeof(Py_ssize_t))
-    cdef double* los = <double*> malloc(mx * 3 * sizeof(double))
-    cdef int* nonfinite = <int*> malloc(mx * sizeof(int))
-    if not (sub and hist and ns and nbs and los and nonfinite):
-        free(sub); free(hist); free(ns); free(nbs); free(los); free(nonfinite)
-        raise MemoryError("mesh_stats: no memory")
-    with nogil:
-        for mj in range(my):
-            y0, y1 = ye[mj], ye[mj + 1]
-            sy = max(1, <Py_ssize_t> ceil((y1 - y0) / 32.0))
-            for mi in range(mx):
-                ns[mi] = 0
-                nonfinite[mi] = 0
-            j = y0
-            while j < y1:                       # subsample rows: every sy-th row, every sx-th column
-                for mi in range(mx):
-                    x0, x1 = xe[mi], xe[mi + 1]
-                    sx = max(1, <Py_ssize_t> ceil((x1 - x0) / 32.0))
-                    i = x0
-                    while i < x1 and ns[mi] < NS:
-                        v = image[j, i]
-                        if (m == NULL or not m[j * nx + i]) and isfinite(v):
-                            sub[mi * NS + ns[mi]] = v
-                            ns[mi] += 1
-                        i += sx
-                j += sy
-            for mi in range(mx):                # histogram layout: ~16 bins per s0 over m0 +- 8 s0
-                level[mj, mi] = NAN
-                rms[mj, mi] = NAN
-                nbs[mi] = 0
-                if ns[mi] < 16:
-                    continue
-                quantised = _robust_start(sub + mi * NS, ns[mi], &m0, &s0)
-                w = s0 / 16.0
-                lo = m0 - 8.0 * s0
-                if quantised:                   # integer data: whole-electron bins edged at half-integers
-                    w = floor(w + 0.5) if w >= 1.0 else 1.0
-                    lo = floor(lo) - 0.5
-                if s0 <= 0.0:
-                    w = 1.0
-                    lo = m0 - 0.5
-                nbs[mi] = min(<Py_ssize_t> ceil(16.0 * s0 / w) + 1, HB - 6)
-                los[3 * mi] = lo
-                los[3 * mi + 1] = w
-                los[3 * mi + 2] = s0
-                memset(hist + mi * HB, 0, (nbs[mi] + 3) * sizeof(int32_t))
-            # branch-free fill: h[0] under, h[1..nb] the bins, h[nb+1] over, h[nb+2] masked
-            for j in range(y0, y1):
-                row = &image[j, 0]
-                mrow = m + j * nx if m != NULL else NULL
-                for mi in range(mx):
-                    nb = nbs[mi]
-                    if nb == 0:
-                        continue
-                    h = hist + mi * HB
-                    flo = <float> los[3 * mi]
-                    fiw = <float> (1.0 / los[3 * mi + 1])
-                    fhi = <float> nb
-                    x0, x1 = xe[mi], xe[mi + 1]
-                    if mrow == NULL:
-                        for i in range(x0, x1):
-                            v = row[i]
-                            nonfinite[mi] |= not isfinite(v)
-                            ft = (v - flo) * fiw
-                            ft = -1.0 if ft < 0.0 else (fhi if ft > fhi else ft)
-                            h[<Py_ssize_t> (ft + 1.0)] += 1
-                    else:
-                        for i in range(x0, x1):
-                            v = row[i]
-                            nonfinite[mi] |= (not isfinite(v)) & (mrow[i] == 0)
-                            ft = (v - flo) * fiw
-                            ft = -1.0 if ft < 0.0 else (fhi if ft > fhi else ft)
-                            h[(<Py_ssize_t> (ft + 1.0)) if mrow[i] == 0 else nb + 2] += 1
-            for mi in range(mx):
-                nb = nbs[mi]
-                if nb == 0:
-                    continue
-                x0, x1 = xe[mi], xe[mi + 1]
-                h = hist + mi * HB
-                if nonfinite[mi]:
-                    if bad < 0:
-                        for k in range((y1 - y0) * (x1 - x0)):
-                            j = y0 + k // (x1 - x0)
-                            i = x0 + k % (x1 - x0)
-                            if (m == NULL or not m[j * nx + i]) and not isfinite(image[j, i]):
-                                bad = j * nx + i
-                                break
-                    continue
-                if (x1 - x0) * (y1 - y0) - h[nb + 2] < min_valid * (x1 - x0) * (y1 - y0):
-                    continue
-                if los[3 * mi + 2] <= 0.0:      # a constant mesh
-                    level[mj, mi] = los[3 * mi] + 0.5
-                    rms[mj, mi] = 0.0
-                    continue
-                _clipped_stats(h + 1, nb, los[3 * mi], los[3 * mi + 1], clip, iters, estimator, clip_corr,
-                               &level[mj, mi], &rms[mj, mi])
-    free(sub); free(hist); free(ns); free(nbs); free(los); free(nonfinite)
-    return bad
-
-
-def spline_rows(const double[:, :, ::1] coef, const double[::1] knots, const Py_ssize_t[::1] cols,
-                float[:, ::1] out):
-    """out[j, i] = sum_k coef[j, s, k] (i - knots[s])^(3 - k) for columns cols[s] <= i < cols[s + 1]: a
-    piecewise cubic along each row (e.g. a spline, in scipy's PPoly layout)."""
-    cdef Py_ssize_t ny = out.shape[0], nseg = knots.shape[0], j, s, i
-    cdef double c0, c1, c2, c3, t
-    with nogil:
-        for j in range(ny):
-            for s in range(nseg):
-                c0 = coef[j, s, 0]
-                c1 = coef[j, s, 1]
-                c2 = coef[j, s, 2]
-                c3 = coef[j, s, 3]
-                for i in range(cols[s], cols[s + 1]):
-                    t = i - knots[s]
-                    out[j, i] = <float> (((c0 * t + c1) * t + c2) * t + c3)
 
 
 # ------------------------------------------------------------------ matched filter
@@ -738,9 +538,9 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
     image, unmasked and either undetected (label 0) or labelled lo..hi: excluding pixels in symmetric
     pairs keeps the centroid of a symmetric source unbiased next to masks, edges and neighbours. Each
     step moves by twice the windowed mean offset (exact in one step for a Gaussian source of the window's
-    width). Returns flag bits: 1 masked pixels met, 2 failed (masked pixels carry more than MASKED_MAX of
-    the window's weight, no positive weight, or it drifted more than R from the start; (x, y) are then
-    left at the start).
+    width). Returns flag bits: FLAG_MASKED masked pixels met, FLAG_CENTROID failed (masked pixels carry
+    more than MASKED_MAX of the window's weight, no positive weight, or it drifted more than R from the
+    start; (x, y) are then left at the start).
     """
     cdef double x0 = x[0], y0 = y[0], a = 0.5 / (sig * sig), sw, sx, sy, w, dx, dy, wall, wmask
     cdef Py_ssize_t ic, jc, i, j, mi, mj
@@ -763,7 +563,7 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
                 u = _usable(mask, lab, nx, ny, i, j, lo, hi) | _usable(mask, lab, nx, ny, mi, mj, lo, hi)
                 if u:
                     if u & 2:
-                        flags |= 1
+                        flags |= FLAG_MASKED
                         wmask += w
                     continue
                 w *= img[j * nx + i]
@@ -773,7 +573,7 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
         if sw <= 0 or wmask > MASKED_MAX * wall:
             x[0] = x0
             y[0] = y0
-            return flags | 2
+            return flags | FLAG_CENTROID
         dx = 2.0 * sx / sw
         dy = 2.0 * sy / sw
         x[0] += dx
@@ -781,7 +581,7 @@ cdef int _winpos(const float* img, const unsigned char* mask, const int32_t* lab
         if (x[0] - x0) * (x[0] - x0) + (y[0] - y0) * (y[0] - y0) > R * R:
             x[0] = x0
             y[0] = y0
-            return flags | 2
+            return flags | FLAG_CENTROID
         if dx * dx + dy * dy < tol * tol:
             break
     return flags
@@ -800,7 +600,7 @@ cdef inline void _accumulate(double[:, ::1] acc, int64_t[:, ::1] iout, Py_ssize_
     acc[r, 6] += I * dx * dy
     iout[r, 2] += 1
     if edge:
-        iout[r, 3] |= 2
+        iout[r, 3] |= FLAG_EDGE
 
 
 def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsigned char[:, ::1] mask,
@@ -811,7 +611,7 @@ def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsig
     """Measure every record; see detect.py. Footprint f (0-based) owns records rec0[f].. : one if it has a
     single child, else the parent then its children. labels (footprint ids in) end holding record id + 1 of
     each pixel's leaf. fout columns: x, y, flux, flux_err, xx, yy, xy, peak_value; iout: x_peak, y_peak,
-    npix, flags (bits 2 edge, 4 masked pixels in the centroid window, 8 windowed centroid failed)."""
+    npix, flags (FLAG_EDGE, FLAG_MASKED, FLAG_CENTROID)."""
     cdef Py_ssize_t nfp = start.shape[0] - 1, nx = image.shape[1], ny = image.shape[0]
     cdef Py_ssize_t nrec = fout.shape[0], f, k, p, i, j, r, rl, npk = 0, R = <Py_ssize_t> ceil(4.0 * sig)
     cdef bint has_mask = mask.shape[0] > 0
@@ -884,7 +684,7 @@ def measure(const float[:, ::1] image, const float[:, ::1] variance, const unsig
                 else:
                     lo = hi = <int32_t> (r + 1)
                 iout[r, 3] |= _winpos(&image[0, 0], &mask[0, 0] if has_mask else NULL, &labels[0, 0], nx, ny,
-                                      lo, hi, sig, R, wx, wy, &fout[r, 0], &fout[r, 1], maxiter, tol) << 2
+                                      lo, hi, sig, R, wx, wy, &fout[r, 0], &fout[r, 1], maxiter, tol)
     free(wx)
     free(wy)
     return nrec

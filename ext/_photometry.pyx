@@ -16,7 +16,7 @@ ctypedef fused var_t:
     double
 
 cdef enum:
-    # flag bits, the same values as twinkles_hpc.level2.forced.FLAG_*
+    # the `flags` bits (documented in twinkles_hpc.level2.forced, which re-exports them as FLAG_*)
     OFF_IMAGE = 1
     EDGE = 2
     MASKED = 4
@@ -27,6 +27,10 @@ cdef enum:
     ROW_MAX = 1024
     K_MAX = 64
     AP_MAX = 64
+
+#: Flag name -> bit (the wrapper's FLAG_<name>).
+FLAGS = {"OFF_IMAGE": OFF_IMAGE, "EDGE": EDGE, "MASKED": MASKED, "SATURATED": SATURATED, "NO_DATA": NO_DATA,
+         "AP_FILLED": AP_FILLED}
 
 
 cdef inline double _psf(double dx, double dy, const double *amp, const double *a, const double *b,

@@ -1,4 +1,4 @@
-# Shared by the kernels that include it (ext/_detect.pyx, ext/_warp.pyx): Hoare's selection.
+# Shared by the kernels that include it (ext/_background.pyx, ext/_warp.pyx): Hoare's selection.
 
 ctypedef fused real:
     float

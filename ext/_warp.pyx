@@ -1,16 +1,13 @@
-"""Private kernels of twinkles_hpc.level2.warp and twinkles_hpc.level2.coadd: Lanczos-3 resampling of an
-image, its variance and mask through a tabulated coordinate grid, and the per-pixel combination of a
-stack of warps (weighted sigma-clipped mean, or median).
+"""Private kernels of twinkles_hpc.level2.warp: Lanczos-3 resampling of an image, its variance and mask
+through a tabulated coordinate grid, and the per-pixel combination of a stack of warps (weighted
+sigma-clipped mean, or median) that level2/coadd.py calls through warp.combine_stack.
 
-Called only by those wrappers, which validate every input and document the physics; nothing is checked
-twice here. Both kernels release the GIL.
+Called only by that wrapper, which validates every input and documents the physics; nothing is checked
+twice here. Mask bits come in as arguments (level2/masks.py owns them). Both kernels release the GIL.
 """
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.math cimport NAN, M_PI, cos, fabs, floor, isfinite, sin, sqrt
 from libc.stdint cimport int32_t, uint16_t
-
-cdef enum:
-    NO_DATA = 16
 
 cdef double SQRT3_2 = 0.8660254037844386          # sqrt(3) / 2
 cdef double SNAP = 1e-9                           # px: positions this close to an integer are that integer
@@ -127,8 +124,8 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
          Py_ssize_t sx0, Py_ssize_t sy0,
          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
-         float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, double mask_weight,
-         bint quadratic):
+         float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
+         double mask_weight, bint quadratic):
     """Lanczos-3 warp (see _lanczos3_exact for `quadratic`) of (src, src_var, src_mask) into (out, out_var,
     out_mask); returns the number of pixels with data.
 
@@ -143,7 +140,7 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
 
     out = J sum w I, out_var = J^2 sum w^2 V (covariance ignored), out_mask = OR of the taps with
     |w| >= mask_weight (w = wx wy, the normalised separable weights). A pixel whose 6 x 6 footprint is
-    not wholly inside src gets NaN, NaN, NO_DATA.
+    not wholly inside src gets NaN, NaN, no_data (the NO_DATA mask bit).
     """
     cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
     cdef Py_ssize_t sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
@@ -193,7 +190,7 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
                 if not (u >= ulo and u < uhi and v >= vlo and v < vhi):     # NaN fails too
                     out[j, i] = NAN
                     out_var[j, i] = NAN
-                    out_mask[j, i] = NO_DATA
+                    out_mask[j, i] = no_data
                     continue
                 jac = rj[c] + tx * (rj[c + 1] - rj[c])
                 fx = floor(u)
@@ -247,7 +244,7 @@ cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
 
 def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16_t[:, :, ::1] mask,
             const double[::1] scale, const double[::1] weight, int bad_bits, int protect_bits,
-            bint use_median, double clip_sigma, int clip_iters,
+            uint16_t no_data, bint use_median, double clip_sigma, int clip_iters,
             float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, int32_t[:, ::1] out_n,
             float[:, ::1] out_depth):
     """Combine a stack of N warps (N, ny, nx) pixel by pixel; input k is multiplied by scale[k] (its
@@ -262,8 +259,8 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     clip_sigma max(1, 1.4826 MAD) (MAD = median of those normalised residuals) and set c to the weighted
     mean of the kept. Median: c = median, variance (pi/2) / sum(1/V) (exact for N large and equal
     variances). Outputs: out = c, out_var, out_mask = OR of the kept inputs' bits (all inputs' bits |
-    NO_DATA where none is good: then out = NaN), out_n = number kept, out_depth = 1 / out_var (0 where
-    none is good).
+    no_data, the NO_DATA mask bit, where none is good: then out = NaN), out_n = number kept, out_depth =
+    1 / out_var (0 where none is good).
     """
     cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], nx = img.shape[2]
     cdef Py_ssize_t i, j, k, n, nkeep, it, nprot
@@ -311,7 +308,7 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
                 if n == 0:
                     out[j, i] = NAN
                     out_var[j, i] = NAN
-                    out_mask[j, i] = allbits | NO_DATA
+                    out_mask[j, i] = allbits | no_data
                     out_n[j, i] = 0
                     out_depth[j, i] = 0.0
                     continue

@@ -14,8 +14,8 @@ from twinkles_hpc.imsim import cosmics as C
 from twinkles_hpc.imsim.noise import add_sky_and_noise
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.render import render_points
-from twinkles_hpc.level2.calibrate import MASK_CR, MASK_SAT
 from twinkles_hpc.level2.cosmics import CosmicRayConfig, find_cosmic_rays, neighbour_ratios
+from twinkles_hpc.level2.masks import CR, SAT
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 
@@ -125,9 +125,9 @@ def _detect(s, config=None):
     sub = (pix - SKY).astype(np.float32)
     var = (np.maximum(pix, 0) + RN ** 2).astype(np.float32)
     mask = np.zeros(pix.shape, np.uint16)
-    mask[pix >= 1e5] |= MASK_SAT
+    mask[pix >= 1e5] |= SAT
     t = time.perf_counter()
-    n, _ = find_cosmic_rays(sub, var, mask, config, cr_bit=MASK_CR, skip_bits=MASK_SAT)
+    n, _ = find_cosmic_rays(sub, var, mask, config, cr_bit=CR, skip_bits=SAT)
     return sub, mask, n, time.perf_counter() - t
 
 
@@ -159,7 +159,7 @@ def metrics(flagged, crs, noise_sigma, sat, stars_xy, star_peak_snr):
 def test_detection_completeness_and_false_positives_synthetic(fwhm):
     s = _scene(800, fwhm, 1.0, seed=int(fwhm * 10))
     sub, mask, n, _ = _detect(s)
-    flagged = (mask & MASK_CR) > 0
+    flagged = (mask & CR) > 0
     assert n == flagged.sum()
     sigma = np.sqrt(s["expected"] + SKY + RN ** 2)
     peak_snr = s["expected"][np.rint(s["y"]).astype(int), np.rint(s["x"]).astype(int)] / np.sqrt(SKY + RN ** 2)
@@ -179,10 +179,10 @@ def test_detection_completeness_and_false_positives_synthetic(fwhm):
 def test_no_cosmic_rays_no_flags_and_a_hot_pixel_is_found():
     s = _scene(400, 0.5, 0.0, seed=9)
     sub, mask, n, _ = _detect(s)
-    assert n == 0 and not (mask & MASK_CR).any()
+    assert n == 0 and not (mask & CR).any()
     s["pix"][200, 100] += 3000.0                     # one sharp pixel: the narrowest cosmic ray
     sub, mask, n, _ = _detect(s)
-    assert mask[200, 100] & MASK_CR and n <= 9
+    assert mask[200, 100] & CR and n <= 9
     assert abs(sub[200, 100]) < 5 * np.sqrt(SKY + RN ** 2)
 
 
@@ -208,7 +208,7 @@ def test_full_sensor_is_fast():
     _, mask, n, dt = _detect({"pix": pix})
     strong = crs[crs["electrons"] > 5 * np.sqrt(SKY + RN ** 2)]
     print(f"full sensor {pix.shape}: {len(strong)} CR pixels > 5 sigma, {n} flagged in {dt:.3f} s")
-    assert (mask[strong["y"], strong["x"]] & MASK_CR).all()
+    assert (mask[strong["y"], strong["x"]] & CR).all()
     assert n < 2 * len(strong) and dt < 1.0
 
 
@@ -234,8 +234,8 @@ def test_calexp_masks_the_true_cosmic_rays(cr_run):
             crs, eimg, a = e["truth/cosmic_rays"][...], e["image"][...], dict(e.attrs)
             bg = c["background"][...]
         assert a["n_cosmic_rays"] > 20
-        flagged = (mask & MASK_CR) > 0
-        sat = (mask & MASK_SAT) > 0
+        flagged = (mask & CR) > 0
+        sat = (mask & SAT) > 0
         # the noise each pixel would have without its cosmic ray
         sigma = np.sqrt(np.maximum(eimg, 0) + RN ** 2)
         sigma[crs["y"], crs["x"]] = np.sqrt(np.maximum(eimg[crs["y"], crs["x"]] - crs["electrons"], 0) + RN ** 2)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "twinkles_hpc"
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "twinkles_hpc"
 
 P = "twinkles_hpc."
 RULES = {
@@ -27,7 +28,7 @@ RULES = {
 #: top-level modules: what they must not import
 BASE = ("sky", "imsim", "level2", "store", "rundir", "parallel", "pipeline", "validation", "report", "bench",
         "testing", "cli", "config", "options")
-MODULES = {"config.py": ("parallel", "testing", "cli"), "options.py": BASE, "errors.py": BASE,
+MODULES = {"config.py": ("parallel", "testing", "cli"), "options.py": BASE, "errors.py": BASE, "mpiwait.py": BASE,
            "instrument.py": BASE, "truthmatch.py": ("parallel", "pipeline", "testing", "cli")}
 
 
@@ -99,3 +100,28 @@ def test_bench_uses_public_names_only_and_only_cli_imports_it():
                  if p.parent.name != "bench" and p.name != "cli.py"
                  and any(m == "twinkles_hpc.bench" or m.startswith("twinkles_hpc.bench.") for m in imports(p))]
     assert not importers, f"only cli imports bench: {importers}"
+
+
+def test_each_kernel_has_one_wrapper():
+    """Only the wrapper validates a kernel's inputs and documents it, so only the wrapper imports it."""
+    kernels = sorted(f"twinkles_hpc.{p.stem}" for p in (ROOT / "ext").glob("_*.pyx"))
+    assert kernels
+    users = {k: sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if k in set(imports(p)))
+             for k in kernels}
+    assert all(len(u) == 1 for u in users.values()), f"kernel -> importing modules: {users}"
+
+
+def test_mpiwait_imports_nothing_of_the_package():
+    """level2 and parallel both wait through twinkles_hpc.mpiwait: it must sit below both."""
+    assert not [m for m in imports(PKG / "mpiwait.py") if m.startswith("twinkles_hpc")]
+
+
+def test_mask_planes_and_flags_keep_their_data_model_bits():
+    """Each family is defined once (level2/masks.py, the kernels' FLAGS); products already written depend
+    on the values (docs/data-model.md)."""
+    from twinkles_hpc.level2 import detect, forced, masks
+    assert masks.PLANES == {"SAT": 1, "CR": 2, "EDGE": 4, "DETECTED": 8, "NO_DATA": 16, "BAD": 32}
+    assert ((forced.FLAG_OFF_IMAGE, forced.FLAG_EDGE, forced.FLAG_MASKED, forced.FLAG_SATURATED,
+             forced.FLAG_NO_DATA, forced.FLAG_AP_FILLED) == (1, 2, 4, 8, 16, 32))
+    assert ((detect.FLAG_DEBLENDED, detect.FLAG_EDGE, detect.FLAG_MASKED, detect.FLAG_CENTROID,
+             detect.FLAG_NEGATIVE) == (1, 2, 4, 8, 16))

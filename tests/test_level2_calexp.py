@@ -6,6 +6,7 @@ from astropy.wcs import WCS
 from conftest import campaign_run, cli, small_field_toml
 
 from twinkles_hpc import instrument
+from twinkles_hpc.level2.masks import CR, DETECTED
 from twinkles_hpc.store.atomic import open_read
 
 CALEXP_TOML = small_field_toml("max_visits = 6", "[calexp]\nenabled = true")
@@ -25,7 +26,7 @@ def test_calexps_recover_true_wcs_and_zero_point(run):
             assert c["variance"].shape == c["image"].shape == (1600, 1600)
             a, t = dict(c.attrs), dict(e.attrs)
             assert "true_wcs" not in a and "psf" in a and "zero_point" in a
-            assert np.any(c["mask"][...] & 8)                    # DETECTED footprints
+            assert np.any(c["mask"][...] & DETECTED)             # detection footprints
         fitted = WCS(fits.Header.fromstring(a["wcs"]))
         true = WCS(fits.Header.fromstring(t["true_wcs"]))
         nominal = WCS(fits.Header.fromstring(t["wcs"]))
@@ -86,7 +87,7 @@ def test_calexp_source_tables(run):
         dra = (src["ra"] - true_stars["ra"][it]) * np.cos(np.deg2rad(src["dec"]))
         pulls += [np.r_[dra[m], (src["dec"] - true_stars["dec"][it])[m]] * 3600 / 0.2 / np.tile(src["x_err"][m], 2)]
         # flags from the mask planes: CR within the PSF-fit radius, EDGE next to the border
-        cy, cx = np.nonzero(mask & 2)
+        cy, cx = np.nonzero(mask & CR)
         near = [np.hypot(cx - x, cy - y).min() if cx.size else np.inf for x, y in zip(src["x"], src["y"])]
         assert all(n < 20 for n in np.array(near)[(src["flags"] & SRC_CR) > 0])
         # (a bright star's detection footprint can reach the border from further in: EDGE too)

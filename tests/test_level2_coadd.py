@@ -16,11 +16,11 @@ from twinkles_hpc.imsim.wcs import SensorWCS
 from twinkles_hpc.level2 import coadd as coadd_mod
 from twinkles_hpc.level2.coadd import (CoaddConfig, coadd_patch, combine_warps, input_weights, plan_subregions,
                                        read_calexp_info, subregion_bytes)
+from twinkles_hpc.level2.masks import CR, DETECTED, EDGE, NO_DATA
 from twinkles_hpc.level2.skymap import SkyMap
-from twinkles_hpc.level2.warp import NO_DATA, kernel_weights, mapping_grid, pixel_map, source_bbox, warp_image
+from twinkles_hpc.level2.warp import kernel_weights, mapping_grid, pixel_map, source_bbox, warp_image
 
 RA0, DEC0, SCALE = 53.1, -27.3, 0.2
-CR, EDGE = 2, 4
 
 
 def sensor(rot, dx=0.0, dy=0.0, n=(200, 200), scale=SCALE):
@@ -359,7 +359,6 @@ def test_clipping_spares_sources_detected_in_most_inputs():
     """Three inputs whose star cores differ by their PSFs (far more than their noise): clipping one of them
     pixel by pixel would bias the star, so where at least half the good inputs flag DETECTED the weighted
     mean keeps them all; an artefact DETECTED in one input only is still clipped."""
-    DETECTED = 8
     img = np.zeros((3, 2, 1), np.float32)
     img[:, 0, 0] = [1000.0, 1020.0, 2200.0]                                # pixel 0: a star core
     img[:, 1, 0] = [3.0, -2.0, 900.0]                                      # pixel 1: an artefact in input 2

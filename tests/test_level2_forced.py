@@ -5,6 +5,7 @@ import pytest
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.level2 import forced as F
+from twinkles_hpc.level2 import masks
 from twinkles_hpc.bench.forced import PixelPSF, bench_forced
 from twinkles_hpc.level2.forced import forced_photometry
 
@@ -29,7 +30,7 @@ def scene(x, y, flux, shape, *, model=None, origin=(0.0, 0.0), key=None):
     if key is None:
         return expected, np.full(shape, SKY + READ_NOISE ** 2), np.zeros(shape, np.uint16), psf
     pixels, _ = noise.add_sky_and_noise(expected, SKY, READ_NOISE, key)
-    mask = np.where(pixels >= noise.FULL_WELL, F.MASK_SAT, 0).astype(np.uint16)
+    mask = np.where(pixels >= noise.FULL_WELL, masks.SAT, 0).astype(np.uint16)
     return pixels - np.float32(SKY), (np.maximum(pixels, 0) + READ_NOISE ** 2).astype(np.float32), mask, psf
 
 
@@ -146,7 +147,7 @@ def test_edge_and_off_image_flags():
     # apertures leaving the image are NaN, smaller ones are kept
     assert np.isfinite(out["ap_flux_3"][3]) and np.isnan(out["ap_flux_6"][3]) and np.isnan(out["ap_flux_3"][2])
     # EDGE mask bit in the footprint
-    mask[121, 125] = F.MASK_EDGE
+    mask[121, 125] = masks.EDGE
     assert forced_photometry(image, var, mask, 120.0, 120.0, psf)["flags"][0] == F.FLAG_EDGE
 
 
@@ -156,7 +157,7 @@ def test_masked_pixels():
     clean = forced_photometry(image, var, mask, x, y, psf)[0]
     # cosmic ray over the core: left out of the fit, aperture pixels filled with the model
     m = mask.copy()
-    m[49:52, 49:52] = F.MASK_CR
+    m[49:52, 49:52] = masks.CR
     bad = image.copy()
     bad[49:52, 49:52] = 1e6
     out = forced_photometry(bad, var, m, x, y, psf)[0]
@@ -172,13 +173,13 @@ def test_masked_pixels():
     assert forced_photometry(bad, v, mask, x, y, psf)["flags"][0] == F.FLAG_MASKED | F.FLAG_AP_FILLED
     # saturation: flagged; used in the fit only when SAT is not a bad bit
     m = mask.copy()
-    m[50, 50] = F.MASK_SAT
+    m[50, 50] = masks.SAT
     assert forced_photometry(image, var, m, x, y, psf)["flags"][0] == (
         F.FLAG_SATURATED | F.FLAG_MASKED | F.FLAG_AP_FILLED)
-    out = forced_photometry(image, var, m, x, y, psf, bad_mask_bits=F.MASK_CR)[0]
+    out = forced_photometry(image, var, m, x, y, psf, bad_mask_bits=masks.CR)[0]
     assert out["flags"] == F.FLAG_SATURATED and out["psf_flux"] == clean["psf_flux"]
     # everything masked: no data
-    out = forced_photometry(image, var, np.full(image.shape, F.MASK_NO_DATA, np.uint16), x, y, psf)[0]
+    out = forced_photometry(image, var, np.full(image.shape, masks.NO_DATA, np.uint16), x, y, psf)[0]
     assert out["flags"] & F.FLAG_NO_DATA and np.isnan(out["psf_flux"]) and np.isnan(out["ap_flux_6"])
 
 

@@ -17,6 +17,7 @@ from twinkles_hpc.errors import InputError
 from twinkles_hpc.level2 import objects as objects_mod
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.forced import mixture_image
+from twinkles_hpc.level2.masks import DETECTED
 from twinkles_hpc.level2.shapes import adaptive_moments
 from twinkles_hpc import rundir as rd
 from twinkles_hpc.pipeline.setup import plan
@@ -104,7 +105,7 @@ def test_objects_stage(run):
             assert np.array_equal(f["image"][...], np.where(n_bands == 0, np.float32(np.nan), D), equal_nan=True)
             assert np.array_equal(f["n_visits"][...], n_bands)
             dmask = f["mask"][...]
-        assert (dmask[np.rint(obj["y"]).astype(int), np.rint(obj["x"]).astype(int)] & 8).mean() > 0.95
+        assert (dmask[np.rint(obj["y"]).astype(int), np.rint(obj["x"]).astype(int)] & DETECTED).mean() > 0.95
         assert {"objectId", "parentObjectId", "psRa", "psDecl", "x", "y", "detect_isPrimary", "extendedness",
                 "gPsFlux", "gPsFluxSigma", "rPsFlux", "rPsFluxSigma", "rApFlux"} <= set(obj.dtype.names)
         ids.append(obj["objectId"])

@@ -13,13 +13,8 @@ from twinkles_hpc import instrument
 from twinkles_hpc.bench.common import Timer, time_calls
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
-from twinkles_hpc.level2.forced import (
-    DEFAULT_AP_RADII,
-    MASK_SAT,
-    forced_photometry,
-    mixture_image,
-    psf_fwhm,
-)
+from twinkles_hpc.level2.forced import DEFAULT_AP_RADII, forced_photometry, mixture_image, psf_fwhm
+from twinkles_hpc.level2.masks import SAT
 
 #: photutils PSF: a GriddedPSFModel of GRID x GRID ePSFs (our mixture sampled OVERSAMPLING x finer).
 GRID, OVERSAMPLING = 5, 4
@@ -53,7 +48,7 @@ def make_image(*, n_objects=5000, nx=4000, ny=4072, seed=1, fwhm=0.7, band="r", 
     del expected
     return {"image": pixels - np.float32(sky),
             "variance": np.maximum(pixels, 0) + np.float32(instrument.READ_NOISE ** 2),
-            "mask": np.where(pixels >= noise.FULL_WELL, MASK_SAT, 0).astype(np.uint16),
+            "mask": np.where(pixels >= noise.FULL_WELL, SAT, 0).astype(np.uint16),
             "psf": PixelPSF(model), "x": x, "y": y, "flux": flux}
 
 

@@ -5,7 +5,7 @@ Images are in electrons per pixel; pixel (i, j) is column i, row j, centred at x
 
 Each mesh (a box of about mesh_size x mesh_size pixels; the meshes tile the image in
 round(n / mesh_size) near-equal boxes per axis) gets a level and an rms from its unmasked pixels,
-computed by the compiled kernel twinkles_hpc._detect on a histogram:
+computed by the compiled kernel twinkles_hpc._background on a histogram:
 
 1. robust start: median m0 and s0 = 1.4826 MAD of <= 1024 evenly strided pixels of the mesh;
 2. a histogram of the pixels within m0 +- 8 s0, bins of s0/16 (pixels beyond are dropped as sources).
@@ -33,7 +33,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from scipy.special import ndtr
 
-from twinkles_hpc import _detect, options
+from twinkles_hpc import _background, options
 from twinkles_hpc.options import opt
 
 ESTIMATORS = {"sextractor": 0, "median": 1, "mean": 2}
@@ -131,7 +131,7 @@ class Background:
         coef = np.ascontiguousarray(np.einsum("ksm,jm->jsk", cx, rows))  # (ny, nseg, 4)
         cols = np.r_[0, np.ceil(kx[1:]).astype(np.intp), nx].astype(np.intp)
         out = np.empty(self.shape, dtype=np.float32)
-        _detect.spline_rows(coef, np.ascontiguousarray(kx), cols, out)
+        _background.spline_rows(coef, np.ascontiguousarray(kx), cols, out)
         return out
 
     def image(self, shape=None):
@@ -182,9 +182,10 @@ def estimate_background(image, mask=None, config=None):
     ye, xe = mesh_edges(ny, config.mesh_size), mesh_edges(nx, config.mesh_size)
     level = np.empty((len(ye) - 1, len(xe) - 1))
     rms = np.empty_like(level)
-    bad = _detect.mesh_stats(img, m, xe.astype(np.intp), ye.astype(np.intp), float(config.clip_sigma),
-                             int(config.clip_iters), ESTIMATORS[config.mode_estimator],
-                             1.0 / clip_correction(config.clip_sigma), float(config.min_valid_fraction), level, rms)
+    bad = _background.mesh_stats(img, m, xe.astype(np.intp), ye.astype(np.intp), float(config.clip_sigma),
+                                 int(config.clip_iters), ESTIMATORS[config.mode_estimator],
+                                 1.0 / clip_correction(config.clip_sigma), float(config.min_valid_fraction), level,
+                                 rms)
     if bad >= 0:
         raise_bad_pixel("image", bad, img.shape)
     invalid = ~np.isfinite(level)

@@ -30,13 +30,13 @@ from twinkles_hpc.level2.astrometry import calibrate_astrometry
 from twinkles_hpc.level2.background import BackgroundConfig, estimate_background
 from twinkles_hpc.level2.cosmics import CosmicRayConfig, find_cosmic_rays
 from twinkles_hpc.level2.detect import detect
+from twinkles_hpc.level2.masks import CR, DETECTED, EDGE, SAT
 from twinkles_hpc.level2.photocal import clipped_weighted_mean, njy_per_electron, zero_point
 from twinkles_hpc.level2.psf import STAMP_RADIUS, estimate_psf
 from twinkles_hpc.options import opt
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 from twinkles_hpc.store.tables import write_table
 
-MASK_SAT, MASK_CR, MASK_EDGE, MASK_DETECTED, MASK_NO_DATA, MASK_BAD = 1, 2, 4, 8, 16, 32
 #: eimage attributes a camera provides, copied to the calexp (docs/data-model.md).
 CAMERA_ATTRS = ("visit_id", "band", "mjd", "exptime", "airmass", "ra", "dec", "rot_sky_pos", "read_noise",
                 "gain", "full_well", "seed", "run_name", "software")
@@ -78,11 +78,11 @@ class CalibrateConfig:
 
 def _saturation_mask(image, full_well, edge):
     mask = np.zeros(image.shape, np.uint16)
-    mask[image >= full_well] |= MASK_SAT
-    mask[:edge, :] |= MASK_EDGE
-    mask[-edge:, :] |= MASK_EDGE
-    mask[:, :edge] |= MASK_EDGE
-    mask[:, -edge:] |= MASK_EDGE
+    mask[image >= full_well] |= SAT
+    mask[:edge, :] |= EDGE
+    mask[-edge:, :] |= EDGE
+    mask[:, :edge] |= EDGE
+    mask[:, -edge:] |= EDGE
     return mask
 
 
@@ -106,21 +106,21 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     gain, rn = float(attrs.get("gain", 1.0)), float(attrs["read_noise"])
     image = np.asarray(image, dtype=np.float32)
     mask = _saturation_mask(image, float(attrs["full_well"]), c.edge_margin)
-    bg = estimate_background(image, mask=(mask & MASK_SAT) > 0, config=c.background)
+    bg = estimate_background(image, mask=(mask & SAT) > 0, config=c.background)
     background = bg.image(image.shape)
     sub = np.ascontiguousarray(image - background, dtype=np.float32)
     n_cr = 0
     if c.repair_cosmic_rays:
         raw_var = (np.maximum(image, 0.0) / gain + rn ** 2).astype(np.float32)
-        n_cr, _ = find_cosmic_rays(sub, raw_var, mask, c.cosmic_rays, cr_bit=MASK_CR, skip_bits=MASK_SAT)
+        n_cr, _ = find_cosmic_rays(sub, raw_var, mask, c.cosmic_rays, cr_bit=CR, skip_bits=SAT)
         del raw_var
     # the noise of the repaired pixels: a cosmic ray's charge is not in the variance of what replaced it
     variance = (np.maximum(sub + background, 0.0) / gain + rn ** 2).astype(np.float32)
     # weights that do not contain the sources (background + read noise) keep the fits unbiased
     bg_var = (np.maximum(background, 0.0) / gain + rn ** 2).astype(np.float32)
     cat, labels = detect(sub, variance, threshold=c.detect_threshold, kernel_fwhm_px=c.detect_fwhm_px,
-                         mask=(mask & MASK_SAT) > 0)
-    mask[labels > 0] |= MASK_DETECTED
+                         mask=(mask & SAT) > 0)
+    mask[labels > 0] |= DETECTED
     leaves = cat[~np.isin(cat["id"], cat["parent"][cat["parent"] > 0])] if len(cat) else cat
     good = (leaves["flags"] == 0) & (leaves["flux"] > c.astrom_min_snr * leaves["flux_err"])
     det = leaves[good]
@@ -132,7 +132,7 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     others = np.column_stack([leaves["x"], leaves["y"]])
     from scipy.spatial import cKDTree
     nn, _ = cKDTree(others).query(np.column_stack([stars["x"], stars["y"]]), k=2)
-    sat_near = _near_mask(mask, stars["x"], stars["y"], STAMP_RADIUS, MASK_SAT | MASK_EDGE | MASK_CR)
+    sat_near = _near_mask(mask, stars["x"], stars["y"], STAMP_RADIUS, SAT | EDGE | CR)
     ok = (nn[:, 1] > c.psf_isolation_px) & ~sat_near & (stars["flux"] > c.psf_min_snr * stars["flux_err"])
     psf_idx = np.flatnonzero(ok)[np.argsort(-stars["flux"][ok])][:c.max_psf_stars]
     # the variation across the sensor is as detailed as the number of stars allows (3 per coefficient)
@@ -200,7 +200,7 @@ def source_table(det, phot, psf, wcs, mask, njy_per_electron, i_astrom, i_psf):
     flags |= np.where((pf & _forced.FLAG_EDGE) | (df & _detect.FLAG_EDGE), SRC_EDGE, 0)
     # a CR pixel in the PSF-fit footprint makes it MASKED: look only at those
     masked = np.flatnonzero(pf & _forced.FLAG_MASKED)
-    cr = _near_bits(mask, MASK_CR, det["x"][masked], det["y"][masked], _forced.PSF_RADIUS_FWHM * fwhm[masked])
+    cr = _near_bits(mask, CR, det["x"][masked], det["y"][masked], _forced.PSF_RADIUS_FWHM * fwhm[masked])
     flags[masked[cr]] |= SRC_CR
     flags |= np.where(df & _detect.FLAG_CENTROID, SRC_CENTROID, 0)
     flags |= np.where(det["parent"] > 0, SRC_BLENDED, 0)

@@ -4,15 +4,15 @@ The patch is cut into sub-regions sized from the memory budget per rank (plan_su
 sub-region a rank reads from every overlapping calexp only the hyperslab of pixels that maps into it,
 warps it onto the patch grid (Lanczos-3, twinkles_hpc.level2.warp), scales it to nJy and combines the
 stack pixel by pixel (sigma-clipped mean with one weight per input, the inverse of its sky variance, or
-median). Rank 0 also builds the coadd PSF on a node grid from the inputs' PSF models (coaddpsf.py). Peak memory per rank is
-set by the budget, not by the number of visits or the size of the patch (when the output goes to a file).
+median). Rank 0 also builds the coadd PSF on a node grid from the inputs' PSF models (coaddpsf.py). Peak
+memory per rank is set by the budget, not by the number of visits or the size of the patch (when the
+output goes to a file).
 
 A pixel's value does not depend on the sub-region it was computed in (the warp's mapping grid is anchored
 in tract pixels and the combination is per pixel), so the coadd is bit-identical whatever the budget and
 the number of ranks.
 """
 import os
-import time
 from dataclasses import dataclass
 
 import h5py
@@ -21,14 +21,12 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from twinkles_hpc import _warp, options
+from twinkles_hpc import mpiwait, options
 from twinkles_hpc.level2 import coaddpsf
-from twinkles_hpc.level2.warp import KERNELS, NO_DATA, SOURCE_MARGIN, source_bbox, warp_into
+from twinkles_hpc.level2.masks import BAD, CR, DETECTED, EDGE, NO_DATA, SAT
+from twinkles_hpc.level2.warp import KERNELS, SOURCE_MARGIN, combine_stack, source_bbox, warp_into
 from twinkles_hpc.options import opt
 from twinkles_hpc.store.atomic import atomic_h5, open_read
-
-# docs/data-model.md mask bits
-SAT, CR, EDGE, DETECTED, BAD = 1, 2, 4, 8, 32
 
 #: Bytes per sub-region pixel per input in the stack: warped image and variance (float32), mask (uint16).
 STACK_BYTES = 10
@@ -56,7 +54,7 @@ class CoaddConfig:
                          choices=("mean", "median"))
     clip_sigma: float = opt(3.0, "sigma",
                             "Clipping threshold in units of each input's noise (widened by the robust spread of "
-                            "the inputs, see _warp.combine).", lo=1.0)
+                            "the inputs, see warp.combine_stack).", lo=1.0)
     clip_iters: int = opt(2, "", "Clipping iterations (0: plain weighted mean).", lo=0)
     bad_mask_bits: int = opt(SAT | CR | NO_DATA | BAD, "",
                              "An input pixel with any of these mask bits is left out (SAT | CR | NO_DATA | BAD).",
@@ -120,17 +118,12 @@ def combine_warps(images, variances, masks, scales, weights, config, out=None):
     scales[k] in nJy, weighing weights[k] in the mean, see input_weights) into a dict of the output
     planes (PLANES): image (nJy per pixel), variance (nJy^2), mask, n_visits (inputs used) and depth
     (inverse variance, nJy^-2; 0 where no input is good)."""
-    N, ny, nx = images.shape
+    _, ny, nx = images.shape
     res = out if out is not None else {k: np.empty((ny, nx), dt) for k, dt in PLANES.items()}
-    scales = np.ascontiguousarray(scales, dtype=np.float64)
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    for name, a in (("scales", scales), ("weights", weights)):
-        if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
-            raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
-    _warp.combine(images, variances, masks, scales, weights, int(config.bad_mask_bits),
-                  int(config.protect_mask_bits), config.statistic == "median", float(config.clip_sigma),
-                  int(config.clip_iters), res["image"], res["variance"], res["mask"], res["n_visits"],
-                  res["depth"])
+    combine_stack(images, variances, masks, scales, weights,
+                  [res[k] for k in ("image", "variance", "mask", "n_visits", "depth")],
+                  bad_mask_bits=config.bad_mask_bits, protect_mask_bits=config.protect_mask_bits,
+                  median=config.statistic == "median", clip_sigma=config.clip_sigma, clip_iters=config.clip_iters)
     return res
 
 
@@ -253,24 +246,6 @@ def coadd_subregion(infos, dst_wcs, box, config, workspace=None, weights=None):
     return combine_warps(*stack, scales, weights[[i for i, _ in used]], config, out=out)
 
 
-def _wait(test):
-    """Poll test() with a growing sleep (100 us to 5 ms): MPICH's blocking calls spin a core."""
-    delay = 1e-4
-    while not test():
-        time.sleep(delay)
-        delay = min(2 * delay, 5e-3)
-
-
-def _send(comm, obj, dest, tag):
-    req = comm.isend(obj, dest=dest, tag=tag)
-    _wait(req.Test)
-
-
-def _recv(comm, source, tag):
-    _wait(lambda: comm.Iprobe(source=source, tag=tag))
-    return comm.recv(source=source, tag=tag)
-
-
 def _paste(dst, sub, x0, y0):
     for k, a in sub.items():
         dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
@@ -363,14 +338,14 @@ def _gather(comm, rank, size, subs, mine, compute, patch):
             try:
                 res = compute(k)
             except Exception as e:
-                _send(comm, ("error", f"{type(e).__name__}: {e}"), 0, k)
+                mpiwait.poll_send(comm, ("error", f"{type(e).__name__}: {e}"), 0, k)
                 raise
-            _send(comm, res, 0, k)
+            mpiwait.poll_send(comm, res, 0, k)
             del res
         return None
     result = {k: np.empty(patch.shape, dt) for k, dt in PLANES.items()}
     for k, (x0, y0, _, _) in enumerate(subs):
-        res = compute(k) if k % size == 0 else _recv(comm, k % size, k)
+        res = compute(k) if k % size == 0 else mpiwait.poll_recv(comm, k % size, k)[0]
         if isinstance(res, tuple):
             raise RuntimeError(f"rank {k % size} failed in coadd sub-region {k}: {res[1]}")
         _paste(result, res, x0, y0)
@@ -391,8 +366,8 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
             err = f"{type(e).__name__}: {e}"
             raise
         finally:
-            _send(comm, (part, err), 0, 0)
-        _recv(comm, 0, 1)                           # rank 0 has renamed the file into place
+            mpiwait.poll_send(comm, (part, err), 0, 0)
+        mpiwait.poll_recv(comm, 0, 1)               # rank 0 has renamed the file into place
         return out
     with atomic_h5(out) as f:
         ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt) for k, dt in PLANES.items()}
@@ -404,7 +379,7 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
         for k in mine:
             _paste(ds, compute(k), *subs[k][:2])
         for r in range(1, size):
-            part, err = _recv(comm, r, 0)
+            (part, err), _, _ = mpiwait.poll_recv(comm, r, 0)
             if err is not None:
                 raise RuntimeError(f"rank {r} failed in its coadd sub-regions: {err}")
             try:
@@ -415,6 +390,6 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
                 if os.path.exists(part):
                     os.remove(part)
     for r in range(1, size):
-        _send(comm, "done", r, 1)
+        mpiwait.poll_send(comm, "done", r, 1)
     return out
 

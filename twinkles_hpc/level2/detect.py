@@ -47,17 +47,18 @@ DETECTION_DTYPE = [("id", "i8"), ("x", "f8"), ("y", "f8"),
                    ("npix", "i4"), ("xx", "f8"), ("yy", "f8"), ("xy", "f8"),
                    ("peak_value", "f8"), ("parent", "i8"), ("flags", "i4")]
 
+# `flags` bits, defined by the kernel (ext/_detect.pyx).
 #: This row is a footprint split into children (the rows that follow with parent = this id).
-FLAG_DEBLENDED = 1
+FLAG_DEBLENDED = _detect.FLAGS["DEBLENDED"]
 #: The pixels touch the image border.
-FLAG_EDGE = 2
+FLAG_EDGE = _detect.FLAGS["EDGE"]
 #: Masked pixels inside the centroid window (they were left out).
-FLAG_MASKED = 4
+FLAG_MASKED = _detect.FLAGS["MASKED"]
 #: The windowed centroid failed (masked core, no positive weight, or it ran off); x, y are the isophotal
 #: barycentre.
-FLAG_CENTROID = 8
+FLAG_CENTROID = _detect.FLAGS["CENTROID"]
 #: Isophotal flux <= 0: no barycentre or moments (NaN); x, y start from the peak.
-FLAG_NEGATIVE = 16
+FLAG_NEGATIVE = _detect.FLAGS["NEGATIVE"]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Kernel half-width, in kernel sigmas.

@@ -24,13 +24,18 @@ NaN); AP_FILLED an aperture flux used model-filled pixels.
 import numpy as np
 
 from twinkles_hpc import _photometry
+from twinkles_hpc.level2.masks import BAD, CR, EDGE, NO_DATA, SAT
 
-#: calexp mask bits (docs/data-model.md).
-MASK_SAT, MASK_CR, MASK_EDGE, MASK_DETECTED, MASK_NO_DATA, MASK_BAD = 1, 2, 4, 8, 16, 32
 #: Pixels with any of these mask bits are left out of the PSF fit and model-filled in apertures.
-DEFAULT_BAD_MASK_BITS = MASK_SAT | MASK_CR | MASK_NO_DATA | MASK_BAD
+DEFAULT_BAD_MASK_BITS = SAT | CR | NO_DATA | BAD
 
-FLAG_OFF_IMAGE, FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED, FLAG_NO_DATA, FLAG_AP_FILLED = 1, 2, 4, 8, 16, 32
+#: `flags` bits (see the module docstring), defined by the kernel (ext/_photometry.pyx).
+FLAG_OFF_IMAGE = _photometry.FLAGS["OFF_IMAGE"]
+FLAG_EDGE = _photometry.FLAGS["EDGE"]
+FLAG_MASKED = _photometry.FLAGS["MASKED"]
+FLAG_SATURATED = _photometry.FLAGS["SATURATED"]
+FLAG_NO_DATA = _photometry.FLAGS["NO_DATA"]
+FLAG_AP_FILLED = _photometry.FLAGS["AP_FILLED"]
 
 #: Aperture radii in pixels (0.6", 1.2", 2.4" at 0.2"/px): core, ~2 FWHM, and ~total flux.
 DEFAULT_AP_RADII = (3.0, 6.0, 12.0)
@@ -181,7 +186,7 @@ def forced_photometry(image, variance, mask, x, y, psf, *, object_ids=None, ap_r
     psf_flux, psf_err, flags = np.empty(n), np.empty(n), np.empty(n, np.int32)
     ap_flux, ap_err = np.empty((n, ap.size)), np.empty((n, ap.size))
     _photometry.forced(image, variance, mask, x, y, radius, amp, ia, ib, ic, ap, int(bad_mask_bits),
-                       MASK_SAT, MASK_EDGE, psf_flux, psf_err, ap_flux, ap_err, flags)
+                       SAT, EDGE, psf_flux, psf_err, ap_flux, ap_err, flags)
     out["psf_flux"], out["psf_flux_err"], out["flags"] = psf_flux, psf_err, flags
     for k, r in enumerate(ap):
         out[f"ap_flux_{_radius_name(r)}"], out[f"ap_flux_{_radius_name(r)}_err"] = ap_flux[:, k], ap_err[:, k]

@@ -49,11 +49,11 @@ from scipy.spatial import cKDTree
 from twinkles_hpc.level2 import forced as _forced
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.detect import FLAG_DEBLENDED, detect, leaves
+from twinkles_hpc.level2.masks import BAD, DETECTED, NO_DATA, SAT
 from twinkles_hpc.level2.psf import STAMP_RADIUS
 from twinkles_hpc.level2.shapes import adaptive_moments
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 
-SAT, DETECTED, NO_DATA, BAD = 1, 8, 16, 32
 #: The band whose coadd the shapes are measured on: the first of these with a coadd.
 SHAPE_BANDS = ("r", "i", "g", "z", "y", "u")
 #: Attributes of the band coadds copied to the detection coadd.

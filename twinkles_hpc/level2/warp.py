@@ -25,19 +25,18 @@ Lanczos-3 warp at a half-pixel shift lowers the per-pixel variance of white nois
 and moves the rest into covariance), so the coadd's variance plane is right per pixel but the noise in
 a sum over pixels is larger than the summed variance says.
 
-Mask: an output pixel ORs the bits of the input pixels whose weight |w_x w_y| >= `mask_weight` (default
-0.05: at integer shifts only the pixel itself, at a half-pixel shift in x and y the 2 x 2 nearest and
-their 8 edge neighbours). A pixel whose
-6 x 6 kernel footprint is not wholly inside the source gets image = variance = NaN and mask NO_DATA.
+Mask (the bits of level2/masks.py): an output pixel ORs the bits of the input pixels whose weight
+|w_x w_y| >= `mask_weight` (default 0.05: at integer shifts only the pixel itself, at a half-pixel shift
+in x and y the 2 x 2 nearest and their 8 edge neighbours). A pixel whose 6 x 6 kernel footprint is not
+wholly inside the source gets image = variance = NaN and mask NO_DATA.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from twinkles_hpc import _warp
+from twinkles_hpc.level2.masks import NO_DATA
 
-#: docs/data-model.md mask bit: no valid pixel.
-NO_DATA = 16
 #: "lanczos3": normalised Lanczos-3 weights plus the least-squares correction that reproduces polynomials
 #: up to degree 2; "lanczos3_plain": normalised Lanczos-3 only (as LSST afw), whose first moment errs by
 #: up to 0.02 px, i.e. 8e-4 of the peak on a sigma = 15 px Gaussian's slope.
@@ -223,5 +222,23 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
         return None
     g = mapping_grid(src_wcs, dst_wcs, box, grid_step=grid_step, max_grid_error=max_grid_error)
     _warp.warp(src, var, msk, sx0, sy0, g.gu, g.gv, g.gj, g.gx0, g.gy0, g.step, x0, y0,
-               image, variance, mask, float(mask_weight), kernel == "lanczos3")
+               image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3")
     return g
+
+
+def combine_stack(images, variances, masks, scales, weights, out, *, bad_mask_bits, protect_mask_bits, median,
+                  clip_sigma, clip_iters):
+    """Combine a stack of warps (N, ny, nx) pixel by pixel into out = (image, variance, mask, n_visits,
+    depth), (ny, nx) arrays of float32, float32, uint16, int32, float32: input k times scales[k], weighing
+    weights[k] in the mean (one finite number > 0 each); inputs with a bad_mask_bits bit are left out;
+    sigma clipping (clip_sigma, clip_iters; none where at least half the good inputs carry a protect_mask_bits bit)
+    or the median. Where no input is good: image NaN, mask = all inputs' bits | NO_DATA, depth 0.
+    The estimators are documented with coadd.CoaddConfig and docs/level2-coadd.md."""
+    N = images.shape[0]
+    scales = np.ascontiguousarray(scales, dtype=np.float64)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    for name, a in (("scales", scales), ("weights", weights)):
+        if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
+    _warp.combine(images, variances, masks, scales, weights, int(bad_mask_bits), int(protect_mask_bits), NO_DATA,
+                  bool(median), float(clip_sigma), int(clip_iters), *out)

@@ -3,7 +3,8 @@
 Rank 0 keeps the task graph, hands the ready task with the largest predicted cost to the next idle
 worker (longest-processing-time first), records completions in the journal and the per-task trace,
 and prints progress. It never spins: MPICH's blocking receive busy-polls a core, so every wait here
-is an Iprobe with a short, growing sleep. With one rank the same graph runs serially on rank 0.
+is an Iprobe with a short, growing sleep (twinkles_hpc.mpiwait). With one rank the same graph runs
+serially on rank 0.
 
 Stopping: SIGTERM or SIGUSR1 on any rank sets a flag. A worker checks it (and a DRAIN message from
 rank 0) between chunks of its task, checkpoints and reports; rank 0 stops handing out work, waits for
@@ -24,13 +25,11 @@ import time
 import traceback
 
 from twinkles_hpc.errors import Interrupted
+from twinkles_hpc.mpiwait import Backoff, poll_recv
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.task import Task  # noqa: F401  (the engine runs Tasks)
 
 TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN = range(11, 18)
-#: Longest sleep between polls (s): bounds the latency of handing out work; a waiting rank wakes
-#: at most 1/MAX_POLL_SLEEP times a second, a negligible load.
-MAX_POLL_SLEEP = 0.005
 
 
 class StopFlag:
@@ -104,18 +103,6 @@ def run_task(execute, task, rank, should_stop):
            "bytes": int(sum(outputs.values())), "peak_rss_mb": round(_rss_mb(), 1),
            "start_rss_mb": round(start_rss, 1)}
     return outputs, rec
-
-
-def _poll_recv(comm, source, tag=None):
-    """Receive without spinning a core: Iprobe, then sleep with back-off (100 us .. MAX_POLL_SLEEP)."""
-    from mpi4py import MPI
-    st = MPI.Status()
-    delay = 1e-4
-    tag = MPI.ANY_TAG if tag is None else tag
-    while not comm.Iprobe(source=source, tag=tag, status=st):
-        time.sleep(delay)
-        delay = min(delay * 1.5, MAX_POLL_SLEEP)
-    return comm.recv(source=st.Get_source(), tag=st.Get_tag()), st.Get_source(), st.Get_tag()
 
 
 class Progress:
@@ -256,7 +243,7 @@ class Engine:
         idle, busy = [], {}
         draining = False
         st = MPI.Status()
-        delay = 1e-4
+        backoff = Backoff()
 
         def dispatch():
             while idle and sched.ready and not draining:
@@ -279,10 +266,9 @@ class Engine:
                 raise RuntimeError(f"task graph cannot progress: {len(sched.pending)} tasks wait "
                                    "on dependencies that are not in the graph")
             if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
-                time.sleep(delay)
-                delay = min(delay * 1.5, MAX_POLL_SLEEP)
+                backoff.sleep()
                 continue
-            delay = 1e-4
+            backoff.reset()
             src, tag = st.Get_source(), st.Get_tag()
             msg = comm.recv(source=src, tag=tag)
             if tag == TAG_REQ:
@@ -328,7 +314,7 @@ class Engine:
 
         comm.send(None, dest=0, tag=TAG_REQ)
         while True:
-            msg, _, tag = _poll_recv(comm, 0)
+            msg, _, tag = poll_recv(comm, 0)
             if tag == TAG_STOP:
                 return
             if tag == TAG_DRAIN:
