@@ -119,9 +119,9 @@ def test_mpiwait_imports_nothing_of_the_package():
 def test_mask_planes_and_flags_keep_their_data_model_bits():
     """Each family is defined once (level2/masks.py, the kernels' FLAGS); products already written depend
     on the values (docs/data-model.md)."""
-    from twinkles_hpc.level2 import detect, forced, masks
+    from twinkles_hpc.level2 import detect, masks, photometry
     assert masks.PLANES == {"SAT": 1, "CR": 2, "EDGE": 4, "DETECTED": 8, "NO_DATA": 16, "BAD": 32}
-    assert ((forced.FLAG_OFF_IMAGE, forced.FLAG_EDGE, forced.FLAG_MASKED, forced.FLAG_SATURATED,
-             forced.FLAG_NO_DATA, forced.FLAG_AP_FILLED) == (1, 2, 4, 8, 16, 32))
+    assert ((photometry.FLAG_OFF_IMAGE, photometry.FLAG_EDGE, photometry.FLAG_MASKED, photometry.FLAG_SATURATED,
+             photometry.FLAG_NO_DATA, photometry.FLAG_AP_FILLED) == (1, 2, 4, 8, 16, 32))
     assert ((detect.FLAG_DEBLENDED, detect.FLAG_EDGE, detect.FLAG_MASKED, detect.FLAG_CENTROID,
              detect.FLAG_NEGATIVE) == (1, 2, 4, 8, 16))

@@ -296,7 +296,7 @@ def mixture_calexps(d, n, flux_njy=2e5):
     """n noise-free calexps of a 3 x 3 grid of stars, each visit with its rotation, seeing, zero point and
     sky, rendered with an elliptical MixturePSF (fixed in its pixel frame, so rotated on the sky) that is
     stored as the calexp's `psf` attribute (ap_corr 1)."""
-    from twinkles_hpc.level2.forced import mixture_image
+    from twinkles_hpc.level2.photometry import mixture_image
     from twinkles_hpc.level2.psf import MixturePSF
     g = np.arange(-1, 2) * 9.0
     ra = RA0 + np.repeat(g, 3) / 3600 / np.cos(np.radians(DEC0))
@@ -328,7 +328,7 @@ def test_coadd_psf_matches_coadded_stars(tmp_path):
     """The coadd PSF (the weighted inputs' PSFs through the warp's Jacobians) fits the coadded stars: PSF
     flux and second moments, for elliptical PSFs at different rotations, seeings and weights."""
     from twinkles_hpc.level2.coaddpsf import CoaddPSF
-    from twinkles_hpc.level2.forced import forced_photometry, mixture_image
+    from twinkles_hpc.level2.photometry import forced_photometry, mixture_image
     paths, ra, dec, flux = mixture_calexps(tmp_path, 4)
     patch = skymap_for(paths, patch_size=400).patch(0, 0)
     # no clipping: noise-free inputs of different PSFs differ by more than their (zero) noise in the wings

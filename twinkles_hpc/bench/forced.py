@@ -13,7 +13,7 @@ from twinkles_hpc import instrument
 from twinkles_hpc.bench.common import Timer, time_calls
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
-from twinkles_hpc.level2.forced import DEFAULT_AP_RADII, forced_photometry, mixture_image, psf_fwhm
+from twinkles_hpc.level2.photometry import DEFAULT_AP_RADII, forced_photometry, mixture_image, psf_fwhm
 from twinkles_hpc.level2.masks import SAT
 
 #: photutils PSF: a GriddedPSFModel of GRID x GRID ePSFs (our mixture sampled OVERSAMPLING x finer).

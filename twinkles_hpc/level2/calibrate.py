@@ -25,7 +25,7 @@ from astropy.wcs import WCS
 from twinkles_hpc import options
 from twinkles_hpc.level2 import CalibrationError
 from twinkles_hpc.level2 import detect as _detect
-from twinkles_hpc.level2 import forced as _forced
+from twinkles_hpc.level2 import photometry as _phot
 from twinkles_hpc.level2.astrometry import calibrate_astrometry
 from twinkles_hpc.level2.background import BackgroundConfig, estimate_background
 from twinkles_hpc.level2.cosmics import CosmicRayConfig, find_cosmic_rays
@@ -66,7 +66,7 @@ class CalibrateConfig:
                          "stars are too few).", lo=0)
     max_psf_stars: int = opt(120, "", "Most PSF stars used (the brightest).", lo=1)
     ap_corr_radius: float = opt(20.0, "pixel", "Radius of the 'total flux' aperture of the aperture correction.",
-                                lo=0.0, lo_open=True, hi=_forced.MAX_RADIUS)
+                                lo=0.0, lo_open=True, hi=_phot.MAX_RADIUS)
     zp_min_snr: float = opt(20.0, "", "Smallest SNR of a star used for the zero point.", lo=0.0)
     repair_cosmic_rays: bool = opt(True, "", "Find, mask (CR) and repair cosmic rays (level2/cosmics.py).")
     cosmic_rays: CosmicRayConfig = field(default_factory=CosmicRayConfig)
@@ -140,19 +140,19 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     psf, pinfo = estimate_psf(sub, bg_var, stars["x"][psf_idx], stars["y"][psf_idx], order=order)
     # PSF photometry of every detection in one kernel call (the source table's fluxes); the matched stars'
     # rows give the aperture correction and the zero point in this band
-    phot_all = _forced.forced_photometry(sub, variance, mask, leaves["x"], leaves["y"], psf,
+    phot_all = _phot.forced_photometry(sub, variance, mask, leaves["x"], leaves["y"], psf,
                                          ap_radii=(c.ap_corr_radius,))
     i_star = np.flatnonzero(good)[ainfo["i_det"]]              # matched stars as rows of `leaves`
     phot = phot_all[i_star]
-    ap = phot[f"ap_flux_{_forced._radius_name(c.ap_corr_radius)}"]
+    ap = phot[f"ap_flux_{_phot._radius_name(c.ap_corr_radius)}"]
     clean = (phot["flags"] == 0) & ~sat_near & (phot["psf_flux"] > c.psf_min_snr * phot["psf_flux_err"])
     clean &= np.isfinite(ap)
     if clean.sum() < 3:
         raise CalibrationError(f"calibrate: {int(clean.sum())} clean stars for the aperture correction (need 3)")
-    ap_err = phot[f"ap_flux_{_forced._radius_name(c.ap_corr_radius)}_err"]
+    ap_err = phot[f"ap_flux_{_phot._radius_name(c.ap_corr_radius)}_err"]
     ap_corr, ap_corr_err = aperture_correction(ap[clean], ap_err[clean], phot["psf_flux"][clean],
                                                phot["psf_flux_err"][clean])
-    usable = (phot["flags"] & ~_forced.FLAG_EDGE) == 0
+    usable = (phot["flags"] & ~_phot.FLAG_EDGE) == 0
     zp, zp_err, n_zp = zero_point(np.where(usable, phot["psf_flux"] * ap_corr, np.nan),
                                   phot["psf_flux_err"] * ap_corr, ref[f"mag_{band}"], ref[f"mag_err_{band}"],
                                   min_snr=c.zp_min_snr)
@@ -192,15 +192,15 @@ def source_table(det, phot, psf, wcs, mask, njy_per_electron, i_astrom, i_psf):
     out["psFlux_Sigma"] = phot["psf_flux_err"] * njy_per_electron
     with np.errstate(divide="ignore", invalid="ignore"):
         out["snr"] = phot["psf_flux"] / phot["psf_flux_err"]
-        fwhm = _forced.psf_fwhm(psf, det["x"], det["y"])
+        fwhm = _phot.psf_fwhm(psf, det["x"], det["y"])
         err = np.sqrt(2.0) * fwhm / _detect.FWHM_PER_SIGMA / out["snr"]
     out["x_err"] = out["y_err"] = np.where(out["snr"] > 0, err, np.inf)
     pf, df = phot["flags"], det["flags"]
-    flags = np.where(pf & _forced.FLAG_SATURATED, SRC_SATURATED, 0)
-    flags |= np.where((pf & _forced.FLAG_EDGE) | (df & _detect.FLAG_EDGE), SRC_EDGE, 0)
+    flags = np.where(pf & _phot.FLAG_SATURATED, SRC_SATURATED, 0)
+    flags |= np.where((pf & _phot.FLAG_EDGE) | (df & _detect.FLAG_EDGE), SRC_EDGE, 0)
     # a CR pixel in the PSF-fit footprint makes it MASKED: look only at those
-    masked = np.flatnonzero(pf & _forced.FLAG_MASKED)
-    cr = _near_bits(mask, CR, det["x"][masked], det["y"][masked], _forced.PSF_RADIUS_FWHM * fwhm[masked])
+    masked = np.flatnonzero(pf & _phot.FLAG_MASKED)
+    cr = _near_bits(mask, CR, det["x"][masked], det["y"][masked], _phot.PSF_RADIUS_FWHM * fwhm[masked])
     flags[masked[cr]] |= SRC_CR
     flags |= np.where(df & _detect.FLAG_CENTROID, SRC_CENTROID, 0)
     flags |= np.where(det["parent"] > 0, SRC_BLENDED, 0)

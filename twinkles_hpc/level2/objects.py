@@ -46,7 +46,7 @@ from astropy.wcs import WCS
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from twinkles_hpc.level2 import forced as _forced
+from twinkles_hpc.level2 import photometry as _phot
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.detect import FLAG_DEBLENDED, detect, leaves
 from twinkles_hpc.level2.masks import BAD, DETECTED, NO_DATA, SAT
@@ -263,7 +263,7 @@ def ap_corr_map(sx, sy, ratio, median, x, y):
 
 
 def _apname(r):
-    return f"ap_flux_{_forced._radius_name(r)}"
+    return f"ap_flux_{_phot._radius_name(r)}"
 
 
 def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, detection_out=None):
@@ -309,7 +309,7 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, det
     for b in bands:
         for c in ("PsFlux", "PsFluxSigma", "ApFlux", "ApFluxSigma"):
             out[f"{b}{c}"] = np.nan
-        out[f"{b}Flags"] = _forced.FLAG_NO_DATA
+        out[f"{b}Flags"] = _phot.FLAG_NO_DATA
     meta = {"tract": tract, "patch": [pi, pj], "threshold": threshold, "n_detections": int(len(cat)),
             "n_objects": int(len(out)), "bands": {}}
     det_xy = np.column_stack([leaf["x"], leaf["y"]]) if len(leaf) else np.zeros((0, 2))
@@ -351,7 +351,7 @@ def _measure_band(out, b, planes, psf, wcs, refcat, leaf, det_xy, ext):
     # aperture correction from the bright isolated reference stars, measured with the coadd PSF
     _, sx, sy = ap_corr_stars(planes, wcs, refcat, det_xy)
     on = psf.covered(sx, sy)
-    sp = _forced.forced_photometry(img, var, mask, sx[on], sy[on], psf, ap_radii=radii)
+    sp = _phot.forced_photometry(img, var, mask, sx[on], sy[on], psf, ap_radii=radii)
     clean = (sp["flags"] == 0) & np.isfinite(sp[_apname(APCORR_AP)]) & (sp["psf_flux"] > 0)
     ratio = sp[_apname(APCORR_AP)][clean] / sp["psf_flux"][clean]
     cov = psf.covered(leaf["x"], leaf["y"]) if len(out) else np.zeros(0, bool)
@@ -366,15 +366,15 @@ def _measure_band(out, b, planes, psf, wcs, refcat, leaf, det_xy, ext):
         corr = ap_corr_map(sp["x"][clean], sp["y"][clean], ratio, bm["ap_corr"], x, y)
     else:                   # too few stars: the inputs' aperture corrections, combined as the coadd
         corr = ap_corr_map(sx[:0], sy[:0], ratio[:0], psf.ap_corr_at(x, y), x, y)
-    ph = _forced.forced_photometry(img, var, mask, x, y, psf, object_ids=out["objectId"][cov], ap_radii=radii)
+    ph = _phot.forced_photometry(img, var, mask, x, y, psf, object_ids=out["objectId"][cov], ap_radii=radii)
     for c, v in (("PsFlux", ph["psf_flux"] * corr), ("PsFluxSigma", ph["psf_flux_err"] * corr),
                  ("ApFlux", ph[_apname(REPORT_AP)]), ("ApFluxSigma", ph[_apname(REPORT_AP) + "_err"]),
                  ("Flags", ph["flags"])):
         out[f"{b}{c}"][cov] = v
-    frac = _forced.psf_aperture_fraction(psf, x, y, ap_radii=(EXT_AP,))[:, 0]
+    frac = _phot.psf_aperture_fraction(psf, x, y, ap_radii=(EXT_AP,))[:, 0]
     a6, e6 = ph[_apname(EXT_AP)], ph[_apname(EXT_AP) + "_err"]
     use = np.zeros(len(out), bool)
-    use[cov] = np.isfinite(a6) & np.isfinite(ph["psf_flux"]) & ((ph["flags"] & _forced.FLAG_NO_DATA) == 0)
+    use[cov] = np.isfinite(a6) & np.isfinite(ph["psf_flux"]) & ((ph["flags"] & _phot.FLAG_NO_DATA) == 0)
     u = use[cov]
     ext["A"][use] += a6[u]
     ext["P"][use] += ph["psf_flux"][u] * frac[u]

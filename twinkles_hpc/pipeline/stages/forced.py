@@ -48,7 +48,7 @@ class ForcedStage(Stage):
     def run(self, ctx, task, should_stop):
         """Forced photometry of the primary Objects of `patches` on one visit's calexp."""
         from twinkles_hpc.level2.calibrate import calexp_ok
-        from twinkles_hpc.level2.forcedsource import FORCED_SOURCE_DTYPE, force_visit
+        from twinkles_hpc.level2.forced import FORCED_SOURCE_DTYPE, force_visit
         visit = ctx.by_id[task.params["visit_id"]]
         calexp = ctx.path(layout.calexp(visit["visit_id"], visit["band"]))
         if calexp_ok(calexp):

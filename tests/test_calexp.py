@@ -127,7 +127,7 @@ def _blank_visit(run, tmp, vid):
 def test_uncalibratable_visit_is_recorded_and_skipped_downstream(run, tmp_path):
     from twinkles_hpc import rundir as rd
     from twinkles_hpc.level2.calibrate import calexp_ok
-    from twinkles_hpc.level2.forcedsource import FORCED_SOURCE_DTYPE
+    from twinkles_hpc.level2.forced import FORCED_SOURCE_DTYPE
     from twinkles_hpc.pipeline.context import RunContext
     from twinkles_hpc.pipeline.registry import stage
     from twinkles_hpc.pipeline.stage import Upstream

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from twinkles_hpc import config
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.level2.forcedsource import FORCED_SOURCE_DTYPE
+from twinkles_hpc.level2.forced import FORCED_SOURCE_DTYPE
 from twinkles_hpc import rundir as rd
 from twinkles_hpc.pipeline.setup import plan
 from twinkles_hpc.rundir import layout

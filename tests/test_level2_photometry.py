@@ -1,13 +1,13 @@
-"""Forced photometry (twinkles_hpc.level2.forced) on images made by the simulation's renderer and noise."""
+"""Forced photometry (twinkles_hpc.level2.photometry) on images made by the simulation's renderer and noise."""
 import numpy as np
 import pytest
 
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
-from twinkles_hpc.level2 import forced as F
+from twinkles_hpc.level2 import photometry as F
 from twinkles_hpc.level2 import masks
 from twinkles_hpc.bench.forced import PixelPSF, bench_forced
-from twinkles_hpc.level2.forced import forced_photometry
+from twinkles_hpc.level2.photometry import forced_photometry
 
 SKY, READ_NOISE = 883.0, 8.8          # electrons per pixel: r band, 30 s, 21.2 mag/arcsec^2
 

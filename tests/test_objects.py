@@ -16,7 +16,7 @@ from twinkles_hpc import config
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.level2 import objects as objects_mod
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
-from twinkles_hpc.level2.forced import mixture_image
+from twinkles_hpc.level2.photometry import mixture_image
 from twinkles_hpc.level2.masks import DETECTED
 from twinkles_hpc.level2.shapes import adaptive_moments
 from twinkles_hpc import rundir as rd
