@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_one_word_per_stage():
     names = [s.name for s in registry.STAGES]
-    assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "ingest"]
+    assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "template", "ingest"]
     stages_dir = ROOT / "twinkles_hpc" / "pipeline" / "stages"
     assert sorted(p.stem for p in stages_dir.glob("*.py") if p.stem != "__init__") == sorted(names)
     cfg = config.from_dict({})
@@ -39,6 +39,7 @@ def test_one_word_per_stage():
     assert layout.forced(1, "r").split("/")[0] == "forced"
     assert layout.variables_truth(0).split("/")[0] == "variables"
     assert layout.ingest_receipt("truth").split("/")[0] == "ingest"
+    assert layout.template("r", 0, 0).split("/")[0] == layout.template("r", 0, 0, year=2).split("/")[0] == "template"
 
 
 def test_stage_order_follows_requirements():
@@ -53,7 +54,7 @@ def test_graph_is_derived_and_checked():
     ctx, tasks = plan(cfg, None)
     ids = {t.id for t in tasks}
     kinds = {t.kind for t in tasks}
-    assert kinds == {s.name for s in registry.STAGES}
+    assert kinds == {s.name for s in registry.enabled_stages(cfg)}
     assert all(d in ids for t in tasks for d in t.deps)
     assert all(t.id.split("/")[0] == t.kind for t in tasks)
     v = int(ctx.visits["visit_id"][0])
@@ -115,7 +116,7 @@ def test_data_model_doc_names_every_layout_path():
         layout.eimage: ("NNNNNNNN", "B"), layout.band_view: ("B",), layout.calexp: ("NNNNNNNN", "B"),
         layout.coadd: ("B", "I", "J"), layout.detection_coadd: ("I", "J"), layout.objects: ("I", "J"),
         layout.forced: ("NNNNNNNN", "B"), layout.variables_truth: ("KKKK",), layout.checkpoint: ("NNNNNNNN",),
-        layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",)}
+        layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",), layout.template: ("B", "I", "J")}
     for fn, args in documented.items():
         assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}

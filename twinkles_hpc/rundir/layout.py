@@ -122,6 +122,13 @@ def objects(i, j):
 OBJECTS_GLOB = os.path.join("objects", "patch-*.h5")
 
 
+def template(band, i, j, year=None):
+    """The template coadd of patch (i, j) in one band (stage template): from the whole survey, or (yearly
+    templates) for the visits of year `year`, from the visits of earlier years."""
+    name = f"patch-{patch_key(i, j)}.h5"
+    return os.path.join("template", band, name) if year is None else os.path.join("template", band, f"y{year}", name)
+
+
 def forced(visit_id, band):
     """Forced photometry of the primary Objects on a visit's calexp (stage forced)."""
     return _per_visit("forced", visit_id, band)
