@@ -37,7 +37,9 @@ def run_cost(rundir, cfg, n_visits, V):
     scale = FULL_SENSOR_PIXELS / (cfg.sensor.nx * cfg.sensor.ny)
     stages, total = {}, 0.0
     classes = registry.cost_classes()
-    per_visit, amortised = classes.get(PER_VISIT, ()), classes.get(AMORTISED, ())
+    on = {st.name for st in registry.enabled_stages(cfg)}          # the stages this run has
+    per_visit = tuple(k for k in classes.get(PER_VISIT, ()) if k in on)
+    amortised = tuple(k for k in classes.get(AMORTISED, ()) if k in on)
     for kind in per_visit + amortised:
         s = secs.get(kind)
         if not s:
