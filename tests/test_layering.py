@@ -1,8 +1,8 @@
-"""The dependency rules of docs/design.md, checked on the source of every module: level2 never imports sky
-or imsim (it measures pixels, never the truth); sky, imsim and level2 never import the pipeline, the
-scheduler (parallel) or the testing seams; store never imports level2 (it knows formats, not algorithms);
-validation, report and bench never import the scheduler; the scheduler knows tasks, never stages; only the
-CLI installs the testing seams; nothing below the CLI imports it."""
+"""The dependency rules of docs/design.md, checked on the source of every module: level2 and timedomain never
+import sky or imsim (they measure pixels, never the truth); sky, imsim, level2 and timedomain never import
+the pipeline, the scheduler (parallel) or the testing seams; store never imports level2 (it knows formats,
+not algorithms); validation, report and bench never import the scheduler; the scheduler knows tasks, never
+stages; only the CLI installs the testing seams; nothing below the CLI imports it."""
 import ast
 from pathlib import Path
 
@@ -14,6 +14,8 @@ PKG = ROOT / "twinkles_hpc"
 P = "twinkles_hpc."
 RULES = {
     "level2": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench", "config"),
+    "timedomain": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench",
+                   "config"),
     "sky": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
     "imsim": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
     "store": ("level2", "sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),

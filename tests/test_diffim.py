@@ -1,0 +1,315 @@
+"""PSF-matched image subtraction (twinkles_hpc.timedomain.diffim, docs/diffim.md).
+
+Synthetic scenes made here with numpy: a few hundred stars with Gaussian or elliptical Gaussian PSFs
+(3 x 3 sub-sampled), Poisson-like Gaussian noise on a sky level (the science a single visit, the template
+deeper), a differential background in the science image. The algorithm sees only the pixels, their
+variance, and the kernel candidates a pipeline would pick: bright isolated stars from the test's own star
+list above a flux cut. Criteria: residual / sigma RMS in 7 x 7 stamps around bright stars <= 1.02; blank
+sky flux / sigma mean 0 +- 0.02 and sd 1 +- 0.03; a variable source's flux change within 3 sigma.
+"""
+import numpy as np
+import pytest
+from scipy.signal import fftconvolve
+
+from twinkles_hpc.timedomain import diffim
+from twinkles_hpc.timedomain.diffim import DiffimConfig, KernelSolution, subtract_images
+
+N = 512
+SKY_SCIENCE, SKY_TEMPLATE = 1000.0, 100.0        # variance of the sky (e-^2): one visit, a deeper coadd
+TEMPLATE_DEPTH = 10.0                             # the template's source variance is flux / depth
+BACKGROUND = (3.0, 2.0, -1.5)                     # science - template: offset, x and y slopes across the image
+EDGE, NO_DATA, CR = 4, 16, 2
+#: variable sources at pixel centres: (x, y, template flux, science flux)
+VARIABLES = ((140.0, 300.0, 5e4, 8e4), (380.0, 120.0, 3e4, 1e4), (260.0, 420.0, 0.0, 2e4))
+
+
+def render(x, y, flux, cov, half=14, sub=3):
+    """Sum of elliptical Gaussians (cov (n, 3): ixx, iyy, ixy in px^2) averaged over sub x sub points per
+    pixel, each normalised to its flux on its stamp."""
+    img = np.zeros((N, N))
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    o = np.arange(-half, half + 1)
+    so = (np.arange(sub) + 0.5) / sub - 0.5
+    dx = ((ix - x)[:, None] + o)[:, :, None] + so              # (n, S, sub)
+    dy = ((iy - y)[:, None] + o)[:, :, None] + so
+    ixx, iyy, ixy = (c[:, None, None, None, None] for c in cov.T)
+    det = ixx * iyy - ixy ** 2
+    ddx, ddy = dx[:, None, :, None, :], dy[:, :, None, :, None]
+    p = np.exp(-0.5 * (iyy * ddx ** 2 - 2 * ixy * ddx * ddy + ixx * ddy ** 2) / det).mean((3, 4))
+    p *= (flux / p.sum((1, 2)))[:, None, None]
+    for k in range(x.size):
+        ys, xs = iy[k] + o, ix[k] + o
+        my, mx = (ys >= 0) & (ys < N), (xs >= 0) & (xs < N)
+        img[np.ix_(ys[my], xs[mx])] += p[k][np.ix_(my, mx)]
+    return img
+
+
+def round_cov(sigma, n):
+    s2 = np.broadcast_to(np.asarray(sigma, float) ** 2, (n,))
+    return np.stack([s2, s2, np.zeros(n)], axis=1)
+
+
+def make_scene(cov_template, cov_science, *, seed=1, n_stars=300, variables=False):
+    """cov_*: function (x, y) -> (n, 3) PSF moments. Returns a dict of the planes and the star list."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(4, N - 5, n_stars), rng.uniform(4, N - 5, n_stars)
+    flux = 10 ** rng.uniform(3.0, 5.3, n_stars)
+    variable = np.zeros(n_stars, bool)
+    if variables:                          # isolated: no other star within 20 px
+        v = np.array(VARIABLES)
+        far = np.hypot(x[:, None] - v[:, 0], y[:, None] - v[:, 1]).min(1) > 20
+        x, y, flux = np.r_[x[far], v[:, 0]], np.r_[y[far], v[:, 1]], np.r_[flux[far], np.maximum(v[:, 2], v[:, 3])]
+        variable = np.r_[variable[far], np.ones(len(v), bool)]
+    ft, fs = flux.copy(), flux.copy()
+    if variables:
+        ft[-len(v):], fs[-len(v):] = v[:, 2], v[:, 3]
+    mt = render(x, y, ft, cov_template(x, y))
+    ms = render(x, y, fs, cov_science(x, y))
+    yy, xx = np.mgrid[0:N, 0:N] / (N - 1) - 0.5
+    bg = BACKGROUND[0] + BACKGROUND[1] * xx + BACKGROUND[2] * yy
+    var_t, var_s = mt / TEMPLATE_DEPTH + SKY_TEMPLATE, ms + SKY_SCIENCE
+    template = mt + rng.standard_normal(mt.shape) * np.sqrt(var_t)
+    science = ms + bg + rng.standard_normal(ms.shape) * np.sqrt(var_s)
+    return dict(science=science.astype(np.float32), template=template.astype(np.float32),
+                var_s=var_s.astype(np.float32), var_t=var_t.astype(np.float32), x=x, y=y, flux=flux,
+                variable=variable)
+
+
+def candidates(scene, flux_cut=1e4, isolation=15.0):
+    """Bright isolated stars of the test's own list, as a pipeline picks them from its source table."""
+    x, y, f = scene["x"], scene["y"], scene["flux"]
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(d, np.inf)
+    keep = (f > flux_cut) & (d.min(1) > isolation)
+    return x[keep], y[keep]
+
+
+def subtract(scene, **cfg):
+    return subtract_images(scene["science"], scene["template"], *candidates(scene),
+                           science_variance=scene["var_s"], template_variance=scene["var_t"],
+                           config=DiffimConfig(**cfg))
+
+
+def stamp_rms(image, variance, scene, half=3, flux_cut=1e4):
+    """RMS of image / sqrt(variance) over (2 half + 1)^2 stamps around the bright non-variable stars."""
+    ix, iy = np.rint(scene["x"]).astype(int), np.rint(scene["y"]).astype(int)
+    inside = (ix >= 20) & (ix < N - 20) & (iy >= 20) & (iy < N - 20) & (scene["flux"] > flux_cut) & ~scene["variable"]
+    o = np.arange(-half, half + 1)
+    z = (image / np.sqrt(variance))[(iy[inside, None] + o)[:, :, None], (ix[inside, None] + o)[:, None, :]]
+    z = z[np.isfinite(z).all((1, 2))]
+    assert z.shape[0] >= 30
+    return float(np.sqrt(np.mean(z ** 2)))
+
+
+def blank_pixels(result, scene, radius=12.0):
+    """flux / sigma of the valid pixels farther than radius from every star."""
+    yy, xx = np.mgrid[0:N, 0:N]
+    far = np.ones((N, N), bool)
+    for x, y in zip(scene["x"], scene["y"]):
+        x0, x1, y0, y1 = int(x - radius), int(x + radius) + 2, int(y - radius), int(y + radius) + 2
+        sl = (slice(max(y0, 0), max(y1, 0)), slice(max(x0, 0), max(x1, 0)))
+        far[sl] &= np.hypot(xx[sl] - x, yy[sl] - y) > radius
+    z = result.image / np.sqrt(result.variance)
+    return z[far & np.isfinite(z)]
+
+
+def psf_flux(image, variance, psf, x, y):
+    """Linear PSF fit at a pixel centre with constant weights: flux, its sigma from the variance plane."""
+    h = psf.shape[0] // 2
+    ix, iy = int(x), int(y)
+    d = image[iy - h:iy + h + 1, ix - h:ix + h + 1].astype(np.float64)
+    v = variance[iy - h:iy + h + 1, ix - h:ix + h + 1].astype(np.float64)
+    p = psf.astype(np.float64)
+    spp = (p * p).sum()
+    return (p * d).sum() / spp, np.sqrt((p * p * v).sum()) / spp
+
+
+def gaussians(sig):
+    return lambda x, y: round_cov(sig, x.size)
+
+
+@pytest.fixture(scope="module")
+def round_scene():
+    return make_scene(gaussians(1.3), gaussians(1.7), variables=True)
+
+
+@pytest.fixture(scope="module")
+def round_result(round_scene):
+    return subtract(round_scene)
+
+
+# ---------------------------------------------------------------------------------------- (a) round PSFs
+def test_round_psfs_template_sharper(round_scene, round_result):
+    res = round_result
+    s = res.summary
+    assert s["direction"] == "template"
+    assert res.image.dtype == res.variance.dtype == np.float32 and res.mask.dtype == np.uint16
+    assert s["n_used"] >= 20 and s["n_used"] + s["n_rejected"] == s["n_usable"] <= s["n_candidates"]
+    assert abs(s["kernel_sum"] - 1.0) < 0.01
+    assert abs(s["background"] - BACKGROUND[0]) < 0.5
+    assert 0.9 < s["chi2_dof"] < 1.1
+    assert abs(s["fwhm_science"] - 1.7 * diffim.FWHM_PER_SIGMA) < 0.1
+    assert stamp_rms(res.image, res.variance, round_scene) <= 1.02
+    assert abs(res.psf.sum() - 1.0) < 1e-5
+
+
+def test_criterion_fails_for_a_wrong_kernel(round_scene):
+    """The identity kernel (no PSF matching) fails criterion (a) by far."""
+    sc = round_scene
+    diff = sc["science"] - sc["template"]
+    assert stamp_rms(diff, sc["var_s"] + sc["var_t"], sc) > 2.0
+
+
+# ------------------------------------------------------------------------------------ (b) elliptical PSFs
+def test_elliptical_psfs():
+    def cov(m):
+        return lambda x, y: np.tile(m, (x.size, 1))
+    sc = make_scene(cov((2.0, 1.6, -0.3)), cov((3.4, 2.6, 0.5)), seed=2)
+    res = subtract(sc)
+    assert res.summary["direction"] == "template"
+    assert stamp_rms(res.image, res.variance, sc) <= 1.02
+
+
+# ------------------------------------------------------------------------------- (c) spatially varying PSF
+def test_psf_varying_across_the_image():
+    """The science PSF's sigma grows linearly from 1.6 to 1.95 px across x: spatial order 2 matches it."""
+    sc = make_scene(gaussians(1.3), lambda x, y: round_cov(1.6 + 0.35 * x / N, x.size), seed=3, n_stars=400)
+    res = subtract(sc, spatial_order=2)
+    assert stamp_rms(res.image, res.variance, sc) <= 1.02
+    const = subtract(sc, spatial_order=0)
+    assert stamp_rms(const.image, const.variance, sc) > 1.05
+
+
+# ------------------------------------------------------------------------------- (d) science sharper
+@pytest.fixture(scope="module")
+def sharp_scene():
+    return make_scene(gaussians(1.7), gaussians(1.3), seed=4, variables=True)
+
+
+@pytest.fixture(scope="module")
+def sharp_result(sharp_scene):
+    return subtract(sharp_scene)
+
+
+def test_science_sharper_switches_direction(sharp_scene, sharp_result):
+    res = sharp_result
+    assert res.summary["direction"] == "science"
+    assert abs(res.summary["kernel_sum"] - 1.0) < 0.01
+    assert stamp_rms(res.image, res.variance, sharp_scene) <= 1.02
+    forced = subtract(sharp_scene, direction="template")      # deconvolution: what Twinkles hit
+    assert stamp_rms(forced.image, forced.variance, sharp_scene) > 1.02
+
+
+# ------------------------------------------------------------------------------- (e) a variable source
+@pytest.mark.parametrize("which", ["round", "sharp"])
+def test_variable_sources_recovered(which, round_scene, round_result, sharp_scene, sharp_result):
+    scene, res = (round_scene, round_result) if which == "round" else (sharp_scene, sharp_result)
+    for x, y, f_template, f_science in VARIABLES:
+        flux, err = psf_flux(res.image, res.variance, res.psf, x, y)
+        assert abs(flux - (f_science - f_template)) < 3 * err, (x, y, flux, err)
+    assert res.summary["n_rejected"] >= 1           # the bright variables were candidates, and were clipped
+
+
+# ------------------------------------------------------------------------------- (f) blank sky
+@pytest.mark.parametrize("which", ["round", "sharp"])
+def test_blank_sky_statistics(which, round_scene, round_result, sharp_scene, sharp_result):
+    scene, res = (round_scene, round_result) if which == "round" else (sharp_scene, sharp_result)
+    z = blank_pixels(res, scene)
+    assert z.size > 50000
+    assert abs(z.mean()) < 0.02
+    assert abs(z.std() - 1.0) < 0.03
+
+
+# ------------------------------------------------------------------------------- (g) bad input
+def test_bad_input_raises(round_scene):
+    sc = round_scene
+    x, y = candidates(sc)
+    kw = dict(science_variance=sc["var_s"], template_variance=sc["var_t"])
+    with pytest.raises(ValueError, match="template image has shape"):
+        subtract_images(sc["science"], sc["template"][:-1], x, y, **kw)
+    with pytest.raises(ValueError, match="no kernel candidates given"):
+        subtract_images(sc["science"], sc["template"], [], [], **kw)
+    with pytest.raises(ValueError, match="no usable kernel candidates"):
+        subtract_images(sc["science"], sc["template"], np.full(5, 2.0), np.full(5, 3.0), science_fwhm=4.0,
+                        template_fwhm=3.0, science_psf=diffim.gaussian_psf(2.9, 2.9, 0.0), **kw)
+    with pytest.raises(ValueError, match="cannot measure the science PSF"):
+        subtract_images(sc["science"], sc["template"], np.full(5, 2.0), np.full(5, 3.0), **kw)
+    nan = np.full_like(sc["science"], np.nan)
+    with pytest.raises(ValueError, match="science image has no finite pixel"):
+        subtract_images(nan, sc["template"], x, y, **kw)
+    with pytest.raises(ValueError, match="too few usable kernel candidates"):
+        subtract_images(sc["science"], sc["template"], x[:3], y[:3], **kw)
+    with pytest.raises(ValueError, match="kernel_size"):
+        DiffimConfig(kernel_size=20)
+
+
+# ------------------------------------------------------------------------------- (h) determinism
+def test_bit_identical_twice(sharp_scene, sharp_result):
+    again = subtract(sharp_scene)
+    for name in ("image", "variance", "mask", "psf"):
+        assert getattr(again, name).tobytes() == getattr(sharp_result, name).tobytes(), name
+    assert again.summary == sharp_result.summary
+
+
+# ------------------------------------------------------------------------------- the pieces
+def test_basis_sums_and_orthonormal_functions():
+    b = diffim.make_basis(3.0, 4.2)
+    sums = b.images.sum((1, 2))
+    assert abs(sums[0] - 1.0) < 1e-12 and np.abs(sums[1:]).max() < 1e-12
+    for g in b.groups:
+        f = b.functions[list(g)]
+        assert np.allclose(f @ f.T, np.eye(len(g)), atol=1e-6)
+    assert b.size == 21 and b.degrees == (6, 4, 2)           # 2 x max(2 FWHM, 4 sigma_widest) + 1
+
+
+def test_convolution_is_the_spatially_varying_kernel_at_every_pixel(round_result):
+    """The separable passes equal the direct sum of K(x, y) over each pixel's neighbours."""
+    sol = round_result.kernel
+    rng = np.random.default_rng(7)
+    sub = KernelSolution(sol.basis, sol.coeffs + rng.normal(0, 0.02, sol.coeffs.shape), sol.order, (48, 56))
+    img = rng.normal(100.0, 30.0, (48, 56)).astype(np.float32)
+    out, var, mask, _ = diffim.convolve_image(img, np.full_like(img, 4.0), None, sub)
+    h = sol.basis.half
+    ref = np.full(img.shape, np.nan)
+    for y in range(h, 48 - h):
+        for x in range(h, 56 - h):
+            k = sub.kernel_image(x, y)
+            ref[y, x] = (k[::-1, ::-1] * img[y - h:y + h + 1, x - h:x + h + 1]).sum()
+            if (x, y) == (h + 3, 48 - h - 2):
+                assert abs(var[y, x] / (4.0 * (k * k).sum()) - 1) < 0.01
+    assert np.array_equal(np.isnan(out), np.isnan(ref))
+    assert np.nanmax(np.abs(out - ref)) < 1e-5 * np.nanmax(np.abs(ref))
+    assert (mask[:h] == EDGE | NO_DATA).all() and (mask[h:-h, h:-h] == 0).all()
+
+
+def test_mask_bits_spread_over_the_kernel_footprint(round_result):
+    sol = round_result.kernel
+    sub = KernelSolution(sol.basis, sol.coeffs, sol.order, (64, 64))
+    mask = np.zeros((64, 64), np.uint16)
+    mask[30, 33] = CR
+    img = np.zeros((64, 64), np.float32)
+    img[40, 20] = np.nan
+    _, _, out, _ = diffim.convolve_image(img, np.ones_like(img), mask, sub, mask_weight=0.05)
+    k = sub.kernel_image(31.5, 31.5)
+    fp = np.abs(k) >= 0.05 * np.abs(k).max()
+    h = sol.basis.half
+    got = (out[30 - h:30 + h + 1, 33 - h:33 + h + 1] & CR) != 0
+    assert got[h, h] and got.sum() >= fp.sum() and got.sum() <= (2 * h + 1) ** 2
+    assert out[40, 20] & NO_DATA and out[40, 22] & NO_DATA and not out[40, 20] & CR
+
+
+def test_decorrelation_kernel_keeps_flux_and_whitens():
+    """Equal variances: box sums of the convolved difference's noise are 13% wider than independent pixels
+    would give; decorrelated, they are white with variance s_r^2 + k(0)^2 s_c^2."""
+    k = diffim.gaussian_psf(1.2, 1.2, 0.0, half=9)
+    phi, alpha, beta = diffim.decorrelation_kernel(k, 1000.0, 1000.0)
+    assert abs(phi.sum() - 1.0) < 1e-6 and phi.shape == (37, 37)
+    assert abs(alpha * 1000.0 + beta * (k * k).sum() * 1000.0 - 2000.0) < 1e-6 * 2000
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, np.sqrt(1000.0), (512, 512)) - fftconvolve(rng.normal(0, np.sqrt(1000.0), (512, 512)), k,
+                                                                     mode="same")
+    white = diffim.decorrelate(noise, k, 1000.0, 1000.0)
+    box = np.ones((3, 3))
+    before = fftconvolve(noise, box, mode="same")[20:-20, 20:-20].std() / np.sqrt(9000 * (1 + (k * k).sum()))
+    after = fftconvolve(white, box, mode="same")[20:-20, 20:-20].std() / np.sqrt(9 * 2000.0)
+    assert before > 1.08 and abs(after - 1.0) < 0.02

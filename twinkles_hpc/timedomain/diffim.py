@@ -1,0 +1,762 @@
+"""PSF-matched image subtraction of two images on the same pixel grid (docs/diffim.md).
+
+Alard & Lupton (1998): the sharper image is convolved with a kernel K fitted so that it matches the other
+(the reference), K a linear combination of Gaussians times polynomials whose coefficients vary as
+polynomials of the position, plus a differential background polynomial. The photometric scaling is the
+kernel sum: the first basis image sums to 1 and the others to 0, so the sum is one coefficient, kept
+constant across the image unless `kernel_sum_order` > 0. The fit is linear least squares over stamps
+around the caller's kernel candidates (bright isolated stars from its own source table), each stamp with
+the kernel of its centre, weighted by the difference's variance. The convolved image's own noise enters
+the design matrix (errors in variables): its expected contribution to the normal equations is subtracted,
+and a small ridge on the zero-sum coefficients damps the directions that no star constrains. Candidates
+whose stamp chi^2 per pixel is an outlier are rejected and the fit repeated.
+
+Direction: never deconvolve. With `direction = 'auto'` the image with the smaller PSF (FWHM given by the
+caller or measured from the candidates' adaptive second moments) is convolved: the template (difference =
+science - template * K - background) or, when the science image is the sharper, the science image
+(difference = (science * K + background - template) / kernel sum). Either way the difference is in the
+science image's units and a source that brightened is positive.
+
+Convolution: every raw basis image is separable (f_j(dv) f_i(du)), so the kernel at (x, y) is a sum of
+separable pairs with coefficients that are polynomials of the scaled position. The private kernel
+twinkles_hpc._diffim passes the image once per x function (its taps limited to the function's support),
+folds the y dependence of the coefficients into per-row y filters, one per power of x, and adds each
+y-passed row times its power of x: the kernel is exact at every pixel, not constant over cells.
+Variance: V * K^2, with the amplitude sum K(x, y)^2 exact per pixel (a polynomial of twice the order) and
+the shape of K^2 that of the centre (its truncated SVD). Mask: each output pixel ORs the bits of the input
+pixels under the centre kernel's footprint (|K| >= mask_weight max |K|). The border the kernel cannot
+reach (half its side) is NaN with NO_DATA | EDGE.
+
+Decorrelation (Kaiser 2004; Reiss & Lupton 2016): the convolution correlates the difference's noise. With
+the two images' typical (median) variances s_r^2 (reference, not convolved) and s_c^2 (convolved) and the
+centre kernel's transform k(f), sum k(0), the difference is filtered by
+phi(f) = sqrt((s_r^2 + k(0)^2 s_c^2) / (s_r^2 + s_c^2 |k(f)|^2)), which makes noise of those variances white
+(flux is kept: phi(0) = 1). The difference's PSF is the matched PSF convolved with phi, and its variance
+plane alpha V_reference + beta V_convolved, alpha = sum phi^2, beta = sum (phi * K)^2 / sum K^2: right per
+pixel where the variances are locally constant over phi's few pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft
+import scipy.linalg
+from numpy.lib.stride_tricks import sliding_window_view
+
+from twinkles_hpc import _diffim, options
+from twinkles_hpc.level2.forced import MASK_BAD, MASK_CR, MASK_EDGE, MASK_NO_DATA, MASK_SAT
+from twinkles_hpc.level2.shapes import adaptive_moments
+from twinkles_hpc.options import opt
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Candidates with any of these bits in their stamp (or the patch convolved into it) are not used.
+DEFAULT_BAD_MASK_BITS = MASK_SAT | MASK_CR | MASK_EDGE | MASK_NO_DATA | MASK_BAD
+#: Automatic kernel half-side (pixels): max(2 FWHM of the broader PSF, 4 sigma of the widest Gaussian),
+#: clipped to this range (kernels of 19 to 31 px).
+AUTO_HALF = (9, 15)
+#: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
+#: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
+BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
+#: Relative error allowed in the separable form of the squared kernel (variance propagation).
+VARIANCE_RANK_TOL = 1e-2
+#: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
+MAX_POWERS = 8
+#: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
+#: a candidate needs its central (2 CORE_HALF + 1)^2 pixels and MIN_USABLE_FRACTION of its stamp usable.
+STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
+#: Stamps per batch in the fit (bounds the temporary arrays).
+STAMP_CHUNK = 64
+
+
+@dataclass
+class DiffimConfig:
+    """Settings of the PSF-matching fit, the convolution and the decorrelation."""
+    kernel_size: int = opt(0, "pixel", "Side of the matching kernel (odd); 0: 2 max(2 FWHM, 4 sigma_widest) + 1 "
+                           "from the PSF widths, 19 to 31.", lo=0, hi=61)
+    n_gauss: int = opt(3, "", "Gaussians in the kernel basis.", lo=1, hi=6)
+    sigma_ratio: float = opt(2.0, "", "Width ratio of successive basis Gaussians; the middle one is the "
+                             "PSFs' difference sqrt(sigma_ref^2 - sigma_conv^2).", lo=1.0, lo_open=True, hi=4.0)
+    max_degree: int = opt(6, "", "Polynomial degree of the narrowest Gaussian.", lo=0, hi=10)
+    degree_step: int = opt(2, "", "Each wider Gaussian has this much lower a degree (6, 4, 2).", lo=0, hi=10)
+    min_sigma: float = opt(0.5, "pixel", "Floor of the middle basis width (for near-equal PSFs).", lo=0.1, hi=10.0)
+    spatial_order: int = opt(2, "", "Order of the kernel's polynomial variation across the image.", lo=0, hi=4)
+    kernel_sum_order: int = opt(0, "", "Order of the photometric scaling's variation (0: constant).", lo=0, hi=4)
+    background_order: int = opt(1, "", "Order of the differential background polynomial.", lo=0, hi=4)
+    stamp_half: int = opt(0, "pixel", "Half-side of the fitting stamps; 0: twice the kernel's half-side.", lo=0,
+                          hi=64)
+    clip_sigma: float = opt(3.0, "sigma", "A candidate whose stamp chi^2/pixel exceeds the median by this many "
+                            "1.4826 MAD is rejected.", lo=1.0)
+    max_iter: int = opt(5, "", "Most fits (weights from the kernel, then clipping until nothing changes).",
+                        lo=1, hi=50)
+    min_candidates: int = opt(0, "", "Fewest usable candidates; 0: twice the most spatial terms, at least 4.",
+                              lo=0)
+    direction: str = opt("auto", "", "Image to convolve: 'auto' (the sharper one), 'template' or 'science'.",
+                         choices=("auto", "template", "science"))
+    decorrelate: bool = opt(True, "", "Whiten the difference's noise (Reiss & Lupton 2016).")
+    mask_weight: float = opt(0.05, "", "Mask bits spread to where |K| >= mask_weight max |K|.", lo=0.0, hi=1.0)
+    noise_correction: bool = opt(True, "", "Subtract the convolved image's noise from the normal equations "
+                                 "(errors in variables).")
+    kernel_ridge: float = opt(1.0, "", "Penalty on the zero-sum basis coefficients, in units of the chi^2 the "
+                              "convolved image's noise alone gives a coefficient (0: none).", lo=0.0)
+
+    def __post_init__(self):
+        options.check_section(self)
+        if self.kernel_size and self.kernel_size % 2 == 0:
+            raise options.InputError(type(self).__name__, "kernel_size", "an odd number or 0", self.kernel_size)
+
+    @property
+    def max_order(self):
+        return max(self.spatial_order, self.kernel_sum_order, self.background_order)
+
+
+# ---------------------------------------------------------------------------------------------- basis
+@dataclass(frozen=True)
+class KernelBasis:
+    """The Alard-Lupton basis. Per Gaussian g the 1-D functions f_i(u) = exp(-u^2 / 2 sigma_g^2) p_i(u),
+    p_i of degree i, orthonormal on the kernel's taps (QR of the Gaussian times u^i; degrees the taps
+    cannot resolve are dropped) and zero where every function of g is below SUPPORT_TOL of its peak; raw
+    images f_j(dv) f_i(du) with i + j <= degree of g (the same space as Gaussian x polynomials of total
+    degree <= d). `images` = transform @ raw: the first is the middle Gaussian normalised to sum 1, the
+    others are raw images less their sum times it, so they sum to 0. Images are indexed
+    [dv + half, du + half]."""
+    half: int
+    sigmas: tuple
+    degrees: tuple
+    functions: np.ndarray          # (n_functions, 2 half + 1): the 1-D functions at u = -half..half
+    support: np.ndarray            # (n_functions, 2): first and last non-zero tap of each function
+    groups: tuple                  # the functions of each Gaussian (consecutive indices)
+    pairs: np.ndarray              # (n_raw, 2): (x function, y function) of each raw image
+    transform: np.ndarray          # (n_basis, n_raw)
+    images: np.ndarray             # (n_basis, 2 half + 1, 2 half + 1)
+
+    @property
+    def size(self):
+        return 2 * self.half + 1
+
+
+def make_basis(fwhm_convolved, fwhm_reference, config=None):
+    """The kernel basis matching a PSF of FWHM `fwhm_convolved` (pixels) to one of `fwhm_reference`."""
+    cfg = config or DiffimConfig()
+    sc, sr = fwhm_convolved / FWHM_PER_SIGMA, fwhm_reference / FWHM_PER_SIGMA
+    mid = max(math.sqrt(max(sr * sr - sc * sc, 0.0)), cfg.min_sigma)
+    n = cfg.n_gauss
+    sigmas = tuple(mid * cfg.sigma_ratio ** (k - (n - 1) / 2) for k in range(n))
+    degrees = tuple(max(cfg.max_degree - k * cfg.degree_step, 0) for k in range(n))
+    if cfg.kernel_size:
+        half = cfg.kernel_size // 2
+    else:
+        half = int(np.clip(math.ceil(max(2.0 * max(fwhm_reference, fwhm_convolved), 4.0 * sigmas[-1])), *AUTO_HALF))
+    u = np.arange(-half, half + 1, dtype=np.float64)
+    functions, groups, pairs, k0 = [], [], [], None
+    for g, (s, d) in enumerate(zip(sigmas, degrees)):
+        q, r = np.linalg.qr(np.stack([np.exp(-0.5 * (u / s) ** 2) * (u / s) ** i for i in range(d + 1)], axis=1))
+        diag = np.abs(np.diag(r))
+        m = int(np.argmin(diag > BASIS_TOL * diag[0])) if (diag <= BASIS_TOL * diag[0]).any() else d + 1
+        f = (q[:, :m] * np.sign(np.diag(r)[:m])).T
+        amp = np.abs(f).max(0)
+        f[:, amp < SUPPORT_TOL * amp.max()] = 0.0
+        first = len(functions)
+        functions += list(f)
+        groups.append(tuple(range(first, first + m)))
+        for i in range(m):
+            for j in range(min(m, d + 1 - i)):
+                if g == n // 2 and i == j == 0:
+                    k0 = len(pairs)
+                pairs.append((first + i, first + j))
+    functions, pairs = np.array(functions), np.array(pairs, np.int64)
+    nz = functions != 0
+    support = np.stack([nz.argmax(1), functions.shape[1] - 1 - nz[:, ::-1].argmax(1)], axis=1)
+    raw = np.einsum("ka,kb->kab", functions[pairs[:, 1]], functions[pairs[:, 0]]).reshape(len(pairs), -1)
+    sums = raw.sum(1)
+    others = np.array([k for k in range(len(pairs)) if k != k0], np.int64)
+    transform = np.zeros((len(pairs), len(pairs)))
+    transform[0, k0] = 1.0 / sums[k0]
+    transform[1 + np.arange(others.size), others] = 1.0
+    transform[1:, k0] = -sums[others] / sums[k0]
+    images = (transform @ raw).reshape(-1, 2 * half + 1, 2 * half + 1)
+    return KernelBasis(half, sigmas, degrees, functions, support, tuple(groups), pairs, transform, images)
+
+
+def _convolve_stamps(patches, basis):
+    """patches (n, P, P) -> (n, S, S, n_basis): the valid part (S = P - 2 half) of patch * B_k, by separable
+    passes over the raw basis (per Gaussian: x passes with its functions, then y passes), then the basis
+    transform."""
+    ks = basis.size
+    frev = basis.functions[:, ::-1]                    # window index t <-> offset u = half - t
+    xs = sliding_window_view(patches, ks, axis=2) @ frev.T                 # (n, P, S, n_f)
+    win = sliding_window_view(xs, ks, axis=1)                              # (n, S, S, n_f, ks)
+    raw = np.empty(win.shape[:3] + (basis.pairs.shape[0],))
+    for funcs in basis.groups:
+        f = np.asarray(funcs)
+        block = win[:, :, :, f, :] @ frev[f].T                             # (n, S, S, i, j)
+        for k in np.flatnonzero(np.isin(basis.pairs[:, 0], f)):
+            raw[..., k] = block[..., basis.pairs[k, 0] - f[0], basis.pairs[k, 1] - f[0]]
+    return raw @ basis.transform.T
+
+
+# ----------------------------------------------------------------------------------- spatial polynomials
+def _monomials(order):
+    """Exponents (ex, ey) of the monomials of total degree <= order, by degree: 1, x, y, x^2, x y, y^2, ..."""
+    return [(d - j, j) for d in range(order + 1) for j in range(d + 1)]
+
+
+def _n_terms(order):
+    return (order + 1) * (order + 2) // 2
+
+
+def _scaled(v, n):
+    """Pixel coordinate -> [-1, 1] across an axis of n pixels."""
+    return (2.0 * np.asarray(v, np.float64) - (n - 1)) / max(n - 1, 1)
+
+
+def _monomial_values(xs, ys, order):
+    return np.stack([xs ** ex * ys ** ey for ex, ey in _monomials(order)], axis=-1)
+
+
+@dataclass
+class KernelSolution:
+    """A fitted PSF-matching model on an image of `shape` (ny, nx): coeffs[k, s] multiplies basis image k
+    (k < n_basis) or the background (k = n_basis) by monomial s of the scaled position (`_monomials`)."""
+    basis: KernelBasis
+    coeffs: np.ndarray
+    order: int
+    shape: tuple
+    summary: dict = field(default_factory=dict)
+
+    def _p(self, x, y):
+        return _monomial_values(_scaled(x, self.shape[1]), _scaled(y, self.shape[0]), self.order)
+
+    def spatial_kernels(self):
+        """(n_terms, size, size): K_s, the kernel at (x, y) being sum_s P_s(x, y) K_s."""
+        nb = self.basis.images.shape[0]
+        return np.einsum("ks,kab->sab", self.coeffs[:nb], self.basis.images)
+
+    def kernel_image(self, x, y):
+        """The kernel at pixel (x, y), indexed [dv + half, du + half]."""
+        return np.einsum("s,sab->ab", self._p(float(x), float(y)), self.spatial_kernels())
+
+    def kernel_sum(self, x, y):
+        """The photometric scaling (convolved image -> reference) at (x, y)."""
+        return self._p(x, y) @ self.coeffs[0]
+
+    def background(self, x, y):
+        """The differential background (reference minus convolved image) at (x, y)."""
+        return self._p(x, y) @ self.coeffs[-1]
+
+
+# ----------------------------------------------------------------------------------------- measurement
+def measure_psf_moments(image, x, y, *, mask=None, bad_mask_bits=DEFAULT_BAD_MASK_BITS):
+    """Median adaptive second moments (ixx, iyy, ixy; px^2) of the sources at (x, y) and how many were
+    measured; NaNs and 0 if none could be."""
+    usable = np.isfinite(image)
+    if mask is not None:
+        usable &= (mask & bad_mask_bits) == 0
+    ixx, iyy, ixy, flag = adaptive_moments(image, x, y, usable=usable)
+    ok = ~flag
+    if not ok.any():
+        return (math.nan, math.nan, math.nan), 0
+    return (float(np.median(ixx[ok])), float(np.median(iyy[ok])), float(np.median(ixy[ok]))), int(ok.sum())
+
+
+def moments_fwhm(ixx, iyy, ixy):
+    """FWHM (pixels) of the Gaussian of the same determinant radius."""
+    return FWHM_PER_SIGMA * (ixx * iyy - ixy * ixy) ** 0.25
+
+
+def gaussian_psf(ixx, iyy, ixy, half=None):
+    """A normalised elliptical Gaussian stamp of these moments (px^2), sampled at pixel centres."""
+    lam = 0.5 * (ixx + iyy) + math.sqrt(0.25 * (ixx - iyy) ** 2 + ixy * ixy)
+    half = max(3, math.ceil(4.0 * math.sqrt(lam))) if half is None else half
+    u = np.arange(-half, half + 1, dtype=np.float64)
+    det = ixx * iyy - ixy * ixy
+    q = (iyy * u[None, :] ** 2 - 2 * ixy * u[None, :] * u[:, None] + ixx * u[:, None] ** 2) / det
+    p = np.exp(-0.5 * q)
+    return p / p.sum()
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def _stamp_offsets(half):
+    return np.arange(-half, half + 1)
+
+
+def _cut(plane, ix, iy, half):
+    """Stamps (n, 2 half + 1, 2 half + 1) of plane centred on integer pixels (all inside)."""
+    o = _stamp_offsets(half)
+    return plane[(iy[:, None] + o)[:, :, None], (ix[:, None] + o)[:, None, :]]
+
+
+def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=None, reference_mask=None,
+               basis=None, fwhm=None, reference_fwhm=None, config=None, bad_mask_bits=DEFAULT_BAD_MASK_BITS):
+    """Fit reference ~ image * K + background on stamps around the candidates (x, y) (pixels, (0, 0) the
+    centre of the first pixel). Give the basis, or the two FWHMs (pixels) to build it. Returns a
+    KernelSolution whose summary has n_candidates, n_usable (stamps inside the image, finite, unmasked),
+    n_used (after clipping), n_rejected, chi2_dof (over the used stamps, per pixel less the parameters),
+    kernel_sum and background at the centre, the basis and the orders."""
+    cfg = config or DiffimConfig()
+    image, reference = np.asarray(image), np.asarray(reference)
+    ny, nx = shape = image.shape
+    if basis is None:
+        if fwhm is None or reference_fwhm is None:
+            raise ValueError("fit_kernel needs a basis or both PSF FWHMs")
+        basis = make_basis(fwhm, reference_fwhm, cfg)
+    h = basis.half
+    hs = cfg.stamp_half or STAMP_HALF_KERNELS * h
+    x, y = np.atleast_1d(np.asarray(x, np.float64)), np.atleast_1d(np.asarray(y, np.float64))
+    n_cand = x.size
+    finite_pos = np.isfinite(x) & np.isfinite(y)
+    ix = np.where(finite_pos, np.rint(np.where(finite_pos, x, 0)), -1).astype(np.int64)
+    iy = np.where(finite_pos, np.rint(np.where(finite_pos, y, 0)), -1).astype(np.int64)
+    m = hs + h
+    inside = (ix >= m) & (ix <= nx - 1 - m) & (iy >= m) & (iy <= ny - 1 - m)
+    ix, iy = ix[inside], iy[inside]
+    patch = _cut(image, ix, iy, m).astype(np.float64)
+    vpatch = _cut(variance, ix, iy, m).astype(np.float64)
+    ref = _cut(reference, ix, iy, hs).astype(np.float64)
+    vref = _cut(reference_variance, ix, iy, hs).astype(np.float64)
+    # usable pixels: the reference's own, and those whose whole kernel window in the image is usable
+    ok_c = np.isfinite(patch) & np.isfinite(vpatch) & (vpatch > 0)
+    ok_r = np.isfinite(ref) & np.isfinite(vref) & (vref > 0)
+    if mask is not None:
+        ok_c &= (_cut(mask, ix, iy, m) & bad_mask_bits) == 0
+    if reference_mask is not None:
+        ok_r &= (_cut(reference_mask, ix, iy, hs) & bad_mask_bits) == 0
+    ok = ok_r & sliding_window_view(ok_c, (basis.size, basis.size), axis=(1, 2)).all((3, 4))
+    c = CORE_HALF
+    good = ok[:, hs - c:hs + c + 1, hs - c:hs + c + 1].all((1, 2)) & (ok.mean((1, 2)) >= MIN_USABLE_FRACTION)
+    n_usable = int(good.sum())
+    n_terms_max = max(_n_terms(cfg.spatial_order), _n_terms(cfg.kernel_sum_order), _n_terms(cfg.background_order))
+    need = cfg.min_candidates or max(4, 2 * n_terms_max)
+    if n_usable == 0:
+        raise ValueError(f"no usable kernel candidates: of {n_cand} given, {n_cand - int(inside.sum())} are off the "
+                         f"image or within {m} px of its border, {int(inside.sum()) - n_usable} have masked, "
+                         "non-finite or non-positive-variance pixels in their core or in over half their stamp")
+    if n_usable < need:
+        raise ValueError(f"too few usable kernel candidates: {n_usable} of {n_cand}, need {need} "
+                         f"(spatial_order {cfg.spatial_order}, background_order {cfg.background_order})")
+    patch, vpatch, ref, vref, ok = (np.where(ok_c[good], patch[good], 0.0), np.where(ok_c[good], vpatch[good], 0.0),
+                                    np.where(ok[good], ref[good], 0.0), np.where(ok[good], vref[good], 1.0),
+                                    ok[good])
+    ix, iy = ix[good], iy[good]
+    n, s_pix = ref.shape[0], ref.shape[1] ** 2
+    design = np.empty((n, s_pix, basis.images.shape[0] + 1))
+    for k in range(0, n, STAMP_CHUNK):
+        cs = _convolve_stamps(patch[k:k + STAMP_CHUNK], basis)
+        design[k:k + STAMP_CHUNK, :, :-1] = cs.reshape(cs.shape[0], s_pix, -1)
+    design[:, :, -1] = 1.0
+    ref, vref, ok = ref.reshape(n, s_pix), vref.reshape(n, s_pix), ok.reshape(n, s_pix)
+    n_pix = ok.sum(1)
+    order = cfg.max_order
+    p = _monomial_values(_scaled(ix, nx), _scaled(iy, ny), order)
+    nb = basis.images.shape[0]
+    active = np.zeros((nb + 1, _n_terms(order)), bool)
+    active[0, :_n_terms(cfg.kernel_sum_order)] = True
+    active[1:nb, :_n_terms(cfg.spatial_order)] = True
+    active[nb, :_n_terms(cfg.background_order)] = True
+    vconv = vpatch[:, h:h + 2 * hs + 1, h:h + 2 * hs + 1].reshape(n, s_pix)
+    gram = np.zeros((nb + 1, nb + 1))
+    gram[:nb, :nb] = np.einsum("kab,lab->kl", basis.images, basis.images)
+    var_d = vref + vconv
+    used = np.ones(n, bool)
+    it = 0
+    while True:
+        w = np.where(ok, 1.0 / var_d, 0.0)
+        noise = (vconv * w).sum(1)
+        ridge = np.zeros(active.shape)
+        ridge[1:nb] = cfg.kernel_ridge * float(noise[used].sum())
+        coeffs = _solve(design, ref, w, p, active, used, ridge, noise if cfg.noise_correction else 0 * noise, gram)
+        it += 1
+        local = p @ coeffs.T                                               # (n, nb + 1)
+        resid = ref - np.einsum("npk,nk->np", design, local)
+        chi2 = (resid * resid * w).sum(1)
+        # the difference's variance with this kernel: V_ref + V * K^2 around each stamp
+        kern = np.einsum("nk,kab->nab", local[:, :nb], basis.images)
+        var_d = vref + _stamp_var(vpatch, kern, hs).reshape(n, s_pix)
+        new = used
+        if it > 1:
+            cd = chi2 / n_pix
+            med = np.median(cd[used])
+            mad = np.median(np.abs(cd[used] - med))
+            new = used & (cd <= med + cfg.clip_sigma * 1.4826 * mad)
+            if new.sum() < need:
+                new = used
+        if (it > 1 and np.array_equal(new, used)) or it >= cfg.max_iter:
+            break
+        used = new
+    n_par = int(active.sum())
+    kernel_sum = float(coeffs[0] @ _monomial_values(np.array(0.0), np.array(0.0), order))
+    summary = dict(n_candidates=int(n_cand), n_usable=n_usable, n_used=int(used.sum()),
+                   n_rejected=int(n_usable - used.sum()), n_fits=it,
+                   chi2_dof=float(chi2[used].sum() / max(n_pix[used].sum() - n_par, 1)),
+                   kernel_sum=kernel_sum, background=float(coeffs[-1, 0]),
+                   background_coeffs=[float(v) for v in coeffs[-1, :_n_terms(cfg.background_order)]],
+                   spatial_order=cfg.spatial_order, kernel_sum_order=cfg.kernel_sum_order,
+                   background_order=cfg.background_order, kernel_size=basis.size,
+                   basis_sigmas=[float(s) for s in basis.sigmas], basis_degrees=list(basis.degrees),
+                   n_basis=nb, n_parameters=n_par)
+    return KernelSolution(basis, coeffs, order, tuple(shape), summary)
+
+
+def _solve(design, ref, w, p, active, used, ridge, noise, gram):
+    """Normal equations of the spatial model over the used stamps, less noise[n] gram per stamp (the
+    expected contribution of the convolved image's noise to design^T W design), plus ridge on the
+    diagonal; returns coeffs (nb + 1, n_terms)."""
+    d, r, wu, pu = design[used], ref[used], w[used], p[used]
+    dw = d * wu[:, :, None]
+    a = np.matmul(dw.transpose(0, 2, 1), d)                               # (n, k, k)
+    a -= noise[used, None, None] * gram
+    b = np.einsum("npk,np->nk", dw, r)
+    nk, nt = active.shape
+    big = np.einsum("nkl,ns,nt->kslt", a, pu, pu, optimize=True).reshape(nk * nt, nk * nt)
+    rhs = np.einsum("nk,ns->ks", b, pu).reshape(-1)
+    idx = np.flatnonzero(active.reshape(-1))
+    mat, vec = big[np.ix_(idx, idx)], rhs[idx]
+    mat[np.diag_indices_from(mat)] += ridge.reshape(-1)[idx]
+    try:
+        sol = scipy.linalg.cho_solve(scipy.linalg.cho_factor(mat), vec)
+    except np.linalg.LinAlgError:
+        sol = scipy.linalg.lstsq(mat, vec)[0]
+    coeffs = np.zeros(nk * nt)
+    coeffs[idx] = sol
+    return coeffs.reshape(nk, nt)
+
+
+def _stamp_var(vpatch, kern, hs):
+    """(n, S, S): vpatch * kern^2 (valid part), one kernel per stamp."""
+    ks = kern.shape[1]
+    win = sliding_window_view(vpatch, (ks, ks), axis=(1, 2))
+    return np.einsum("nyxab,nab->nyx", win, (kern * kern)[:, ::-1, ::-1], optimize=True)
+
+
+# ----------------------------------------------------------------------------------------- convolution
+def _svd_terms(kernel, tol):
+    """A kernel as its truncated SVD: the smallest singular values dropped while the Frobenius error stays
+    <= tol ||kernel||. Returns the term arrays of `_convolve`: x filters, y functions, one term each."""
+    u, sv, vt = np.linalg.svd(kernel)
+    err2 = np.cumsum((sv * sv)[::-1])[::-1]            # err2[r]: squared error when keeping r terms
+    keep = max(1, int(np.count_nonzero(err2 > (tol * np.linalg.norm(kernel)) ** 2)))
+    r = np.arange(keep)
+    xf, yf = vt[:keep].copy(), (u[:, :keep] * sv[:keep]).T
+    for f in (xf, yf):                                  # taps below SUPPORT_TOL of the peak: zero
+        f[np.abs(f) < SUPPORT_TOL * np.abs(f).max()] = 0.0
+    return xf, yf, dict(e=r, p=0 * r, j=r, q=0 * r, c=np.ones(keep))
+
+
+def _kernel_terms(solution):
+    """The solution's kernel as terms of `_convolve`: each raw basis pair (x function e, y function j) times
+    each monomial x^p y^q of the position, with its coefficient."""
+    b = solution.basis
+    nb = b.images.shape[0]
+    raw = b.transform.T @ solution.coeffs[:nb]                             # (n_raw, n_terms)
+    mono = np.array(_monomials(solution.order))
+    k, s = np.nonzero(raw)
+    terms = dict(e=b.pairs[k, 0], p=mono[s, 0], j=b.pairs[k, 1], q=mono[s, 1], c=raw[k, s])
+    return b.functions, b.functions, terms
+
+
+def _support(f):
+    nz = f != 0
+    return nz.argmax(1).astype(np.int32), (f.shape[1] - 1 - nz[:, ::-1].argmax(1)).astype(np.int32)
+
+
+def _powers(n, order, dtype):
+    v = _scaled(np.arange(n), n)
+    return np.ascontiguousarray(np.stack([v ** k for k in range(order + 1)]), dtype=dtype)
+
+
+def _convolve(plane, xfilt, yfunc, terms):
+    """plane (float32) convolved with sum over terms of c x^p y^q (yfunc[j] (x) xfilt[e]) (twinkles_hpc._diffim
+    convolve_terms); NaN on the border of half the filters' length."""
+    ny, nx = plane.shape
+    nt = xfilt.shape[1]
+    order = np.lexsort((terms["q"], terms["j"], terms["p"], terms["e"]))      # sorted by e, then p
+    t = {k: np.asarray(v)[order] for k, v in terms.items()}
+    xf = np.ascontiguousarray(xfilt, np.float32)
+    yf = np.ascontiguousarray(yfunc, np.float64)
+    xlo, xhi = _support(xf)
+    ylo, yhi = _support(yf)
+    deg = int(max(t["p"].max(), t["q"].max()))
+    out = np.full((ny, nx), np.nan, np.float32)
+    e, p, j, q = (np.ascontiguousarray(t[k], np.int32) for k in "epjq")
+    _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, e, p, j, q,
+                           np.ascontiguousarray(t["c"], np.float64), _powers(nx, deg, np.float32),
+                           _powers(ny, deg, np.float64), out, np.empty((nt, nx), np.float32),
+                           np.empty((3, nx), np.float32), np.empty((MAX_POWERS, nt)),
+                           np.empty((MAX_POWERS, nt), np.float32))
+    return out
+
+
+def _poly_op(plane, coeff, op):
+    """plane (float32, in place) op= the polynomial sum coeff[ey, ex] xs^ex ys^ey of the scaled position."""
+    ny, nx = plane.shape
+    deg = coeff.shape[0] - 1
+    _diffim.apply_polynomial(plane, np.ascontiguousarray(coeff, np.float64), _powers(nx, deg, np.float64),
+                             _powers(ny, deg, np.float64), op, np.empty(nx, np.float64))
+
+
+def _coeff_grid(values, monomials):
+    """Monomial coefficients -> a (deg + 1, deg + 1) grid [ey, ex]."""
+    deg = max(ex + ey for ex, ey in monomials)
+    grid = np.zeros((deg + 1, deg + 1))
+    for v, (ex, ey) in zip(values, monomials):
+        grid[ey, ex] += v
+    return grid
+
+
+def _footprint(kernel, weight):
+    """Per kernel row a (dv = a - half): the du range [lo, hi] of the pixels with |K| >= weight max|K|."""
+    half = kernel.shape[0] // 2
+    sig = np.abs(kernel) >= weight * np.abs(kernel).max()
+    lo = np.ones(kernel.shape[0], np.int32)
+    hi = np.zeros(kernel.shape[0], np.int32)
+    for a in range(kernel.shape[0]):
+        cols = np.flatnonzero(sig[a])
+        if cols.size:
+            lo[a], hi[a] = cols[0] - half, cols[-1] - half
+    return lo, hi
+
+
+def convolve_image(image, variance, mask, solution, *, mask_weight=0.05, edge_bit=MASK_EDGE,
+                   no_data_bit=MASK_NO_DATA):
+    """Convolve (image, variance, mask) with the solution's spatially varying kernel (module docstring).
+    mask may be None. Non-finite input pixels count as 0 with no_data_bit. Returns float32 image and
+    variance, uint16 mask, and the number of (separable pair, monomial) terms used; the border of half
+    the kernel side is NaN with edge_bit | no_data_bit."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.shape != tuple(solution.shape):
+        raise ValueError(f"image shape {image.shape} is not the solution's {tuple(solution.shape)}")
+    if np.shape(variance) != image.shape or (mask is not None and np.shape(mask) != image.shape):
+        raise ValueError("image, variance and mask must have the same shape")
+    h = solution.basis.half
+    ny, nx = image.shape
+    if ny <= 2 * h or nx <= 2 * h:
+        raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
+    img, var = np.array(image, np.float32), np.array(variance, np.float32)
+    bad = ~(np.isfinite(img) & np.isfinite(var))
+    msk = np.zeros(image.shape, np.uint16) if mask is None else np.array(mask, np.uint16)
+    if bad.any():
+        img[bad], var[bad] = 0.0, 0.0
+        msk[bad] |= no_data_bit
+    kernels = solution.spatial_kernels()
+    mono = _monomials(solution.order)
+    xf, yf, terms = _kernel_terms(solution)
+    out = _convolve(img, xf, yf, terms)
+    # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
+    k2 = kernels[0] ** 2
+    out_var = _convolve(var, *_svd_terms(k2 / k2.sum(), VARIANCE_RANK_TOL))
+    gram = np.einsum("sab,tab->st", kernels, kernels)
+    pair_mono = [(mono[s][0] + mono[t][0], mono[s][1] + mono[t][1]) for s in range(len(mono)) for t in range(len(mono))]
+    _poly_op(out_var, _coeff_grid(gram.reshape(-1), pair_mono), 1)
+    lo, hi = _footprint(kernels[0], mask_weight)
+    out_mask = msk.copy()
+    _diffim.or_footprint(msk, lo, hi, out_mask)
+    border = np.ones(image.shape, bool)
+    border[h:ny - h, h:nx - h] = False
+    out[border] = np.nan
+    out_var[border] = np.nan
+    out_mask[border] |= edge_bit | no_data_bit
+    return out, out_var, out_mask, int(len(terms["c"]))
+
+
+# ------------------------------------------------------------------------------------------ decorrelation
+def _wrap(stamp, shape):
+    """A centred odd stamp placed on a grid of `shape` with its centre at [0, 0] (periodic)."""
+    grid = np.zeros(shape)
+    hy, hx = stamp.shape[0] // 2, stamp.shape[1] // 2
+    rows = (np.arange(stamp.shape[0]) - hy) % shape[0]
+    cols = (np.arange(stamp.shape[1]) - hx) % shape[1]
+    grid[np.ix_(rows, cols)] = stamp
+    return grid
+
+
+def _unwrap(grid, half):
+    """The centred (2 half + 1)^2 stamp of a periodic grid whose centre is [0, 0]."""
+    rows = np.arange(-half, half + 1) % grid.shape[0]
+    cols = np.arange(-half, half + 1) % grid.shape[1]
+    return grid[np.ix_(rows, cols)]
+
+
+def _phi_hat(khat2, ksum, var_reference, var_convolved):
+    return np.sqrt((var_reference + ksum * ksum * var_convolved) / (var_reference + var_convolved * khat2))
+
+
+def decorrelation_kernel(kernel, var_reference, var_convolved, *, half=None):
+    """The decorrelation kernel phi (centred stamp of side 2 half + 1, default twice the kernel's) for a
+    difference reference - convolved * kernel whose images have variances var_reference, var_convolved;
+    and alpha = sum phi^2, beta = sum (phi * K)^2 / sum K^2, the factors of the two variance planes."""
+    ks = kernel.shape[0]
+    half = 2 * (ks // 2) if half is None else half
+    n = scipy.fft.next_fast_len(max(64, 4 * ks, 4 * half + 1))
+    khat = scipy.fft.fft2(_wrap(kernel, (n, n)))
+    k2 = (khat * khat.conj()).real
+    ph = _phi_hat(k2, float(kernel.sum()), var_reference, var_convolved)
+    alpha = float(np.mean(ph * ph))
+    beta = float(np.mean(ph * ph * k2) / np.mean(k2))
+    return _unwrap(scipy.fft.ifft2(ph).real, half), alpha, beta
+
+
+def decorrelate(difference, kernel, var_reference, var_convolved):
+    """The difference (non-finite pixels as 0) filtered by phi (module docstring) by real FFTs, padded by
+    the kernel's side so that nothing wraps around; float32."""
+    ny, nx = difference.shape
+    pad = kernel.shape[0]
+    shape = (scipy.fft.next_fast_len(ny + pad, real=True), scipy.fft.next_fast_len(nx + pad, real=True))
+    grid = np.zeros(shape, np.float32)
+    grid[:ny, :nx] = np.where(np.isfinite(difference), difference, 0.0)
+    khat = scipy.fft.rfft2(_wrap(kernel, shape).astype(np.float32))
+    ph = _phi_hat((khat.real ** 2 + khat.imag ** 2), np.float32(kernel.sum()), np.float32(var_reference),
+                  np.float32(var_convolved)).astype(np.float32)
+    del khat
+    spec = scipy.fft.rfft2(grid)
+    spec *= ph
+    return scipy.fft.irfft2(spec, shape)[:ny, :nx].astype(np.float32)
+
+
+def _typical_variance(variance, valid):
+    """Median of the variance over valid pixels, on a 4 x 4 subsample (fast and deterministic)."""
+    v = variance[::4, ::4][valid[::4, ::4]]
+    if v.size == 0:
+        v = variance[valid]
+    return float(np.median(v))
+
+
+# ------------------------------------------------------------------------------------------- subtraction
+@dataclass
+class DiffimResult:
+    """A difference image in the science image's units (science - matched template: a source that
+    brightened is positive), its per-pixel variance and mask (float32, float32, uint16), the difference's
+    PSF (normalised float32 stamp), the kernel solution and a summary: n_candidates, n_usable, n_used,
+    n_rejected, chi2_dof, kernel_sum (at the centre), direction ('template' or 'science': the image
+    convolved), spatial_order, background (at the centre), fwhm_science, fwhm_template, ..."""
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    psf: np.ndarray
+    kernel: KernelSolution
+    summary: dict
+
+
+def _check_plane(name, a, shape):
+    a = np.asarray(a)
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, the science image {shape}")
+    return a
+
+
+def subtract_images(science, template, x, y, *, science_variance, template_variance, science_mask=None,
+                    template_mask=None, science_fwhm=None, template_fwhm=None, science_psf=None, config=None,
+                    bad_mask_bits=DEFAULT_BAD_MASK_BITS, edge_bit=MASK_EDGE, no_data_bit=MASK_NO_DATA):
+    """PSF-matched difference science - template of two background-subtracted images on one pixel grid.
+
+    x, y: kernel candidates (pixels; bright isolated stars from the caller's own catalogue). science_fwhm,
+    template_fwhm (pixels): the PSF widths; measured from the candidates' adaptive moments when None.
+    science_psf: the science PSF as a centred odd stamp; an elliptical Gaussian of the candidates' median
+    moments when None. Returns a DiffimResult."""
+    cfg = config or DiffimConfig()
+    science = np.asarray(science)
+    if science.ndim != 2:
+        raise ValueError(f"the science image must be 2-D, got shape {science.shape}")
+    shape = science.shape
+    template = _check_plane("the template image", template, shape)
+    science_variance = _check_plane("science_variance", science_variance, shape)
+    template_variance = _check_plane("template_variance", template_variance, shape)
+    if science_mask is not None:
+        science_mask = _check_plane("science_mask", science_mask, shape)
+    if template_mask is not None:
+        template_mask = _check_plane("template_mask", template_mask, shape)
+    for name, a in (("science image", science), ("template image", template),
+                    ("science variance", science_variance), ("template variance", template_variance)):
+        if not np.isfinite(a).any():
+            raise ValueError(f"the {name} has no finite pixel")
+    x, y = np.atleast_1d(np.asarray(x, np.float64)), np.atleast_1d(np.asarray(y, np.float64))
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"candidate x and y must be 1-D of one length, got {x.shape} and {y.shape}")
+    if x.size == 0:
+        raise ValueError("no kernel candidates given")
+    mom_s, n_s = measure_psf_moments(science, x, y, mask=science_mask, bad_mask_bits=bad_mask_bits)
+    fw = {}
+    for name, given, img, msk, mom in (("science", science_fwhm, science, science_mask, mom_s),
+                                       ("template", template_fwhm, template, template_mask, None)):
+        if given is not None:
+            if not (np.isfinite(given) and given > 0):
+                raise ValueError(f"{name}_fwhm must be a positive number of pixels, got {given!r}")
+            fw[name] = float(given)
+            continue
+        if mom is None:
+            mom, _ = measure_psf_moments(img, x, y, mask=msk, bad_mask_bits=bad_mask_bits)
+        if not np.isfinite(mom[0]):
+            raise ValueError(f"cannot measure the {name} PSF from the candidates (no adaptive moments); "
+                             f"give {name}_fwhm")
+        fw[name] = moments_fwhm(*mom)
+    direction = cfg.direction
+    if direction == "auto":
+        direction = "template" if fw["template"] <= fw["science"] else "science"
+    if science_psf is None:
+        if not np.isfinite(mom_s[0]):
+            raise ValueError("cannot measure the science PSF from the candidates; give science_psf")
+        science_psf = gaussian_psf(*mom_s)
+    science_psf = np.asarray(science_psf, np.float64)
+    if science_psf.ndim != 2 or science_psf.shape[0] % 2 == 0 or science_psf.shape[1] != science_psf.shape[0]:
+        raise ValueError(f"science_psf must be a square stamp of odd side, got shape {science_psf.shape}")
+    if direction == "template":
+        conv, cvar, cmask, fconv = template, template_variance, template_mask, fw["template"]
+        ref, rvar, rmask, fref = science, science_variance, science_mask, fw["science"]
+    else:
+        conv, cvar, cmask, fconv = science, science_variance, science_mask, fw["science"]
+        ref, rvar, rmask, fref = template, template_variance, template_mask, fw["template"]
+    sol = fit_kernel(conv, ref, x, y, variance=cvar, reference_variance=rvar, mask=cmask, reference_mask=rmask,
+                     fwhm=fconv, reference_fwhm=fref, config=cfg, bad_mask_bits=bad_mask_bits)
+    cimg, cv, cm, n_sep = convolve_image(conv, cvar, cmask, sol, mask_weight=cfg.mask_weight,
+                                         edge_bit=edge_bit, no_data_bit=no_data_bit)
+    rbad = ~(np.isfinite(ref) & np.isfinite(rvar))
+    mono = _monomials(sol.order)
+    bg = _coeff_grid(sol.coeffs[-1], mono)
+    ksum = _coeff_grid(sol.coeffs[0], mono)
+    if direction == "template":
+        diff = (ref - cimg).astype(np.float32)
+        _poly_op(diff, -bg, 0)
+        vr = np.asarray(rvar, np.float32)
+        vc = cv
+    else:
+        diff = (cimg - ref).astype(np.float32)
+        _poly_op(diff, bg, 0)
+        vr = np.array(rvar, np.float32)
+        vc = cv
+        _poly_op(diff, ksum, 2)
+        for plane in (vr, vc, vr, vc):                    # variances / kernel sum^2
+            _poly_op(plane, ksum, 2)
+    mask = cm | (np.zeros(shape, np.uint16) if rmask is None else np.asarray(rmask, np.uint16))
+    mask[rbad] |= no_data_bit
+    valid = np.isfinite(diff) & np.isfinite(vr) & np.isfinite(vc) & ~rbad
+    kc = sol.kernel_image((shape[1] - 1) / 2, (shape[0] - 1) / 2)
+    s_r = _typical_variance(np.asarray(rvar, np.float64), valid)
+    s_c = _typical_variance(np.asarray(cvar, np.float64), valid)
+    h = sol.basis.half
+    if direction == "template":
+        matched = science_psf
+    else:
+        matched = _convolve_stamp(science_psf, kc / kc.sum(), science_psf.shape[0] // 2 + h)
+    if cfg.decorrelate:
+        phi, alpha, beta = decorrelation_kernel(kc, s_r, s_c)
+        diff = decorrelate(diff, kc, s_r, s_c)
+        variance = (alpha * vr + beta * vc).astype(np.float32)
+        psf = _convolve_stamp(matched, phi, matched.shape[0] // 2 + h)
+    else:
+        variance = (vr + vc).astype(np.float32)
+        psf = matched
+    diff[~valid] = np.nan
+    variance[~valid] = np.nan
+    mask[~valid] |= no_data_bit
+    psf = (psf / psf.sum()).astype(np.float32)
+    summary = dict(sol.summary, direction=direction, fwhm_science=fw["science"], fwhm_template=fw["template"],
+                   n_separable_terms=n_sep, decorrelated=bool(cfg.decorrelate), variance_reference=s_r,
+                   variance_convolved=s_c)
+    return DiffimResult(diff, variance, mask, psf, sol, summary)
+
+
+def _convolve_stamp(a, b, half):
+    """The centred (2 half + 1)^2 stamp of the full convolution a * b of two centred odd stamps."""
+    n = scipy.fft.next_fast_len(a.shape[0] + b.shape[0] + 2 * half)
+    out = scipy.fft.ifft2(scipy.fft.fft2(_wrap(a, (n, n))) * scipy.fft.fft2(_wrap(b, (n, n)))).real
+    return _unwrap(out, half)
