@@ -46,7 +46,11 @@ import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
 from twinkles_hpc import _diffim, options
-from twinkles_hpc.level2.forced import MASK_BAD, MASK_CR, MASK_EDGE, MASK_NO_DATA, MASK_SAT
+from twinkles_hpc.level2.masks import BAD as MASK_BAD
+from twinkles_hpc.level2.masks import CR as MASK_CR
+from twinkles_hpc.level2.masks import EDGE as MASK_EDGE
+from twinkles_hpc.level2.masks import NO_DATA as MASK_NO_DATA
+from twinkles_hpc.level2.masks import SAT as MASK_SAT
 from twinkles_hpc.level2.shapes import adaptive_moments
 from twinkles_hpc.options import opt
 
