@@ -16,8 +16,6 @@ RULES = {
     "level2": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench", "config"),
     "timedomain": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench",
                    "config"),
-    "timedomain": ("sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench",
-                   "config"),
     "sky": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
     "imsim": ("level2", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),
     "store": ("level2", "sky", "imsim", "pipeline", "parallel", "testing", "cli", "validation", "report", "bench"),

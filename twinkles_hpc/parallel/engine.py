@@ -241,6 +241,7 @@ class Engine:
         comm = self.comm
         from mpi4py import MPI
         idle, busy = [], {}
+        asked = set()               # workers whose first request was received
         draining = False
         st = MPI.Status()
         backoff = Backoff()
@@ -272,6 +273,7 @@ class Engine:
             src, tag = st.Get_source(), st.Get_tag()
             msg = comm.recv(source=src, tag=tag)
             if tag == TAG_REQ:
+                asked.add(src)
                 idle.append(src)
             elif tag == TAG_DONE:
                 tid, outputs, rec = msg
@@ -295,7 +297,11 @@ class Engine:
             elif tag == TAG_FAIL:
                 tid, message, tb = msg
                 self._fail(src, tid, message, tb)
+        # every worker's first request is received before it is told to stop, even when there was nothing
+        # to do: no message is left unmatched when the communicator is freed at MPI_Finalize
         for r in range(1, comm.size):
+            if r not in asked:
+                poll_recv(comm, r, TAG_REQ)
             comm.send(None, dest=r, tag=TAG_STOP)
         return "interrupted" if draining and sched.pending else "complete"
 
