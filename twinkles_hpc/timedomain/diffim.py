@@ -15,7 +15,10 @@ Direction: never deconvolve. With `direction = 'auto'` the image with the smalle
 caller or measured from the candidates' adaptive second moments) is convolved: the template (difference =
 science - template * K - background) or, when the science image is the sharper, the science image
 (difference = (science * K + background - template) / kernel sum). Either way the difference is in the
-science image's units and a source that brightened is positive.
+science image's units and a source that brightened is positive. With `preconvolve` (Reiss & Lupton 2016),
+a science image sharper than the template is instead convolved with its own PSF, which makes it the broader
+one, and the template is matched to that: the result is a matched-filtered difference (PSF: the science
+PSF convolved with itself; a detection image, its noise correlated, not decorrelated).
 
 Convolution: every raw basis image is separable (f_j(dv) f_i(du)), so the kernel at (x, y) is a sum of
 separable pairs with coefficients that are polynomials of the scaled position. The private kernel
@@ -59,8 +62,9 @@ AUTO_HALF = (9, 15)
 #: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
 #: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
 BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
-#: Relative error allowed in the separable form of the squared kernel (variance propagation).
-VARIANCE_RANK_TOL = 1e-2
+#: Relative error allowed in the separable form of the squared kernel (variance propagation) and of a
+#: constant kernel stamp (a PSF, for pre-convolution).
+VARIANCE_RANK_TOL, STAMP_RANK_TOL = 1e-2, 1e-5
 #: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
 MAX_POWERS = 8
 #: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
@@ -96,6 +100,9 @@ class DiffimConfig:
     direction: str = opt("auto", "", "Image to convolve: 'auto' (the sharper one), 'template' or 'science'.",
                          choices=("auto", "template", "science"))
     decorrelate: bool = opt(True, "", "Whiten the difference's noise (Reiss & Lupton 2016).")
+    preconvolve: bool = opt(False, "", "When the science image is the sharper, convolve it with its own PSF and "
+                            "match the template to that (direction 'preconvolved'): a matched-filtered difference "
+                            "for detection, not decorrelated.")
     mask_weight: float = opt(0.05, "", "Mask bits spread to where |K| >= mask_weight max |K|.", lo=0.0, hi=1.0)
     noise_correction: bool = opt(True, "", "Subtract the convolved image's noise from the normal equations "
                                  "(errors in variables).")
@@ -569,18 +576,27 @@ def _footprint(kernel, weight):
     return lo, hi
 
 
-def convolve_image(image, variance, mask, solution, *, mask_weight=0.05, edge_bit=MASK_EDGE,
+def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=MASK_EDGE,
                    no_data_bit=MASK_NO_DATA):
-    """Convolve (image, variance, mask) with the solution's spatially varying kernel (module docstring).
-    mask may be None. Non-finite input pixels count as 0 with no_data_bit. Returns float32 image and
-    variance, uint16 mask, and the number of (separable pair, monomial) terms used; the border of half
-    the kernel side is NaN with edge_bit | no_data_bit."""
+    """Convolve (image, variance, mask) with `kernel`: a KernelSolution (its spatially varying kernel,
+    module docstring) or a centred odd square stamp (a constant kernel, as its truncated SVD to
+    STAMP_RANK_TOL). mask may be None. Non-finite input pixels count as 0 with no_data_bit. Returns
+    float32 image and variance, uint16 mask, and the number of (separable pair, monomial) terms used; the
+    border of half the kernel side is NaN with edge_bit | no_data_bit."""
     image = np.asarray(image)
-    if image.ndim != 2 or image.shape != tuple(solution.shape):
-        raise ValueError(f"image shape {image.shape} is not the solution's {tuple(solution.shape)}")
+    if isinstance(kernel, KernelSolution):
+        if image.ndim != 2 or image.shape != tuple(kernel.shape):
+            raise ValueError(f"image shape {image.shape} is not the solution's {tuple(kernel.shape)}")
+        kernels, mono, h = kernel.spatial_kernels(), _monomials(kernel.order), kernel.basis.half
+        xf, yf, terms = _kernel_terms(kernel)
+    else:
+        stamp = np.asarray(kernel, np.float64)
+        if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1] or stamp.shape[0] % 2 == 0:
+            raise ValueError(f"a kernel stamp must be square with an odd side, got shape {stamp.shape}")
+        kernels, mono, h = stamp[None], [(0, 0)], stamp.shape[0] // 2
+        xf, yf, terms = _svd_terms(stamp, STAMP_RANK_TOL)
     if np.shape(variance) != image.shape or (mask is not None and np.shape(mask) != image.shape):
         raise ValueError("image, variance and mask must have the same shape")
-    h = solution.basis.half
     ny, nx = image.shape
     if ny <= 2 * h or nx <= 2 * h:
         raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
@@ -590,9 +606,6 @@ def convolve_image(image, variance, mask, solution, *, mask_weight=0.05, edge_bi
     if bad.any():
         img[bad], var[bad] = 0.0, 0.0
         msk[bad] |= no_data_bit
-    kernels = solution.spatial_kernels()
-    mono = _monomials(solution.order)
-    xf, yf, terms = _kernel_terms(solution)
     out = _convolve(img, xf, yf, terms)
     # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
     k2 = kernels[0] ** 2
@@ -682,7 +695,8 @@ class DiffimResult:
     brightened is positive), its per-pixel variance and mask (float32, float32, uint16), the difference's
     PSF (normalised float32 stamp), the kernel solution and a summary: n_candidates, n_usable, n_used,
     n_rejected, chi2_dof, kernel_sum (at the centre), direction ('template' or 'science': the image
-    convolved), spatial_order, background (at the centre), fwhm_science, fwhm_template, ..."""
+    convolved; 'preconvolved'), spatial_order, background (at the centre), fwhm_science, fwhm_template,
+    ..."""
     image: np.ndarray
     variance: np.ndarray
     mask: np.ndarray
@@ -757,9 +771,16 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     science_psf = np.asarray(science_psf, np.float64)
     if science_psf.ndim != 2 or science_psf.shape[0] % 2 == 0 or science_psf.shape[1] != science_psf.shape[0]:
         raise ValueError(f"science_psf must be a square stamp of odd side, got shape {science_psf.shape}")
-    if direction == "template":
+    if direction == "science" and cfg.preconvolve and 2.0 * fw["science"] ** 2 > fw["template"] ** 2:
+        # Reiss & Lupton: the science image convolved with its own PSF is broader than the template
+        direction = "preconvolved"
+        science, science_variance, science_mask, _ = convolve_image(
+            science, science_variance, science_mask, science_psf, mask_weight=cfg.mask_weight, edge_bit=edge_bit,
+            no_data_bit=no_data_bit)
+    if direction in ("template", "preconvolved"):
         conv, cvar, cmask, fconv = template, template_variance, template_mask, fw["template"]
-        ref, rvar, rmask, fref = science, science_variance, science_mask, fw["science"]
+        ref, rvar, rmask = science, science_variance, science_mask
+        fref = fw["science"] * (math.sqrt(2.0) if direction == "preconvolved" else 1.0)
     else:
         conv, cvar, cmask, fconv = science, science_variance, science_mask, fw["science"]
         ref, rvar, rmask, fref = template, template_variance, template_mask, fw["template"]
@@ -771,7 +792,7 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     bg = _coeff_grid(sol.coeffs[-1], mono)
     ksum = _coeff_grid(sol.coeffs[0], mono)
     ref32, vr = np.asarray(ref, np.float32), np.asarray(rvar, np.float32)
-    if direction == "template":                                  # science - template * K - background
+    if direction != "science":                                   # science - template * K - background
         diff = np.subtract(ref32, cimg)
         _poly_op(diff, -bg, 0)
     else:                                                        # (science * K + background - template) / sum K
@@ -791,9 +812,11 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     h = sol.basis.half
     if direction == "template":
         matched = science_psf
-    else:
+    elif direction == "science":
         matched = _convolve_stamp(science_psf, kc / kc.sum(), science_psf.shape[0] // 2 + h)
-    if cfg.decorrelate:
+    else:
+        matched = _convolve_stamp(science_psf, science_psf, science_psf.shape[0] - 1)
+    if cfg.decorrelate and direction != "preconvolved":
         phi, alpha, beta = decorrelation_kernel(kc, s_r, s_c)
         diff = decorrelate(diff, kc, s_r, s_c)
         variance = np.multiply(vr, np.float32(alpha))
@@ -806,7 +829,8 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     variance[invalid] = np.nan
     psf = (psf / psf.sum()).astype(np.float32)
     summary = dict(sol.summary, direction=direction, fwhm_science=fw["science"], fwhm_template=fw["template"],
-                   n_convolution_terms=n_sep, decorrelated=bool(cfg.decorrelate), variance_reference=s_r,
+                   n_convolution_terms=n_sep, decorrelated=bool(cfg.decorrelate and direction != "preconvolved"),
+                   variance_reference=s_r,
                    variance_convolved=s_c)
     return DiffimResult(diff, variance, mask, psf, sol, summary)
 
