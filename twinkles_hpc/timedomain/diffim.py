@@ -525,7 +525,7 @@ def _powers(n, order, dtype):
 
 def _convolve(plane, xfilt, yfunc, terms):
     """plane (float32) convolved with sum over terms of c x^p y^q (yfunc[j] (x) xfilt[e]) (twinkles_hpc._diffim
-    convolve_terms); NaN on the border of half the filters' length."""
+    convolve_terms); the border of half the filters' length is left unset."""
     ny, nx = plane.shape
     nt = xfilt.shape[1]
     order = np.lexsort((terms["q"], terms["j"], terms["p"], terms["e"]))      # sorted by e, then p
@@ -536,7 +536,6 @@ def _convolve(plane, xfilt, yfunc, terms):
     ylo, yhi = _support(yf)
     deg = int(max(t["p"].max(), t["q"].max()))
     out = np.empty((ny, nx), np.float32)                     # the kernel writes all but the border
-    out[:nt // 2], out[ny - nt // 2:], out[:, :nt // 2], out[:, nx - nt // 2:] = np.nan, np.nan, np.nan, np.nan
     e, p, j, q = (np.ascontiguousarray(t[k], np.int32) for k in "epjq")
     _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, e, p, j, q,
                            np.ascontiguousarray(t["c"], np.float64), _powers(nx, deg, np.float32),
@@ -600,12 +599,13 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
     ny, nx = image.shape
     if ny <= 2 * h or nx <= 2 * h:
         raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
-    img, var = np.array(image, np.float32), np.array(variance, np.float32)
-    bad = ~(np.isfinite(img) & np.isfinite(var))
-    msk = np.zeros(image.shape, np.uint16) if mask is None else np.array(mask, np.uint16)
-    if bad.any():
-        img[bad], var[bad] = 0.0, 0.0
-        msk[bad] |= no_data_bit
+    img, var = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(variance, np.float32)
+    bad = ~np.isfinite(img)
+    bad |= ~np.isfinite(var)
+    msk = None if mask is None else np.asarray(mask, np.uint16)
+    if bad.any():                                  # count as 0, flagged NO_DATA (copies, not the caller's)
+        img, var = np.where(bad, np.float32(0), img), np.where(bad, np.float32(0), var)
+        msk = np.where(bad, no_data_bit, 0).astype(np.uint16) | (0 if msk is None else msk)
     out = _convolve(img, xf, yf, terms)
     # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
     k2 = kernels[0] ** 2
@@ -613,14 +613,15 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
     gram = np.einsum("sab,tab->st", kernels, kernels)
     pair_mono = [(mono[s][0] + mono[t][0], mono[s][1] + mono[t][1]) for s in range(len(mono)) for t in range(len(mono))]
     _poly_op(out_var, _coeff_grid(gram.reshape(-1), pair_mono), 1)
-    lo, hi = _footprint(kernels[0], mask_weight)
-    out_mask = msk.copy()
-    _diffim.or_footprint(msk, lo, hi, out_mask)
-    border = np.ones(image.shape, bool)
-    border[h:ny - h, h:nx - h] = False
-    out[border] = np.nan
-    out_var[border] = np.nan
-    out_mask[border] |= edge_bit | no_data_bit
+    out_mask = np.zeros((ny, nx), np.uint16)
+    if msk is not None:
+        lo, hi = _footprint(kernels[0], mask_weight)
+        _diffim.or_footprint(np.ascontiguousarray(msk), lo, hi, out_mask)
+    for sl in ((slice(0, h), slice(None)), (slice(ny - h, ny), slice(None)), (slice(None), slice(0, h)),
+               (slice(None), slice(nx - h, nx))):
+        out[sl] = np.nan
+        out_var[sl] = np.nan
+        out_mask[sl] = (0 if msk is None else msk[sl]) | edge_bit | no_data_bit
     return out, out_var, out_mask, int(len(terms["c"]))
 
 
