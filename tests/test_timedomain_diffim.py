@@ -144,7 +144,8 @@ def test_round_psfs_template_sharper(round_scene, round_result):
     s = res.summary
     assert s["direction"] == "template"
     assert res.image.dtype == res.variance.dtype == np.float32 and res.mask.dtype == np.uint16
-    assert s["n_used"] >= 20 and s["n_used"] + s["n_rejected"] == s["n_usable"] <= s["n_candidates"]
+    assert s["n_used"] >= 20 and s["n_used"] + s["n_rejected"] == s["n_fitted"] == s["n_usable"]
+    assert s["n_usable"] <= s["n_examined"] <= s["n_candidates"]
     assert abs(s["kernel_sum"] - 1.0) < 0.01
     assert abs(s["background"] - BACKGROUND[0]) < 0.5
     assert 0.9 < s["chi2_dof"] < 1.1
@@ -211,6 +212,20 @@ def test_variable_sources_recovered(which, round_scene, round_result, sharp_scen
 
 
 # ------------------------------------------------------------------------------- (f) blank sky
+def blank_positions(scene, n=3000, seed=0, radius=15.0):
+    """Pixel centres at least `radius` from every star, 40 px inside the image."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(40, N - 40, n), rng.integers(40, N - 40, n)
+    far = np.hypot(x[:, None] - scene["x"], y[:, None] - scene["y"]).min(1) > radius
+    return x[far], y[far]
+
+
+def forced_z(result, scene):
+    """PSF flux / sigma at blank positions (forced photometry on blank sky)."""
+    fe = np.array([psf_flux(result.image, result.variance, result.psf, x, y) for x, y in zip(*blank_positions(scene))])
+    return fe[:, 0] / fe[:, 1]
+
+
 @pytest.mark.parametrize("which", ["round", "sharp"])
 def test_blank_sky_statistics(which, round_scene, round_result, sharp_scene, sharp_result):
     scene, res = (round_scene, round_result) if which == "round" else (sharp_scene, sharp_result)
@@ -218,6 +233,36 @@ def test_blank_sky_statistics(which, round_scene, round_result, sharp_scene, sha
     assert z.size > 50000
     assert abs(z.mean()) < 0.02
     assert abs(z.std() - 1.0) < 0.03
+    z = forced_z(res, scene)
+    assert z.size > 1000
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1.0) < 0.05
+
+
+def test_forced_photometry_needs_the_decorrelation(sharp_scene):
+    """Without decorrelation the pixels are right one by one, but the PSF-flux errors are not."""
+    res = subtract(sharp_scene, decorrelate=False)
+    assert abs(blank_pixels(res, sharp_scene).std() - 1.0) < 0.03
+    assert forced_z(res, sharp_scene).std() > 1.5
+
+
+def test_preconvolution_against_the_direction_switch(sharp_scene, sharp_result):
+    """Science sharper: convolving the science image and decorrelating gives smaller PSF-flux errors than
+    pre-convolving it with its own PSF (a matched filter read at the source's pixel); both are unbiased
+    with right errors."""
+    pre = subtract(sharp_scene, preconvolve=True)
+    assert pre.summary["direction"] == "preconvolved" and not pre.summary["decorrelated"]
+    assert stamp_rms(pre.image, pre.variance, sharp_scene) <= 1.02
+    c = pre.psf.shape[0] // 2
+    p2 = float(pre.psf[c, c])                   # (P * P)(0) = sum P^2: the matched filter's response
+    x, y = blank_positions(sharp_scene)
+    f_pre, e_pre = pre.image[y, x] / p2, np.sqrt(pre.variance[y, x]) / p2
+    assert abs(np.std(f_pre / e_pre) - 1.0) < 0.05
+    for vx, vy, f_template, f_science in VARIABLES:
+        f, e = pre.image[int(vy), int(vx)] / p2, np.sqrt(pre.variance[int(vy), int(vx)]) / p2
+        assert abs(f - (f_science - f_template)) < 3 * e
+    e_switch = np.array([psf_flux(sharp_result.image, sharp_result.variance, sharp_result.psf, a, b)[1]
+                         for a, b in zip(x, y)])
+    assert np.median(e_switch) < np.median(e_pre)
 
 
 # ------------------------------------------------------------------------------- (g) bad input

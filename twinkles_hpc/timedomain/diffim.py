@@ -15,7 +15,10 @@ Direction: never deconvolve. With `direction = 'auto'` the image with the smalle
 caller or measured from the candidates' adaptive second moments) is convolved: the template (difference =
 science - template * K - background) or, when the science image is the sharper, the science image
 (difference = (science * K + background - template) / kernel sum). Either way the difference is in the
-science image's units and a source that brightened is positive.
+science image's units and a source that brightened is positive. With `preconvolve` (Reiss & Lupton 2016),
+a science image sharper than the template is instead convolved with its own PSF, which makes it the broader
+one, and the template is matched to that: the result is a matched-filtered difference (PSF: the science
+PSF convolved with itself; a detection image, its noise correlated, not decorrelated).
 
 Convolution: every raw basis image is separable (f_j(dv) f_i(du)), so the kernel at (x, y) is a sum of
 separable pairs with coefficients that are polynomials of the scaled position. The private kernel
@@ -63,8 +66,9 @@ AUTO_HALF = (9, 15)
 #: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
 #: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
 BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
-#: Relative error allowed in the separable form of the squared kernel (variance propagation).
-VARIANCE_RANK_TOL = 1e-2
+#: Relative error allowed in the separable form of the squared kernel (variance propagation) and of a
+#: constant kernel stamp (a PSF, for pre-convolution).
+VARIANCE_RANK_TOL, STAMP_RANK_TOL = 1e-2, 1e-5
 #: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
 MAX_POWERS = 8
 #: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
@@ -94,11 +98,15 @@ class DiffimConfig:
                             "1.4826 MAD is rejected.", lo=1.0)
     max_iter: int = opt(5, "", "Most fits (weights from the kernel, then clipping until nothing changes).",
                         lo=1, hi=50)
+    max_candidates: int = opt(400, "", "Most candidates fitted, spread over the image (0: all).", lo=0)
     min_candidates: int = opt(0, "", "Fewest usable candidates; 0: twice the most spatial terms, at least 4.",
                               lo=0)
     direction: str = opt("auto", "", "Image to convolve: 'auto' (the sharper one), 'template' or 'science'.",
                          choices=("auto", "template", "science"))
     decorrelate: bool = opt(True, "", "Whiten the difference's noise (Reiss & Lupton 2016).")
+    preconvolve: bool = opt(False, "", "When the science image is the sharper, convolve it with its own PSF and "
+                            "match the template to that (direction 'preconvolved'): a matched-filtered difference "
+                            "for detection, not decorrelated.")
     mask_weight: float = opt(0.05, "", "Mask bits spread to where |K| >= mask_weight max |K|.", lo=0.0, hi=1.0)
     noise_correction: bool = opt(True, "", "Subtract the convolved image's noise from the normal equations "
                                  "(errors in variables).")
@@ -185,19 +193,23 @@ def make_basis(fwhm_convolved, fwhm_reference, config=None):
 
 def _convolve_stamps(patches, basis):
     """patches (n, P, P) -> (n, S, S, n_basis): the valid part (S = P - 2 half) of patch * B_k, by separable
-    passes over the raw basis (per Gaussian: x passes with its functions, then y passes), then the basis
-    transform."""
-    ks = basis.size
-    frev = basis.functions[:, ::-1]                    # window index t <-> offset u = half - t
-    xs = sliding_window_view(patches, ks, axis=2) @ frev.T                 # (n, P, S, n_f)
-    win = sliding_window_view(xs, ks, axis=1)                              # (n, S, S, n_f, ks)
-    raw = np.empty(win.shape[:3] + (basis.pairs.shape[0],))
+    passes over the raw basis (per Gaussian: x passes with its functions over their support, then y
+    passes), then the basis transform."""
+    n, size = patches.shape[0], patches.shape[1]
+    h2 = 2 * basis.half
+    s = size - h2
+    raw = np.empty((basis.pairs.shape[0], n, s, s))           # [k, n, x, y]
     for funcs in basis.groups:
         f = np.asarray(funcs)
-        block = win[:, :, :, f, :] @ frev[f].T                             # (n, S, S, i, j)
+        lo, hi = int(basis.support[f, 0].min()), int(basis.support[f, 1].max())
+        taps = basis.functions[f, lo:hi + 1][:, ::-1].T       # window index t <-> tap b = hi - t
+        span = s + hi - lo
+        xs = sliding_window_view(patches[:, :, h2 - hi:h2 - hi + span], hi - lo + 1, axis=2) @ taps   # (n, P, S, i)
+        xt = np.ascontiguousarray(xs.transpose(0, 2, 3, 1))                                        # (n, S, i, P)
+        block = sliding_window_view(xt[..., h2 - hi:h2 - hi + span], hi - lo + 1, axis=3) @ taps    # (n, x, i, y, j)
         for k in np.flatnonzero(np.isin(basis.pairs[:, 0], f)):
-            raw[..., k] = block[..., basis.pairs[k, 0] - f[0], basis.pairs[k, 1] - f[0]]
-    return raw @ basis.transform.T
+            raw[k] = block[:, :, basis.pairs[k, 0] - f[0], :, basis.pairs[k, 1] - f[0]]
+    return np.tensordot(basis.transform, raw, (1, 0)).transpose(1, 3, 2, 0)
 
 
 # ----------------------------------------------------------------------------------- spatial polynomials
@@ -291,13 +303,51 @@ def _cut(plane, ix, iy, half):
     return plane[(iy[:, None] + o)[:, :, None], (ix[:, None] + o)[:, None, :]]
 
 
+def _stamps(image, variance, mask, reference, reference_variance, reference_mask, ix, iy, hs, h, bad_mask_bits):
+    """Stamps of the candidates at integer pixels (ix, iy): the image's patch (half-side hs + h) and its
+    variance, the reference's stamp (half-side hs) and its variance, NaN-free; the patch's usable pixels
+    and the stamp's usable pixels (its own, and the whole kernel window of the patch around them)."""
+    m = hs + h
+    patch = _cut(image, ix, iy, m).astype(np.float64)
+    vpatch = _cut(variance, ix, iy, m).astype(np.float64)
+    ref = _cut(reference, ix, iy, hs).astype(np.float64)
+    vref = _cut(reference_variance, ix, iy, hs).astype(np.float64)
+    ok_c = np.isfinite(patch) & np.isfinite(vpatch) & (vpatch > 0)
+    ok = np.isfinite(ref) & np.isfinite(vref) & (vref > 0)
+    if mask is not None:
+        ok_c &= (_cut(mask, ix, iy, m) & bad_mask_bits) == 0
+    if reference_mask is not None:
+        ok &= (_cut(reference_mask, ix, iy, hs) & bad_mask_bits) == 0
+    rows = sliding_window_view(ok_c, 2 * h + 1, axis=2).all(-1)             # erosion by the kernel's box,
+    ok &= sliding_window_view(rows, 2 * h + 1, axis=1).all(-1)              # one axis at a time
+    return (np.where(ok_c, patch, 0.0), np.where(ok_c, vpatch, 0.0), np.where(ok, ref, 0.0),
+            np.where(ok, vref, 1.0), ok)
+
+
+def _round_robin(ix, iy, shape, n_cells):
+    """An order of the candidates that covers the image: a grid of ~n_cells cells, taken round-robin (each
+    cell's first candidate in the caller's order, then each cell's second, ...)."""
+    g = max(1, int(math.ceil(math.sqrt(n_cells))))
+    cell = (np.clip(iy, 0, shape[0] - 1) * g // shape[0]) * g + np.clip(ix, 0, shape[1] - 1) * g // shape[1]
+    order = np.argsort(cell, kind="stable")
+    first = np.r_[0, np.flatnonzero(np.diff(cell[order])) + 1]
+    rank = np.empty(ix.size, np.int64)
+    rank[order] = np.arange(ix.size) - np.repeat(first, np.diff(np.r_[first, ix.size]))
+    return np.lexsort((np.arange(ix.size), rank))
+
+
 def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=None, reference_mask=None,
                basis=None, fwhm=None, reference_fwhm=None, config=None, bad_mask_bits=DEFAULT_BAD_MASK_BITS):
     """Fit reference ~ image * K + background on stamps around the candidates (x, y) (pixels, (0, 0) the
-    centre of the first pixel). Give the basis, or the two FWHMs (pixels) to build it. Returns a
-    KernelSolution whose summary has n_candidates, n_usable (stamps inside the image, finite, unmasked),
-    n_used (after clipping), n_rejected, chi2_dof (over the used stamps, per pixel less the parameters),
-    kernel_sum and background at the centre, the basis and the orders."""
+    centre of the first pixel). Give the basis, or the two FWHMs (pixels) to build it. A candidate is
+    usable if its stamp and the patch convolved into it lie inside the image, its core is usable and at least
+    half its stamp (masked, non-finite or non-positive-variance pixels, and those whose kernel window holds
+    one, are left out). Candidates are examined round-robin over a grid of cells (`_round_robin`) until
+    `max_candidates` usable ones are found, so the fitted ones cover the image. Returns a KernelSolution
+    whose summary has n_candidates, n_examined, n_usable (of those examined), n_fitted, n_used (after
+    clipping), n_rejected,
+    chi2_dof (over the used stamps, per pixel less the parameters), kernel_sum and background at the
+    centre, the basis and the orders."""
     cfg = config or DiffimConfig()
     image, reference = np.asarray(image), np.asarray(reference)
     ny, nx = shape = image.shape
@@ -315,20 +365,19 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     m = hs + h
     inside = (ix >= m) & (ix <= nx - 1 - m) & (iy >= m) & (iy <= ny - 1 - m)
     ix, iy = ix[inside], iy[inside]
-    patch = _cut(image, ix, iy, m).astype(np.float64)
-    vpatch = _cut(variance, ix, iy, m).astype(np.float64)
-    ref = _cut(reference, ix, iy, hs).astype(np.float64)
-    vref = _cut(reference_variance, ix, iy, hs).astype(np.float64)
-    # usable pixels: the reference's own, and those whose whole kernel window in the image is usable
-    ok_c = np.isfinite(patch) & np.isfinite(vpatch) & (vpatch > 0)
-    ok_r = np.isfinite(ref) & np.isfinite(vref) & (vref > 0)
-    if mask is not None:
-        ok_c &= (_cut(mask, ix, iy, m) & bad_mask_bits) == 0
-    if reference_mask is not None:
-        ok_r &= (_cut(reference_mask, ix, iy, hs) & bad_mask_bits) == 0
-    ok = ok_r & sliding_window_view(ok_c, (basis.size, basis.size), axis=(1, 2)).all((3, 4))
+    planes = (image, variance, mask, reference, reference_variance, reference_mask)
+    n_max = cfg.max_candidates or ix.size
+    order = _round_robin(ix, iy, shape, n_max)
+    ix, iy = ix[order], iy[order]
+    good = np.zeros(ix.size, bool)
     c = CORE_HALF
-    good = ok[:, hs - c:hs + c + 1, hs - c:hs + c + 1].all((1, 2)) & (ok.mean((1, 2)) >= MIN_USABLE_FRACTION)
+    n_examined = 0
+    while n_examined < ix.size and good.sum() < n_max:
+        sl = slice(n_examined, n_examined + STAMP_CHUNK)
+        ok = _stamps(*planes, ix[sl], iy[sl], hs, h, bad_mask_bits)[-1]
+        good[sl] = (ok[:, hs - c:hs + c + 1, hs - c:hs + c + 1].all((1, 2))
+                    & (ok.mean((1, 2)) >= MIN_USABLE_FRACTION))
+        n_examined += ok.shape[0]
     n_usable = int(good.sum())
     n_terms_max = max(_n_terms(cfg.spatial_order), _n_terms(cfg.kernel_sum_order), _n_terms(cfg.background_order))
     need = cfg.min_candidates or max(4, 2 * n_terms_max)
@@ -339,44 +388,50 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     if n_usable < need:
         raise ValueError(f"too few usable kernel candidates: {n_usable} of {n_cand}, need {need} "
                          f"(spatial_order {cfg.spatial_order}, background_order {cfg.background_order})")
-    patch, vpatch, ref, vref, ok = (np.where(ok_c[good], patch[good], 0.0), np.where(ok_c[good], vpatch[good], 0.0),
-                                    np.where(ok[good], ref[good], 0.0), np.where(ok[good], vref[good], 1.0),
-                                    ok[good])
-    ix, iy = ix[good], iy[good]
-    n, s_pix = ref.shape[0], ref.shape[1] ** 2
-    design = np.empty((n, s_pix, basis.images.shape[0] + 1))
+    keep = np.flatnonzero(good)[:n_max]
+    keep = keep[np.argsort(order[keep])]                        # the fitted ones in the caller's order
+    ix, iy = ix[keep], iy[keep]
+    n, s_pix, nb = ix.size, (2 * hs + 1) ** 2, basis.images.shape[0]
+    design = np.empty((n, s_pix, nb + 1), np.float32)         # the convolved basis; float32 bounds memory
+    ref, vref, vconv = (np.empty((n, s_pix)) for _ in range(3))
+    ok = np.empty((n, s_pix), bool)
     for k in range(0, n, STAMP_CHUNK):
-        cs = _convolve_stamps(patch[k:k + STAMP_CHUNK], basis)
-        design[k:k + STAMP_CHUNK, :, :-1] = cs.reshape(cs.shape[0], s_pix, -1)
+        sl = slice(k, k + STAMP_CHUNK)
+        pt, vp, rf, vr, okk = _stamps(*planes, ix[sl], iy[sl], hs, h, bad_mask_bits)
+        cs = _convolve_stamps(pt, basis)
+        design[sl, :, :-1] = cs.reshape(cs.shape[0], s_pix, -1)
+        ref[sl], vref[sl], ok[sl] = rf.reshape(-1, s_pix), vr.reshape(-1, s_pix), okk.reshape(-1, s_pix)
+        vconv[sl] = vp[:, h:h + 2 * hs + 1, h:h + 2 * hs + 1].reshape(-1, s_pix)
     design[:, :, -1] = 1.0
-    ref, vref, ok = ref.reshape(n, s_pix), vref.reshape(n, s_pix), ok.reshape(n, s_pix)
     n_pix = ok.sum(1)
     order = cfg.max_order
     p = _monomial_values(_scaled(ix, nx), _scaled(iy, ny), order)
-    nb = basis.images.shape[0]
     active = np.zeros((nb + 1, _n_terms(order)), bool)
     active[0, :_n_terms(cfg.kernel_sum_order)] = True
     active[1:nb, :_n_terms(cfg.spatial_order)] = True
     active[nb, :_n_terms(cfg.background_order)] = True
-    vconv = vpatch[:, h:h + 2 * hs + 1, h:h + 2 * hs + 1].reshape(n, s_pix)
     gram = np.zeros((nb + 1, nb + 1))
     gram[:nb, :nb] = np.einsum("kab,lab->kl", basis.images, basis.images)
-    var_d = vref + vconv
+    k2sum = np.ones(n)                                        # sum K^2 of each stamp's kernel (first: 1)
     used = np.ones(n, bool)
     it = 0
     while True:
-        w = np.where(ok, 1.0 / var_d, 0.0)
+        # weights: the difference's variance, V_ref + V sum K^2 (the convolved variance, locally constant)
+        w = np.where(ok, 1.0 / (vref + vconv * k2sum[:, None]), 0.0)
         noise = (vconv * w).sum(1)
         ridge = np.zeros(active.shape)
         ridge[1:nb] = cfg.kernel_ridge * float(noise[used].sum())
-        coeffs = _solve(design, ref, w, p, active, used, ridge, noise if cfg.noise_correction else 0 * noise, gram)
+        a, b = _normal_equations(design, ref, w, noise if cfg.noise_correction else 0.0 * noise, gram)
+        coeffs = _solve(a[used], b[used], p[used], active, ridge)
         it += 1
         local = p @ coeffs.T                                               # (n, nb + 1)
-        resid = ref - np.einsum("npk,nk->np", design, local)
-        chi2 = (resid * resid * w).sum(1)
-        # the difference's variance with this kernel: V_ref + V * K^2 around each stamp
+        chi2 = np.empty(n)
+        for k in range(0, n, STAMP_CHUNK):
+            sl = slice(k, k + STAMP_CHUNK)
+            resid = ref[sl] - np.einsum("npk,nk->np", design[sl].astype(np.float64), local[sl])
+            chi2[sl] = (resid * resid * w[sl]).sum(1)
         kern = np.einsum("nk,kab->nab", local[:, :nb], basis.images)
-        var_d = vref + _stamp_var(vpatch, kern, hs).reshape(n, s_pix)
+        k2sum = (kern * kern).sum((1, 2))
         new = used
         if it > 1:
             cd = chi2 / n_pix
@@ -390,8 +445,9 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
         used = new
     n_par = int(active.sum())
     kernel_sum = float(coeffs[0] @ _monomial_values(np.array(0.0), np.array(0.0), order))
-    summary = dict(n_candidates=int(n_cand), n_usable=n_usable, n_used=int(used.sum()),
-                   n_rejected=int(n_usable - used.sum()), n_fits=it,
+    summary = dict(n_candidates=int(n_cand), n_examined=int(n_examined), n_usable=n_usable, n_fitted=int(n),
+                   n_used=int(used.sum()),
+                   n_rejected=int(n - used.sum()), n_fits=it,
                    chi2_dof=float(chi2[used].sum() / max(n_pix[used].sum() - n_par, 1)),
                    kernel_sum=kernel_sum, background=float(coeffs[-1, 0]),
                    background_coeffs=[float(v) for v in coeffs[-1, :_n_terms(cfg.background_order)]],
@@ -402,18 +458,27 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     return KernelSolution(basis, coeffs, order, tuple(shape), summary)
 
 
-def _solve(design, ref, w, p, active, used, ridge, noise, gram):
-    """Normal equations of the spatial model over the used stamps, less noise[n] gram per stamp (the
-    expected contribution of the convolved image's noise to design^T W design), plus ridge on the
-    diagonal; returns coeffs (nb + 1, n_terms)."""
-    d, r, wu, pu = design[used], ref[used], w[used], p[used]
-    dw = d * wu[:, :, None]
-    a = np.matmul(dw.transpose(0, 2, 1), d)                               # (n, k, k)
-    a -= noise[used, None, None] * gram
-    b = np.einsum("npk,np->nk", dw, r)
+def _normal_equations(design, ref, w, noise, gram):
+    """Per stamp: design^T W design less noise[n] gram (the expected contribution of the convolved
+    image's own noise), and design^T W ref."""
+    n, _, nk = design.shape
+    a, b = np.empty((n, nk, nk)), np.empty((n, nk))
+    for k in range(0, n, STAMP_CHUNK):
+        sl = slice(k, k + STAMP_CHUNK)
+        d = design[sl].astype(np.float64)
+        dw = d * w[sl, :, None]
+        a[sl] = np.matmul(dw.transpose(0, 2, 1), d)
+        b[sl] = np.einsum("npk,np->nk", dw, ref[sl])
+    a -= noise[:, None, None] * gram
+    return a, b
+
+
+def _solve(a, b, p, active, ridge):
+    """The spatial model's normal equations sum_n a_n (x) p_n p_n^T from the stamps' (a, b), plus ridge on
+    the diagonal; returns coeffs (nb + 1, n_terms)."""
     nk, nt = active.shape
-    big = np.einsum("nkl,ns,nt->kslt", a, pu, pu, optimize=True).reshape(nk * nt, nk * nt)
-    rhs = np.einsum("nk,ns->ks", b, pu).reshape(-1)
+    big = np.einsum("nkl,ns,nt->kslt", a, p, p, optimize=True).reshape(nk * nt, nk * nt)
+    rhs = np.einsum("nk,ns->ks", b, p).reshape(-1)
     idx = np.flatnonzero(active.reshape(-1))
     mat, vec = big[np.ix_(idx, idx)], rhs[idx]
     mat[np.diag_indices_from(mat)] += ridge.reshape(-1)[idx]
@@ -424,13 +489,6 @@ def _solve(design, ref, w, p, active, used, ridge, noise, gram):
     coeffs = np.zeros(nk * nt)
     coeffs[idx] = sol
     return coeffs.reshape(nk, nt)
-
-
-def _stamp_var(vpatch, kern, hs):
-    """(n, S, S): vpatch * kern^2 (valid part), one kernel per stamp."""
-    ks = kern.shape[1]
-    win = sliding_window_view(vpatch, (ks, ks), axis=(1, 2))
-    return np.einsum("nyxab,nab->nyx", win, (kern * kern)[:, ::-1, ::-1], optimize=True)
 
 
 # ----------------------------------------------------------------------------------------- convolution
@@ -471,7 +529,7 @@ def _powers(n, order, dtype):
 
 def _convolve(plane, xfilt, yfunc, terms):
     """plane (float32) convolved with sum over terms of c x^p y^q (yfunc[j] (x) xfilt[e]) (twinkles_hpc._diffim
-    convolve_terms); NaN on the border of half the filters' length."""
+    convolve_terms); the border of half the filters' length is left unset."""
     ny, nx = plane.shape
     nt = xfilt.shape[1]
     order = np.lexsort((terms["q"], terms["j"], terms["p"], terms["e"]))      # sorted by e, then p
@@ -481,7 +539,7 @@ def _convolve(plane, xfilt, yfunc, terms):
     xlo, xhi = _support(xf)
     ylo, yhi = _support(yf)
     deg = int(max(t["p"].max(), t["q"].max()))
-    out = np.full((ny, nx), np.nan, np.float32)
+    out = np.empty((ny, nx), np.float32)                     # the kernel writes all but the border
     e, p, j, q = (np.ascontiguousarray(t[k], np.int32) for k in "epjq")
     _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, e, p, j, q,
                            np.ascontiguousarray(t["c"], np.float64), _powers(nx, deg, np.float32),
@@ -521,30 +579,37 @@ def _footprint(kernel, weight):
     return lo, hi
 
 
-def convolve_image(image, variance, mask, solution, *, mask_weight=0.05, edge_bit=MASK_EDGE,
+def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=MASK_EDGE,
                    no_data_bit=MASK_NO_DATA):
-    """Convolve (image, variance, mask) with the solution's spatially varying kernel (module docstring).
-    mask may be None. Non-finite input pixels count as 0 with no_data_bit. Returns float32 image and
-    variance, uint16 mask, and the number of (separable pair, monomial) terms used; the border of half
-    the kernel side is NaN with edge_bit | no_data_bit."""
+    """Convolve (image, variance, mask) with `kernel`: a KernelSolution (its spatially varying kernel,
+    module docstring) or a centred odd square stamp (a constant kernel, as its truncated SVD to
+    STAMP_RANK_TOL). mask may be None. Non-finite input pixels count as 0 with no_data_bit. Returns
+    float32 image and variance, uint16 mask, and the number of (separable pair, monomial) terms used; the
+    border of half the kernel side is NaN with edge_bit | no_data_bit."""
     image = np.asarray(image)
-    if image.ndim != 2 or image.shape != tuple(solution.shape):
-        raise ValueError(f"image shape {image.shape} is not the solution's {tuple(solution.shape)}")
+    if isinstance(kernel, KernelSolution):
+        if image.ndim != 2 or image.shape != tuple(kernel.shape):
+            raise ValueError(f"image shape {image.shape} is not the solution's {tuple(kernel.shape)}")
+        kernels, mono, h = kernel.spatial_kernels(), _monomials(kernel.order), kernel.basis.half
+        xf, yf, terms = _kernel_terms(kernel)
+    else:
+        stamp = np.asarray(kernel, np.float64)
+        if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1] or stamp.shape[0] % 2 == 0:
+            raise ValueError(f"a kernel stamp must be square with an odd side, got shape {stamp.shape}")
+        kernels, mono, h = stamp[None], [(0, 0)], stamp.shape[0] // 2
+        xf, yf, terms = _svd_terms(stamp, STAMP_RANK_TOL)
     if np.shape(variance) != image.shape or (mask is not None and np.shape(mask) != image.shape):
         raise ValueError("image, variance and mask must have the same shape")
-    h = solution.basis.half
     ny, nx = image.shape
     if ny <= 2 * h or nx <= 2 * h:
         raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
-    img, var = np.array(image, np.float32), np.array(variance, np.float32)
-    bad = ~(np.isfinite(img) & np.isfinite(var))
-    msk = np.zeros(image.shape, np.uint16) if mask is None else np.array(mask, np.uint16)
-    if bad.any():
-        img[bad], var[bad] = 0.0, 0.0
-        msk[bad] |= no_data_bit
-    kernels = solution.spatial_kernels()
-    mono = _monomials(solution.order)
-    xf, yf, terms = _kernel_terms(solution)
+    img, var = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(variance, np.float32)
+    bad = ~np.isfinite(img)
+    bad |= ~np.isfinite(var)
+    msk = None if mask is None else np.asarray(mask, np.uint16)
+    if bad.any():                                  # count as 0, flagged NO_DATA (copies, not the caller's)
+        img, var = np.where(bad, np.float32(0), img), np.where(bad, np.float32(0), var)
+        msk = np.where(bad, no_data_bit, 0).astype(np.uint16) | (0 if msk is None else msk)
     out = _convolve(img, xf, yf, terms)
     # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
     k2 = kernels[0] ** 2
@@ -552,21 +617,22 @@ def convolve_image(image, variance, mask, solution, *, mask_weight=0.05, edge_bi
     gram = np.einsum("sab,tab->st", kernels, kernels)
     pair_mono = [(mono[s][0] + mono[t][0], mono[s][1] + mono[t][1]) for s in range(len(mono)) for t in range(len(mono))]
     _poly_op(out_var, _coeff_grid(gram.reshape(-1), pair_mono), 1)
-    lo, hi = _footprint(kernels[0], mask_weight)
-    out_mask = msk.copy()
-    _diffim.or_footprint(msk, lo, hi, out_mask)
-    border = np.ones(image.shape, bool)
-    border[h:ny - h, h:nx - h] = False
-    out[border] = np.nan
-    out_var[border] = np.nan
-    out_mask[border] |= edge_bit | no_data_bit
+    out_mask = np.zeros((ny, nx), np.uint16)
+    if msk is not None:
+        lo, hi = _footprint(kernels[0], mask_weight)
+        _diffim.or_footprint(np.ascontiguousarray(msk), lo, hi, out_mask)
+    for sl in ((slice(0, h), slice(None)), (slice(ny - h, ny), slice(None)), (slice(None), slice(0, h)),
+               (slice(None), slice(nx - h, nx))):
+        out[sl] = np.nan
+        out_var[sl] = np.nan
+        out_mask[sl] = (0 if msk is None else msk[sl]) | edge_bit | no_data_bit
     return out, out_var, out_mask, int(len(terms["c"]))
 
 
 # ------------------------------------------------------------------------------------------ decorrelation
-def _wrap(stamp, shape):
+def _wrap(stamp, shape, dtype=np.float64):
     """A centred odd stamp placed on a grid of `shape` with its centre at [0, 0] (periodic)."""
-    grid = np.zeros(shape)
+    grid = np.zeros(shape, dtype)
     hy, hx = stamp.shape[0] // 2, stamp.shape[1] // 2
     rows = (np.arange(stamp.shape[0]) - hy) % shape[0]
     cols = (np.arange(stamp.shape[1]) - hx) % shape[1]
@@ -607,21 +673,23 @@ def decorrelate(difference, kernel, var_reference, var_convolved):
     pad = kernel.shape[0]
     shape = (scipy.fft.next_fast_len(ny + pad, real=True), scipy.fft.next_fast_len(nx + pad, real=True))
     grid = np.zeros(shape, np.float32)
-    grid[:ny, :nx] = np.where(np.isfinite(difference), difference, 0.0)
-    khat = scipy.fft.rfft2(_wrap(kernel, shape).astype(np.float32))
+    inner = grid[:ny, :nx]
+    inner[...] = difference
+    inner[~np.isfinite(inner)] = 0.0
+    khat = scipy.fft.rfft2(_wrap(kernel, shape, np.float32))
     ph = _phi_hat((khat.real ** 2 + khat.imag ** 2), np.float32(kernel.sum()), np.float32(var_reference),
                   np.float32(var_convolved)).astype(np.float32)
     del khat
     spec = scipy.fft.rfft2(grid)
     spec *= ph
-    return scipy.fft.irfft2(spec, shape)[:ny, :nx].astype(np.float32)
+    return np.array(scipy.fft.irfft2(spec, shape)[:ny, :nx], np.float32)
 
 
 def _typical_variance(variance, valid):
     """Median of the variance over valid pixels, on a 4 x 4 subsample (fast and deterministic)."""
-    v = variance[::4, ::4][valid[::4, ::4]]
+    v = np.asarray(variance[::4, ::4], np.float64)[valid[::4, ::4]]
     if v.size == 0:
-        v = variance[valid]
+        v = np.asarray(variance, np.float64)[valid]
     return float(np.median(v))
 
 
@@ -632,7 +700,8 @@ class DiffimResult:
     brightened is positive), its per-pixel variance and mask (float32, float32, uint16), the difference's
     PSF (normalised float32 stamp), the kernel solution and a summary: n_candidates, n_usable, n_used,
     n_rejected, chi2_dof, kernel_sum (at the centre), direction ('template' or 'science': the image
-    convolved), spatial_order, background (at the centre), fwhm_science, fwhm_template, ..."""
+    convolved; 'preconvolved'), spatial_order, background (at the centre), fwhm_science, fwhm_template,
+    ..."""
     image: np.ndarray
     variance: np.ndarray
     mask: np.ndarray
@@ -678,7 +747,11 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
         raise ValueError(f"candidate x and y must be 1-D of one length, got {x.shape} and {y.shape}")
     if x.size == 0:
         raise ValueError("no kernel candidates given")
-    mom_s, n_s = measure_psf_moments(science, x, y, mask=science_mask, bad_mask_bits=bad_mask_bits)
+    n_psf = cfg.max_candidates or x.size                          # the PSF is measured on a spread subset
+    sub = np.sort(_round_robin(np.rint(np.nan_to_num(x)).astype(np.int64), np.rint(np.nan_to_num(y)).astype(np.int64),
+                               shape, n_psf)[:n_psf])
+    mx, my = x[sub], y[sub]
+    mom_s, n_s = measure_psf_moments(science, mx, my, mask=science_mask, bad_mask_bits=bad_mask_bits)
     fw = {}
     for name, given, img, msk, mom in (("science", science_fwhm, science, science_mask, mom_s),
                                        ("template", template_fwhm, template, template_mask, None)):
@@ -688,7 +761,7 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
             fw[name] = float(given)
             continue
         if mom is None:
-            mom, _ = measure_psf_moments(img, x, y, mask=msk, bad_mask_bits=bad_mask_bits)
+            mom, _ = measure_psf_moments(img, mx, my, mask=msk, bad_mask_bits=bad_mask_bits)
         if not np.isfinite(mom[0]):
             raise ValueError(f"cannot measure the {name} PSF from the candidates (no adaptive moments); "
                              f"give {name}_fwhm")
@@ -703,9 +776,16 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     science_psf = np.asarray(science_psf, np.float64)
     if science_psf.ndim != 2 or science_psf.shape[0] % 2 == 0 or science_psf.shape[1] != science_psf.shape[0]:
         raise ValueError(f"science_psf must be a square stamp of odd side, got shape {science_psf.shape}")
-    if direction == "template":
+    if direction == "science" and cfg.preconvolve and 2.0 * fw["science"] ** 2 > fw["template"] ** 2:
+        # Reiss & Lupton: the science image convolved with its own PSF is broader than the template
+        direction = "preconvolved"
+        science, science_variance, science_mask, _ = convolve_image(
+            science, science_variance, science_mask, science_psf, mask_weight=cfg.mask_weight, edge_bit=edge_bit,
+            no_data_bit=no_data_bit)
+    if direction in ("template", "preconvolved"):
         conv, cvar, cmask, fconv = template, template_variance, template_mask, fw["template"]
-        ref, rvar, rmask, fref = science, science_variance, science_mask, fw["science"]
+        ref, rvar, rmask = science, science_variance, science_mask
+        fref = fw["science"] * (math.sqrt(2.0) if direction == "preconvolved" else 1.0)
     else:
         conv, cvar, cmask, fconv = science, science_variance, science_mask, fw["science"]
         ref, rvar, rmask, fref = template, template_variance, template_mask, fw["template"]
@@ -713,48 +793,49 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
                      fwhm=fconv, reference_fwhm=fref, config=cfg, bad_mask_bits=bad_mask_bits)
     cimg, cv, cm, n_sep = convolve_image(conv, cvar, cmask, sol, mask_weight=cfg.mask_weight,
                                          edge_bit=edge_bit, no_data_bit=no_data_bit)
-    rbad = ~(np.isfinite(ref) & np.isfinite(rvar))
     mono = _monomials(sol.order)
     bg = _coeff_grid(sol.coeffs[-1], mono)
     ksum = _coeff_grid(sol.coeffs[0], mono)
-    if direction == "template":
-        diff = (ref - cimg).astype(np.float32)
+    ref32, vr = np.asarray(ref, np.float32), np.asarray(rvar, np.float32)
+    if direction != "science":                                   # science - template * K - background
+        diff = np.subtract(ref32, cimg)
         _poly_op(diff, -bg, 0)
-        vr = np.asarray(rvar, np.float32)
-        vc = cv
-    else:
-        diff = (cimg - ref).astype(np.float32)
+    else:                                                        # (science * K + background - template) / sum K
+        diff = np.subtract(cimg, ref32)
         _poly_op(diff, bg, 0)
-        vr = np.array(rvar, np.float32)
-        vc = cv
         _poly_op(diff, ksum, 2)
-        for plane in (vr, vc, vr, vc):                    # variances / kernel sum^2
+        vr = vr.copy()
+        for plane in (vr, cv, vr, cv):                           # variances / (sum K)^2
             _poly_op(plane, ksum, 2)
-    mask = cm | (np.zeros(shape, np.uint16) if rmask is None else np.asarray(rmask, np.uint16))
-    mask[rbad] |= no_data_bit
-    valid = np.isfinite(diff) & np.isfinite(vr) & np.isfinite(vc) & ~rbad
+    invalid = ~np.isfinite(diff)                                 # the border, and non-finite inputs
+    invalid |= ~np.isfinite(vr)
+    invalid |= ~np.isfinite(cv)
+    mask = cm if rmask is None else cm | np.asarray(rmask, np.uint16)
+    mask[invalid] |= no_data_bit
     kc = sol.kernel_image((shape[1] - 1) / 2, (shape[0] - 1) / 2)
-    s_r = _typical_variance(np.asarray(rvar, np.float64), valid)
-    s_c = _typical_variance(np.asarray(cvar, np.float64), valid)
+    s_r, s_c = _typical_variance(rvar, ~invalid), _typical_variance(cvar, ~invalid)
     h = sol.basis.half
     if direction == "template":
         matched = science_psf
-    else:
+    elif direction == "science":
         matched = _convolve_stamp(science_psf, kc / kc.sum(), science_psf.shape[0] // 2 + h)
-    if cfg.decorrelate:
+    else:
+        matched = _convolve_stamp(science_psf, science_psf, science_psf.shape[0] - 1)
+    if cfg.decorrelate and direction != "preconvolved":
         phi, alpha, beta = decorrelation_kernel(kc, s_r, s_c)
         diff = decorrelate(diff, kc, s_r, s_c)
-        variance = (alpha * vr + beta * vc).astype(np.float32)
+        variance = np.multiply(vr, np.float32(alpha))
+        variance += np.float32(beta) * cv
         psf = _convolve_stamp(matched, phi, matched.shape[0] // 2 + h)
     else:
-        variance = (vr + vc).astype(np.float32)
+        variance = np.add(vr, cv)
         psf = matched
-    diff[~valid] = np.nan
-    variance[~valid] = np.nan
-    mask[~valid] |= no_data_bit
+    diff[invalid] = np.nan
+    variance[invalid] = np.nan
     psf = (psf / psf.sum()).astype(np.float32)
     summary = dict(sol.summary, direction=direction, fwhm_science=fw["science"], fwhm_template=fw["template"],
-                   n_separable_terms=n_sep, decorrelated=bool(cfg.decorrelate), variance_reference=s_r,
+                   n_convolution_terms=n_sep, decorrelated=bool(cfg.decorrelate and direction != "preconvolved"),
+                   variance_reference=s_r,
                    variance_convolved=s_c)
     return DiffimResult(diff, variance, mask, psf, sol, summary)
 
