@@ -1,0 +1,288 @@
+"""Convolution of an image with a spatially varying matching kernel (exact per pixel, through the private
+kernel twinkles_hpc._diffim), its variance and mask, and the decorrelation of a difference (docs/diffim.md;
+timedomain/diffim.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.fft
+import scipy.linalg
+from numpy.lib.stride_tricks import sliding_window_view
+
+from twinkles_hpc import _diffim
+from twinkles_hpc.level2.masks import BAD as MASK_BAD
+from twinkles_hpc.level2.masks import CR as MASK_CR
+from twinkles_hpc.level2.masks import EDGE as MASK_EDGE
+from twinkles_hpc.level2.masks import NO_DATA as MASK_NO_DATA
+from twinkles_hpc.level2.masks import SAT as MASK_SAT
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Candidates with any of these bits in their stamp (or the patch convolved into it) are not used.
+DEFAULT_BAD_MASK_BITS = MASK_SAT | MASK_CR | MASK_EDGE | MASK_NO_DATA | MASK_BAD
+#: Automatic kernel half-side (pixels): max(2 FWHM of the broader PSF, 4 sigma of the widest Gaussian),
+#: clipped to this range (kernels of 19 to 31 px).
+AUTO_HALF = (9, 15)
+#: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
+#: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
+BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
+#: Relative error allowed in the separable form of the squared kernel (variance propagation) and of a
+#: constant kernel stamp (a PSF, for pre-convolution).
+VARIANCE_RANK_TOL, STAMP_RANK_TOL = 1e-2, 1e-5
+#: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
+MAX_POWERS = 8
+#: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
+#: a candidate needs its central (2 CORE_HALF + 1)^2 pixels and MIN_USABLE_FRACTION of its stamp usable.
+STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
+#: Stamps per batch in the fit (bounds the temporary arrays).
+STAMP_CHUNK = 64
+
+
+# ----------------------------------------------------------------------------------- spatial polynomials
+def _monomials(order):
+    """Exponents (ex, ey) of the monomials of total degree <= order, by degree: 1, x, y, x^2, x y, y^2, ..."""
+    return [(d - j, j) for d in range(order + 1) for j in range(d + 1)]
+
+
+def _n_terms(order):
+    return (order + 1) * (order + 2) // 2
+
+
+def _scaled(v, n):
+    """Pixel coordinate -> [-1, 1] across an axis of n pixels."""
+    return (2.0 * np.asarray(v, np.float64) - (n - 1)) / max(n - 1, 1)
+
+
+def _monomial_values(xs, ys, order):
+    return np.stack([xs ** ex * ys ** ey for ex, ey in _monomials(order)], axis=-1)
+
+
+def _convolve_stamps(patches, basis):
+    """patches (n, P, P) -> (n, S, S, n_basis): the valid part (S = P - 2 half) of patch * B_k, by separable
+    passes over the raw basis (per Gaussian: x passes with its functions over their support, then y
+    passes), then the basis transform."""
+    n, size = patches.shape[0], patches.shape[1]
+    h2 = 2 * basis.half
+    s = size - h2
+    raw = np.empty((basis.pairs.shape[0], n, s, s))           # [k, n, x, y]
+    for funcs in basis.groups:
+        f = np.asarray(funcs)
+        lo, hi = int(basis.support[f, 0].min()), int(basis.support[f, 1].max())
+        taps = basis.functions[f, lo:hi + 1][:, ::-1].T       # window index t <-> tap b = hi - t
+        span = s + hi - lo
+        xs = sliding_window_view(patches[:, :, h2 - hi:h2 - hi + span], hi - lo + 1, axis=2) @ taps   # (n, P, S, i)
+        xt = np.ascontiguousarray(xs.transpose(0, 2, 3, 1))                                        # (n, S, i, P)
+        block = sliding_window_view(xt[..., h2 - hi:h2 - hi + span], hi - lo + 1, axis=3) @ taps    # (n, x, i, y, j)
+        for k in np.flatnonzero(np.isin(basis.pairs[:, 0], f)):
+            raw[k] = block[:, :, basis.pairs[k, 0] - f[0], :, basis.pairs[k, 1] - f[0]]
+    return np.tensordot(basis.transform, raw, (1, 0)).transpose(1, 3, 2, 0)
+
+
+# ----------------------------------------------------------------------------------------- convolution
+def _svd_terms(kernel, tol):
+    """A kernel as its truncated SVD: the smallest singular values dropped while the Frobenius error stays
+    <= tol ||kernel||. Returns the term arrays of `_convolve`: x filters, y functions, one term each."""
+    u, sv, vt = np.linalg.svd(kernel)
+    err2 = np.cumsum((sv * sv)[::-1])[::-1]            # err2[r]: squared error when keeping r terms
+    keep = max(1, int(np.count_nonzero(err2 > (tol * np.linalg.norm(kernel)) ** 2)))
+    r = np.arange(keep)
+    xf, yf = vt[:keep].copy(), (u[:, :keep] * sv[:keep]).T
+    for f in (xf, yf):                                  # taps below SUPPORT_TOL of the peak: zero
+        f[np.abs(f) < SUPPORT_TOL * np.abs(f).max()] = 0.0
+    return xf, yf, dict(e=r, p=0 * r, j=r, q=0 * r, c=np.ones(keep))
+
+
+def _kernel_terms(solution):
+    """The solution's kernel as terms of `_convolve`: each raw basis pair (x function e, y function j) times
+    each monomial x^p y^q of the position, with its coefficient."""
+    b = solution.basis
+    nb = b.images.shape[0]
+    raw = b.transform.T @ solution.coeffs[:nb]                             # (n_raw, n_terms)
+    mono = np.array(_monomials(solution.order))
+    k, s = np.nonzero(raw)
+    terms = dict(e=b.pairs[k, 0], p=mono[s, 0], j=b.pairs[k, 1], q=mono[s, 1], c=raw[k, s])
+    return b.functions, b.functions, terms
+
+
+def _support(f):
+    nz = f != 0
+    return nz.argmax(1).astype(np.int32), (f.shape[1] - 1 - nz[:, ::-1].argmax(1)).astype(np.int32)
+
+
+def _powers(n, order, dtype):
+    v = _scaled(np.arange(n), n)
+    return np.ascontiguousarray(np.stack([v ** k for k in range(order + 1)]), dtype=dtype)
+
+
+def _convolve(plane, xfilt, yfunc, terms):
+    """plane (float32) convolved with sum over terms of c x^p y^q (yfunc[j] (x) xfilt[e]) (twinkles_hpc._diffim
+    convolve_terms); the border of half the filters' length is left unset."""
+    ny, nx = plane.shape
+    nt = xfilt.shape[1]
+    order = np.lexsort((terms["q"], terms["j"], terms["p"], terms["e"]))      # sorted by e, then p
+    t = {k: np.asarray(v)[order] for k, v in terms.items()}
+    xf = np.ascontiguousarray(xfilt, np.float32)
+    yf = np.ascontiguousarray(yfunc, np.float64)
+    xlo, xhi = _support(xf)
+    ylo, yhi = _support(yf)
+    deg = int(max(t["p"].max(), t["q"].max()))
+    out = np.empty((ny, nx), np.float32)                     # the kernel writes all but the border
+    e, p, j, q = (np.ascontiguousarray(t[k], np.int32) for k in "epjq")
+    _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, e, p, j, q,
+                           np.ascontiguousarray(t["c"], np.float64), _powers(nx, deg, np.float32),
+                           _powers(ny, deg, np.float64), out, np.empty((nt, nx), np.float32),
+                           np.empty((3, nx), np.float32), np.empty((MAX_POWERS, nt)),
+                           np.empty((MAX_POWERS, nt), np.float32))
+    return out
+
+
+def _poly_op(plane, coeff, op):
+    """plane (float32, in place) op= the polynomial sum coeff[ey, ex] xs^ex ys^ey of the scaled position."""
+    ny, nx = plane.shape
+    deg = coeff.shape[0] - 1
+    _diffim.apply_polynomial(plane, np.ascontiguousarray(coeff, np.float64), _powers(nx, deg, np.float64),
+                             _powers(ny, deg, np.float64), op, np.empty(nx, np.float64))
+
+
+def _coeff_grid(values, monomials):
+    """Monomial coefficients -> a (deg + 1, deg + 1) grid [ey, ex]."""
+    deg = max(ex + ey for ex, ey in monomials)
+    grid = np.zeros((deg + 1, deg + 1))
+    for v, (ex, ey) in zip(values, monomials):
+        grid[ey, ex] += v
+    return grid
+
+
+def _footprint(kernel, weight):
+    """Per kernel row a (dv = a - half): the du range [lo, hi] of the pixels with |K| >= weight max|K|."""
+    half = kernel.shape[0] // 2
+    sig = np.abs(kernel) >= weight * np.abs(kernel).max()
+    lo = np.ones(kernel.shape[0], np.int32)
+    hi = np.zeros(kernel.shape[0], np.int32)
+    for a in range(kernel.shape[0]):
+        cols = np.flatnonzero(sig[a])
+        if cols.size:
+            lo[a], hi[a] = cols[0] - half, cols[-1] - half
+    return lo, hi
+
+
+def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=MASK_EDGE,
+                   no_data_bit=MASK_NO_DATA):
+    """Convolve (image, variance, mask) with `kernel`: a KernelSolution (its spatially varying kernel,
+    module docstring) or a centred odd square stamp (a constant kernel, as its truncated SVD to
+    STAMP_RANK_TOL). mask may be None. Non-finite input pixels count as 0 with no_data_bit. Returns
+    float32 image and variance, uint16 mask, and the number of (separable pair, monomial) terms used; the
+    border of half the kernel side is NaN with edge_bit | no_data_bit."""
+    image = np.asarray(image)
+    if hasattr(kernel, "spatial_kernels"):                # a KernelSolution (timedomain/kernel.py)
+        if image.ndim != 2 or image.shape != tuple(kernel.shape):
+            raise ValueError(f"image shape {image.shape} is not the solution's {tuple(kernel.shape)}")
+        kernels, mono, h = kernel.spatial_kernels(), _monomials(kernel.order), kernel.basis.half
+        xf, yf, terms = _kernel_terms(kernel)
+    else:
+        stamp = np.asarray(kernel, np.float64)
+        if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1] or stamp.shape[0] % 2 == 0:
+            raise ValueError(f"a kernel stamp must be square with an odd side, got shape {stamp.shape}")
+        kernels, mono, h = stamp[None], [(0, 0)], stamp.shape[0] // 2
+        xf, yf, terms = _svd_terms(stamp, STAMP_RANK_TOL)
+    if np.shape(variance) != image.shape or (mask is not None and np.shape(mask) != image.shape):
+        raise ValueError("image, variance and mask must have the same shape")
+    ny, nx = image.shape
+    if ny <= 2 * h or nx <= 2 * h:
+        raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
+    img, var = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(variance, np.float32)
+    bad = ~np.isfinite(img)
+    bad |= ~np.isfinite(var)
+    msk = None if mask is None else np.asarray(mask, np.uint16)
+    if bad.any():                                  # count as 0, flagged NO_DATA (copies, not the caller's)
+        img, var = np.where(bad, np.float32(0), img), np.where(bad, np.float32(0), var)
+        msk = np.where(bad, no_data_bit, 0).astype(np.uint16) | (0 if msk is None else msk)
+    out = _convolve(img, xf, yf, terms)
+    # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
+    k2 = kernels[0] ** 2
+    out_var = _convolve(var, *_svd_terms(k2 / k2.sum(), VARIANCE_RANK_TOL))
+    gram = np.einsum("sab,tab->st", kernels, kernels)
+    pair_mono = [(mono[s][0] + mono[t][0], mono[s][1] + mono[t][1]) for s in range(len(mono)) for t in range(len(mono))]
+    _poly_op(out_var, _coeff_grid(gram.reshape(-1), pair_mono), 1)
+    out_mask = np.zeros((ny, nx), np.uint16)
+    if msk is not None:
+        lo, hi = _footprint(kernels[0], mask_weight)
+        _diffim.or_footprint(np.ascontiguousarray(msk), lo, hi, out_mask)
+    for sl in ((slice(0, h), slice(None)), (slice(ny - h, ny), slice(None)), (slice(None), slice(0, h)),
+               (slice(None), slice(nx - h, nx))):
+        out[sl] = np.nan
+        out_var[sl] = np.nan
+        out_mask[sl] = (0 if msk is None else msk[sl]) | edge_bit | no_data_bit
+    return out, out_var, out_mask, int(len(terms["c"]))
+
+
+# ------------------------------------------------------------------------------------------ decorrelation
+def _wrap(stamp, shape, dtype=np.float64):
+    """A centred odd stamp placed on a grid of `shape` with its centre at [0, 0] (periodic)."""
+    grid = np.zeros(shape, dtype)
+    hy, hx = stamp.shape[0] // 2, stamp.shape[1] // 2
+    rows = (np.arange(stamp.shape[0]) - hy) % shape[0]
+    cols = (np.arange(stamp.shape[1]) - hx) % shape[1]
+    grid[np.ix_(rows, cols)] = stamp
+    return grid
+
+
+def _unwrap(grid, half):
+    """The centred (2 half + 1)^2 stamp of a periodic grid whose centre is [0, 0]."""
+    rows = np.arange(-half, half + 1) % grid.shape[0]
+    cols = np.arange(-half, half + 1) % grid.shape[1]
+    return grid[np.ix_(rows, cols)]
+
+
+def _phi_hat(khat2, ksum, var_reference, var_convolved):
+    return np.sqrt((var_reference + ksum * ksum * var_convolved) / (var_reference + var_convolved * khat2))
+
+
+def decorrelation_kernel(kernel, var_reference, var_convolved, *, half=None):
+    """The decorrelation kernel phi (centred stamp of side 2 half + 1, default twice the kernel's) for a
+    difference reference - convolved * kernel whose images have variances var_reference, var_convolved;
+    and alpha = sum phi^2, beta = sum (phi * K)^2 / sum K^2, the factors of the two variance planes."""
+    ks = kernel.shape[0]
+    half = 2 * (ks // 2) if half is None else half
+    n = scipy.fft.next_fast_len(max(64, 4 * ks, 4 * half + 1))
+    khat = scipy.fft.fft2(_wrap(kernel, (n, n)))
+    k2 = (khat * khat.conj()).real
+    ph = _phi_hat(k2, float(kernel.sum()), var_reference, var_convolved)
+    alpha = float(np.mean(ph * ph))
+    beta = float(np.mean(ph * ph * k2) / np.mean(k2))
+    return _unwrap(scipy.fft.ifft2(ph).real, half), alpha, beta
+
+
+def decorrelate(difference, kernel, var_reference, var_convolved):
+    """The difference (non-finite pixels as 0) filtered by phi (module docstring) by real FFTs, padded by
+    the kernel's side so that nothing wraps around; float32."""
+    ny, nx = difference.shape
+    pad = kernel.shape[0]
+    shape = (scipy.fft.next_fast_len(ny + pad, real=True), scipy.fft.next_fast_len(nx + pad, real=True))
+    grid = np.zeros(shape, np.float32)
+    inner = grid[:ny, :nx]
+    inner[...] = difference
+    inner[~np.isfinite(inner)] = 0.0
+    khat = scipy.fft.rfft2(_wrap(kernel, shape, np.float32))
+    ph = _phi_hat((khat.real ** 2 + khat.imag ** 2), np.float32(kernel.sum()), np.float32(var_reference),
+                  np.float32(var_convolved)).astype(np.float32)
+    del khat
+    spec = scipy.fft.rfft2(grid)
+    spec *= ph
+    return np.array(scipy.fft.irfft2(spec, shape)[:ny, :nx], np.float32)
+
+
+def _typical_variance(variance, valid):
+    """Median of the variance over valid pixels, on a 4 x 4 subsample (fast and deterministic)."""
+    v = np.asarray(variance[::4, ::4], np.float64)[valid[::4, ::4]]
+    if v.size == 0:
+        v = np.asarray(variance, np.float64)[valid]
+    return float(np.median(v))
+
+
+def _convolve_stamp(a, b, half):
+    """The centred (2 half + 1)^2 stamp of the full convolution a * b of two centred odd stamps."""
+    n = scipy.fft.next_fast_len(a.shape[0] + b.shape[0] + 2 * half)
+    out = scipy.fft.ifft2(scipy.fft.fft2(_wrap(a, (n, n))) * scipy.fft.fft2(_wrap(b, (n, n)))).real
+    return _unwrap(out, half)
+
