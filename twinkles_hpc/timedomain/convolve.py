@@ -3,7 +3,6 @@ kernel twinkles_hpc._diffim), its variance and mask, and the decorrelation of a 
 timedomain/diffim.py)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import scipy.fft
@@ -11,18 +10,9 @@ import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
 from twinkles_hpc import _diffim
-from twinkles_hpc.level2.masks import BAD as MASK_BAD
-from twinkles_hpc.level2.masks import CR as MASK_CR
 from twinkles_hpc.level2.masks import EDGE as MASK_EDGE
 from twinkles_hpc.level2.masks import NO_DATA as MASK_NO_DATA
-from twinkles_hpc.level2.masks import SAT as MASK_SAT
 
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-#: Candidates with any of these bits in their stamp (or the patch convolved into it) are not used.
-DEFAULT_BAD_MASK_BITS = MASK_SAT | MASK_CR | MASK_EDGE | MASK_NO_DATA | MASK_BAD
-#: Automatic kernel half-side (pixels): max(2 FWHM of the broader PSF, 4 sigma of the widest Gaussian),
-#: clipped to this range (kernels of 19 to 31 px).
-AUTO_HALF = (9, 15)
 #: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
 #: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
 BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
@@ -34,8 +24,6 @@ MAX_POWERS = 8
 #: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
 #: a candidate needs its central (2 CORE_HALF + 1)^2 pixels and MIN_USABLE_FRACTION of its stamp usable.
 STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
-#: Stamps per batch in the fit (bounds the temporary arrays).
-STAMP_CHUNK = 64
 
 
 # ----------------------------------------------------------------------------------- spatial polynomials

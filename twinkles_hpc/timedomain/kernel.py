@@ -29,9 +29,6 @@ AUTO_HALF = (9, 15)
 #: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
 #: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
 BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
-#: Relative error allowed in the separable form of the squared kernel (variance propagation) and of a
-#: constant kernel stamp (a PSF, for pre-convolution).
-VARIANCE_RANK_TOL, STAMP_RANK_TOL = 1e-2, 1e-5
 #: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
 MAX_POWERS = 8
 #: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
