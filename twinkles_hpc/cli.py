@@ -142,10 +142,10 @@ def run_status(rundir):
     from twinkles_hpc.rundir.status import run_status as status
 
     cfg = rd.load_config(rundir)
-    _, tasks = plan(cfg, rundir)
+    ctx, tasks = plan(cfg, rundir)
     j = Journal(rundir)
     done, lost = j.completed()
-    return status(rundir, tasks, j.events(), done, lost, RunLock.is_locked(rundir))
+    return status(rundir, cfg, ctx.visits, tasks, j.events(), done, lost, RunLock.is_locked(rundir))
 
 
 def cmd_status(args):

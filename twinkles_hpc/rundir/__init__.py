@@ -5,8 +5,8 @@ Everything that reads a product finds it here (docs/data-model.md, docs/design.m
 """
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.jsonl import read_jsonl
-from twinkles_hpc.rundir.lifecycle import (check, existing_visits, init, load_config, read_config_dict,
+from twinkles_hpc.rundir.lifecycle import (check, init, load_config, read_config_dict,
                                            read_skymap_dict, read_visits)
 
-__all__ = ["layout", "read_jsonl", "check", "existing_visits", "init", "load_config", "read_config_dict",
+__all__ = ["layout", "read_jsonl", "check", "init", "load_config", "read_config_dict",
            "read_skymap_dict", "read_visits"]

@@ -38,8 +38,6 @@ def read_visits(rundir):
         return read_table(fh["visits"])
 
 
-existing_visits = read_visits
-
 
 def init(cfg, rundir, config_text, visits, skymap=None):
     """Create the layout and record the config, the cadence and the skymap (first run only)."""

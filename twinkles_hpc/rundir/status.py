@@ -11,8 +11,8 @@ from twinkles_hpc.rundir.jsonl import read_jsonl
 from twinkles_hpc.store.atomic import open_read
 
 
-def run_status(rundir, tasks, journal_events, done, lost, locked):
-    """Summary of a run directory given its task graph and its journal (read by the caller)."""
+def run_status(rundir, cfg, visits, tasks, journal_events, done, lost, locked):
+    """Summary of a run directory given its config, visits, task graph and journal (read by the caller)."""
     kinds = {}
     for t in tasks:
         k = kinds.setdefault(t.kind, {"total": 0, "done": 0})
@@ -23,8 +23,6 @@ def run_status(rundir, tasks, journal_events, done, lost, locked):
     ends = [e for e in journal_events if e["event"] == "end"]
     trace = read_jsonl(os.path.join(rundir, layout.TRACE))
     n_done = sum(k["done"] for k in kinds.values())
-    from twinkles_hpc.rundir.lifecycle import load_config, read_visits
-    cfg, visits = load_config(rundir), read_visits(rundir)
     return {
         "rundir": rundir, "name": cfg.run.name, "tasks": kinds, "n_tasks": len(tasks), "n_done": n_done,
         "complete": n_done == len(tasks), "running": locked,
@@ -34,8 +32,8 @@ def run_status(rundir, tasks, journal_events, done, lost, locked):
         "checkpoints": ckpts, "lost_outputs": lost,
         "bytes_written": int(sum(r["bytes"] for r in trace)),
         "task_seconds": round(sum(r["end"] - r["start"] for r in trace), 2),
-        "per_visit": visit_counts(rundir, visits, done) if visits is not None else {},
-        "calib_failed": calib_failures(rundir, visits, done) if visits is not None else {},
+        "per_visit": visit_counts(rundir, visits, done),
+        "calib_failed": calib_failures(rundir, visits, done),
         "database": _database_summary(rundir),
     }
 

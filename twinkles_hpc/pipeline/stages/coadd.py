@@ -57,10 +57,19 @@ def visit_footprints(cfg, visits):
     return np.array([r for r, _ in c]).reshape(-1, 4), np.array([d for _, d in c]).reshape(-1, 4)
 
 
-def make_skymap(cfg, visits):
-    """One tract over the footprints of all visits, cut into [coadd] patch_size patches."""
+def run_footprints(ctx):
+    """visit_footprints of the run's visits, computed once per context (the coadd, template and later
+    stages all place visits on the skymap)."""
+    if "footprints" not in ctx.caches:
+        ctx.caches["footprints"] = visit_footprints(ctx.cfg, ctx.visits)
+    return ctx.caches["footprints"]
+
+
+def make_skymap(cfg, visits, footprints=None):
+    """One tract over the footprints of all visits (visit_footprints, computed when not given), cut into
+    [coadd] patch_size patches."""
     from twinkles_hpc.level2.skymap import SkyMap
-    ra, dec = visit_footprints(cfg, visits)
+    ra, dec = footprints if footprints is not None else visit_footprints(cfg, visits)
     return SkyMap.from_footprints(ra, dec, pixel_scale=cfg.sensor.pixel_scale, patch_size=cfg.coadd.patch_size,
                                   overlap=cfg.coadd.patch_overlap)
 
@@ -87,10 +96,10 @@ class CoaddStage(Stage):
         from twinkles_hpc.level2 import coadd
         cfg, visits = ctx.cfg, ctx.visits
         if ctx.skymap is None:
-            ctx.skymap = make_skymap(cfg, visits)
+            ctx.skymap = make_skymap(cfg, visits, run_footprints(ctx))
         skymap = ctx.skymap
         inputs = {}
-        for v, ra, dec in zip(visits, *visit_footprints(cfg, visits)):
+        for v, ra, dec in zip(visits, *run_footprints(ctx)):
             for p in skymap.patches_overlapping(ra, dec):
                 inputs.setdefault((str(v["band"]), *p.index), []).append(int(v["visit_id"]))
         tasks = []

@@ -12,7 +12,7 @@ import numpy as np
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
-from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, visit_footprints
+from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, run_footprints
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5, commit, open_read
 
@@ -109,7 +109,7 @@ class TemplateStage(Stage):
         calexp overlaps, after those calexps; cost as a coadd of max_visits inputs."""
         cfg, visits = ctx.cfg, ctx.visits
         pools, _ = template_inputs(cfg, visits)
-        foot = dict(zip((int(v) for v in visits["visit_id"]), zip(*visit_footprints(cfg, visits))))
+        foot = dict(zip((int(v) for v in visits["visit_id"]), zip(*run_footprints(ctx))))
         out = []
         for (band, year), ids in sorted(pools.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
             patches = {}
