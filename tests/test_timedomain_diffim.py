@@ -288,6 +288,25 @@ def test_bad_input_raises(round_scene):
         DiffimConfig(kernel_size=20)
 
 
+def test_template_without_data_in_a_corner(round_scene):
+    """A warped template has no data (NaN image and variance, NO_DATA) where it does not reach: the rest of
+    the difference stays defined and right (the typical variances skip the non-finite ones)."""
+    sc = dict(round_scene)
+    yy, xx = np.mgrid[0:N, 0:N]
+    corner = xx + yy < 150
+    sc["template"] = np.where(corner, np.float32(np.nan), sc["template"])
+    sc["var_t"] = np.where(corner, np.float32(np.nan), sc["var_t"])
+    x, y = candidates(sc)
+    keep = x + y > 250
+    res = subtract_images(sc["science"], sc["template"], x[keep], y[keep], science_variance=sc["var_s"],
+                          template_variance=sc["var_t"], template_mask=np.where(corner, NO_DATA, 0).astype(np.uint16))
+    inner = (xx + yy > 200) & (np.minimum(xx, yy) >= 20) & (np.maximum(xx, yy) < N - 20)
+    assert np.isfinite(res.image[inner]).all() and np.isfinite(res.variance[inner]).all()
+    assert (res.mask[corner] & NO_DATA).all()
+    z = blank_pixels(res, sc)
+    assert abs(z.std() - 1.0) < 0.03
+
+
 # ------------------------------------------------------------------------------- (h) determinism
 def test_bit_identical_twice(sharp_scene, sharp_result):
     again = subtract(sharp_scene)

@@ -261,10 +261,14 @@ def decorrelate(difference, kernel, var_reference, var_convolved):
 
 
 def _typical_variance(variance, valid):
-    """Median of the variance over valid pixels, on a 4 x 4 subsample (fast and deterministic)."""
+    """Median of the finite variance over valid pixels, on a 4 x 4 subsample (fast and deterministic). An
+    input's variance may be non-finite where the difference is still finite (the convolved image's pixels
+    with no data count as 0 and are flagged NO_DATA)."""
     v = np.asarray(variance[::4, ::4], np.float64)[valid[::4, ::4]]
+    v = v[np.isfinite(v)]
     if v.size == 0:
         v = np.asarray(variance, np.float64)[valid]
+        v = v[np.isfinite(v)]
     return float(np.median(v))
 
 
