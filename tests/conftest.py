@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+# One BLAS/OpenMP thread, as the twinkles-hpc executable sets (cli.py), before numpy loads: stages run in
+# this process then give the bytes a run gives.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TWINKLES_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BIN = Path(sys.executable).parent
@@ -87,7 +92,8 @@ ny = 1600
 
 #: The Level 2 chain on a small field: 3 g + 3 r visits of a 1600 px sensor at different rotations,
 #: calexps, coadds on 800 px patches (3 x 3) with the smallest budget (each 1000 px patch in 9
-#: sub-regions), Objects and ForcedSource. One run serves the coadd, Objects and ForcedSource tests.
+#: sub-regions), Objects and ForcedSource, templates of the 3 visits of each band and the differences.
+#: One run serves the coadd, Objects, ForcedSource and the bit-identical tests.
 LEVEL2_TOML = small_field_toml('bands = "gr"\nmax_visits = 6', """[calexp]
 enabled = true
 [coadd]
@@ -98,8 +104,28 @@ patch_size = 800
 enabled = true
 [forced]
 enabled = true
+[template]
+enabled = true
+[diffim]
+enabled = true
 [ingest]
 enabled = true""")
+
+#: Templates and differences on a sky without variables: 8 r visits of a 1600 px sensor, templates of the
+#: 4 best-seeing on 1000 px patches; serves the template and diffim stage tests.
+TEMPLATE_TOML = small_field_toml('bands = "r"\nmax_visits = 8', """[calexp]
+enabled = true
+[coadd]
+enabled = true
+memory_per_rank = 16777216
+patch_size = 1000
+[template]
+enabled = true
+max_visits = 4
+min_visits = 2
+candidate_factor = 1.5
+[diffim]
+enabled = true""", seed=31)
 
 
 def campaign_run(tmp_path_factory, name, toml, mpi=2, timeout=900):
@@ -109,6 +135,12 @@ def campaign_run(tmp_path_factory, name, toml, mpi=2, timeout=900):
     (d / "c.toml").write_text(toml)
     cli("run", d / "c.toml", "-o", d / "run", mpi=mpi, check=True, timeout=timeout)
     return d / "run"
+
+
+@pytest.fixture(scope="session")
+def template_run(tmp_path_factory):
+    """TEMPLATE_TOML under mpiexec -n 2."""
+    return campaign_run(tmp_path_factory, "template", TEMPLATE_TOML, mpi=2)
 
 
 def _level2_run(tmp_path_factory, n):

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_one_word_per_stage():
     names = [s.name for s in registry.STAGES]
-    assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "template", "ingest"]
+    assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "template", "diffim",
+                     "ingest"]
     stages_dir = ROOT / "twinkles_hpc" / "pipeline" / "stages"
     assert sorted(p.stem for p in stages_dir.glob("*.py") if p.stem != "__init__") == sorted(names)
     cfg = config.from_dict({})
@@ -116,7 +117,8 @@ def test_data_model_doc_names_every_layout_path():
         layout.eimage: ("NNNNNNNN", "B"), layout.band_view: ("B",), layout.calexp: ("NNNNNNNN", "B"),
         layout.coadd: ("B", "I", "J"), layout.detection_coadd: ("I", "J"), layout.objects: ("I", "J"),
         layout.forced: ("NNNNNNNN", "B"), layout.variables_truth: ("KKKK",), layout.checkpoint: ("NNNNNNNN",),
-        layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",), layout.template: ("B", "I", "J")}
+        layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",), layout.template: ("B", "I", "J"),
+        layout.diffim: ("NNNNNNNN", "B")}
     for fn, args in documented.items():
         assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import campaign_run, small_field_toml
 
 from twinkles_hpc import config
 from twinkles_hpc import rundir as rd
@@ -16,22 +15,9 @@ from twinkles_hpc.pipeline.stages.template import measured_fwhm_px, template_inp
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 
-TEMPLATE_TOML = small_field_toml('bands = "r"\nmax_visits = 8', """[calexp]
-enabled = true
-[coadd]
-enabled = true
-memory_per_rank = 16777216
-patch_size = 1000
-[template]
-enabled = true
-max_visits = 4
-min_visits = 2
-candidate_factor = 1.5""", seed=31)
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return campaign_run(tmp_path_factory, "template", TEMPLATE_TOML, mpi=2)
+def run(template_run):
+    return template_run
 
 
 def _visits(n, bands="gr", years=3.0):

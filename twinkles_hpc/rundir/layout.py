@@ -134,6 +134,14 @@ def forced(visit_id, band):
     return _per_visit("forced", visit_id, band)
 
 
+def diffim(visit_id, band):
+    """A visit's difference image against its template, with its DiaSources (stage diffim)."""
+    return _per_visit("diffim", visit_id, band)
+
+
+DIFFIM_GLOB = os.path.join("diffim", "v*.h5")
+
+
 def ingest_receipt(step):
     """The receipt of one ingest step (`truth`, `ForcedSource/0003`, ...): rows inserted, database URL."""
     return os.path.join("ingest", step.replace("/", "-") + ".json")

@@ -15,10 +15,13 @@ Direction: never deconvolve. With `direction = 'auto'` the image with the smalle
 caller or measured from the candidates' adaptive second moments) is convolved: the template (difference =
 science - template * K - background) or, when the science image is the sharper, the science image
 (difference = (science * K + background - template) / kernel sum). Either way the difference is in the
-science image's units and a source that brightened is positive. With `preconvolve` (Reiss & Lupton 2016),
-a science image sharper than the template is instead convolved with its own PSF, which makes it the broader
-one, and the template is matched to that: the result is a matched-filtered difference (PSF: the science
-PSF convolved with itself; a detection image, its noise correlated, not decorrelated).
+science image's units and a source that brightened is positive. With `preconvolve` (Reiss & Lupton 2016)
+and direction 'auto' or 'science', the science image is first convolved with its own PSF whenever that
+makes it the broader one (2 FWHM_science^2 > FWHM_template^2), and the template is matched to that: the
+result is a matched-filtered difference (PSF: the science PSF convolved with itself; a detection image, its
+noise correlated, not decorrelated). The kernel then always has a width of the order of the PSF's, which
+the Gaussian basis represents well even when the two PSFs are nearly equal, where a direct match needs a
+kernel close to a delta function.
 
 Convolution: every raw basis image is separable (f_j(dv) f_i(du)), so the kernel at (x, y) is a sum of
 separable pairs with coefficients that are polynomials of the scaled position. The private kernel
@@ -132,8 +135,9 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
                              f"give {name}_fwhm")
         fw[name] = moments_fwhm(*mom)
     direction = cfg.direction
+    pre = cfg.preconvolve and direction != "template" and 2.0 * fw["science"] ** 2 > fw["template"] ** 2
     if direction == "auto":
-        direction = "template" if fw["template"] <= fw["science"] else "science"
+        direction = "science" if pre or fw["template"] > fw["science"] else "template"
     if science_psf is None:
         if not np.isfinite(mom_s[0]):
             raise ValueError("cannot measure the science PSF from the candidates; give science_psf")
@@ -141,8 +145,7 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     science_psf = np.asarray(science_psf, np.float64)
     if science_psf.ndim != 2 or science_psf.shape[0] % 2 == 0 or science_psf.shape[1] != science_psf.shape[0]:
         raise ValueError(f"science_psf must be a square stamp of odd side, got shape {science_psf.shape}")
-    if direction == "science" and cfg.preconvolve and 2.0 * fw["science"] ** 2 > fw["template"] ** 2:
-        # Reiss & Lupton: the science image convolved with its own PSF is broader than the template
+    if pre:     # Reiss & Lupton: the science image convolved with its own PSF is broader than the template
         direction = "preconvolved"
         science, science_variance, science_mask, _ = convolve_image(
             science, science_variance, science_mask, science_psf, mask_weight=cfg.mask_weight, edge_bit=edge_bit,

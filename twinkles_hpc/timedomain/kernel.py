@@ -64,8 +64,9 @@ class DiffimConfig:
     direction: str = opt("auto", "", "Image to convolve: 'auto' (the sharper one), 'template' or 'science'.",
                          choices=("auto", "template", "science"))
     decorrelate: bool = opt(True, "", "Whiten the difference's noise (Reiss & Lupton 2016).")
-    preconvolve: bool = opt(False, "", "When the science image is the sharper, convolve it with its own PSF and "
-                            "match the template to that (direction 'preconvolved'): a matched-filtered difference "
+    preconvolve: bool = opt(False, "", "Unless direction is 'template', convolve the science image with its own "
+                            "PSF when that makes it the broader, and match the template to that (direction "
+                            "'preconvolved'): a matched-filtered difference "
                             "for detection, not decorrelated.")
     mask_weight: float = opt(0.05, "", "Mask bits spread to where |K| >= mask_weight max |K|.", lo=0.0, hi=1.0)
     noise_correction: bool = opt(True, "", "Subtract the convolved image's noise from the normal equations "

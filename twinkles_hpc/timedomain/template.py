@@ -1,0 +1,92 @@
+"""A template on a science image's pixels, and the kernel candidates of a calexp (docs/diffim.md).
+
+`resample_template` warps the template coadd patches (nJy, the skymap's pixels) that overlap a calexp onto
+the calexp's pixels with the Lanczos-3 warp of level2/warp.py, reading only each patch's hyperslab that the
+calexp's box needs, and converts them to the calexp's electrons. Where patches overlap, the first in the
+given order fills a pixel. `kernel_candidates` picks the PSF-matching stars from the calexp's own source
+table: unflagged, bright, isolated; never the truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from scipy.spatial import cKDTree
+
+from twinkles_hpc.level2.coaddpsf import CoaddPSF
+from twinkles_hpc.level2.masks import NO_DATA
+from twinkles_hpc.level2.photometry import psf_fwhm
+from twinkles_hpc.level2.warp import source_bbox, warp_image
+from twinkles_hpc.store.atomic import open_read
+
+
+@dataclass
+class ResampledTemplate:
+    """Template planes on the science pixels (electrons, electrons^2, mask bits; NaN and NO_DATA where no
+    patch covers), the effective FWHM (px) of its PSF at the science image's centre (NaN if no patch has a
+    PSF there), and the patches (paths) that contributed pixels."""
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    fwhm_px: float
+    patches: list
+
+
+def wcs_of(attrs):
+    """astropy WCS from a product's `wcs` attribute (a FITS header string)."""
+    hdr = attrs["wcs"]
+    return WCS(fits.Header.fromstring(hdr.decode() if isinstance(hdr, bytes) else str(hdr)))
+
+
+def resample_template(paths, dst_wcs, shape, njy_per_electron):
+    """Warp the template patches at `paths` (coadd files, in order of preference) onto the pixels of
+    `dst_wcs` (an image of shape (ny, nx)) in units of electrons (nJy / njy_per_electron)."""
+    ny, nx = shape
+    image = np.full(shape, np.nan, np.float32)
+    variance = np.full(shape, np.nan, np.float32)
+    mask = np.full(shape, NO_DATA, np.uint16)
+    filled = np.zeros(shape, bool)
+    used, fwhm = [], np.nan
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    for path in paths:
+        with open_read(path) as f:
+            src_wcs = wcs_of(f.attrs)
+            pshape = f["image"].shape
+            box = source_bbox(src_wcs, dst_wcs, (0, 0, nx, ny), pshape)
+            if box is None:
+                continue
+            x0, y0, bx, by = box
+            sl = np.s_[y0:y0 + by, x0:x0 + bx]
+            planes = [f[k][sl] for k in ("image", "variance", "mask")]
+            psf = CoaddPSF.from_file(f)
+        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, (0, 0, nx, ny), src_origin=(x0, y0))
+        new = cov & ~filled
+        if not new.any():
+            continue
+        image[new], variance[new], mask[new] = img[new], var[new], msk[new]
+        filled |= new
+        used.append(path)
+        if not np.isfinite(fwhm) and psf is not None:
+            u, v = (float(a) for a in src_wcs.all_world2pix(*dst_wcs.all_pix2world(cx, cy, 0), 0))
+            if -0.5 <= u < pshape[1] - 0.5 and -0.5 <= v < pshape[0] - 0.5 and psf.covered(u, v)[0]:
+                fwhm = float(psf_fwhm(psf, u, v)[0])
+    image /= np.float32(njy_per_electron)
+    variance /= np.float32(njy_per_electron) ** 2
+    return ResampledTemplate(image, variance, mask, fwhm, used)
+
+
+def kernel_candidates(sources, *, min_snr, isolation_px, max_n):
+    """Indices of a calexp source table's (SOURCE_DTYPE) kernel candidates, brightest first: no flag, PSF
+    S/N >= min_snr, no other source within isolation_px pixels; at most max_n (0: all)."""
+    x, y = sources["x"], sources["y"]
+    ok = (sources["flags"] == 0) & np.isfinite(sources["snr"]) & (sources["snr"] >= min_snr)
+    ok &= np.isfinite(x) & np.isfinite(y)
+    if len(sources) > 1 and ok.any():
+        fin = np.isfinite(x) & np.isfinite(y)
+        d, _ = cKDTree(np.c_[x[fin], y[fin]]).query(np.c_[x[ok], y[ok]], k=2)
+        ok[np.flatnonzero(ok)] = d[:, 1] > isolation_px
+    idx = np.flatnonzero(ok)
+    idx = idx[np.lexsort((sources["id"][idx], -sources["snr"][idx]))]
+    return idx[:max_n] if max_n else idx
