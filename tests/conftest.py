@@ -92,7 +92,8 @@ ny = 1600
 
 #: The Level 2 chain on a small field: 3 g + 3 r visits of a 1600 px sensor at different rotations,
 #: calexps, coadds on 800 px patches (3 x 3) with the smallest budget (each 1000 px patch in 9
-#: sub-regions), Objects and ForcedSource, templates of the 3 visits of each band and the differences.
+#: sub-regions), Objects and ForcedSource, templates of the 3 visits of each band, the differences, their
+#: DiaObjects and DiaForcedSource.
 #: One run serves the coadd, Objects, ForcedSource and the bit-identical tests.
 LEVEL2_TOML = small_field_toml('bands = "gr"\nmax_visits = 6', """[calexp]
 enabled = true
@@ -107,6 +108,10 @@ enabled = true
 [template]
 enabled = true
 [diffim]
+enabled = true
+[associate]
+enabled = true
+[diaforced]
 enabled = true
 [ingest]
 enabled = true""")

@@ -1,6 +1,7 @@
 """The bit-identical guarantee over every Level 2 and difference-imaging product: calexps, coadds, Objects,
-ForcedSource, templates, difference images (and the database when the run ingests one) are the same at 2
-and 3 ranks, and after a rank is SIGKILLed at each stage and the run resumed."""
+ForcedSource, templates, difference images, DiaObjects, DiaForcedSource (and the database when the run
+ingests one) are the same at 2 and 3 ranks, and after a rank is SIGKILLed at each stage and the run
+resumed."""
 import hashlib
 import sqlite3
 
@@ -12,7 +13,7 @@ from conftest import LEVEL2_TOML, MPIEXEC, cli
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
 #: run-directory products of Level 2 (HDF5) and the embedded database
-PRODUCTS = ("calexp", "coadd", "objects", "forced", "template", "diffim")
+PRODUCTS = ("calexp", "coadd", "objects", "forced", "template", "diffim", "associate", "diaforced")
 
 
 def _bytes(value):
@@ -60,13 +61,14 @@ def test_every_level2_product_identical_at_two_and_three_ranks(level2_run, level
 
 
 def test_sigkill_at_every_level2_stage_then_resume_is_bit_identical(level2_run, tmp_path):
-    """A rank is SIGKILLed right after the first calexp, coadd, objects, forced, template and diffim task has
-    written its outputs (the journal has not recorded them); each rerun resumes, the last completes."""
+    """A rank is SIGKILLed right after the first task of each stage (calexp ... diaforced) has written its
+    outputs (the journal has not recorded them); each rerun resumes, the last completes."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(LEVEL2_TOML)
     run = tmp_path / "run"
-    env = {"TWINKLES_HPC_FAULT": "kill_after_task=calexp/+coadd/+objects/+forced/+template/+diffim/"}
-    for k, stage in enumerate(("calexp", "coadd", "objects", "forced", "template", "diffim")):
+    stages = ("calexp", "coadd", "objects", "forced", "template", "diffim", "associate", "diaforced")
+    env = {"TWINKLES_HPC_FAULT": "kill_after_task=" + "+".join(s + "/" for s in stages)}
+    for k, stage in enumerate(stages):
         r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
         assert r.returncode != 0, f"the run was not killed in the {stage} stage:\n{r.stdout}\n{r.stderr}"
         assert (run / ".faults" / f"kill_after_task-{k}").exists()

@@ -407,7 +407,7 @@ def test_failed_calibrations_and_stages_off(level2_run, tmp_path):
     (run / "calexp").mkdir(parents=True)
     (run / "visit").mkdir()
     cfg = json.loads((level2_run / "config.json").read_text())
-    for s in ("coadd", "objects", "forced", "ingest"):
+    for s in ("coadd", "objects", "forced", "template", "diffim", "associate", "diaforced", "ingest"):
         cfg[s]["enabled"] = False
     (run / "config.json").write_text(json.dumps(cfg))
     for f in ("visits.h5", "truth.h5"):
@@ -431,3 +431,4 @@ def test_failed_calibrations_and_stages_off(level2_run, tmp_path):
     for key in ("detection", "photometry", "pa1", "supernovae"):
         assert rep[key]["value"] is None and "[objects] enabled = false" in rep[key]["reason"]
     assert rep["cost"]["coadd_peak_rss"]["value"] is None and "trace" in rep["cost"]["coadd_peak_rss"]["reason"]
+    assert rep["dia"]["value"] is None and "[diaforced] must be enabled" in rep["dia"]["reason"]

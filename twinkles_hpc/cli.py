@@ -160,19 +160,26 @@ LIGHTCURVE_FORMATS = {"ecsv": "ascii.ecsv", "csv": "ascii.csv", "ascii": "ascii.
 
 
 def cmd_lightcurve(args):
-    from twinkles_hpc.store.lightcurve import lightcurve
+    from twinkles_hpc.store.lightcurve import dia_lightcurve, lightcurve
     if args.rundir is None and args.db is None:
         raise InputError("lightcurve", "RUNDIR", "a run directory or --db URL")
-    if args.object is None and args.truth_id is None:
-        raise InputError("lightcurve", "--object", "an objectId (or --truth-id ID)")
-    lc = lightcurve(args.db or args.rundir, args.object, args.band, truth_id=args.truth_id)
-    cols = [c for c in ("expMidpt", "filterName", "ccdVisitId", "psFlux", "psFlux_Sigma", "truthFlux", "psMag",
-                        "psMag_Sigma", "truthMag", "flags") if c in lc.colnames]
-    out = lc[cols]
-    for c in ("psFlux", "psFlux_Sigma", "truthFlux", "psMag", "psMag_Sigma", "truthMag"):
-        if c in out.colnames:
+    if args.dia_object is not None:
+        if args.object is not None or args.truth_id is not None:
+            raise InputError("lightcurve", "--dia-object", "no --object or --truth-id with it")
+        lc = dia_lightcurve(args.db or args.rundir, args.dia_object, args.band)
+        time, cols = "midPointTai", ("midPointTai", "filterName", "ccdVisitId", "psFlux", "psFluxErr", "truthFlux",
+                                     "totFlux", "totFluxErr", "truthMag", "flags")
+    else:
+        if args.object is None and args.truth_id is None:
+            raise InputError("lightcurve", "--object", "an objectId (or --truth-id ID, or --dia-object ID)")
+        lc = lightcurve(args.db or args.rundir, args.object, args.band, truth_id=args.truth_id)
+        time, cols = "expMidpt", ("expMidpt", "filterName", "ccdVisitId", "psFlux", "psFlux_Sigma", "truthFlux",
+                                  "psMag", "psMag_Sigma", "truthMag", "flags")
+    out = lc[[c for c in cols if c in lc.colnames]]
+    for c in out.colnames:
+        if "Flux" in c or "Mag" in c:
             out[c].info.format = ".4f" if "Mag" in c else ".6g"
-    out["expMidpt"].info.format = ".6f"
+    out[time].info.format = ".6f"
     fmt = LIGHTCURVE_FORMATS[args.format]
     if args.output:
         out.write(args.output, format=fmt, overwrite=True)
@@ -291,13 +298,16 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
 
-    lc = sub.add_parser("lightcurve", help="print an Object's light curve from the run's database",
+    lc = sub.add_parser("lightcurve", help="print an Object's or a DiaObject's light curve from the run's database",
                         description="The forced-photometry light curve of one Object (ForcedSource x CcdVisit, "
-                        "by time), with the true flux of its matched truth source (docs/database.md).")
+                        "by time) or DiaObject (DiaForcedSource), with the true flux of its matched truth source "
+                        "(docs/database.md).")
     lc.add_argument("rundir", nargs="?", help="run directory (its [database] url, else RUNDIR/level2.sqlite)")
     lc.add_argument("--object", type=int, metavar="ID", help="objectId")
     lc.add_argument("--truth-id", type=int, metavar="ID", help="a star, galaxy, supernova or lensed-image id: "
                     "the Object nearest to it (ObjectTruthMatch), with its true flux")
+    lc.add_argument("--dia-object", type=int, metavar="ID", help="diaObjectId: its DIA light curve "
+                    "(DiaForcedSource: difference and direct fluxes), with the true flux of its matched variable")
     lc.add_argument("--band", metavar="B", help="one band (ugrizy); default all")
     lc.add_argument("--db", metavar="URL", help="database URL instead of the run directory's (no password)")
     lc.add_argument("--format", choices=sorted(LIGHTCURVE_FORMATS), default="ecsv",

@@ -121,6 +121,21 @@ class ValidateSection:
                                lo=0.0, lo_open=True)
     sn_chi2_max: float = opt(3.0, "", "Largest median chi^2/dof of supernova light curves against the truth.",
                              lo=0.0, lo_open=True)
+    dia_chi2_max: float = opt(1.5, "", "DIA light curves: a supernova's DiaForcedSource light curve is good when "
+                              "its chi^2/dof against the truth (one free constant per band) is below this.",
+                              lo=0.0, lo_open=True)
+    dia_good_min: float = opt(0.9, "", "Smallest fraction of good light curves among supernovae of peak true S/N "
+                              ">= 20.", lo=0.0, hi=1.0)
+    dia_efficiency_min: float = opt(0.95, "", "Smallest fraction of supernovae of peak true S/N >= 10 with a "
+                                    "DiaObject within the radius.", lo=0.0, hi=1.0)
+    dia_flux_bias_max: float = opt(0.01, "", "Largest |median(DiaForcedSource psFlux - band constant) / true "
+                                   "flux - 1| over epochs of true S/N >= 20.", lo=0.0, lo_open=True)
+    dia_blank_mean_max: float = opt(0.02, "", "Largest |mean flux / sigma| of PSF fluxes at blank positions on "
+                                    "the differences.", lo=0.0, lo_open=True)
+    dia_blank_std_tol: float = opt(0.05, "", "Largest |standard deviation of flux / sigma - 1| at blank positions "
+                                   "on the differences.", lo=0.0, lo_open=True)
+    dia_duplicates_max: float = opt(0.01, "", "Largest fraction of supernovae with a DiaObject that have two or "
+                                    "more within the radius.", lo=0.0, hi=1.0)
     rss_overhead_mb: float = opt(512.0, "MB",
                                  "Allowance above coadd.memory_per_rank for a coadd task's peak RSS (interpreter, "
                                  "libraries, catalogues).", lo=0.0)

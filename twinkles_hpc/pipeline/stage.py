@@ -127,6 +127,19 @@ class Stage:
                     deps=tuple(d.id for d in deps), params=params)
 
 
+def per_visit_ingest_steps(ctx, up, stage, table, cost_per_visit):
+    """Ingest steps `TABLE/KKKK` of a per-visit stage, one per chunk of VISITS_PER_INGEST_CHUNK visits (in
+    visit-id order), each after that chunk's tasks: the database fills while later visits are measured."""
+    vids = sorted(int(v) for v in ctx.visits["visit_id"])
+    n, out = layout.VISITS_PER_INGEST_CHUNK, []
+    for k in range(0, len(vids), n):
+        chunk = vids[k:k + n]
+        key = f"{table}/{layout.chunk_key(k // n)}"
+        deps = [up.get(stage, layout.visit_key(v), for_task=layout.task_id("ingest", key)) for v in chunk]
+        out.append((key, deps, cost_per_visit * len(chunk), {"visit_ids": chunk}))
+    return out
+
+
 def check_graph(tasks):
     """Raise GraphError when a dependency is not in the graph or the dependencies form a cycle (naming the
     tasks); returns the tasks."""

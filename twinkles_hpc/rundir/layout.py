@@ -141,6 +141,18 @@ def diffim(visit_id, band):
 
 DIFFIM_GLOB = os.path.join("diffim", "v*.h5")
 
+DIA_OBJECT = os.path.join("associate", "dia_object.h5")   # the run's DiaObjects and DiaSources (stage associate)
+
+
+def dia_forced(visit_id, band):
+    """DiaForcedSource rows of a visit: every DiaObject on its difference and its calexp (stage diaforced)."""
+    return _per_visit("diaforced", visit_id, band)
+
+
+def association(i, j):
+    """The DiaSources of patch (i, j)'s inner box with their patch-level DiaObject (stage associate)."""
+    return os.path.join("associate", f"patch-{patch_key(i, j)}.h5")
+
 
 def ingest_receipt(step):
     """The receipt of one ingest step (`truth`, `ForcedSource/0003`, ...): rows inserted, database URL."""

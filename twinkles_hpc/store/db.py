@@ -329,6 +329,46 @@ def light_curve(engine, object_id, band=None, truth_id=None):
     return t
 
 
+#: Columns of the DIA light curve (DiaForcedSource JOIN CcdVisit)
+DIA_LIGHT_CURVE_COLUMNS = ("diaObjectId", "ccdVisitId", "filterName", "midPointTai", "psFlux", "psFluxErr", "totFlux",
+                           "totFluxErr", "flags")
+
+
+def dia_light_curve(engine, dia_object_id, band=None):
+    """The DIA light curve of one DiaObject: its DiaForcedSource rows [AND filterName = ?] ORDER BY
+    midPointTai as an astropy Table (nJy); with truthFlux (nJy, 0 where a supernova gives no light) of the
+    nearest true variable of DiaObjectTruthMatch, whose id and kind go to meta."""
+    from astropy.table import Table
+    if band is not None and (not isinstance(band, str) or band not in schema.BANDS):
+        raise InputError("dia_light_curve", "band", f"one of {schema.BANDS}", band)
+    fs, m, tv = schema.DiaForcedSource, schema.DiaObjectTruthMatch, schema.TruthVariableFlux
+    oid = int(dia_object_id)
+    with engine.connect() as conn:
+        match = conn.execute(sa.select(m.c.truthId, m.c.truthKind, m.c.distance_arcsec).where(m.c.diaObjectId == oid)
+                             .order_by(m.c.distance_arcsec, m.c.truthId).limit(1)).first()
+        q = sa.select(*(fs.c[c] for c in DIA_LIGHT_CURVE_COLUMNS)).where(fs.c.diaObjectId == oid)
+        if band is not None:
+            q = q.where(fs.c.filterName == band)
+        if match:
+            q = q.add_columns(tv.c.fluxNjy.label("truthFlux")).outerjoin(
+                tv, (tv.c.sourceId == match.truthId) & (tv.c.visitId == fs.c.ccdVisitId))
+        rows = conn.execute(q.order_by(fs.c.midPointTai, fs.c.ccdVisitId)).all()
+    names = list(DIA_LIGHT_CURVE_COLUMNS) + (["truthFlux"] if match else [])
+    cols = list(zip(*rows)) if rows else [()] * len(names)
+    kinds = {"diaObjectId": np.int64, "ccdVisitId": np.int64, "flags": np.int64, "filterName": "U1"}
+    t = Table({c: np.array([np.nan if v is None else v for v in cols[i]], dtype=kinds.get(c, np.float64))
+               for i, c in enumerate(names)})
+    for c in ("psFlux", "psFluxErr", "totFlux", "totFluxErr", "truthFlux"):
+        if c in t.colnames:
+            t[c].unit = "nJy"
+    t["midPointTai"].unit = "d"
+    if match:
+        if match.truthKind == "supernova":
+            t["truthFlux"][np.isnan(t["truthFlux"])] = 0.0
+        t.meta.update(truthId=match.truthId, truthKind=match.truthKind, truthDistanceArcsec=match.distance_arcsec)
+    return t
+
+
 def _truth_match(conn, object_id, truth_id=None):
     m = schema.ObjectTruthMatch
     q = sa.select(m.c.truthId, m.c.truthKind, m.c.distance_arcsec).where(m.c.objectId == object_id)

@@ -130,3 +130,78 @@ def ingest_forced(engine, forced_paths, *, batch_size=50_000, on_batch=None):
         n += db.ingest(engine, "ForcedSource", {c: rows[c] for c in FORCED_COLUMNS}, batch_size=batch_size,
                        on_batch=on_batch)
     return n
+
+
+# ---- DiaObject, DiaSource, DiaObjectTruthMatch, DiaForcedSource ------------------------------------------
+
+def dia_object_rows(objects):
+    """The DiaObject columns (dict of arrays) of an associate/dia_object.h5 `dia_object` table (the per-band
+    columns renamed: B_psFluxMean -> BPsFluxMean)."""
+    cols = {}
+    for name in objects.dtype.names:
+        band, _, rest = name.partition("_psFlux")
+        cols[f"{band}PsFlux{rest}" if rest else name] = objects[name]
+    cols["flags"] = np.zeros(len(objects), np.int64)
+    return cols
+
+
+def ingest_dia_objects(engine, dia_object_path, *, batch_size=50_000, on_batch=None):
+    """DiaObject rows of the run (one transaction)."""
+    with open_read(dia_object_path) as fh:
+        t = read_table(fh["dia_object"])
+    return db.ingest(engine, "DiaObject", dia_object_rows(t), batch_size=batch_size, on_batch=on_batch)
+
+
+#: DiaSource columns of a diffim product's dia_source table (diaObjectId comes from the association)
+DIA_SOURCE_COLUMNS = ("diaSourceId", "ccdVisitId", "midPointTai", "filterName", "ra", "decl", "x", "y", "psFlux",
+                      "psFluxErr", "snr", "flags")
+
+
+def ingest_dia_sources(engine, diffim_paths, dia_object_path, *, batch_size=50_000, on_batch=None):
+    """DiaSource rows: every DiaSource of every difference (diffim/vNNNNNNNN-B.h5), with its diaObjectId
+    from the association (NULL for those not associated), one transaction per visit."""
+    with open_read(dia_object_path) as fh:
+        assoc = fh["dia_source"].fields(["diaSourceId", "diaObjectId"])[...]
+    order = np.argsort(assoc["diaSourceId"])
+    keys, values = assoc["diaSourceId"][order], assoc["diaObjectId"][order]
+    n = 0
+    for p in diffim_paths:
+        with open_read(p) as fh:
+            t = read_table(fh["dia_source"])
+        if len(t) == 0:
+            continue
+        cols = {c: t[c] for c in DIA_SOURCE_COLUMNS}
+        k = np.clip(np.searchsorted(keys, t["diaSourceId"]), 0, max(len(keys) - 1, 0))
+        found = (keys[k] == t["diaSourceId"]) if len(keys) else np.zeros(len(t), bool)
+        cols["diaObjectId"] = np.ma.masked_array(np.where(found, values[k] if len(keys) else 0, 0), ~found)
+        n += db.ingest(engine, "DiaSource", cols, batch_size=batch_size, on_batch=on_batch)
+    return n
+
+
+def ingest_dia_truth_match(engine, dia_object_path, truth_path, radius_arcsec, *, batch_size=50_000,
+                           on_batch=None):
+    """DiaObjectTruthMatch rows: every (DiaObject, true supernova or lensed image) pair within
+    `radius_arcsec` (truthmatch.py), one transaction."""
+    from twinkles_hpc.truthmatch import TruthCatalog
+    with open_read(dia_object_path) as fh:
+        t = fh["dia_object"].fields(["diaObjectId", "ra", "decl"])[...]
+    m = TruthCatalog(truth_path, kinds=("supernova", "lensed_image")).match(
+        {"objectId": t["diaObjectId"], "psRa": t["ra"], "psDecl": t["decl"]}, radius_arcsec)
+    cols = {"diaObjectId": m["objectId"], "truthId": m["truthId"], "truthKind": m["truthKind"],
+            "distance_arcsec": m["distance_arcsec"]}
+    return db.ingest(engine, "DiaObjectTruthMatch", cols, batch_size=batch_size, on_batch=on_batch)
+
+
+DIA_FORCED_COLUMNS = ("diaObjectId", "ccdVisitId", "filterName", "midPointTai", "psFlux", "psFluxErr", "totFlux",
+                      "totFluxErr", "flags")
+
+
+def ingest_dia_forced(engine, dia_forced_paths, *, batch_size=50_000, on_batch=None):
+    """DiaForcedSource rows of every diaforced/vNNNNNNNN-B.h5 file, one transaction per file."""
+    n = 0
+    for p in dia_forced_paths:
+        with open_read(p) as fh:
+            t = read_table(fh["dia_forced_source"])
+        n += db.ingest(engine, "DiaForcedSource", {c: t[c] for c in DIA_FORCED_COLUMNS}, batch_size=batch_size,
+                       on_batch=on_batch)
+    return n

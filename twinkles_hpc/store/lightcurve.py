@@ -87,6 +87,31 @@ def lightcurve(source, object_id=None, band=None, *, truth_id=None):
         engine.dispose()
 
 
+def dia_lightcurve(source, dia_object_id, band=None):
+    """The DIA light curve of one DiaObject (db.dia_light_curve) as an astropy Table ordered by time, with
+    psMag from the difference flux left out (a difference flux may be negative) and truthMag."""
+    url = source if "://" in str(source) else None
+    engine = open_database(rundir=None if url else str(source), url=url)
+    try:
+        d = schema.DiaObject
+        with engine.connect() as conn:
+            present = "DiaForcedSource" in set(sa.inspect(engine).get_table_names())
+            found = present and conn.execute(sa.select(d.c.diaObjectId).where(d.c.diaObjectId == int(dia_object_id))
+                                             ).first() is not None
+        if not present:
+            raise InputError("lightcurve", "database", "DIA tables (a run with [diaforced] and [ingest] enabled)",
+                             "no table DiaForcedSource")
+        if not found:
+            raise InputError("lightcurve", "dia-object", "a diaObjectId of the DiaObject table", int(dia_object_id))
+        t = db.dia_light_curve(engine, dia_object_id, band)
+    finally:
+        engine.dispose()
+    if "truthFlux" in t.colnames:
+        t["truthMag"] = njy_to_mag(t["truthFlux"])
+        t["truthMag"].unit = "mag"
+    return t
+
+
 def with_magnitudes(t):
     """Add psMag, psMag_Sigma (2.5 / ln 10 x psFlux_Sigma / psFlux) and truthMag (when truthFlux is)."""
     t["psMag"] = njy_to_mag(t["psFlux"])

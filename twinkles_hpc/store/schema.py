@@ -1,5 +1,5 @@
 """The catalogue database schema: Qserv baseline names (CcdVisit, Object, ForcedSource, DiaSource,
-DiaObject) and the simulation's truth, declared once with SQLAlchemy Core.
+DiaObject, DiaForcedSource) and the simulation's truth, declared once with SQLAlchemy Core.
 
 Units: fluxes in nanojansky (AB magnitude = 31.4 - 2.5 log10(flux)), angles in degrees, times in MJD
 (TAI), sizes in pixels. Every column carries its unit in `comment=` (MySQL/MariaDB store it). All
@@ -99,24 +99,52 @@ DiaSource = sa.Table(
     _f("x", "sensor column of the centroid, pixels"),
     _f("y", "sensor row of the centroid, pixels"),
     _f("psFlux", "point-source flux on the difference image, nJy"),
-    _f("psFluxSigma", "uncertainty of psFlux, nJy"),
+    _f("psFluxErr", "uncertainty of psFlux, nJy"),
     _f("snr", "signal-to-noise ratio of the detection"),
-    _flags(),
+    _flags("timedomain/dia.py DIA_FLAGS: EDGE 1, SATURATED 2, CR 4, BAD_SUBTRACTION 8, NEGATIVE 16, DIPOLE 32, "
+           "NO_FLUX 64"),
     sa.Index("ix_DiaSource_diaObjectId", "diaObjectId"),
     sa.Index("ix_DiaSource_ccdVisitId", "ccdVisitId"),
-    comment="difference-image detections", **_MYSQL)
+    comment="difference-image detections (every DiaSource; the flagged ones are not associated)", **_MYSQL)
 
 DiaObject = sa.Table(
     "DiaObject", metadata,
-    _id("diaObjectId", "association of DiaSources", primary_key=True),
-    sa.Column("ra", sa.Double, nullable=False, comment="right ascension, deg"),
-    sa.Column("decl", sa.Double, nullable=False, comment="declination, deg"),
+    _id("diaObjectId", "association of DiaSources: the diaSourceId of its first one", primary_key=True),
+    sa.Column("ra", sa.Double, nullable=False, comment="mean right ascension of its DiaSources, deg"),
+    sa.Column("decl", sa.Double, nullable=False, comment="mean declination of its DiaSources, deg"),
     sa.Column("nDiaSources", sa.Integer, nullable=False, comment="number of associated DiaSources"),
-    *_per_band("{b}PsFluxMean", "mean {b}-band difference-image point-source flux, nJy"),
+    _f("firstMidPointTai", "time of its first DiaSource, MJD (TAI)"),
+    _f("lastMidPointTai", "time of its last DiaSource, MJD (TAI)"),
+    *_per_band("{b}PsFluxMean", "inverse-variance weighted mean {b}-band DiaSource psFlux, nJy"),
     *_per_band("{b}PsFluxMeanErr", "uncertainty of {b}PsFluxMean, nJy"),
-    *_per_band("{b}PsFluxSigma", "standard deviation of the {b}-band fluxes, nJy"),
+    *_per_band("{b}PsFluxChi2", "chi^2 of the {b}-band DiaSource fluxes about {b}PsFluxMean"),
+    *[sa.Column(f"{b}PsFluxNdata", sa.Integer, comment=f"number of {b}-band DiaSources") for b in BANDS],
     _flags(),
     comment="difference-image objects", **_MYSQL)
+
+DiaForcedSource = sa.Table(
+    "DiaForcedSource", metadata,
+    _id("diaObjectId", "DiaObject.diaObjectId", primary_key=True),
+    _id("ccdVisitId", "CcdVisit.ccdVisitId", primary_key=True),
+    _s("filterName", 1, "band: one of ugrizy", nullable=False),
+    sa.Column("midPointTai", sa.Double, nullable=False, comment="exposure mid-point, MJD (TAI)"),
+    _f("psFlux", "point-source flux on the difference image at the DiaObject's position, nJy"),
+    _f("psFluxErr", "uncertainty of psFlux, nJy"),
+    _f("totFlux", "point-source flux on the calexp (the direct image) at the same position, nJy"),
+    _f("totFluxErr", "uncertainty of totFlux, nJy"),
+    _flags("photometry flags of psFlux (level2/photometry.py FLAG_*)"),
+    sa.Index("ix_DiaForcedSource_ccdVisitId", "ccdVisitId"),
+    comment="forced photometry of every DiaObject in every CcdVisit with a difference image", **_MYSQL)
+
+DiaObjectTruthMatch = sa.Table(
+    "DiaObjectTruthMatch", metadata,
+    _id("diaObjectId", "DiaObject.diaObjectId", primary_key=True),
+    _id("truthId", "id of the truth variable (table given by truthKind)", primary_key=True),
+    _s("truthKind", 16, "supernova (TruthSupernova) or lensed_image (TruthLensedImage)", nullable=False),
+    sa.Column("distance_arcsec", sa.Double, nullable=False, comment="DiaObject-truth separation, arcsec"),
+    sa.Index("ix_DiaObjectTruthMatch_truthId", "truthId"),
+    comment="DiaObjects associated with true variables within the match radius; the nearest is the match",
+    **_MYSQL)
 
 ObjectTruthMatch = sa.Table(
     "ObjectTruthMatch", metadata,

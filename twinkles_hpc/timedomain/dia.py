@@ -62,6 +62,39 @@ class DiffPSF:
         return _FixedPSF(self.comps).components_at(x, y)
 
 
+class PreconvolvedPSF:
+    """The PSF of a pre-convolved difference at any position: the calexp's PSF model there (a Gaussian
+    mixture, `model.components_at`) convolved with the stamp the calexp was convolved with (the model at
+    (cx, cy)), i.e. the K x K mixture whose covariances are the sums; exact, and varying over the sensor
+    as the calexp's PSF does (the difference's PSF stamp is only the one at the centre)."""
+
+    response = 1.0
+
+    def __init__(self, model, cx, cy):
+        self.model = model
+        self.centre = tuple(np.asarray(c, np.float64)[0] for c in model.components_at(np.array([cx]), np.array([cy])))
+        self.fwhm_px = float(psf_fwhm(self, cx, cy)[0])
+
+    def components_at(self, x, y):
+        w, a, b, c = (np.asarray(v, np.float64) for v in self.model.components_at(x, y))
+        W, A, B, C = self.centre
+        n = w.shape[0]
+        return ((w[:, :, None] * W).reshape(n, -1), (a[:, :, None] + A).reshape(n, -1),
+                (b[:, :, None] + B).reshape(n, -1), (c[:, :, None] + C).reshape(n, -1))
+
+
+def difference_psf(attrs, stamp):
+    """The PSF to measure a diffim product with: PreconvolvedPSF from the calexp's PSF model (attribute
+    `psf_model`) when the difference was pre-convolved, else DiffPSF of its `psf` stamp."""
+    import json
+    summary = json.loads(attrs["summary"])
+    if summary["direction"] == "preconvolved":
+        from twinkles_hpc.level2.psf import MixturePSF
+        cx, cy = summary["psf_centre"]
+        return PreconvolvedPSF(MixturePSF.from_dict(attrs["psf_model"]), cx, cy)
+    return DiffPSF(stamp)
+
+
 def _usable(image, variance, mask):
     return np.isfinite(image) & np.isfinite(variance) & (variance > 0) & ((mask & DIA_BAD_BITS) == 0)
 
@@ -112,7 +145,7 @@ def noise_scale(image, variance, mask, fwhm_px):
 
 def measure(image, variance, mask, x, y, psf):
     """PSF fluxes (image units), errors and photometry flags at positions x, y on a difference with PSF
-    `psf` (a DiffPSF); the photometry.forced_dtype rows."""
+    `psf` (DiffPSF or PreconvolvedPSF); the photometry.forced_dtype rows."""
     phot = forced_photometry(image, variance, mask, x, y, psf, ap_radii=(3.0,), bad_mask_bits=DIA_BAD_BITS)
     phot["psf_flux"] /= psf.response
     phot["psf_flux_err"] /= psf.response

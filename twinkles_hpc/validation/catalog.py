@@ -1,7 +1,5 @@
 """Objects, ForcedSource and the calexp source tables against the truth: completeness and purity,
 photometric residuals, PA1, AM1 and supernova light curves (definitions in docs/validation.md)."""
-import glob
-import os
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -10,8 +8,7 @@ from twinkles_hpc import instrument
 from twinkles_hpc.validation import metrics
 from twinkles_hpc.validation.match import brightest_within, has_neighbour, tangent_arcsec
 from twinkles_hpc.instrument import mag_to_njy, njy_to_mag
-from twinkles_hpc.rundir import layout
-from twinkles_hpc.validation.products import galaxy_mag, null_metric, read_h5_table
+from twinkles_hpc.validation.products import galaxy_mag, null_metric
 
 #: Isolation for photometric residuals: no other truth source within this radius (arcsec) ...
 ISOLATION_ARCSEC = 3.0
@@ -234,13 +231,8 @@ def supernovae(rundir, truth, objs, forced, V):
         return null_metric("no supernovae in truth.h5 ([supernovae] enabled = false or none in the field)")
     if forced is None:
         return null_metric("no forced photometry: [level2] forced = false")
-    true, peak = {}, {}
-    for path in sorted(glob.glob(os.path.join(rundir, layout.VARIABLES_TRUTH_GLOB))):
-        t = read_h5_table(path, "truth")
-        t = t[np.isin(t["source_id"], sne["id"])]
-        for s, v, f in zip(t["source_id"].tolist(), t["visit_id"].tolist(), t["flux_njy"].tolist()):
-            true[(s, v)] = f
-            peak[s] = max(peak.get(s, 0.0), f)
+    from twinkles_hpc.validation.dia import variable_true_fluxes
+    true, peak = variable_true_fluxes(rundir, sne["id"])
     lit = np.flatnonzero([peak.get(int(i), 0.0) > 0 for i in sne["id"]])
     if lit.size == 0:
         return null_metric("no supernova has light in any visit of the run")

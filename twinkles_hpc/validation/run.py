@@ -11,6 +11,7 @@ from twinkles_hpc.validation import catalog, cost, products
 from twinkles_hpc.validation.calibration import calibration
 from twinkles_hpc.validation.catalog import BIN_WIDTH
 from twinkles_hpc.validation.database import database_counts
+from twinkles_hpc.validation.dia import dia_section
 from twinkles_hpc.validation.products import need, null_metric, read_h5_table
 
 
@@ -64,6 +65,22 @@ def checks(rep, V):
         out.append(_check("purity", v, ">=", V.purity_min, why))
     v, why = _val(rep["supernovae"], "median_chi2_dof")
     out.append(_check("sn_median_chi2_dof", v, "<=", V.sn_chi2_max, why))
+    dia = rep["dia"]
+    sn = dia.get("supernovae", {})
+    for name, value, op, thr in (
+            ("dia_efficiency[S/N>=10]", sn.get("efficiency_snr10"), ">=", V.dia_efficiency_min),
+            ("dia_good_light_curves[S/N>=20]", sn.get("good_fraction_snr20"), ">=", V.dia_good_min),
+            ("dia_flux_bias[S/N>=20]", None if dia.get("flux_bias_snr20") is None else abs(dia["flux_bias_snr20"]),
+             "<=", V.dia_flux_bias_max),
+            ("dia_duplicates", dia.get("duplicates"), "<=", V.dia_duplicates_max)):
+        out.append(_check(name, value, op, thr, dia.get("reason") or (None if value is not None else "no supernova "
+                                                                        "in the range")))
+    for key in ("blank_difference", "blank_direct"):
+        b = dia.get(key, {"reason": dia.get("reason")})
+        if "reason" in b:
+            continue
+        out.append(_check(f"dia_{key}.mean", abs(b["mean"]), "<=", V.dia_blank_mean_max))
+        out.append(_check(f"dia_{key}.std", abs(b["std"] - 1.0), "<=", V.dia_blank_std_tol))
     dbr = rep["database"]
     if "reason" not in dbr:
         for t, d in dbr["difference"].items():
@@ -100,6 +117,7 @@ def validate_run(rundir, thresholds_toml=None, db_url=None):
         rep["supernovae"] = catalog.supernovae(rundir, truth, objs, forced, V)
     sources, why = products.read_sources(rundir, visits, cfg)
     rep["am1"] = catalog.am1_section(truth, sources, V, why)
+    rep["dia"] = dia_section(rundir, truth, visits, cfg, V)
     rep["cost"] = cost.run_cost(rundir, cfg, len(visits), V)
     rep["database"] = database_counts(rundir, cfg, db_url, {
         "CcdVisit": (sum(c.get("n_visits", 0) for c in rep["calibration"].values())   # calibrated ones

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from twinkles_hpc.options import opt
-from twinkles_hpc.pipeline.stage import PER_VISIT, Stage
+from twinkles_hpc.pipeline.stage import PER_VISIT, Stage, per_visit_ingest_steps
 from twinkles_hpc.pipeline.stages.visit import visit_cost
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5
@@ -67,16 +67,8 @@ class ForcedStage(Stage):
 
 
     def ingest_steps(self, ctx, up):
-        """ForcedSource per chunk of VISITS_PER_INGEST_CHUNK visits, each after its visits' forced tasks: the
-        database fills while later visits are still measured."""
-        vids = [int(v) for v in np.sort(ctx.visits["visit_id"])]
-        n, out = layout.VISITS_PER_INGEST_CHUNK, []
-        for k in range(0, len(vids), n):
-            chunk = vids[k:k + n]
-            key = f"ForcedSource/{layout.chunk_key(k // n)}"
-            deps = [up.get("forced", layout.visit_key(v), for_task=layout.task_id("ingest", key)) for v in chunk]
-            out.append((key, deps, 0.05 * len(chunk), {"visit_ids": chunk}))
-        return out
+        """ForcedSource per chunk of visits (stage.per_visit_ingest_steps)."""
+        return per_visit_ingest_steps(ctx, up, self.name, "ForcedSource", 0.05)
 
     def ingest(self, ctx, engine, step, params, **kw):
         from twinkles_hpc.store import ingest

@@ -1,0 +1,239 @@
+"""Difference imaging against the truth (docs/validation.md, "dia").
+
+The validation measures, on the run's own products: each supernova's noise on every difference it falls
+on (the PSF-flux error at its true position), hence its peak true S/N; which supernovae have a DiaObject
+within the match radius (the efficiency per S/N bin); for each supernova without another one within
+BLEND_RADIUS, the chi^2/dof of the DiaForcedSource light curve of its nearest DiaObject against its true
+fluxes, with one free constant per band (the supernova's light in the template); the flux bias of the
+epochs of true S/N >= 20; duplicates (two DiaObjects within the radius of one supernova); purity
+(DiaObjects within the radius of a true variable); and flux / sigma at blank positions on the differences
+and the calexps. Every figure is per S/N bin: a median over supernovae below detection would hide the
+answer.
+"""
+import json
+import os
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store.atomic import open_read
+from scipy.spatial import cKDTree
+
+from twinkles_hpc.validation.match import has_neighbour, tangent_arcsec
+from twinkles_hpc.validation.products import need, null_metric, read_h5_table
+
+#: Edges of the peak true S/N bins.
+SNR_EDGES = (3.0, 5.0, 7.0, 10.0, 20.0, 50.0, np.inf)
+#: Random positions per visit for the blank-sky figures, and their stream key.
+BLANK_PER_VISIT = 400
+BLANK_KEY = 0xB1A
+#: Blank positions keep this far (arcsec) from every star, every galaxy brighter than BLANK_MAG in r,
+#: every supernova and lensed image.
+BLANK_CLEARANCE = 3.0
+BLANK_MAG = 25.0
+#: A supernova with another supernova (with light in the run) this close (arcsec) is blended: one DiaObject
+#: measures both, so its light curve is left out of the chi^2 and bias figures (counted in `n_blended`).
+BLEND_RADIUS = 1.5
+
+
+def variable_true_fluxes(rundir, ids):
+    """({(source_id, visit_id): true flux in nJy}, {source_id: peak true flux}) of the variables `ids` over
+    the run's visits (variables/truth-KKKK.h5)."""
+    import glob
+    true, peak = {}, {}
+    for path in sorted(glob.glob(os.path.join(rundir, layout.VARIABLES_TRUTH_GLOB))):
+        t = read_h5_table(path, "truth")
+        t = t[np.isin(t["source_id"], ids)]
+        for s, v, f in zip(t["source_id"].tolist(), t["visit_id"].tolist(), t["flux_njy"].tolist()):
+            true[(s, v)] = f
+            peak[s] = max(peak.get(s, 0.0), f)
+    return true, peak
+
+
+def _attrs(fh):
+    return {k: (v.item() if np.ndim(v) == 0 and hasattr(v, "item") else v) for k, v in fh.attrs.items()}
+
+
+def _blank_positions(shape, wcs, key, xy_static, ra0, dec0):
+    """Up to BLANK_PER_VISIT random pixel positions (30 px from the edges) BLANK_CLEARANCE from `xy_static`."""
+    ny, nx = shape
+    rng = np.random.default_rng(key)
+    x, y = rng.uniform(30, nx - 30, 3 * BLANK_PER_VISIT), rng.uniform(30, ny - 30, 3 * BLANK_PER_VISIT)
+    ra, dec = wcs.all_pix2world(x, y, 0)
+    keep = ~has_neighbour(tangent_arcsec(ra, dec, ra0, dec0), BLANK_CLEARANCE, xy_static)
+    return x[keep][:BLANK_PER_VISIT], y[keep][:BLANK_PER_VISIT]
+
+
+def _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true):
+    """One pass over the differences: {(sn row, visit_id): PSF-flux error (nJy) at the true position}, and
+    flux / sigma at blank positions on the differences and the calexps."""
+    from twinkles_hpc.level2.photometry import forced_photometry
+    from twinkles_hpc.level2.psf import MixturePSF
+    from twinkles_hpc.timedomain import dia
+    ra0, dec0 = truth["ra0"], truth["dec0"]
+    static = [tangent_arcsec(truth["stars"]["ra"], truth["stars"]["dec"], ra0, dec0)]
+    g = truth.get("galaxies")
+    if g is not None and len(g):
+        from twinkles_hpc.validation.products import galaxy_mag
+        bright = galaxy_mag(g, "r") < BLANK_MAG
+        static.append(tangent_arcsec(g["ra"][bright], g["dec"][bright], ra0, dec0))
+    static.append(tangent_arcsec(sne["ra"], sne["dec"], ra0, dec0))
+    li = truth.get("lensed_images")
+    if li is not None and len(li):
+        static.append(tangent_arcsec(li["ra"], li["dec"], ra0, dec0))
+    static = np.concatenate(static)
+    sigma, z_diff, z_direct = {}, [], []
+    sid = sne["id"]
+    for v in visits:
+        vid, band = int(v["visit_id"]), str(v["band"])
+        with open_read(os.path.join(rundir, layout.diffim(vid, band))) as fh:
+            if not fh.attrs["diffim_ok"]:
+                continue
+            a = _attrs(fh)
+            image, variance, mask, psf = (fh[k][...] for k in ("image", "variance", "mask", "psf"))
+        wcs = WCS(fits.Header.fromstring(str(a["wcs"])))
+        err_scale = float(json.loads(a["summary"])["flux_error_scale"])
+        njy = float(a["ap_corr"]) * float(a["flux_njy_per_electron"])
+        dpsf = dia.difference_psf(a, psf)
+        rows = np.array([k for k in lit if (int(sid[k]), vid) in true], np.int64)
+        if rows.size:
+            x, y = wcs.all_world2pix(sne["ra"][rows], sne["dec"][rows], 0)
+            ny, nx = image.shape
+            on = np.isfinite(x) & np.isfinite(y) & (x > 5) & (y > 5) & (x < nx - 6) & (y < ny - 6)
+            if on.any():
+                ph = dia.measure(image, variance, mask, x[on], y[on], dpsf)
+                for k, e, f in zip(rows[on], ph["psf_flux_err"], ph["flags"]):
+                    if f == 0 and np.isfinite(e):
+                        sigma[(int(k), vid)] = float(e) * err_scale * njy
+        bx, by = _blank_positions(image.shape, wcs, [int(cfg.run.seed), vid, BLANK_KEY], static, ra0, dec0)
+        ph = dia.measure(image, variance, mask, bx, by, dpsf)
+        ok = (ph["flags"] == 0) & np.isfinite(ph["psf_flux"])
+        z_diff.append(ph["psf_flux"][ok] / (ph["psf_flux_err"][ok] * err_scale))
+        with open_read(os.path.join(rundir, layout.calexp(vid, band))) as fh:
+            cal = _attrs(fh)
+            ph = forced_photometry(fh["image"][...], fh["variance"][...], fh["mask"][...], bx, by,
+                                   MixturePSF.from_dict(cal["psf"]), ap_radii=(3.0,))
+        ok = (ph["flags"] == 0) & np.isfinite(ph["psf_flux"])
+        z_direct.append(ph["psf_flux"][ok] / ph["psf_flux_err"][ok])
+    return sigma, z_diff, z_direct
+
+
+def _blank(z):
+    z = np.concatenate(z) if z else np.zeros(0)
+    if z.size < 100:
+        return null_metric(f"{z.size} blank positions measured (fewer than 100)")
+    return {"n": int(z.size), "mean": float(z.mean()), "std": float(z.std()),
+            "mean_err": float(z.std() / np.sqrt(z.size))}
+
+
+def _curve(rows, tf):
+    """chi^2, dof and the per-band constants of measured against true fluxes (one free constant per band);
+    None when the curve has no more epochs than bands."""
+    r, w = rows["psFlux"] - tf, 1.0 / rows["psFluxErr"] ** 2
+    chi2, const = 0.0, np.zeros(len(rows))
+    bands = np.unique(rows["filterName"])
+    for b in bands:
+        m = rows["filterName"] == b
+        c = np.sum(w[m] * r[m]) / np.sum(w[m])
+        const[m] = c
+        chi2 += float(np.sum(w[m] * (r[m] - c) ** 2))
+    dof = len(rows) - len(bands)
+    return (chi2, dof, const) if dof > 0 else None
+
+
+def dia_section(rundir, truth, visits, cfg, V):
+    """The difference-imaging figures of a run (module docstring); a null metric with the reason when the
+    run has no DIA forced photometry or no supernovae."""
+    if not (cfg.diffim.enabled and cfg.associate.enabled and cfg.diaforced.enabled):
+        return null_metric("no DIA light curves: [diffim], [associate] and [diaforced] must be enabled")
+    sne = truth.get("supernovae")
+    if sne is None or len(sne) == 0:
+        return null_metric("no supernovae in truth.h5 ([supernovae] enabled = false or none in the field)")
+    objects = read_h5_table(need(os.path.join(rundir, layout.DIA_OBJECT), "the DiaObjects ([associate])"),
+                            "dia_object")
+    true, peak = variable_true_fluxes(rundir, sne["id"])
+    lit = np.flatnonzero([peak.get(int(i), 0.0) > 0 for i in sne["id"]])
+    sigma, z_diff, z_direct = _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true)
+    out = {"blank_difference": _blank(z_diff), "blank_direct": _blank(z_direct), "n_dia_objects": len(objects)}
+    peak_snr = {}
+    for (k, vid), s in sigma.items():
+        peak_snr[k] = max(peak_snr.get(k, 0.0), true[(int(sne["id"][k]), vid)] / s)
+    seen = np.array(sorted(peak_snr), np.int64)
+    if seen.size == 0:
+        out.update(null_metric("no supernova with light falls on a difference image"))
+        return out
+    ra0, dec0 = truth["ra0"], truth["dec0"]
+    xy_sn = tangent_arcsec(sne["ra"][seen], sne["dec"][seen], ra0, dec0)
+    xy_o = tangent_arcsec(objects["ra"], objects["decl"], ra0, dec0)
+    near = cKDTree(xy_o).query_ball_point(xy_sn, V.match_radius_arcsec) if len(objects) else [[] for _ in seen]
+    lit_xy = tangent_arcsec(sne["ra"][lit], sne["dec"][lit], ra0, dec0)
+    n_lit_near = np.array([len(h) for h in cKDTree(lit_xy).query_ball_point(xy_sn, BLEND_RADIUS)])
+    xy_var = [lit_xy] + ([tangent_arcsec(truth["lensed_images"]["ra"], truth["lensed_images"]["dec"], ra0, dec0)]
+                         if len(truth.get("lensed_images", [])) else [])
+    near_var = has_neighbour(xy_o, V.match_radius_arcsec, np.concatenate(xy_var))
+    out["purity"] = float(near_var.mean()) if len(objects) else None
+    forced = _read_dia_forced(rundir, visits)
+    ids = np.ascontiguousarray(forced["diaObjectId"])
+    per_sn, bias = [], []
+    for j, k in enumerate(seen):
+        mine = np.array(sorted(near[j]), np.int64)
+        rec = {"id": int(sne["id"][k]), "peak_snr": peak_snr[int(k)], "n_dia_objects": int(mine.size),
+               "blended": bool(n_lit_near[j] > 1)}
+        if mine.size and not rec["blended"]:
+            d = np.hypot(*(xy_o[mine] - xy_sn[j]).T)
+            o = mine[np.argmin(d)]
+            rows = forced[np.searchsorted(ids, objects["diaObjectId"][o], "left"):
+                          np.searchsorted(ids, objects["diaObjectId"][o], "right")]
+            tf = np.array([true.get((rec["id"], int(v)), 0.0) for v in rows["ccdVisitId"]])
+            got = _curve(rows, tf)
+            if got is not None:
+                chi2, dof, const = got
+                rec.update(diaObjectId=int(objects["diaObjectId"][o]), offset_arcsec=float(d.min()), dof=dof,
+                           chi2_dof=chi2 / dof)
+                strong = tf / rows["psFluxErr"] >= 20
+                bias.extend(((rows["psFlux"] - const)[strong] / tf[strong]).tolist())
+        per_sn.append(rec)
+    out["supernovae"] = _by_snr(per_sn, V)
+    out["flux_bias_snr20"] = float(np.median(bias) - 1.0) if bias else None
+    out["n_epochs_snr20"] = len(bias)
+    det = [r for r in per_sn if r["n_dia_objects"] and not r["blended"]]
+    out["duplicates"] = float(np.mean([r["n_dia_objects"] > 1 for r in det])) if det else None
+    out["n_blended"] = int(sum(r["blended"] for r in per_sn))
+    out["light_curves"] = per_sn
+    return out
+
+
+def _by_snr(per_sn, V):
+    """Per peak-S/N bin: supernovae, efficiency, light curves, median chi^2/dof, fraction good; and the
+    two summary cuts of the checks (S/N >= 10 efficiency, S/N >= 20 good fraction)."""
+    snr = np.array([r["peak_snr"] for r in per_sn])
+    has = np.array([r["n_dia_objects"] > 0 for r in per_sn])
+    c2 = np.array([r.get("chi2_dof", np.nan) for r in per_sn])
+    bins = []
+    for lo, hi in zip(SNR_EDGES[:-1], SNR_EDGES[1:]):
+        m = (snr >= lo) & (snr < hi)
+        cm = c2[m & np.isfinite(c2)]
+        bins.append({"snr": [lo, None if np.isinf(hi) else hi], "n": int(m.sum()),
+                     "efficiency": float(has[m].mean()) if m.any() else None, "n_curves": int(cm.size),
+                     "median_chi2_dof": float(np.median(cm)) if cm.size else None,
+                     "good_fraction": float((cm < V.dia_chi2_max).mean()) if cm.size else None})
+    m10, m20 = snr >= 10, (snr >= 20) & np.isfinite(c2)
+    alone20 = (snr >= 20) & ~np.array([r["blended"] for r in per_sn])
+    good20 = int((c2[m20] < V.dia_chi2_max).sum())
+    return {"bins": bins, "n_snr10": int(m10.sum()), "n_snr20_unblended": int(alone20.sum()),
+            "good_fraction_snr20_all": good20 / int(alone20.sum()) if alone20.any() else None,
+            "efficiency_snr10": float(has[m10].mean()) if m10.any() else None,
+            "n_snr20_curves": int(m20.sum()),
+            "good_fraction_snr20": float((c2[m20] < V.dia_chi2_max).mean()) if m20.any() else None,
+            "median_chi2_dof_snr20": float(np.median(c2[m20])) if m20.any() else None}
+
+
+def _read_dia_forced(rundir, visits):
+    """Every visit's unflagged DiaForcedSource rows with a finite flux, sorted by diaObjectId (stable)."""
+    parts = [read_h5_table(need(os.path.join(rundir, layout.dia_forced(v["visit_id"], v["band"])),
+                                "DIA forced photometry ([diaforced])"), "dia_forced_source") for v in visits]
+    f = np.concatenate(parts)
+    f = f[(f["flags"] == 0) & np.isfinite(f["psFlux"]) & (f["psFluxErr"] > 0)]
+    return f[np.argsort(f["diaObjectId"], kind="stable")]
