@@ -139,16 +139,24 @@ def test_a_visit_without_a_template_is_recorded_not_fatal(template_run, tmp_path
     assert len(lines) == 1 and "no difference image" in lines[0]
 
 
-def test_the_task_run_again_gives_the_same_product(template_run, tmp_path):
+def test_the_task_run_again_gives_the_same_product_and_its_fits_export(template_run, tmp_path):
+    from astropy.io import fits
     cfg = rd.load_config(template_run)
+    cfg.diffim.fits = True
     for d in ("calexp", "template"):
         os.symlink(template_run / d, tmp_path / d)
     _, tasks = plan(cfg, template_run)
     t = [t for t in tasks if t.kind == "diffim"][3]
     ctx = RunContext(cfg, str(tmp_path), rd.read_visits(template_run), log=lambda m: None)
-    rel = next(iter(stage("diffim").run(ctx, t, None)))
+    rel, rel_fits = stage("diffim").run(ctx, t, None)
     with open_read(tmp_path / rel) as a, open_read(template_run / rel) as b:
         assert sorted(a) == sorted(b)
         for k in a:
             assert a[k][...].tobytes() == b[k][...].tobytes(), k
         assert a.attrs["summary"] == b.attrs["summary"]
+        with fits.open(tmp_path / rel_fits) as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "VARIANCE", "MASK", "PSF"]
+            for h, k in zip(hdul, ("image", "variance", "mask", "psf")):
+                assert np.array_equal(h.data, a[k][...], equal_nan=k != "mask"), k
+            assert hdul[0].header["VISIT"] == t.params["visit_id"] and hdul[0].header["DIRECTN"] == "preconvolved"
+            assert hdul[0].header["CTYPE1"].startswith("RA---")

@@ -163,7 +163,7 @@ def test_sigkill_mid_ingest_then_rerun_gives_the_same_database(level2_run, run_d
     assert r.returncode == 0, r.stdout + r.stderr
     assert all_tables(e) == all_tables(run_db)
     st = json.loads(cli("status", run, "--json", check=True).stdout)
-    assert st["complete"] and st["tasks"]["ingest"] == {"total": 5, "done": 5}
+    assert st["complete"] and st["tasks"]["ingest"] == {"total": 9, "done": 9}       # 5 Level 2, 4 DIA steps
     assert st["database"]["tables"]["ForcedSource"] == db.table_counts(run_db)["ForcedSource"]
     e.dispose()
 
@@ -381,6 +381,7 @@ def test_ingest_config_is_validated(tmp_path):
     assert "hunter2" not in str(err.value)
     ok = config_mod.from_dict(config_mod.tomllib.loads(LEVEL2_TOML + 'url = "mysql://bob@dbhost/t"\n'))
     assert ok.ingest.url.startswith("mysql://")
+    ok.associate.enabled = ok.diaforced.enabled = False          # the chain of the Level 2 steps alone
     visits = np.zeros(250, [("visit_id", "i8")])
     visits["visit_id"] = np.arange(250)
     up = Upstream()

@@ -118,7 +118,8 @@ def test_data_model_doc_names_every_layout_path():
         layout.coadd: ("B", "I", "J"), layout.detection_coadd: ("I", "J"), layout.objects: ("I", "J"),
         layout.forced: ("NNNNNNNN", "B"), layout.variables_truth: ("KKKK",), layout.checkpoint: ("NNNNNNNN",),
         layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",), layout.template: ("B", "I", "J"),
-        layout.diffim: ("NNNNNNNN", "B"), layout.association: ("I", "J"), layout.dia_forced: ("NNNNNNNN", "B")}
+        layout.diffim: ("NNNNNNNN", "B"), layout.diffim_fits: ("NNNNNNNN", "B"), layout.association: ("I", "J"),
+        layout.dia_forced: ("NNNNNNNN", "B")}
     for fn, args in documented.items():
         assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}

@@ -49,6 +49,14 @@ patch_size = 1000
 enabled = true
 [forced]
 enabled = true
+[template]
+enabled = true
+[diffim]
+enabled = true
+[associate]
+enabled = true
+[diaforced]
+enabled = true
 [ingest]
 enabled = true
 """
@@ -210,6 +218,14 @@ def test_supernova_pages_are_the_matched_supernovae(report, sn_run):
         n_fs = con.execute("SELECT COUNT(*) FROM ForcedSource WHERE objectId = ?", (oid,)).fetchone()[0]
         assert len(np.atleast_1d(lc)) == n_fs
         assert (np.atleast_1d(lc)["truthFlux"] > 0).any()                     # the supernova's light is there
+    # the DIA light curve of the DiaObject nearest to the supernova, with template / calexp / difference stamps
+    dia = [sid for sid in (int(c[0]) for c in rows)
+           if f"sn-{sid}-dia.png" in parse(out / "objects" / f"sn-{sid}.html").refs]
+    assert dia, "no supernova page shows a DIA light curve"
+    for sid in dia:
+        refs = parse(out / "objects" / f"sn-{sid}.html").refs
+        assert (out / "objects" / f"sn-{sid}-dia.png").exists()
+        assert f"stamps/sn-{sid}-dia-difference.png" in refs
     # the best sampled come first: measured epochs brighter than m5 never increase down the table
     n = [int(c[4]) for c in rows]
     assert n == sorted(n, reverse=True)

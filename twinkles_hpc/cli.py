@@ -363,16 +363,17 @@ def build_parser():
     d.set_defaults(func=cmd_diffim)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report"],
+    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
-                        "report: the HTML report on the run's database and on a copy grown to Run 1.1's size")
+                        "report: the HTML report on the run's database and on a copy grown to Run 1.1's size; "
+                        "diffim: one PSF-matched subtraction of a 4096^2 pair, three PSF cases")
     b.add_argument("--rundir", help="run directory (bench visit, bench report)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
-    b.add_argument("--nx", type=int, default=4000)
-    b.add_argument("--ny", type=int, default=4072)
-    b.add_argument("--stars", type=int, default=2000)
+    b.add_argument("--nx", type=int, default=4000, help="image width (default 4000; bench diffim: 4096)")
+    b.add_argument("--ny", type=int, default=4072, help="image height (default 4072; bench diffim: 4096)")
+    b.add_argument("--stars", type=int, default=2000, help="stars (default 2000; bench diffim: 20000 per 4096^2)")
     b.add_argument("--galaxies", type=int, default=5000)
     b.add_argument("--seed", type=int, default=1, help="seed of the simulated scene (imsim, detect, forced)")
     b.add_argument("--repeat", type=int, default=3, help="timed repetitions (best and median reported)")

@@ -35,7 +35,7 @@ from twinkles_hpc.level2.photocal import clipped_weighted_mean, njy_per_electron
 from twinkles_hpc.level2.psf import STAMP_RADIUS, estimate_psf
 from twinkles_hpc.options import opt
 from twinkles_hpc.store.atomic import atomic_h5, open_read
-from twinkles_hpc.store.tables import write_table
+from twinkles_hpc.store.tables import write_planes
 
 #: eimage attributes a camera provides, copied to the calexp (docs/data-model.md).
 CAMERA_ATTRS = ("visit_id", "band", "mjd", "exptime", "airmass", "ra", "dec", "rot_sky_pos", "read_noise",
@@ -248,11 +248,7 @@ def calibrate_visit(eimage_path, refcat, out_path, config=None):
         meta = {k: attrs[k] for k in CAMERA_ATTRS if k in attrs}
         meta.update(calib_ok=False, calib_failure=" ".join(str(exc).split()) or type(exc).__name__)
     with atomic_h5(out_path) as fh:
-        for name, data in planes.items():
-            if data.dtype.names:
-                write_table(fh, name, data)
-            else:
-                fh.create_dataset(name, data=data)
+        write_planes(fh, planes)
         for k, v in meta.items():
             fh.attrs[k] = v
     return meta

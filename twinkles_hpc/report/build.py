@@ -20,6 +20,7 @@ from twinkles_hpc.report import html as H
 from twinkles_hpc.report import images, objects, plots
 from twinkles_hpc.report.data import BANDS, RunData
 from twinkles_hpc.report.trace import per_kind, utilisation
+from twinkles_hpc.rundir import layout
 
 
 @dataclass
@@ -46,6 +47,7 @@ class _Context:
         self.stamp_dir = os.path.join(self.obj_dir, "stamps")
         os.makedirs(self.stamp_dir)
         self.cutter = images.CalexpStamps(run.rundir)
+        self.dia_cutter = images.CalexpStamps(run.rundir, layout.diffim)
         self.coadds = images.coadd_patches(run.rundir)
         self.visits = run.visits
 
@@ -400,15 +402,17 @@ def _objects(run, ctx, summary, _):
     if sne:
         trs = [(f'<a href="objects/sn-{s["id"]}.html">{s["id"]}</a>', s["objectId"], H.num(s["redshift"], "{:.3f}"),
                 H.num(s["peak_true_mag"], "{:.2f}"), s["n_measured_detectable"], s["n_epochs"], H.num(s["chi2_dof"]),
-                H.num(s["peak_true_snr"], "{:.1f}")) for s in sne]
+                H.num(s.get("dia_chi2_dof")), H.num(s["peak_true_snr"], "{:.1f}")) for s in sne]
         out.append(f"<h3 id=\"objects-sn\">Supernovae ({len(sne)} of {n_matched} matched to an Object)</h3>"
                    + H.table(["SN", "Object", "z", "peak true mag", "measured epochs &lt; m5", "usable epochs",
-                              "chi^2/dof", "peak true S/N"], trs, table_id="sn-index")
+                              "chi^2/dof", "DIA chi^2/dof", "peak true S/N"], trs, table_id="sn-index")
                    + f'<p class="muted">The {len(sne)} best-sampled supernovae (most visits in which the supernova is '
                      "brighter than the visit's m5 and its Object has an unflagged forced measurement) of the "
                      f"{n_matched} with an Object within the match radius (cap: --max-sne). Usable epochs: unflagged "
                      "forced measurements of the Object over the whole run. chi^2/dof: forced flux against the truth "
-                     "with one free constant per band (the host light under the PSF), as validate computes it.</p>")
+                     "with one free constant per band (the host light under the PSF), as validate computes it; DIA "
+                     "chi^2/dof: the same for the DIA forced flux of the nearest DiaObject (blank without DIA "
+                     "tables).</p>")
     else:
         out.append('<h3 id="objects-sn">Supernovae</h3>' + H.note("no supernova pages: " + H.esc(why)))
     summary["supernovae"] = {"n_matched": n_matched, "pages": _strip(sne), "reason": why}

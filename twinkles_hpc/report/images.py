@@ -137,11 +137,12 @@ def colour_composite(planes, noises):
 
 
 class CalexpStamps:
-    """Postage stamps cut from calexps by slicing the h5py datasets (never a whole image); each calexp's
-    fitted WCS is parsed once."""
+    """Postage stamps cut from calexps (or another per-visit product on the calexp's pixels with `wcs`,
+    `image` and `variance`: `product`, a rundir.layout function, e.g. layout.diffim) by slicing the h5py
+    datasets (never a whole image); each file's WCS is parsed once."""
 
-    def __init__(self, rundir):
-        self.rundir, self._wcs, self._foot = rundir, {}, None
+    def __init__(self, rundir, product=layout.calexp):
+        self.rundir, self.product, self._wcs, self._foot = rundir, product, {}, None
 
     def covering(self, visits, ra, dec, margin=20):
         """Indices into `visits` (visits.h5 rows) of the calibrated calexps whose sensor holds (ra, dec)
@@ -183,7 +184,7 @@ class CalexpStamps:
                 np.array(cdinv).reshape(-1, 2, 2), np.array(size).reshape(-1, 2))
 
     def path(self, visit_id, band):
-        return os.path.join(self.rundir, layout.calexp(visit_id, band))
+        return os.path.join(self.rundir, self.product(visit_id, band))
 
     def cutout(self, visit_id, band, ra, dec, half=15):
         """(image, noise) of a (2 half + 1)^2 pixel stamp centred on (ra, dec), resampled (bilinear, through
@@ -194,7 +195,7 @@ class CalexpStamps:
         if not os.path.exists(path):
             return None
         with open_read(path) as fh:
-            if not fh.attrs.get("calib_ok", True) or "image" not in fh:
+            if not fh.attrs.get("calib_ok", True) or "image" not in fh:     # no calibration, no difference
                 return None
             w = self._wcs.get(path)
             if w is None:

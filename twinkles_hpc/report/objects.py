@@ -180,11 +180,77 @@ def supernova_page(run, ctx, s, sn_row):
                        "ForcedSource). Window: t0 - 40(1+z) d to t0 + 120(1+z) d. Offsets (nJy): "
                        + ", ".join(f"{b} {v:.0f}" for b, v in off.items()))
             + f'<p><a href="{key}.csv">light curve as CSV</a> (all epochs; expMidpt in MJD, fluxes in nJy)</p>'
-            + "<h3>Postage stamps</h3>" + coadd + stamps
+            + "<h3>Postage stamps</h3>" + coadd + stamps + _dia_section(run, ctx, key, s, sn_row)
             + '<p class="muted">Calexp stamps (electrons, asinh stretch per stamp, resampled to north up, east left '
               "at 0.2\"/px) centred on the supernova's true position: its brightest epochs and the last epoch before "
               "explosion.</p>")
     _write_page(ctx, key, f"Supernova {s['id']}", body)
+
+
+def _dia_section(run, ctx, key, s, sn_row):
+    """The supernova's DIA light curve (the DiaObject nearest to it, DiaObjectTruthMatch; DiaForcedSource on
+    the differences) against the truth, and template / calexp / difference stamps at its brightest DIA
+    epoch -> HTML; fills s["dia_chi2_dof"], s["diaObjectId"]. A note when the run has no DIA tables."""
+    from twinkles_hpc.store import db
+    if not run.has_tables("DiaObjectTruthMatch", "DiaForcedSource"):
+        return "<h3>Difference imaging</h3>" + H.note("no DIA light curve: the database has no DIA tables "
+                                                       "(run with [diaforced] and [ingest] enabled)")
+    m = schema.DiaObjectTruthMatch
+    near = run.query(sa.select(m.c.diaObjectId, m.c.distance_arcsec).where(m.c.truthId == int(s["id"]))
+                     .order_by(m.c.distance_arcsec, m.c.diaObjectId).limit(1))
+    if len(near["diaObjectId"]) == 0:
+        return "<h3>Difference imaging</h3>" + H.note("no DiaObject within the match radius of this supernova")
+    oid = int(near["diaObjectId"][0])
+    lc = db.dia_light_curve(run.engine, oid)
+    lc.rename_columns(["midPointTai", "psFluxErr"], ["expMidpt", "psFlux_Sigma"])
+    truth = np.asarray(lc["truthFlux"], float) if "truthFlux" in lc.colnames else np.zeros(len(lc))
+    s["diaObjectId"] = oid
+    s["dia_chi2_dof"], _ = chi2_dof(lc, truth)
+    off = band_offsets(lc, truth)
+    z, t0 = float(sn_row["redshift"]), float(sn_row["t0"])
+    window = (t0 - 40.0 * (1 + z), t0 + 120.0 * (1 + z))
+    inwin = (lc["expMidpt"] >= window[0]) & (lc["expMidpt"] <= window[1])
+    plots.supernova(os.path.join(ctx.obj_dir, key + "-dia.png"), lc[inwin], off,
+                    _sn_model_curves(sn_row, window, np.unique(lc["filterName"])), window,
+                    f"SN {s['id']}: DiaObject {oid} (DiaForcedSource)")
+    figs = []
+    use = np.flatnonzero(usable(lc) & (truth > 0))
+    if use.size:
+        i = use[np.argmax(truth[use])]
+        vid, band = int(lc["ccdVisitId"][i]), str(lc["filterName"][i])
+        template = [os.path.join(run.rundir, p) for p in _template_patches(run.rundir, vid, band)]
+        got = images.coadd_cutout(template, sn_row["ra"], sn_row["decl"], ctx.limits.stamp_half) if template else None
+        cuts = [("template", got[:2] if got else None),
+                ("calexp", ctx.cutter.cutout(vid, band, sn_row["ra"], sn_row["decl"], ctx.limits.stamp_half)),
+                ("difference", ctx.dia_cutter.cutout(vid, band, sn_row["ra"], sn_row["decl"],
+                                                     ctx.limits.stamp_half))]
+        for what, cut in cuts:
+            if cut is None:
+                continue
+            name = f"{key}-dia-{what}.png"
+            images.write_gray(os.path.join(ctx.stamp_dir, name), images.asinh_stretch(cut[0], cut[1]),
+                              north_up=what != "template")
+            figs.append(f'<figure><img src="stamps/{H.esc(name)}" alt="{what}"><figcaption>{what}<br>{band} '
+                        f"visit {vid}</figcaption></figure>")
+    stamps = f'<div class="stamps">{"".join(figs)}</div>' if figs else H.note("no stamps at a lit DIA epoch")
+    return ("<h3>Difference imaging</h3>"
+            + H.figure(key + "-dia.png", f"DIA forced PSF flux (nJy) of DiaObject {oid} "
+                       f"({H.num(float(near['distance_arcsec'][0]))}\" from the supernova) minus its per-band "
+                       "offset (the supernova's light in the template), with the true flux; chi^2/dof "
+                       f"{H.num(s['dia_chi2_dof'])} (one free constant per band)")
+            + stamps + '<p class="muted">Template, calexp and difference around the supernova at its brightest '
+              "DIA epoch (asinh stretch per stamp; calexp and difference north up, east left).</p>")
+
+
+def _template_patches(rundir, visit_id, band):
+    """The template files a visit's difference used (its `template_patches`), [] without a difference."""
+    from twinkles_hpc.rundir import layout
+    from twinkles_hpc.store.atomic import open_read
+    path = os.path.join(rundir, layout.diffim(visit_id, band))
+    if not os.path.exists(path):
+        return []
+    with open_read(path) as fh:
+        return [str(p) for p in np.atleast_1d(fh.attrs.get("template_patches", []))]
 
 
 def _sn_model_curves(sn_row, window, bands, n=200):

@@ -139,6 +139,11 @@ def diffim(visit_id, band):
     return _per_visit("diffim", visit_id, band)
 
 
+def diffim_fits(visit_id, band):
+    """The FITS export of a visit's difference ([diffim] fits = true)."""
+    return os.path.splitext(diffim(visit_id, band))[0] + ".fits"
+
+
 DIFFIM_GLOB = os.path.join("diffim", "v*.h5")
 
 DIA_OBJECT = os.path.join("associate", "dia_object.h5")   # the run's DiaObjects and DiaSources (stage associate)

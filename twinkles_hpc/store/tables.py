@@ -16,6 +16,16 @@ def write_table(group, name, arr, **kw):
     return ds
 
 
+def write_planes(group, planes):
+    """Store each {name: array} of `planes`: structured arrays as tables (write_table), others as plain
+    datasets."""
+    for name, data in planes.items():
+        if data.dtype.names:
+            write_table(group, name, data)
+        else:
+            group.create_dataset(name, data=data)
+
+
 def read_table(ds):
     """Read a compound dataset written by write_table, restoring unicode columns."""
     raw = ds[...]

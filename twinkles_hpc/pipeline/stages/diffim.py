@@ -15,7 +15,7 @@ from twinkles_hpc.pipeline.stages.template import template_inputs, template_ok
 from twinkles_hpc.pipeline.stages.visit import visit_cost
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5, open_read
-from twinkles_hpc.store.tables import write_table
+from twinkles_hpc.store.tables import write_planes
 from twinkles_hpc.timedomain.kernel import DiffimConfig
 
 #: DiaSource ids: ccdVisitId x DIA_SOURCE_ID_STRIDE + the detection's number in its visit (1, 2, ...).
@@ -47,6 +47,9 @@ class DiffimSection(DiffimConfig, Switch):
                                      "Kernel candidates: no other calexp source within this distance.", lo=0.0)
     background_mesh: int = opt(256, "pixel", "Mesh of the residual sky subtracted from the difference (0: none).",
                                lo=0, hi=4096)
+    fits: bool = opt(False, "", "Also write each difference as FITS (diffim/vNNNNNNNN-B.fits: the difference with "
+                     "the calexp's WCS and the summary in the header, VARIANCE, MASK, PSF), as twinkles-hpc diffim "
+                     "does.")
     min_coverage: float = opt(0.5, "", "Fewest of the calexp's pixels the template must cover (fraction).",
                               lo=0.0, hi=1.0)
     detection_threshold: float = opt(5.0, "sigma", "DiaSource detection threshold on the PSF-filtered "
@@ -71,7 +74,7 @@ class DiffimStage(Stage):
     doc = "difference images against the templates, with their DiaSources (diffim/vNNNNNNNN-B.h5)"
     section = DiffimSection
     requires = ("calexp", "template")
-    outputs = (layout.diffim,)
+    outputs = (layout.diffim, layout.diffim_fits)
     colour = "#8172b2"
     cost_class = PER_VISIT
 
@@ -115,13 +118,33 @@ class DiffimStage(Stage):
             attrs.update(diffim_ok=False, diffim_failure=str(exc))
             ctx.log_line(f"visit {vid} ({band}): no difference image: {exc}")
         with atomic_h5(out) as fh:
-            for name, data in planes.items():
-                if data.dtype.names:
-                    write_table(fh, name, data)
-                else:
-                    fh.create_dataset(name, data=data)
+            write_planes(fh, planes)
             fh.attrs.update(attrs)
-        return {rel: os.path.getsize(out)}
+        written = {rel: os.path.getsize(out)}
+        if ctx.cfg.diffim.fits and attrs["diffim_ok"]:
+            rel_fits = layout.diffim_fits(vid, band)
+            export_fits(planes, attrs, ctx.path(rel_fits))
+            written[rel_fits] = os.path.getsize(ctx.path(rel_fits))
+        return written
+
+
+def export_fits(planes, attrs, path):
+    """The difference as FITS (timedomain.fitsdiff.write_difference: the image with the calexp's WCS,
+    VARIANCE, MASK, PSF), the visit and the summary's numbers in the primary header."""
+    from astropy.io import fits
+    from twinkles_hpc.timedomain.fitsdiff import write_difference
+    wcs_header = fits.Header.fromstring(str(attrs["wcs"]))
+    header = wcs_header.copy()
+    header["VISIT"], header["BAND"], header["MJD"] = attrs["visit_id"], attrs["band"], attrs["mjd"]
+    header["BUNIT"] = ("electron", "calexp units; x FLUXNJY for nJy")
+    header["FLUXNJY"] = (float(attrs["flux_njy_per_electron"]) * float(attrs["ap_corr"]),
+                         "nJy per electron of PSF flux")
+    summary = json.loads(attrs["summary"])
+    for key, name in (("direction", "DIRECTN"), ("kernel_sum", "KSUM"), ("chi2_dof", "KCHI2"), ("n_used", "NCAND"),
+                      ("noise_scale", "NOISESCL"), ("flux_error_scale", "FERRSCL"), ("n_dia_sources", "NDIASRC")):
+        header[name] = summary[key]
+    write_difference(path, planes["image"], planes["variance"], planes["mask"], planes["psf"], header, wcs_header,
+                     overwrite=True)
 
 
 class DiffimSkip(Exception):
