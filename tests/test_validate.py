@@ -432,3 +432,17 @@ def test_failed_calibrations_and_stages_off(level2_run, tmp_path):
         assert rep[key]["value"] is None and "[objects] enabled = false" in rep[key]["reason"]
     assert rep["cost"]["coadd_peak_rss"]["value"] is None and "trace" in rep["cost"]["coadd_peak_rss"]["reason"]
     assert rep["dia"]["value"] is None and "[diaforced] must be enabled" in rep["dia"]["reason"]
+
+
+def test_psf_response_of_an_offset_point_source():
+    """A Gaussian PSF of variance v per axis measures exp(-d^2 / 4v) of a source d away; 1 at d = 0; a mixture
+    falls between its components' responses."""
+    from twinkles_hpc.level2.photometry import _FixedPSF
+    from twinkles_hpc.validation.dia import psf_response
+    v = 4.0
+    one = _FixedPSF(tuple(np.array([[q]]) for q in (1.0, v, 0.0, v)))
+    d = np.array([0.0, 1.0, 3.0, 6.0])
+    assert np.allclose(psf_response(one, 10.0, 10.0, d, 0 * d), np.exp(-d ** 2 / (4 * v)))
+    two = _FixedPSF(tuple(np.array(q)[None] for q in ([0.7, 0.3], [v, 4 * v], [0.0, 0.0], [v, 4 * v])))
+    r = psf_response(two, 0.0, 0.0, np.array([3.0]), np.array([0.0]))[0]
+    assert np.exp(-9 / (4 * v)) < r < np.exp(-9 / (16 * v))

@@ -69,7 +69,7 @@ def checks(rep, V):
     sn = dia.get("supernovae", {})
     for name, value, op, thr in (
             ("dia_efficiency[S/N>=10]", sn.get("efficiency_snr10"), ">=", V.dia_efficiency_min),
-            ("dia_good_light_curves[S/N>=20]", sn.get("good_fraction_snr20"), ">=", V.dia_good_min),
+            ("dia_good_light_curves[S/N>=20]", sn.get("good_fraction_snr20_combined"), ">=", V.dia_good_min),
             ("dia_flux_bias[S/N>=20]", None if dia.get("flux_bias_snr20") is None else abs(dia["flux_bias_snr20"]),
              "<=", V.dia_flux_bias_max),
             ("dia_duplicates", dia.get("duplicates"), "<=", V.dia_duplicates_max)):
