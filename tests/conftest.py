@@ -95,6 +95,9 @@ ny = 1600
 #: sub-regions), Objects and ForcedSource, templates of the 3 visits of each band, the differences, their
 #: DiaObjects and DiaForcedSource.
 #: One run serves the coadd, Objects, ForcedSource and the bit-identical tests.
+#: The difference-imaging stages with their defaults (after [forced], before [ingest]).
+DIA_STAGES_TOML = "".join(f"[{s}]\nenabled = true\n" for s in ("template", "diffim", "associate", "diaforced"))
+
 LEVEL2_TOML = small_field_toml('bands = "gr"\nmax_visits = 6', """[calexp]
 enabled = true
 [coadd]
@@ -105,15 +108,7 @@ patch_size = 800
 enabled = true
 [forced]
 enabled = true
-[template]
-enabled = true
-[diffim]
-enabled = true
-[associate]
-enabled = true
-[diaforced]
-enabled = true
-[ingest]
+""" + DIA_STAGES_TOML + """[ingest]
 enabled = true""")
 
 #: Templates and differences on a sky without variables: 8 r visits of a 1600 px sensor, templates of the

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import campaign_run, cli
+from conftest import DIA_STAGES_TOML, campaign_run, cli
 from matplotlib.image import imread
 
 from twinkles_hpc.report import ReportLimits, write_report
@@ -49,15 +49,7 @@ patch_size = 1000
 enabled = true
 [forced]
 enabled = true
-[template]
-enabled = true
-[diffim]
-enabled = true
-[associate]
-enabled = true
-[diaforced]
-enabled = true
-[ingest]
+""" + DIA_STAGES_TOML + """[ingest]
 enabled = true
 """
 CAPS = ["--max-sne", "4", "--max-lenses", "3", "--max-stars", "2", "--stamps", "4"]
