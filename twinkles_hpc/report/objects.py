@@ -228,8 +228,7 @@ def _dia_section(run, ctx, key, s, sn_row):
             if cut is None:
                 continue
             name = f"{key}-dia-{what}.png"
-            images.write_gray(os.path.join(ctx.stamp_dir, name), images.asinh_stretch(cut[0], cut[1]),
-                              north_up=what != "template")
+            images.write_gray(os.path.join(ctx.stamp_dir, name), images.asinh_stretch(cut[0], cut[1]))
             figs.append(f'<figure><img src="stamps/{H.esc(name)}" alt="{what}"><figcaption>{what}<br>{band} '
                         f"visit {vid}</figcaption></figure>")
     stamps = f'<div class="stamps">{"".join(figs)}</div>' if figs else H.note("no stamps at a lit DIA epoch")
@@ -239,7 +238,7 @@ def _dia_section(run, ctx, key, s, sn_row):
                        "offset (the supernova's light in the template), with the true flux; chi^2/dof "
                        f"{H.num(s['dia_chi2_dof'])} (one free constant per band)")
             + stamps + '<p class="muted">Template, calexp and difference around the supernova at its brightest '
-              "DIA epoch (asinh stretch per stamp; calexp and difference north up, east left).</p>")
+              "DIA epoch (asinh stretch per stamp; north up, east left).</p>")
 
 
 def _template_patches(rundir, visit_id, band):
