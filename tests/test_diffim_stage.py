@@ -160,3 +160,24 @@ def test_the_task_run_again_gives_the_same_product_and_its_fits_export(template_
                 assert np.array_equal(h.data, a[k][...], equal_nan=k != "mask"), k
             assert hdul[0].header["VISIT"] == t.params["visit_id"] and hdul[0].header["DIRECTN"] == "preconvolved"
             assert hdul[0].header["CTYPE1"].startswith("RA---")
+
+
+def test_yearly_templates_each_visit_waits_for_its_years_template(template_run):
+    """mode = "yearly": a visit of year k depends on the year-k template tasks of its band (built from the
+    years before k; year 0 from year 1), and with first_year = "skip" a year-0 visit depends on none."""
+    from twinkles_hpc.pipeline.stages.template import visit_years
+    cfg = rd.load_config(template_run)
+    cfg.template.mode = "yearly"
+    visits = rd.read_visits(template_run)
+    years = dict(zip(visits["visit_id"].tolist(), visit_years(visits).tolist()))
+    _, tasks = plan(cfg, template_run)
+    diff = [t for t in tasks if t.kind == "diffim"]
+    assert len(diff) == len(visits)
+    for t in diff:
+        tdeps = [d for d in t.deps if d.startswith("template/")]
+        assert tdeps and all(d.split("/")[2] == str(years[t.params["visit_id"]]) for d in tdeps), (t.id, tdeps)
+        assert t.params["year"] == years[t.params["visit_id"]]
+    cfg.template.first_year = "skip"
+    _, tasks = plan(cfg, template_run)
+    first = [t for t in tasks if t.kind == "diffim" and years[t.params["visit_id"]] == 0]
+    assert first and all(not any(d.startswith("template/") for d in t.deps) for t in first)
