@@ -118,7 +118,7 @@ class DiffimStage(Stage):
             attrs.update(diffim_ok=False, diffim_failure=str(exc))
             ctx.log_line(f"visit {vid} ({band}): no difference image: {exc}")
         with atomic_h5(out) as fh:
-            write_planes(fh, planes)
+            write_planes(fh, planes, compress=("mask",))
             fh.attrs.update(attrs)
         written = {rel: os.path.getsize(out)}
         if ctx.cfg.diffim.fits and attrs["diffim_ok"]:
