@@ -124,10 +124,10 @@ def test_dia_object_summaries_per_band():
             f, e = mine["psFlux"][mine["filterName"] == b], mine["psFluxErr"][mine["filterName"] == b]
             w = 1 / e ** 2
             m = (w * f).sum() / w.sum()
-            assert row[f"{b}_psFluxNdata"] == len(f)
-            assert row[f"{b}_psFluxMean"] == pytest.approx(m, rel=1e-12)
-            assert row[f"{b}_psFluxMeanErr"] == pytest.approx(w.sum() ** -0.5, rel=1e-12)
-            assert row[f"{b}_psFluxChi2"] == pytest.approx((w * (f - m) ** 2).sum(), rel=1e-9)
+            assert row[f"{b}PsFluxNdata"] == len(f)
+            assert row[f"{b}PsFluxMean"] == pytest.approx(m, rel=1e-12)
+            assert row[f"{b}PsFluxMeanErr"] == pytest.approx(w.sum() ** -0.5, rel=1e-12)
+            assert row[f"{b}PsFluxChi2"] == pytest.approx((w * (f - m) ** 2).sum(), rel=1e-9)
         x, y = tangent_arcsec(mine["ra"], mine["decl"], RA0, DEC0)
         rx, ry = tangent_arcsec(row["ra"], row["decl"], RA0, DEC0)       # snr 0: weights 1, the plain mean
         assert abs(rx - x.mean()) < 1e-6 and abs(ry - y.mean()) < 1e-6

@@ -81,7 +81,7 @@ def test_blank_sky_psf_fluxes_have_unit_significance(template_run, products):
     calibration's): flux / error has mean 0 +- 0.1 and standard deviation 1 +- 0.1, for every visit."""
     from scipy.spatial import cKDTree
     for v, a, p in products:
-        psf = dia.difference_psf(a, p["psf"])
+        psf = dia.product_psf(a, p["psf"])
         err_scale = json.loads(a["summary"])["flux_error_scale"]
         with open_read(template_run / layout.calexp(int(v["visit_id"]), "r")) as fh:
             src = fh["sources"][...]

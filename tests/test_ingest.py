@@ -241,7 +241,7 @@ def test_dia_tables_hold_the_dia_products(level2_run, run_db):
         r = rows[int(o["diaObjectId"])]
         assert r.nDiaSources == o["nDiaSources"]
         for b in "gr":
-            assert r._mapping[f"{b}PsFluxNdata"] == o[f"{b}_psFluxNdata"]
+            assert r._mapping[f"{b}PsFluxNdata"] == o[f"{b}PsFluxNdata"]
 
 
 def test_lightcurve_cli_dia_object(level2_run, run_db):

@@ -25,6 +25,18 @@ def tangent_plane(ra, dec, ra0, dec0):
     return np.rad2deg(xi), np.rad2deg(eta)
 
 
+def from_tangent_plane(xi, eta, ra0, dec0):
+    """Inverse of tangent_plane: (ra, dec), degrees, of the gnomonic coordinates (xi, eta), degrees."""
+    xi, eta = np.deg2rad(np.asarray(xi, np.float64)), np.deg2rad(np.asarray(eta, np.float64))
+    d0, a0 = np.deg2rad(dec0), np.deg2rad(ra0)
+    rho = np.hypot(xi, eta)
+    c = np.arctan(rho)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dec = np.arcsin(np.cos(c) * np.sin(d0) + np.where(rho > 0, eta * np.sin(c) * np.cos(d0) / rho, 0.0))
+    ra = a0 + np.arctan2(xi * np.sin(c), rho * np.cos(d0) * np.cos(c) - eta * np.sin(d0) * np.sin(c))
+    return np.rad2deg(ra) % 360.0, np.rad2deg(dec)
+
+
 def match(x, y, wcs, ref_ra, ref_dec, radius_arcsec):
     """Nearest reference star within `radius_arcsec` of each detection, one-to-one.
 

@@ -259,8 +259,8 @@ def fwhm_from_json(psf_json, x, y):
 
 
 def mixture_from_stamp(stamp, K=K_COMPONENTS):
-    """(w, cxx, cxy, cyy), each (K,) (px^2, weights summing to 1): the MixturePSF-form mixture fitted by
-    least squares to a centred, odd, unit-sum PSF stamp (e.g. a difference image's PSF), position free."""
+    """A position-independent MixturePSF (order 0) fitted by least squares (fit_star) to a centred, odd,
+    unit-sum PSF stamp, e.g. a difference image's PSF."""
     stamp = np.asarray(stamp, np.float64)
     h = stamp.shape[0] // 2
     dy, dx = np.mgrid[-h:h + 1, -h:h + 1].astype(np.float64)
@@ -270,9 +270,6 @@ def mixture_from_stamp(stamp, K=K_COMPONENTS):
     e = np.hypot(e1, e2)
     if e > 0.9:
         e1, e2 = e1 * 0.9 / e, e2 * 0.9 / e
-    rel = _rel_sizes(p[6:6 + K - 1])
     wl = np.concatenate([[0.0], p[5 + K:5 + 2 * K - 1]])
-    w = np.exp(wl) / np.exp(wl).sum()
-    s2 = (np.exp(lsig) * rel) ** 2
-    norm = 1.0 / np.sqrt(1.0 - e1 ** 2 - e2 ** 2)
-    return w, s2 * (1 + e1) * norm, s2 * e2 * norm, s2 * (1 - e1) * norm
+    return MixturePSF(np.exp(wl) / np.exp(wl).sum(), _rel_sizes(p[6:6 + K - 1]), np.array([lsig]), np.array([e1]),
+                      np.array([e2]), 0, 1, 1)

@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.report import html as H
 from twinkles_hpc.report import images, plots
-from twinkles_hpc.store import schema
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store import db, schema
+from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.instrument import mag_to_njy, njy_to_mag
 from twinkles_hpc.validation.metrics import light_curve_chi2
 
@@ -191,7 +193,6 @@ def _dia_section(run, ctx, key, s, sn_row):
     """The supernova's DIA light curve (the DiaObject nearest to it, DiaObjectTruthMatch; DiaForcedSource on
     the differences) against the truth, and template / calexp / difference stamps at its brightest DIA
     epoch -> HTML; fills s["dia_chi2_dof"], s["diaObjectId"]. A note when the run has no DIA tables."""
-    from twinkles_hpc.store import db
     if not run.has_tables("DiaObjectTruthMatch", "DiaForcedSource"):
         return "<h3>Difference imaging</h3>" + H.note("no DIA light curve: the database has no DIA tables "
                                                        "(run with [diaforced] and [ingest] enabled)")
@@ -243,8 +244,6 @@ def _dia_section(run, ctx, key, s, sn_row):
 
 def _template_patches(rundir, visit_id, band):
     """The template files a visit's difference used (its `template_patches`), [] without a difference."""
-    from twinkles_hpc.rundir import layout
-    from twinkles_hpc.store.atomic import open_read
     path = os.path.join(rundir, layout.diffim(visit_id, band))
     if not os.path.exists(path):
         return []

@@ -71,3 +71,8 @@ def remove_stale_temporaries(rundir):
 def open_read(path):
     """Open an HDF5 file read-only without HDF5 file locking (many ranks read the same file)."""
     return h5py.File(path, "r", locking=False)
+
+
+def attrs_dict(obj):
+    """The attributes of an HDF5 file, group or dataset as a dict: scalars as Python values, arrays kept."""
+    return {k: (v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v) for k, v in obj.attrs.items()}

@@ -329,7 +329,7 @@ def light_curve(engine, object_id, band=None, truth_id=None):
     return t
 
 
-#: Columns of the DIA light curve (DiaForcedSource JOIN CcdVisit)
+#: Columns of the DIA light curve (DiaForcedSource)
 DIA_LIGHT_CURVE_COLUMNS = ("diaObjectId", "ccdVisitId", "filterName", "midPointTai", "psFlux", "psFluxErr", "totFlux",
                            "totFluxErr", "flags")
 

@@ -12,7 +12,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from twinkles_hpc.store import db, schema
-from twinkles_hpc.store.atomic import open_read
+from twinkles_hpc.store.atomic import attrs_dict, open_read
 from twinkles_hpc.store.tables import read_table
 
 #: Our single sensor (the Twinkles sensor: raft R22, sensor S11); ccdVisitId = visitId.
@@ -35,7 +35,7 @@ def ccd_visit_row(calexp_path, psf_fwhm):
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     with open_read(calexp_path) as fh:
-        a = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in fh.attrs.items()}
+        a = attrs_dict(fh)
         ny, nx = fh["image"].shape
     wcs = WCS(fits.Header.fromstring(str(a["wcs"])))
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
@@ -135,12 +135,9 @@ def ingest_forced(engine, forced_paths, *, batch_size=50_000, on_batch=None):
 # ---- DiaObject, DiaSource, DiaObjectTruthMatch, DiaForcedSource ------------------------------------------
 
 def dia_object_rows(objects):
-    """The DiaObject columns (dict of arrays) of an associate/dia_object.h5 `dia_object` table (the per-band
-    columns renamed: B_psFluxMean -> BPsFluxMean)."""
-    cols = {}
-    for name in objects.dtype.names:
-        band, _, rest = name.partition("_psFlux")
-        cols[f"{band}PsFlux{rest}" if rest else name] = objects[name]
+    """The DiaObject columns (dict of arrays) of an associate/dia_object.h5 `dia_object` table: its columns
+    (the schema's names) and flags 0."""
+    cols = {name: objects[name] for name in objects.dtype.names}
     cols["flags"] = np.zeros(len(objects), np.int64)
     return cols
 
@@ -171,9 +168,10 @@ def ingest_dia_sources(engine, diffim_paths, dia_object_path, *, batch_size=50_0
         if len(t) == 0:
             continue
         cols = {c: t[c] for c in DIA_SOURCE_COLUMNS}
-        k = np.clip(np.searchsorted(keys, t["diaSourceId"]), 0, max(len(keys) - 1, 0))
-        found = (keys[k] == t["diaSourceId"]) if len(keys) else np.zeros(len(t), bool)
-        cols["diaObjectId"] = np.ma.masked_array(np.where(found, values[k] if len(keys) else 0, 0), ~found)
+        found = np.isin(t["diaSourceId"], keys)
+        obj = np.zeros(len(t), np.int64)
+        obj[found] = values[np.searchsorted(keys, t["diaSourceId"][found])]
+        cols["diaObjectId"] = np.ma.masked_array(obj, ~found)
         n += db.ingest(engine, "DiaSource", cols, batch_size=batch_size, on_batch=on_batch)
     return n
 

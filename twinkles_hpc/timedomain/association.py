@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from twinkles_hpc.level2.astrometry import from_tangent_plane, tangent_plane
+
 #: Columns association reads from a DiaSource table.
 SOURCE_FIELDS = ("diaSourceId", "ccdVisitId", "midPointTai", "ra", "decl", "snr")
 
@@ -28,12 +30,18 @@ def position_weights(sources):
 
 
 def tangent_arcsec(ra, dec, ra0, dec0):
-    """Gnomonic coordinates (arcsec) of (ra, dec) (deg) about (ra0, dec0)."""
-    a, d, a0, d0 = (np.radians(np.asarray(v, np.float64)) for v in (ra, dec, ra0, dec0))
-    c = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
-    x = np.cos(d) * np.sin(a - a0) / c
-    y = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / c
-    return np.degrees(x) * 3600.0, np.degrees(y) * 3600.0
+    """Gnomonic coordinates (arcsec) of (ra, dec) (deg) about (ra0, dec0) (level2.astrometry.tangent_plane)."""
+    xi, eta = tangent_plane(np.asarray(ra, np.float64), np.asarray(dec, np.float64), ra0, dec0)
+    return xi * 3600.0, eta * 3600.0
+
+
+def _weighted_centres(sources, inv, n, ra0, dec0):
+    """S/N^2-weighted (position_weights) tangent-plane mean (arcsec) of the sources of each of the `n`
+    groups `inv` (0 .. n - 1)."""
+    x, y = tangent_arcsec(sources["ra"], sources["decl"], ra0, dec0)
+    wt = position_weights(sources)
+    sw = np.bincount(inv, wt, n)
+    return np.bincount(inv, wt * x, n) / sw, np.bincount(inv, wt * y, n) / sw
 
 
 def _one_to_one(d, i, j):
@@ -103,10 +111,7 @@ def merge_regions(sources, object_id, region, radius, ra0, dec0):
     ids, inv = np.unique(object_id, return_inverse=True)
     if ids.size == 0:
         return np.zeros(0, np.int64)
-    x, y = tangent_arcsec(sources["ra"], sources["decl"], ra0, dec0)
-    wt = position_weights(sources)
-    n = np.bincount(inv, wt)
-    cx, cy = np.bincount(inv, wt * x) / n, np.bincount(inv, wt * y) / n
+    cx, cy = _weighted_centres(sources, inv, ids.size, ra0, dec0)
     reg = np.zeros(ids.size, np.int64)
     reg[inv] = region
     visits = [set() for _ in ids]
@@ -137,8 +142,8 @@ def dia_object_dtype(bands):
     cols = [("diaObjectId", "i8"), ("ra", "f8"), ("decl", "f8"), ("nDiaSources", "i4"),
             ("firstMidPointTai", "f8"), ("lastMidPointTai", "f8")]
     for b in bands:
-        cols += [(f"{b}_psFluxMean", "f8"), (f"{b}_psFluxMeanErr", "f8"), (f"{b}_psFluxChi2", "f8"),
-                 (f"{b}_psFluxNdata", "i4")]
+        cols += [(f"{b}PsFluxMean", "f8"), (f"{b}PsFluxMeanErr", "f8"), (f"{b}PsFluxChi2", "f8"),
+                 (f"{b}PsFluxNdata", "i4")]
     return np.dtype(cols)
 
 
@@ -153,11 +158,9 @@ def dia_objects(sources, object_id, bands, ra0, dec0):
     out["diaObjectId"] = ids
     if ids.size == 0:
         return out
-    x, y = tangent_arcsec(sources["ra"], sources["decl"], ra0, dec0)
-    wt = position_weights(sources)
     out["nDiaSources"] = np.bincount(inv, minlength=ids.size)
-    sw = np.bincount(inv, wt, ids.size)
-    out["ra"], out["decl"] = _untangent(np.bincount(inv, wt * x) / sw, np.bincount(inv, wt * y) / sw, ra0, dec0)
+    cx, cy = _weighted_centres(sources, inv, ids.size, ra0, dec0)
+    out["ra"], out["decl"] = from_tangent_plane(cx / 3600.0, cy / 3600.0, ra0, dec0)
     t = sources["midPointTai"]
     out["firstMidPointTai"] = np.full(ids.size, np.inf)
     np.minimum.at(out["firstMidPointTai"], inv, t)
@@ -171,20 +174,8 @@ def dia_objects(sources, object_id, bands, ra0, dec0):
         sw = np.bincount(inv, w, ids.size)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.bincount(inv, w * f, ids.size) / sw
-            out[f"{b}_psFluxMean"] = mean
-            out[f"{b}_psFluxMeanErr"] = 1.0 / np.sqrt(sw)
-            out[f"{b}_psFluxChi2"] = np.where(sw > 0, np.bincount(inv, w * (f - mean[inv]) ** 2, ids.size), np.nan)
-        out[f"{b}_psFluxNdata"] = np.bincount(inv, ok, ids.size)
+            out[f"{b}PsFluxMean"] = mean
+            out[f"{b}PsFluxMeanErr"] = 1.0 / np.sqrt(sw)
+            out[f"{b}PsFluxChi2"] = np.where(sw > 0, np.bincount(inv, w * (f - mean[inv]) ** 2, ids.size), np.nan)
+        out[f"{b}PsFluxNdata"] = np.bincount(inv, ok, ids.size)
     return out
-
-
-def _untangent(x, y, ra0, dec0):
-    """Inverse of tangent_arcsec: (ra, dec) in degrees."""
-    xi, eta = np.radians(np.asarray(x) / 3600.0), np.radians(np.asarray(y) / 3600.0)
-    d0, a0 = np.radians(dec0), np.radians(ra0)
-    rho = np.hypot(xi, eta)
-    c = np.arctan(rho)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dec = np.arcsin(np.cos(c) * np.sin(d0) + np.where(rho > 0, eta * np.sin(c) * np.cos(d0) / rho, 0.0))
-    ra = a0 + np.arctan2(xi * np.sin(c), rho * np.cos(d0) * np.cos(c) - eta * np.sin(d0) * np.sin(c))
-    return np.degrees(ra) % 360.0, np.degrees(dec)

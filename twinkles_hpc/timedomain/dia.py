@@ -7,16 +7,19 @@ frequencies than its per-pixel variance says; the decorrelation, which boosts hi
 predicts more noise than there is. What matters for detection and PSF photometry is the noise of
 PSF-weighted sums, so the pipeline measures it on the difference itself: the robust standard deviation
 (1.4826 MAD, so that the few real sources do not count) of S / sigma_S over the usable pixels, S the
-difference filtered with a Gaussian of the difference PSF's FWHM and sigma_S the filtered variance plane.
+difference filtered with the detection filter (a Gaussian of the difference PSF's FWHM, or the narrowest
+one on a pre-convolved difference, which is already matched-filtered) and sigma_S the filtered variance.
 The variance plane is multiplied by its square (`noise_scale`), as LSST's ScaleVarianceTask does per pixel;
 the factor is in the product.
 
 Detection: level2.detect on the difference and on its negative at `threshold` sigma (the same filter),
-so brightenings and fadings are both found. Photometry: the difference's PSF (a stamp) is fitted by a
-Gaussian mixture once per visit; level2.photometry then measures the linear PSF flux at each position
-(constant weights, unbiased at every flux), divided by the stamp's response to the mixture,
-sum(P_mixture P_stamp) / sum(P_mixture^2), so that a point source with the stamp's profile is measured
-without bias even where the mixture misses the decorrelation's small negative ring.
+so brightenings and fadings are both found. Photometry: level2.photometry's linear PSF flux at each
+position (constant weights, unbiased at every flux) with the difference's PSF: on a pre-convolved
+difference PreconvolvedPSF, exact and varying over the sensor; otherwise the PSF stamp fitted by a Gaussian
+mixture once per visit, the flux divided by the stamp's response to the mixture, sum(P_mixture P_stamp) /
+sum(P_mixture^2), so that a point source with the stamp's profile is measured without bias even where the
+mixture misses the decorrelation's small negative ring. The flux errors are calibrated like the noise
+(flux_error_scale).
 """
 from __future__ import annotations
 
@@ -25,8 +28,7 @@ import numpy as np
 from twinkles_hpc.level2 import detect as _det
 from twinkles_hpc.level2.masks import BAD, CR, EDGE, NO_DATA, SAT
 from twinkles_hpc.level2.photometry import (FLAG_EDGE, FLAG_MASKED, FLAG_NO_DATA, FLAG_OFF_IMAGE,
-                                            FLAG_SATURATED, _FixedPSF, forced_photometry, mixture_image,
-                                            psf_fwhm)
+                                            FLAG_SATURATED, forced_photometry, mixture_image, psf_fwhm)
 from twinkles_hpc.level2.psf import mixture_from_stamp
 
 #: Pixels with these bits are left out of the noise calibration, the detection and the PSF fits.
@@ -50,16 +52,15 @@ class DiffPSF:
     def __init__(self, stamp):
         self.stamp = np.asarray(stamp, np.float64)
         self.stamp = self.stamp / self.stamp.sum()
-        comps = mixture_from_stamp(self.stamp)
-        self.comps = tuple(np.asarray(c, np.float64)[None, :] for c in comps)
+        self.mixture = mixture_from_stamp(self.stamp)
         h = self.stamp.shape[0] // 2
         dy, dx = np.mgrid[-h:h + 1, -h:h + 1].astype(np.float64)
-        model = mixture_image(*comps, dx, dy)
+        model = mixture_image(*(c[0] for c in self.components_at(np.zeros(1), np.zeros(1))), dx, dy)
         self.response = float((model * self.stamp).sum() / (model * model).sum())
         self.fwhm_px = float(psf_fwhm(self, 0.0, 0.0)[0])
 
     def components_at(self, x, y):
-        return _FixedPSF(self.comps).components_at(x, y)
+        return self.mixture.components_at(x, y)
 
 
 class PreconvolvedPSF:
@@ -83,16 +84,19 @@ class PreconvolvedPSF:
                 (b[:, :, None] + B).reshape(n, -1), (c[:, :, None] + C).reshape(n, -1))
 
 
-def difference_psf(attrs, stamp):
-    """The PSF to measure a diffim product with: PreconvolvedPSF from the calexp's PSF model (attribute
-    `psf_model`) when the difference was pre-convolved, else DiffPSF of its `psf` stamp."""
+def difference_psf(direction, stamp, model, centre):
+    """The PSF to measure a difference with: PreconvolvedPSF of the calexp's PSF `model` pre-convolved at
+    `centre` (x, y) when `direction` is 'preconvolved', else DiffPSF of the difference's PSF `stamp`."""
+    return PreconvolvedPSF(model, *centre) if direction == "preconvolved" else DiffPSF(stamp)
+
+
+def product_psf(attrs, stamp):
+    """difference_psf of a stored diffim product: its attributes (summary, psf_model) and `psf` stamp."""
     import json
+    from twinkles_hpc.level2.psf import MixturePSF
     summary = json.loads(attrs["summary"])
-    if summary["direction"] == "preconvolved":
-        from twinkles_hpc.level2.psf import MixturePSF
-        cx, cy = summary["psf_centre"]
-        return PreconvolvedPSF(MixturePSF.from_dict(attrs["psf_model"]), cx, cy)
-    return DiffPSF(stamp)
+    return difference_psf(summary["direction"], stamp, MixturePSF.from_dict(attrs["psf_model"]),
+                          summary["psf_centre"])
 
 
 def _usable(image, variance, mask):
@@ -170,7 +174,7 @@ def flux_error_scale(image, variance, mask, psf, key, n=2000):
     z = z[np.isfinite(z) & (phot["flags"] == 0)]
     if z.size < n // 4:
         raise ValueError("too few clean blank positions to calibrate the difference's flux errors")
-    return float(1.4826 * np.median(np.abs(z - np.median(z))))
+    return _mad_std(z)
 
 
 def expected_false_per_mpx(threshold, lambda2):
@@ -193,7 +197,7 @@ def detect_dia_sources(image, variance, mask, psf, *, threshold=5.0, min_npix=3,
     filtered with a Gaussian of FWHM `filter_fwhm`, default the PSF's), measured with its PSF; a
     DIA_DETECTION_DTYPE array, positives first, each by detection order."""
     img, var, bad = _clean(image, variance, mask)
-    rows = []
+    found = []
     for sign in (1.0, -1.0):
         cat, _ = _det.detect(sign * img, var, threshold=threshold,
                              kernel_fwhm_px=psf.fwhm_px if filter_fwhm is None else filter_fwhm, min_npix=min_npix,
@@ -202,10 +206,9 @@ def detect_dia_sources(image, variance, mask, psf, *, threshold=5.0, min_npix=3,
         r = np.zeros(len(cat), DIA_DETECTION_DTYPE)
         r["x"], r["y"], r["npix"] = cat["x"], cat["y"], cat["npix"]
         r["flags"] = np.where(cat["flags"] & _det.FLAG_EDGE, DIA_EDGE, 0) | (DIA_NEGATIVE if sign < 0 else 0)
-        # a footprint whose opposite-sign neighbour is as significant is half of a dipole (misregistration)
-        rows.append((r, cat))
-    pos, neg = rows[0][0], rows[1][0]
-    for a, b in ((pos, neg), (neg, pos)):
+        found.append(r)
+    pos, neg = found
+    for a, b in ((pos, neg), (neg, pos)):    # an opposite-sign detection close by: half of a dipole
         if len(a) and len(b):
             d = np.hypot(a["x"][:, None] - b["x"][None, :], a["y"][:, None] - b["y"][None, :])
             a["flags"] |= np.where((d < 2.0 * psf.fwhm_px).any(1), DIA_DIPOLE, 0)

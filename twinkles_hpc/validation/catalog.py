@@ -8,7 +8,7 @@ from twinkles_hpc import instrument
 from twinkles_hpc.validation import metrics
 from twinkles_hpc.validation.match import brightest_within, has_neighbour, tangent_arcsec
 from twinkles_hpc.instrument import mag_to_njy, njy_to_mag
-from twinkles_hpc.validation.products import galaxy_mag, null_metric
+from twinkles_hpc.validation.products import galaxy_mag, null_metric, variable_true_fluxes
 
 #: Isolation for photometric residuals: no other truth source within this radius (arcsec) ...
 ISOLATION_ARCSEC = 3.0
@@ -231,7 +231,6 @@ def supernovae(rundir, truth, objs, forced, V):
         return null_metric("no supernovae in truth.h5 ([supernovae] enabled = false or none in the field)")
     if forced is None:
         return null_metric("no forced photometry: [level2] forced = false")
-    from twinkles_hpc.validation.dia import variable_true_fluxes
     true, peak = variable_true_fluxes(rundir, sne["id"])
     lit = np.flatnonzero([peak.get(int(i), 0.0) > 0 for i in sne["id"]])
     if lit.size == 0:

@@ -5,8 +5,8 @@ on (the PSF-flux error at its true position), hence its peak true S/N; which sup
 within the match radius (the efficiency per S/N bin); the chi^2/dof of the DiaForcedSource light curve of
 its nearest DiaObject against its true fluxes, with one free constant per band (the supernova's light in
 the template), apart for the blended ones (another supernova within BLEND_RADIUS: against the group's
-PSF-weighted truth); the flux bias of the
-epochs of true S/N >= 20; duplicates (two DiaObjects within the radius of one supernova); purity
+PSF-weighted truth); the flux bias of the epochs of true S/N >= 20; duplicates (two DiaObjects within the
+radius of one supernova); purity
 (DiaObjects within the radius of a true variable); and flux / sigma at blank positions on the differences
 and the calexps. Every figure is per S/N bin: a median over supernovae below detection would hide the
 answer.
@@ -17,13 +17,13 @@ import os
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-
-from twinkles_hpc.rundir import layout
-from twinkles_hpc.store.atomic import open_read
 from scipy.spatial import cKDTree
 
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store.atomic import attrs_dict, open_read
 from twinkles_hpc.validation.match import has_neighbour, tangent_arcsec
-from twinkles_hpc.validation.products import need, null_metric, read_h5_table
+from twinkles_hpc.validation.metrics import light_curve_fit
+from twinkles_hpc.validation.products import need, null_metric, read_h5_table, variable_true_fluxes
 
 #: Edges of the peak true S/N bins.
 SNR_EDGES = (3.0, 5.0, 7.0, 10.0, 20.0, 50.0, np.inf)
@@ -39,24 +39,6 @@ BLANK_MAG = 25.0
 #: the PSF's response at its offset (psf_response), and reported apart (`*_blended`, `n_blended`); the bias
 #: figure uses unblended supernovae only.
 BLEND_RADIUS = 1.5
-
-
-def variable_true_fluxes(rundir, ids):
-    """({(source_id, visit_id): true flux in nJy}, {source_id: peak true flux}) of the variables `ids` over
-    the run's visits (variables/truth-KKKK.h5)."""
-    import glob
-    true, peak = {}, {}
-    for path in sorted(glob.glob(os.path.join(rundir, layout.VARIABLES_TRUTH_GLOB))):
-        t = read_h5_table(path, "truth")
-        t = t[np.isin(t["source_id"], ids)]
-        for s, v, f in zip(t["source_id"].tolist(), t["visit_id"].tolist(), t["flux_njy"].tolist()):
-            true[(s, v)] = f
-            peak[s] = max(peak.get(s, 0.0), f)
-    return true, peak
-
-
-def _attrs(fh):
-    return {k: (v.item() if np.ndim(v) == 0 and hasattr(v, "item") else v) for k, v in fh.attrs.items()}
 
 
 def _blank_positions(shape, wcs, key, xy_static, ra0, dec0):
@@ -94,12 +76,12 @@ def _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true):
         with open_read(os.path.join(rundir, layout.diffim(vid, band))) as fh:
             if not fh.attrs["diffim_ok"]:
                 continue
-            a = _attrs(fh)
+            a = attrs_dict(fh)
             image, variance, mask, psf = (fh[k][...] for k in ("image", "variance", "mask", "psf"))
         wcs = WCS(fits.Header.fromstring(str(a["wcs"])))
         err_scale = float(json.loads(a["summary"])["flux_error_scale"])
         njy = float(a["ap_corr"]) * float(a["flux_njy_per_electron"])
-        dpsf = dia.difference_psf(a, psf)
+        dpsf = dia.product_psf(a, psf)
         geometry[vid] = (wcs, dpsf)
         rows = np.array([k for k in lit if (int(sid[k]), vid) in true], np.int64)
         if rows.size:
@@ -116,7 +98,7 @@ def _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true):
         ok = (ph["flags"] == 0) & np.isfinite(ph["psf_flux"])
         z_diff.append(ph["psf_flux"][ok] / (ph["psf_flux_err"][ok] * err_scale))
         with open_read(os.path.join(rundir, layout.calexp(vid, band))) as fh:
-            cal = _attrs(fh)
+            cal = attrs_dict(fh)
             ph = forced_photometry(fh["image"][...], fh["variance"][...], fh["mask"][...], bx, by,
                                    MixturePSF.from_dict(cal["psf"]), ap_radii=(3.0,))
         ok = (ph["flags"] == 0) & np.isfinite(ph["psf_flux"])
@@ -142,21 +124,6 @@ def _blank(z):
         return null_metric(f"{z.size} blank positions measured (fewer than 100)")
     return {"n": int(z.size), "mean": float(z.mean()), "std": float(z.std()),
             "mean_err": float(z.std() / np.sqrt(z.size))}
-
-
-def _curve(rows, tf):
-    """chi^2, dof and the per-band constants of measured against true fluxes (one free constant per band);
-    None when the curve has no more epochs than bands."""
-    r, w = rows["psFlux"] - tf, 1.0 / rows["psFluxErr"] ** 2
-    chi2, const = 0.0, np.zeros(len(rows))
-    bands = np.unique(rows["filterName"])
-    for b in bands:
-        m = rows["filterName"] == b
-        c = np.sum(w[m] * r[m]) / np.sum(w[m])
-        const[m] = c
-        chi2 += float(np.sum(w[m] * (r[m] - c) ** 2))
-    dof = len(rows) - len(bands)
-    return (chi2, dof, const) if dof > 0 else None
 
 
 def dia_section(rundir, truth, visits, cfg, V):
@@ -208,9 +175,8 @@ def dia_section(rundir, truth, visits, cfg, V):
                 tf = _blend_truth(rows, sne, group, true, geometry)
             else:
                 tf = np.array([true.get((rec["id"], int(v)), 0.0) for v in rows["ccdVisitId"]])
-            got = _curve(rows, tf)
-            if got is not None:
-                chi2, dof, const = got
+            chi2, dof, const = light_curve_fit(rows["psFlux"], rows["psFluxErr"], tf, rows["filterName"])
+            if chi2 is not None:
                 rec.update(diaObjectId=int(objects["diaObjectId"][o]), offset_arcsec=float(d.min()), dof=dof,
                            chi2_dof=chi2 / dof)
                 if not rec["blended"]:

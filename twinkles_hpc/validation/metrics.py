@@ -142,14 +142,21 @@ def light_curve_chi2(flux, err, true_flux, group):
     inverse-variance weighted mean residual of the group. dof = n - number of groups.
     Returns (chi2, dof); dof <= 0 gives chi2 None.
     """
+    chi2, dof, _ = light_curve_fit(flux, err, true_flux, group)
+    return chi2, dof
+
+
+def light_curve_fit(flux, err, true_flux, group):
+    """light_curve_chi2's (chi2, dof) and, per measurement, its group's fitted constant."""
     flux, err, true_flux = (np.asarray(a, float) for a in (flux, err, true_flux))
     group = np.asarray(group)
     r, w = flux - true_flux, 1.0 / err ** 2
-    chi2 = 0.0
+    chi2, const = 0.0, np.zeros(flux.size)
     groups = np.unique(group)
     for g in groups:
         m = group == g
         c = np.sum(w[m] * r[m]) / np.sum(w[m])
+        const[m] = c
         chi2 += float(np.sum(w[m] * (r[m] - c) ** 2))
     dof = int(flux.size - groups.size)
-    return (chi2 if dof > 0 else None), dof
+    return (chi2 if dof > 0 else None), dof, const

@@ -143,3 +143,16 @@ def read_forced(rundir, visits, cfg):
                     "forced photometry ([forced] enabled = true)")
         out.setdefault(str(v["band"]), []).append(read_h5_table(path, "forced_source"))
     return {b: np.concatenate(parts) for b, parts in out.items()}
+
+
+def variable_true_fluxes(rundir, ids):
+    """({(source_id, visit_id): true flux in nJy}, {source_id: peak true flux}) of the variables `ids` over
+    the run's visits (variables/truth-KKKK.h5)."""
+    true, peak = {}, {}
+    for path in sorted(glob.glob(os.path.join(rundir, layout.VARIABLES_TRUTH_GLOB))):
+        t = read_h5_table(path, "truth")
+        t = t[np.isin(t["source_id"], ids)]
+        for s, v, f in zip(t["source_id"].tolist(), t["visit_id"].tolist(), t["flux_njy"].tolist()):
+            true[(s, v)] = f
+            peak[s] = max(peak.get(s, 0.0), f)
+    return true, peak

@@ -10,7 +10,7 @@ import numpy as np
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
-from twinkles_hpc.pipeline.stages.coadd import run_footprints
+from twinkles_hpc.pipeline.stages.coadd import visit_patches
 from twinkles_hpc.pipeline.stages.diffim import DIA_SOURCE_DTYPE
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5, open_read
@@ -65,13 +65,11 @@ class AssociateStage(Stage):
     def tasks(self, ctx, up):
         """One `associate/I-J` task per patch that a difference overlaps, after those diffim tasks, and
         `associate/merge` after them all."""
-        foot = dict(zip((int(v) for v in ctx.visits["visit_id"]), zip(*run_footprints(ctx))))
         diffims = up.tasks("diffim")
         by_patch = {}
-        for v in ctx.visits:
-            vid = int(v["visit_id"])
-            for p in ctx.skymap.patches_overlapping(*foot[vid]):
-                by_patch.setdefault(tuple(p.index), []).append(vid)
+        for vid, indices in visit_patches(ctx).items():
+            for index in indices:
+                by_patch.setdefault(index, []).append(vid)
         out = []
         for (i, j), vids in sorted(by_patch.items()):
             deps = [diffims[layout.visit_key(v)] for v in sorted(vids)]

@@ -65,6 +65,16 @@ def run_footprints(ctx):
     return ctx.caches["footprints"]
 
 
+def visit_patches(ctx):
+    """{visit_id: [patch index (i, j), ...]} of the skymap patches each visit's footprint overlaps, computed
+    once per run context (the coadd, template, diffim and associate stages all group visits by patch)."""
+    if "visit_patches" not in ctx.caches:
+        ctx.caches["visit_patches"] = {
+            int(v["visit_id"]): [tuple(p.index) for p in ctx.skymap.patches_overlapping(ra, dec)]
+            for v, ra, dec in zip(ctx.visits, *run_footprints(ctx))}
+    return ctx.caches["visit_patches"]
+
+
 def make_skymap(cfg, visits, footprints=None):
     """One tract over the footprints of all visits (visit_footprints, computed when not given), cut into
     [coadd] patch_size patches."""
@@ -98,10 +108,10 @@ class CoaddStage(Stage):
         if ctx.skymap is None:
             ctx.skymap = make_skymap(cfg, visits, run_footprints(ctx))
         skymap = ctx.skymap
-        inputs = {}
-        for v, ra, dec in zip(visits, *run_footprints(ctx)):
-            for p in skymap.patches_overlapping(ra, dec):
-                inputs.setdefault((str(v["band"]), *p.index), []).append(int(v["visit_id"]))
+        inputs, overlaps = {}, visit_patches(ctx)
+        for v in visits:
+            for index in overlaps[int(v["visit_id"])]:
+                inputs.setdefault((str(v["band"]), *index), []).append(int(v["visit_id"]))
         tasks = []
         for (band, i, j), ids in sorted(inputs.items()):
             _, _, nx, ny = skymap.patch(i, j).bbox

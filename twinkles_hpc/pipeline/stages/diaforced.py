@@ -13,8 +13,8 @@ from twinkles_hpc.pipeline.stage import PER_VISIT, Stage, Switch, per_visit_inge
 from twinkles_hpc.pipeline.stages.associate import MERGE_KEY
 from twinkles_hpc.pipeline.stages.visit import visit_cost
 from twinkles_hpc.rundir import layout
-from twinkles_hpc.store.atomic import atomic_h5, open_read
-from twinkles_hpc.store.tables import read_table, write_table
+from twinkles_hpc.store.atomic import atomic_h5, attrs_dict, open_read
+from twinkles_hpc.store.tables import write_table
 
 #: Record dtype of DiaForcedSource (DPDD names; fluxes in nJy): psFlux on the difference, totFlux the PSF
 #: flux on the calexp (the direct flux), flags those of the difference's photometry.
@@ -64,8 +64,7 @@ class DiaforcedStage(Stage):
         rel = layout.dia_forced(vid, band)
         out = ctx.path(rel)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open_read(ctx.path(layout.DIA_OBJECT)) as fh:
-            objects = read_table(fh["dia_object"])
+        objects, = ctx.cache("dia_object").get(ctx.path(layout.DIA_OBJECT), ("dia_object",))
         rows, reason = force_dia_visit(ctx, visit, objects)
         with atomic_h5(out) as fh:
             write_table(fh, "dia_forced_source", rows)
@@ -83,18 +82,17 @@ def force_dia_visit(ctx, visit, objects):
     with open_read(ctx.path(layout.diffim(vid, band))) as fh:
         if not fh.attrs["diffim_ok"]:
             return empty, f"no difference image: {fh.attrs['diffim_failure']}"
-        a = {k: (v.item() if np.ndim(v) == 0 and hasattr(v, "item") else v) for k, v in fh.attrs.items()}
+        a = attrs_dict(fh)
         image, variance, mask, psf = (fh[k][...] for k in ("image", "variance", "mask", "psf"))
     err_scale = float(json.loads(a["summary"])["flux_error_scale"])
     prim = np.zeros(len(objects), [("objectId", "i8"), ("psRa", "f8"), ("psDecl", "f8"), ("detect_isPrimary", "?")])
     prim["objectId"], prim["psRa"], prim["psDecl"], prim["detect_isPrimary"] = (
         objects["diaObjectId"], objects["ra"], objects["decl"], True)
     with open_read(ctx.path(layout.calexp(vid, band))) as fh:
-        cal = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
-        direct = force_exposure(fh["image"][...], fh["variance"][...], fh["mask"][...], cal, prim)
+        direct = force_exposure(fh["image"][...], fh["variance"][...], fh["mask"][...], attrs_dict(fh), prim)
     if len(direct) == 0:
         return empty, ""
-    phot = dia.measure(image, variance, mask, direct["x"], direct["y"], dia.difference_psf(a, psf))
+    phot = dia.measure(image, variance, mask, direct["x"], direct["y"], dia.product_psf(a, psf))
     scale = float(a["ap_corr"]) * float(a["flux_njy_per_electron"])
     rows = np.zeros(len(direct), DIA_FORCED_DTYPE)
     rows["diaObjectId"], rows["ccdVisitId"] = direct["objectId"], vid

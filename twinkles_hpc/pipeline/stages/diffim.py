@@ -10,11 +10,11 @@ import numpy as np
 
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import PER_VISIT, Stage, Switch
-from twinkles_hpc.pipeline.stages.coadd import run_footprints
-from twinkles_hpc.pipeline.stages.template import template_inputs, template_ok
+from twinkles_hpc.pipeline.stages.coadd import visit_patches
+from twinkles_hpc.pipeline.stages.template import template_inputs, template_key, template_ok
 from twinkles_hpc.pipeline.stages.visit import visit_cost
 from twinkles_hpc.rundir import layout
-from twinkles_hpc.store.atomic import atomic_h5, open_read
+from twinkles_hpc.store.atomic import atomic_h5, attrs_dict, open_read
 from twinkles_hpc.store.tables import write_planes
 from twinkles_hpc.timedomain.kernel import DiffimConfig
 
@@ -82,7 +82,7 @@ class DiffimStage(Stage):
         """One `diffim/NNNNNNNN` task per visit, after its calexp and the template tasks of its band (and
         year) whose patches its footprint overlaps; cost = 0.25 x the visit's."""
         _, of_visit = template_inputs(ctx.cfg, ctx.visits)
-        foot = dict(zip((int(v) for v in ctx.visits["visit_id"]), zip(*run_footprints(ctx))))
+        overlaps = visit_patches(ctx)
         templates = up.tasks("template")
         out = []
         for v in ctx.visits:
@@ -91,11 +91,11 @@ class DiffimStage(Stage):
             deps = [up.get("calexp", key, for_task=layout.task_id(self.name, key))]
             band, year = of_visit.get(vid, (str(v["band"]), None))
             patches = []
-            for p in ctx.skymap.patches_overlapping(*foot[vid]):
-                tkey = "/".join([band] + ([str(year)] if year is not None else []) + [layout.patch_key(*p.index)])
+            for index in overlaps[vid]:
+                tkey = template_key(band, year, *index)
                 if vid in of_visit and tkey in templates:
                     deps.append(templates[tkey])
-                    patches.append(list(p.index))
+                    patches.append(list(index))
             out.append(self.task(key, 0.25 * visit_cost(v, ctx.cfg.sensor), deps=deps, visit_id=vid,
                                  year=year, patches=patches))
         return out
@@ -161,7 +161,7 @@ def difference_visit(ctx, visit, params):
     D, vid, band = ctx.cfg.diffim, int(visit["visit_id"]), str(visit["band"])
     calexp = ctx.path(layout.calexp(vid, band))
     with open_read(calexp) as fh:
-        a = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
+        a = attrs_dict(fh)
         if not a.get("calib_ok", True):
             raise DiffimSkip("the calibration failed")
         image, variance, mask = (fh[k][...] for k in ("image", "variance", "mask"))
@@ -198,8 +198,7 @@ def difference_visit(ctx, visit, params):
     res.summary["psf_centre"] = [cx, cy]
     more = {"wcs": a["wcs"], "psf_model": a["psf"], "flux_njy_per_electron": njy, "ap_corr": float(a["ap_corr"]),
             "template_patches": [os.path.relpath(p, ctx.rundir) for p in tmpl.patches]}
-    dpsf = dia.difference_psf({"summary": json.dumps({"direction": res.summary["direction"], "psf_centre": [cx, cy]}),
-                               **more}, res.psf)
+    dpsf = dia.difference_psf(res.summary["direction"], res.psf, psf, (cx, cy))
     sky = dia.subtract_background(res.image, res.variance, res.mask, D.background_mesh) if D.background_mesh else 0.0
     filt = dia.detection_filter_fwhm(dpsf, res.summary["direction"] == "preconvolved")
     scale, lambda2 = dia.noise_scale(res.image, res.variance, res.mask, filt)

@@ -12,7 +12,7 @@ import numpy as np
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
-from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, run_footprints
+from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, visit_patches
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5, commit, open_read
 
@@ -109,15 +109,15 @@ class TemplateStage(Stage):
         calexp overlaps, after those calexps; cost as a coadd of max_visits inputs."""
         cfg, visits = ctx.cfg, ctx.visits
         pools, _ = template_inputs(cfg, visits)
-        foot = dict(zip((int(v) for v in visits["visit_id"]), zip(*run_footprints(ctx))))
+        overlaps = visit_patches(ctx)
         out = []
         for (band, year), ids in sorted(pools.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
             patches = {}
             for v in ids:
-                for p in ctx.skymap.patches_overlapping(*foot[v]):
-                    patches.setdefault(p.index, []).append(v)
+                for index in overlaps[v]:
+                    patches.setdefault(index, []).append(v)
             for (i, j), vids in sorted(patches.items()):
-                key = "/".join([band] + ([str(year)] if year is not None else []) + [layout.patch_key(i, j)])
+                key = template_key(band, year, i, j)
                 deps = [up.get("calexp", layout.visit_key(v), for_task=layout.task_id(self.name, key)) for v in vids]
                 _, _, nx, ny = ctx.skymap.patch(i, j).bbox
                 cost = nx * ny * min(len(vids), cfg.template.max_visits) / FULL_SENSOR_PIXELS
@@ -158,6 +158,11 @@ class TemplateStage(Stage):
             fh.attrs["ok"], fh.attrs["reason"] = True, ""
         commit(part, out)
         return {rel: os.path.getsize(out)}
+
+
+def template_key(band, year, i, j):
+    """Task key of the template of (band, year, patch (i, j)): `B/I-J`, or `B/K/I-J` for year K."""
+    return "/".join([band] + ([str(year)] if year is not None else []) + [layout.patch_key(i, j)])
 
 
 def template_ok(path):
