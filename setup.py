@@ -1,6 +1,12 @@
 """Build the private Cython kernels in ext/ as modules of twinkles_hpc (e.g. twinkles_hpc._render).
 
 All metadata lives in pyproject.toml; this file only declares the compiled extensions.
+
+Compiler flags: -O3, no fast-math and no contraction of a * b + c into fused multiply-adds, so every
+kernel rounds exactly as the plain C order of operations says: the products are bit-identical between a
+build for the baseline x86-64 and one using the machine's widest vector instructions. The instruction set
+is the build machine's (-march=native) unless TWINKLES_HPC_MARCH names another (e.g. x86-64-v3 for a
+cluster whose login and compute nodes differ, or an empty value for the compiler's default); docs/cori.md.
 """
 import glob
 import os
@@ -10,6 +16,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MARCH = os.environ.get("TWINKLES_HPC_MARCH", "native").strip()
 
 
 def kernels():
@@ -21,8 +28,7 @@ def kernels():
             [os.path.relpath(pyx, HERE)],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            # -O3 without -ffast-math: results must be bit-identical run to run.
-            extra_compile_args=["-O3", "-fno-fast-math"],
+            extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"] + ([f"-march={MARCH}"] if MARCH else []),
         ))
     return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
