@@ -9,134 +9,172 @@ are bit-identical run to run.
 from libc.stdint cimport int32_t, uint16_t
 
 
+cdef extern from *:
+    """
+    /* Register-blocked passes of convolve_terms on 16 pixels at a time, with GCC/Clang vector types: every
+       lane does the scalar operations in the scalar order (no fused multiply-add, setup.py), so the results
+       are those of plain loops, whatever the instruction set. */
+    typedef float tw_v8 __attribute__((vector_size(32)));
+    typedef float tw_v8u __attribute__((vector_size(32), aligned(4), may_alias));
+    #define TW_LD(p) (*(const tw_v8u *)(p))
+    #define TW_ST(p, v) (*(tw_v8u *)(p) = (v))
+
+    /* out[x] = sum over b = lo..hi (in order) of wt[b] src[x - b], 0 <= x < w */
+    static void tw_xpass(float *out, const float *src, const float *wt, Py_ssize_t lo, Py_ssize_t hi,
+                         Py_ssize_t w) {
+        Py_ssize_t x0 = 0, i, b;
+        for (; x0 + 16 <= w; x0 += 16) {
+            const float *s = src + x0;
+            tw_v8 a0 = wt[lo] * TW_LD(s - lo), a1 = wt[lo] * TW_LD(s + 8 - lo);
+            for (b = lo + 1; b <= hi; b++) {
+                a0 = a0 + wt[b] * TW_LD(s - b);
+                a1 = a1 + wt[b] * TW_LD(s + 8 - b);
+            }
+            TW_ST(out + x0, a0);
+            TW_ST(out + x0 + 8, a1);
+        }
+        for (i = x0; i < w; i++) {
+            float c = wt[lo] * src[i - lo];
+            for (b = lo + 1; b <= hi; b++) c = c + wt[b] * src[i - b];
+            out[i] = c;
+        }
+    }
+
+    /* For m (1 or 3) y filters hk with taps alo..ahi (tap a reads rows[a]):
+       o[x] += xpk[x] * sum over a (in order) of hk[a] rows[a][x], k in order, 0 <= x < w */
+    static void tw_ypass(float *o, const float **rows, Py_ssize_t alo, Py_ssize_t ahi, const float *h0,
+                         const float *h1, const float *h2, const float *xp0, const float *xp1, const float *xp2,
+                         int m, Py_ssize_t w) {
+        Py_ssize_t x0 = 0, i, a;
+        for (; x0 + 16 <= w; x0 += 16) {
+            const float *r = rows[alo] + x0;
+            tw_v8 r0 = TW_LD(r), r1 = TW_LD(r + 8);
+            tw_v8 p0 = h0[alo] * r0, p1 = h0[alo] * r1;
+            if (m == 3) {
+                tw_v8 q0 = h1[alo] * r0, q1 = h1[alo] * r1, s0 = h2[alo] * r0, s1 = h2[alo] * r1;
+                for (a = alo + 1; a <= ahi; a++) {
+                    r = rows[a] + x0;
+                    r0 = TW_LD(r);
+                    r1 = TW_LD(r + 8);
+                    p0 = p0 + h0[a] * r0; p1 = p1 + h0[a] * r1;
+                    q0 = q0 + h1[a] * r0; q1 = q1 + h1[a] * r1;
+                    s0 = s0 + h2[a] * r0; s1 = s1 + h2[a] * r1;
+                }
+                tw_v8 o0 = TW_LD(o + x0), o1 = TW_LD(o + x0 + 8);
+                o0 = o0 + TW_LD(xp0 + x0) * p0; o1 = o1 + TW_LD(xp0 + x0 + 8) * p1;
+                o0 = o0 + TW_LD(xp1 + x0) * q0; o1 = o1 + TW_LD(xp1 + x0 + 8) * q1;
+                o0 = o0 + TW_LD(xp2 + x0) * s0; o1 = o1 + TW_LD(xp2 + x0 + 8) * s1;
+                TW_ST(o + x0, o0);
+                TW_ST(o + x0 + 8, o1);
+            } else {
+                for (a = alo + 1; a <= ahi; a++) {
+                    r = rows[a] + x0;
+                    p0 = p0 + h0[a] * TW_LD(r);
+                    p1 = p1 + h0[a] * TW_LD(r + 8);
+                }
+                TW_ST(o + x0, TW_LD(o + x0) + TW_LD(xp0 + x0) * p0);
+                TW_ST(o + x0 + 8, TW_LD(o + x0 + 8) + TW_LD(xp0 + x0 + 8) * p1);
+            }
+        }
+        for (i = x0; i < w; i++) {
+            float v = rows[alo][i], s0 = h0[alo] * v, s1 = 0.0f, s2 = 0.0f;
+            if (m == 3) { s1 = h1[alo] * v; s2 = h2[alo] * v; }
+            for (a = alo + 1; a <= ahi; a++) {
+                v = rows[a][i];
+                s0 = s0 + h0[a] * v;
+                if (m == 3) { s1 = s1 + h1[a] * v; s2 = s2 + h2[a] * v; }
+            }
+            o[i] = o[i] + xp0[i] * s0;
+            if (m == 3) { o[i] = o[i] + xp1[i] * s1; o[i] = o[i] + xp2[i] * s2; }
+        }
+    }
+    """
+    void _xpass "tw_xpass"(float *out, const float *src, const float *wt, Py_ssize_t lo, Py_ssize_t hi,
+                           Py_ssize_t w) noexcept nogil
+    void _ypass "tw_ypass"(float *o, const float **rows, Py_ssize_t alo, Py_ssize_t ahi, const float *h0,
+                           const float *h1, const float *h2, const float *xp0, const float *xp1,
+                           const float *xp2, int m, Py_ssize_t w) noexcept nogil
+
+
 cdef enum:
-    MAX_POWERS = 8                                   # distinct powers of x per filter (spatial order + 1)
-
-
-cdef inline void _ypass1(float *y0, const float *r, float w0, Py_ssize_t x0, Py_ssize_t x1,
-                         bint first) noexcept nogil:
-    cdef Py_ssize_t x
-    if first:
-        for x in range(x0, x1):
-            y0[x] = w0 * r[x]
-    else:
-        for x in range(x0, x1):
-            y0[x] = y0[x] + w0 * r[x]
-
-
-cdef inline void _ypass3(float *y0, float *y1, float *y2, const float *r, float w0, float w1, float w2,
-                         Py_ssize_t x0, Py_ssize_t x1, bint first) noexcept nogil:
-    """Three y passes sharing each ring row read (the rounding is that of three separate passes)."""
-    cdef Py_ssize_t x
-    cdef float v
-    if first:
-        for x in range(x0, x1):
-            v = r[x]
-            y0[x] = w0 * v
-            y1[x] = w1 * v
-            y2[x] = w2 * v
-    else:
-        for x in range(x0, x1):
-            v = r[x]
-            y0[x] = y0[x] + w0 * v
-            y1[x] = y1[x] + w1 * v
-            y2[x] = y2[x] + w2 * v
+    MAX_TAPS = 255                                   # the longest filter (the wrapper checks)
 
 
 def convolve_terms(const float[:, ::1] image, const float[:, ::1] xfilt, const int32_t[::1] xlo,
                    const int32_t[::1] xhi, const double[:, ::1] yfunc, const int32_t[::1] ylo,
-                   const int32_t[::1] yhi, const int32_t[::1] t_e, const int32_t[::1] t_p,
+                   const int32_t[::1] yhi, const int32_t[::1] f_e, const int32_t[::1] f_g0,
+                   const int32_t[::1] f_g1, const int32_t[::1] f_alo, const int32_t[::1] f_ahi,
+                   const int32_t[::1] g_p, const int32_t[::1] g_t0, const int32_t[::1] g_t1,
                    const int32_t[::1] t_j, const int32_t[::1] t_q, const double[::1] t_c,
                    const float[:, ::1] xpow, const double[:, ::1] ypow, float[:, ::1] out,
-                   float[:, ::1] ring, float[:, ::1] ybuf, double[:, ::1] hbuf, float[:, ::1] hfilt):
+                   float[:, :, ::1] ring, float[:, ::1] ybuf, double[::1] hbuf, float[:, :, ::1] hfilt):
     """out = image convolved with a spatially varying kernel given as terms: term t adds
-    t_c[t] xpow[t_p[t], x] ypow[t_q[t], y] (yfunc[t_j[t]] (x) xfilt[t_e[t]]), a separable kernel (rows a:
-    offset dv = a - h, columns b: du = b - h, 2 h + 1 taps) times a monomial of the position. Filter e is
-    zero outside taps xlo[e]..xhi[e], function j outside ylo[j]..yhi[j]. Terms are sorted by (e, p); a
-    filter has at most MAX_POWERS distinct p. Buffers: ring (2 h + 1, nx), ybuf (3, nx), hbuf and hfilt
-    (MAX_POWERS, 2 h + 1).
+    t_c[t] xpow[p, x] ypow[t_q[t], y] (yfunc[t_j[t]] (x) xfilt[e]), a separable kernel (rows a: offset
+    dv = a - h, columns b: du = b - h, 2 h + 1 taps) times a monomial of the position. The terms are grouped
+    by x filter: filter f is xfilt[f_e[f]] (zero outside taps xlo..xhi of that row), its groups g from
+    f_g0[f] to f_g1[f] (exclusive) each of one power p = g_p[g] of x and terms g_t0[g]..g_t1[g], their y
+    functions (zero outside ylo[j]..yhi[j]) within taps f_alo[f]..f_ahi[f]. Buffers: ring (n filters,
+    2 h + 1, W) with W the strip width, ybuf (3, W), hbuf (2 h + 1), hfilt (ny, n groups, 2 h + 1).
 
-    For each x filter the image streams through once: the x pass of input row y + h goes into a ring of
-    the last 2 h + 1 x-passed rows; for output row y and each power p the y filter
-    H_p(a) = sum over the terms (e, p) of t_c ypow[t_q, y] yfunc[t_j, a] is built (double sums), the ring
-    is y-passed with the H_p (three at a time, sharing the row reads), and each result times xpow[p] is
-    added to out. Every loop over x is a contiguous multiply-add, which the compiler vectorises. Writes
-    h <= y < ny - h, h <= x < nx - h; the border of out is left untouched.
+    First, per output row y and group g, the y filter H_g(a) = sum over its terms of
+    t_c ypow[t_q, y] yfunc[t_j, a] (double sums, stored as float). Then the image is processed in column
+    strips of W output pixels, small enough that every filter's ring of x-passed rows stays in cache: per
+    input row, the x pass of each filter goes into its ring of the last 2 h + 1 rows; per output row, each
+    filter's ring is y-passed with its groups' H (three at a time, sharing the row reads) and each result
+    times xpow[p] is added to out, filters and groups in order. Both passes hold 16 pixels in vector
+    registers over all the taps (tw_xpass, tw_ypass); a pixel's sums run in the same order whatever W and
+    whatever the vector width, so the result is that of the plain loops, bit for bit. Writes
+    h <= y < ny - h, h <= x < nx - h; the border of out is left untouched. 2 h + 1 <= MAX_TAPS.
     """
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], nt = xfilt.shape[1], h = nt // 2
-    cdef Py_ssize_t nterm = t_e.shape[0], x0 = h, x1 = nx - h
-    cdef Py_ssize_t t0, t1, g0, g1, e, y, x, a, b, row, alo, ahi, ng, k, m, i
-    cdef int pw[MAX_POWERS]
-    cdef float w
+    cdef Py_ssize_t nf = f_e.shape[0], W = ring.shape[2]
+    cdef Py_ssize_t f, g, t, e, y, x, a, row, alo, ahi, k, k1, k2, sx0, w
+    cdef int m
     cdef double c
-    cdef float *xb
+    cdef const float *rows[MAX_TAPS]
     cdef float *o
     cdef const float *src
-    cdef const float *xp
     with nogil:
         for y in range(h, ny - h):
-            o = &out[y, 0]
-            for x in range(x0, x1):
-                o[x] = 0.0
-        t0 = 0
-        while t0 < nterm:
-            e = t_e[t0]
-            t1 = t0
-            alo = nt
-            ahi = -1
-            while t1 < nterm and t_e[t1] == e:
-                if ylo[t_j[t1]] < alo:
-                    alo = ylo[t_j[t1]]
-                if yhi[t_j[t1]] > ahi:
-                    ahi = yhi[t_j[t1]]
-                t1 += 1
+            for f in range(nf):
+                alo = f_alo[f]
+                ahi = f_ahi[f]
+                for g in range(f_g0[f], f_g1[f]):
+                    for a in range(alo, ahi + 1):
+                        hbuf[a] = 0.0
+                    for t in range(g_t0[g], g_t1[g]):
+                        c = t_c[t] * ypow[t_q[t], y]
+                        for a in range(ylo[t_j[t]], yhi[t_j[t]] + 1):
+                            hbuf[a] = hbuf[a] + c * yfunc[t_j[t], a]
+                    for a in range(alo, ahi + 1):
+                        hfilt[y, g, a] = <float> hbuf[a]
+        sx0 = h
+        while sx0 < nx - h:
+            w = W if nx - h - sx0 > W else nx - h - sx0
             for row in range(ny):
-                xb = &ring[row % nt, 0]                      # x pass of input row `row`
-                src = &image[row, 0]
-                w = xfilt[e, xlo[e]]
-                for x in range(x0, x1):
-                    xb[x] = w * src[x - xlo[e] + h]
-                for b in range(xlo[e] + 1, xhi[e] + 1):
-                    w = xfilt[e, b]
-                    for x in range(x0, x1):
-                        xb[x] = xb[x] + w * src[x - b + h]
+                src = &image[row, sx0]
+                for f in range(nf):                          # x pass of input row `row`
+                    e = f_e[f]
+                    _xpass(&ring[f, row % nt, 0], src + h, &xfilt[e, 0], xlo[e], xhi[e], w)
                 if row < nt - 1:
                     continue
-                y = row - h                                  # the ring holds rows y - h .. y + h
-                ng = 0                                       # the y filters of this row, one per power
-                g0 = t0
-                while g0 < t1:
-                    pw[ng] = t_p[g0]
-                    for a in range(alo, ahi + 1):
-                        hbuf[ng, a] = 0.0
-                    g1 = g0
-                    while g1 < t1 and t_p[g1] == pw[ng]:
-                        c = t_c[g1] * ypow[t_q[g1], y]
-                        for a in range(ylo[t_j[g1]], yhi[t_j[g1]] + 1):
-                            hbuf[ng, a] = hbuf[ng, a] + c * yfunc[t_j[g1], a]
-                        g1 += 1
-                    for a in range(alo, ahi + 1):
-                        hfilt[ng, a] = <float> hbuf[ng, a]
-                    ng += 1
-                    g0 = g1
-                k = 0
-                while k < ng:
-                    m = 3 if ng - k >= 3 else 1
-                    for a in range(alo, ahi + 1):
-                        xb = &ring[(y - a + h) % nt, 0]
-                        if m == 3:
-                            _ypass3(&ybuf[0, 0], &ybuf[1, 0], &ybuf[2, 0], xb, hfilt[k, a], hfilt[k + 1, a],
-                                    hfilt[k + 2, a], x0, x1, a == alo)
-                        else:
-                            _ypass1(&ybuf[0, 0], xb, hfilt[k, a], x0, x1, a == alo)
-                    o = &out[y, 0]
-                    for i in range(m):
-                        xp = &xpow[pw[k + i], 0]
-                        xb = &ybuf[i, 0]
-                        for x in range(x0, x1):
-                            o[x] = o[x] + xp[x] * xb[x]
-                    k += m
-            t0 = t1
+                y = row - h                                  # the rings hold rows y - h .. y + h
+                o = &out[y, sx0]
+                for x in range(w):
+                    o[x] = 0.0
+                for f in range(nf):
+                    for a in range(f_alo[f], f_ahi[f] + 1):      # ring row of tap a
+                        rows[a] = &ring[f, (y - a + h) % nt, 0]
+                    k = f_g0[f]
+                    while k < f_g1[f]:
+                        m = 3 if f_g1[f] - k >= 3 else 1
+                        k1 = k + 1 if m == 3 else k              # the second and third filters, if any
+                        k2 = k + 2 if m == 3 else k
+                        _ypass(o, rows, f_alo[f], f_ahi[f], &hfilt[y, k, 0],
+                               &hfilt[y, k1, 0], &hfilt[y, k2, 0], &xpow[g_p[k], sx0], &xpow[g_p[k1], sx0],
+                               &xpow[g_p[k2], sx0], m, w)
+                        k += m
+            sx0 += W
 
 
 def or_footprint(const uint16_t[:, ::1] mask, const int32_t[::1] lo, const int32_t[::1] hi,

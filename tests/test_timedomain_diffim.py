@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from twinkles_hpc.timedomain import diffim
+from twinkles_hpc.timedomain import convolve, diffim
 from twinkles_hpc.timedomain.diffim import DiffimConfig, KernelSolution, subtract_images
 
 N = 512
@@ -326,13 +326,17 @@ def test_basis_sums_and_orthonormal_functions():
     assert b.size == 21 and b.degrees == (6, 4, 2)           # 2 x max(2 FWHM, 4 sigma_widest) + 1
 
 
-def test_convolution_is_the_spatially_varying_kernel_at_every_pixel(round_result):
-    """The separable passes equal the direct sum of K(x, y) over each pixel's neighbours."""
+def test_convolution_is_the_spatially_varying_kernel_at_every_pixel(round_result, monkeypatch):
+    """The separable passes equal the direct sum of K(x, y) over each pixel's neighbours, and the column
+    strips (here 5 px wide: strips and 16-pixel blocks with remainders) change no bit."""
     sol = round_result.kernel
     rng = np.random.default_rng(7)
     sub = KernelSolution(sol.basis, sol.coeffs + rng.normal(0, 0.02, sol.coeffs.shape), sol.order, (48, 56))
     img = rng.normal(100.0, 30.0, (48, 56)).astype(np.float32)
     out, var, mask, _ = diffim.convolve_image(img, np.full_like(img, 4.0), None, sub)
+    monkeypatch.setattr(convolve, "STRIP_WIDTH", 5)
+    narrow = diffim.convolve_image(img, np.full_like(img, 4.0), None, sub)[0]
+    assert narrow.tobytes() == out.tobytes()
     h = sol.basis.half
     ref = np.full(img.shape, np.nan)
     for y in range(h, 48 - h):
@@ -360,6 +364,19 @@ def test_mask_bits_spread_over_the_kernel_footprint(round_result):
     got = (out[30 - h:30 + h + 1, 33 - h:33 + h + 1] & CR) != 0
     assert got[h, h] and got.sum() >= fp.sum() and got.sum() <= (2 * h + 1) ** 2
     assert out[40, 20] & NO_DATA and out[40, 22] & NO_DATA and not out[40, 20] & CR
+
+
+def test_apply_stamp_is_the_zero_padded_convolution():
+    """A stamp applied in real space (truncated SVD) equals the full convolution with zeros beyond the
+    image, NaNs counted as 0, to the truncation's 1e-5."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(0.0, 10.0, (70, 53)).astype(np.float32)
+    img[3, 4] = np.nan
+    stamp = diffim.decorrelation_kernel(diffim.gaussian_psf(1.5, 1.1, 0.3, half=6), 100.0, 1000.0)[0]
+    got = convolve.apply_stamp(img, stamp)
+    ref = fftconvolve(np.nan_to_num(img), stamp, mode="same")
+    assert got.shape == img.shape and np.isfinite(got).all()
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
 
 
 def test_decorrelation_kernel_keeps_flux_and_whitens():

@@ -19,8 +19,11 @@ BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
 #: Relative error allowed in the separable form of the squared kernel (variance propagation) and of a
 #: constant kernel stamp (a PSF, for pre-convolution).
 VARIANCE_RANK_TOL, STAMP_RANK_TOL = 1e-2, 1e-5
-#: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
-MAX_POWERS = 8
+#: Output columns per strip of the convolution: every x filter's ring of 2 h + 1 x-passed rows of a strip
+#: stays in the core's cache (twinkles_hpc._diffim convolve_terms).
+STRIP_WIDTH = 512
+#: The longest filter the convolution kernel takes (twinkles_hpc._diffim MAX_TAPS).
+MAX_TAPS = 255
 #: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
 #: a candidate needs its central (2 CORE_HALF + 1)^2 pixels and MIN_USABLE_FRACTION of its stamp usable.
 STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
@@ -107,6 +110,8 @@ def _convolve(plane, xfilt, yfunc, terms):
     convolve_terms); the border of half the filters' length is left unset."""
     ny, nx = plane.shape
     nt = xfilt.shape[1]
+    if nt > MAX_TAPS:
+        raise ValueError(f"a {nt}-tap filter is longer than the convolution handles ({MAX_TAPS} taps)")
     order = np.lexsort((terms["q"], terms["j"], terms["p"], terms["e"]))      # sorted by e, then p
     t = {k: np.asarray(v)[order] for k, v in terms.items()}
     xf = np.ascontiguousarray(xfilt, np.float32)
@@ -114,13 +119,28 @@ def _convolve(plane, xfilt, yfunc, terms):
     xlo, xhi = _support(xf)
     ylo, yhi = _support(yf)
     deg = int(max(t["p"].max(), t["q"].max()))
+    # groups: runs of one (e, p); filters: runs of one e, each with its groups and the taps of its y functions
+    ep = t["e"].astype(np.int64) * (deg + 1) + t["p"]
+    g_t0 = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    g_t1 = np.r_[g_t0[1:], ep.size]
+    g_e = t["e"][g_t0]
+    f_g0 = np.flatnonzero(np.r_[True, g_e[1:] != g_e[:-1]])
+    f_g1 = np.r_[f_g0[1:], g_e.size]
+    f_e = g_e[f_g0]
+    filt_of_term = np.repeat(np.arange(f_e.size), np.diff(np.r_[g_t0[f_g0], ep.size]))
+    f_alo = np.full(f_e.size, nt, np.int64)
+    f_ahi = np.full(f_e.size, -1, np.int64)
+    np.minimum.at(f_alo, filt_of_term, ylo[t["j"]])
+    np.maximum.at(f_ahi, filt_of_term, yhi[t["j"]])
+    width = min(STRIP_WIDTH, nx)
     out = np.empty((ny, nx), np.float32)                     # the kernel writes all but the border
-    e, p, j, q = (np.ascontiguousarray(t[k], np.int32) for k in "epjq")
-    _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, e, p, j, q,
+    i32 = lambda a: np.ascontiguousarray(a, np.int32)  # noqa: E731
+    _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, i32(f_e), i32(f_g0), i32(f_g1), i32(f_alo),
+                           i32(f_ahi), i32(t["p"][g_t0]), i32(g_t0), i32(g_t1), i32(t["j"]), i32(t["q"]),
                            np.ascontiguousarray(t["c"], np.float64), _powers(nx, deg, np.float32),
-                           _powers(ny, deg, np.float64), out, np.empty((nt, nx), np.float32),
-                           np.empty((3, nx), np.float32), np.empty((MAX_POWERS, nt)),
-                           np.empty((MAX_POWERS, nt), np.float32))
+                           _powers(ny, deg, np.float64), out, np.empty((f_e.size, nt, width), np.float32),
+                           np.empty((3, width), np.float32), np.empty(nt),
+                           np.zeros((ny, g_t0.size, nt), np.float32))
     return out
 
 
@@ -242,22 +262,25 @@ def decorrelation_kernel(kernel, var_reference, var_convolved, *, half=None):
 
 
 def decorrelate(difference, kernel, var_reference, var_convolved):
-    """The difference (non-finite pixels as 0) filtered by phi (module docstring) by real FFTs, padded by
-    the kernel's side so that nothing wraps around; float32."""
-    ny, nx = difference.shape
-    pad = kernel.shape[0]
-    shape = (scipy.fft.next_fast_len(ny + pad, real=True), scipy.fft.next_fast_len(nx + pad, real=True))
-    grid = np.zeros(shape, np.float32)
-    inner = grid[:ny, :nx]
-    inner[...] = difference
+    """The difference (non-finite pixels as 0) filtered by the decorrelation kernel phi of `kernel` and the
+    two variances (`decorrelation_kernel`); float32, the same shape."""
+    return apply_stamp(difference, decorrelation_kernel(kernel, var_reference, var_convolved)[0])
+
+
+def apply_stamp(image, stamp):
+    """image (non-finite pixels as 0, zero beyond its edges) convolved with a centred odd stamp, as the
+    stamp's truncated SVD (STAMP_RANK_TOL) rescaled to the stamp's sum, in real space; float32, the same
+    shape. Every output pixel is computed; the image is padded by half the stamp's side."""
+    h = stamp.shape[0] // 2
+    ny, nx = image.shape
+    grid = np.zeros((ny + 2 * h, nx + 2 * h), np.float32)
+    inner = grid[h:h + ny, h:h + nx]
+    inner[...] = image
     inner[~np.isfinite(inner)] = 0.0
-    khat = scipy.fft.rfft2(_wrap(kernel, shape, np.float32))
-    ph = _phi_hat((khat.real ** 2 + khat.imag ** 2), np.float32(kernel.sum()), np.float32(var_reference),
-                  np.float32(var_convolved)).astype(np.float32)
-    del khat
-    spec = scipy.fft.rfft2(grid)
-    spec *= ph
-    return np.array(scipy.fft.irfft2(spec, shape)[:ny, :nx], np.float32)
+    xf, yf, terms = _svd_terms(stamp, STAMP_RANK_TOL)
+    approx = np.einsum("ra,rb->ab", yf, xf)
+    terms["c"] = terms["c"] * (float(stamp.sum()) / float(approx.sum()))
+    return np.ascontiguousarray(_convolve(grid, xf, yf, terms)[h:h + ny, h:h + nx])
 
 
 def _typical_variance(variance, valid):

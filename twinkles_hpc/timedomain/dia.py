@@ -129,7 +129,8 @@ def _mad_std(a):
 
 
 def noise_scale(image, variance, mask, fwhm_px):
-    """(scale, lambda2) of the PSF-filtered significance z = S / sigma_S over usable pixels (module
+    """(scale, lambda2) of the PSF-filtered significance z = S / sigma_S over usable pixels (of every other
+    row and column: a quarter of them; the neighbour differences along the rows, resp. columns, kept; module
     docstring): `scale`, its robust standard deviation, the factor by which the variance plane's sigma is
     off for PSF-weighted sums; `lambda2`, the variance of its gradient per unit variance (the field's
     roughness, from the neighbour differences: var(z(x+1) - z(x)) = 2 (1 - exp(-lambda2 / 2)) for a
@@ -140,9 +141,11 @@ def noise_scale(image, variance, mask, fwhm_px):
     if ok.sum() < 100:
         raise ValueError(f"the difference has {int(ok.sum())} usable pixels, too few to calibrate its noise")
     z = np.where(ok, s / np.sqrt(np.where(ok, vs, 1.0)), 0.0)
-    scale = _mad_std(z[ok])
+    # every other row (column) of the field: a quarter of the pixels, medians to ~1e-3 on a calexp's millions
+    zr, okr, zc, okc = z[::2], ok[::2], z[:, ::2], ok[:, ::2]
+    scale = _mad_std(zr[:, ::2][okr[:, ::2]])
     v = []
-    for dz, both in ((np.diff(z, axis=1), ok[:, 1:] & ok[:, :-1]), (np.diff(z, axis=0), ok[1:] & ok[:-1])):
+    for dz, both in ((np.diff(zr, axis=1), okr[:, 1:] & okr[:, :-1]), (np.diff(zc, axis=0), okc[1:] & okc[:-1])):
         v.append(min((_mad_std(dz[both]) / scale) ** 2, 1.99))
     return scale, float(-2.0 * np.log(1.0 - np.mean(v) / 2.0))
 

@@ -25,9 +25,10 @@ kernel close to a delta function.
 
 Convolution: every raw basis image is separable (f_j(dv) f_i(du)), so the kernel at (x, y) is a sum of
 separable pairs with coefficients that are polynomials of the scaled position. The private kernel
-twinkles_hpc._diffim passes the image once per x function (its taps limited to the function's support),
-folds the y dependence of the coefficients into per-row y filters, one per power of x, and adds each
-y-passed row times its power of x: the kernel is exact at every pixel, not constant over cells.
+twinkles_hpc._diffim x-passes each input row with every x function (its taps limited to the function's
+support), folds the y dependence of the coefficients into per-row y filters, one per power of x, and adds
+each y-passed row times its power of x: the kernel is exact at every pixel, not constant over cells. It
+works in column strips whose x-passed rows stay in cache, 16 pixels at a time in vector registers.
 Variance: V * K^2, with the amplitude sum K(x, y)^2 exact per pixel (a polynomial of twice the order) and
 the shape of K^2 that of the centre (its truncated SVD). Mask: each output pixel ORs the bits of the input
 pixels under the centre kernel's footprint (|K| >= mask_weight max |K|). The border the kernel cannot
@@ -37,9 +38,11 @@ Decorrelation (Kaiser 2004; Reiss & Lupton 2016): the convolution correlates the
 the two images' typical (median) variances s_r^2 (reference, not convolved) and s_c^2 (convolved) and the
 centre kernel's transform k(f), sum k(0), the difference is filtered by
 phi(f) = sqrt((s_r^2 + k(0)^2 s_c^2) / (s_r^2 + s_c^2 |k(f)|^2)), which makes noise of those variances white
-(flux is kept: phi(0) = 1). The difference's PSF is the matched PSF convolved with phi, and its variance
-plane alpha V_reference + beta V_convolved, alpha = sum phi^2, beta = sum (phi * K)^2 / sum K^2: right per
-pixel where the variances are locally constant over phi's few pixels.
+(flux is kept: phi(0) = 1). phi is applied in real space as its stamp (twice the kernel's side) in
+truncated-SVD form, with the convolution above. The difference's PSF is the matched PSF convolved with
+phi, and its variance plane alpha V_reference + beta V_convolved, alpha = sum phi^2,
+beta = sum (phi * K)^2 / sum K^2: right per pixel where the variances are locally constant over phi's few
+pixels.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ import numpy as np
 from twinkles_hpc.level2.masks import EDGE as MASK_EDGE
 from twinkles_hpc.level2.masks import NO_DATA as MASK_NO_DATA
 from twinkles_hpc.timedomain.convolve import (_coeff_grid, _convolve_stamp, _monomials, _poly_op, _typical_variance,
-                                              convolve_image, decorrelate, decorrelation_kernel)
+                                              apply_stamp, convolve_image, decorrelate, decorrelation_kernel)
 from twinkles_hpc.timedomain.kernel import (DEFAULT_BAD_MASK_BITS, FWHM_PER_SIGMA, DiffimConfig, KernelSolution,
                                             _round_robin, fit_kernel, gaussian_psf, make_basis, measure_psf_moments,
                                             moments_fwhm)
@@ -191,7 +194,7 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
         matched = _convolve_stamp(science_psf, science_psf, science_psf.shape[0] - 1)
     if cfg.decorrelate and direction != "preconvolved":
         phi, alpha, beta = decorrelation_kernel(kc, s_r, s_c)
-        diff = decorrelate(diff, kc, s_r, s_c)
+        diff = apply_stamp(diff, phi)
         variance = np.multiply(vr, np.float32(alpha))
         variance += np.float32(beta) * cv
         psf = _convolve_stamp(matched, phi, matched.shape[0] // 2 + h)

@@ -29,13 +29,13 @@ AUTO_HALF = (9, 15)
 #: A Gaussian's polynomial degrees the kernel's taps cannot resolve (QR diagonal below this fraction of the
 #: first) are dropped; its functions are zero where all are below SUPPORT_TOL of their peak.
 BASIS_TOL, SUPPORT_TOL = 1e-6, 1e-7
-#: Distinct powers of x per x filter the convolution kernel handles (twinkles_hpc._diffim MAX_POWERS).
-MAX_POWERS = 8
 #: Default fitting stamp half-side, in kernel half-sides (large stamps pin down the differential background);
 #: a candidate needs its central (2 CORE_HALF + 1)^2 pixels and MIN_USABLE_FRACTION of its stamp usable.
 STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
 #: Stamps per batch in the fit (bounds the temporary arrays).
 STAMP_CHUNK = 64
+#: The fit keeps its design matrix (stamp pixels x basis images) in double precision up to this size.
+DESIGN_BYTES = 256 * 2 ** 20
 
 
 @dataclass
@@ -58,7 +58,7 @@ class DiffimConfig:
                             "1.4826 MAD is rejected.", lo=1.0)
     max_iter: int = opt(5, "", "Most fits (weights from the kernel, then clipping until nothing changes).",
                         lo=1, hi=50)
-    max_candidates: int = opt(400, "", "Most candidates fitted, spread over the image (0: all).", lo=0)
+    max_candidates: int = opt(200, "", "Most candidates fitted, spread over the image (0: all).", lo=0)
     min_candidates: int = opt(0, "", "Fewest usable candidates; 0: twice the most spatial terms, at least 4.",
                               lo=0)
     direction: str = opt("auto", "", "Image to convolve: 'auto' (the sharper one), 'template' or 'science'.",
@@ -313,7 +313,8 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     keep = keep[np.argsort(order[keep])]                        # the fitted ones in the caller's order
     ix, iy = ix[keep], iy[keep]
     n, s_pix, nb = ix.size, (2 * hs + 1) ** 2, basis.images.shape[0]
-    design = np.empty((n, s_pix, nb + 1), np.float32)         # the convolved basis; float32 bounds memory
+    # the convolved basis, in double precision unless that exceeds DESIGN_BYTES (then float32, converted by chunks)
+    design = np.empty((n, s_pix, nb + 1), np.float64 if n * s_pix * (nb + 1) * 8 <= DESIGN_BYTES else np.float32)
     ref, vref, vconv = (np.empty((n, s_pix)) for _ in range(3))
     ok = np.empty((n, s_pix), bool)
     for k in range(0, n, STAMP_CHUNK):
@@ -349,7 +350,7 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
         chi2 = np.empty(n)
         for k in range(0, n, STAMP_CHUNK):
             sl = slice(k, k + STAMP_CHUNK)
-            resid = ref[sl] - np.einsum("npk,nk->np", design[sl].astype(np.float64), local[sl])
+            resid = ref[sl] - np.einsum("npk,nk->np", np.asarray(design[sl], np.float64), local[sl])
             chi2[sl] = (resid * resid * w[sl]).sum(1)
         kern = np.einsum("nk,kab->nab", local[:, :nb], basis.images)
         k2sum = (kern * kern).sum((1, 2))
@@ -386,7 +387,7 @@ def _normal_equations(design, ref, w, noise, gram):
     a, b = np.empty((n, nk, nk)), np.empty((n, nk))
     for k in range(0, n, STAMP_CHUNK):
         sl = slice(k, k + STAMP_CHUNK)
-        d = design[sl].astype(np.float64)
+        d = np.asarray(design[sl], np.float64)
         dw = d * w[sl, :, None]
         a[sl] = np.matmul(dw.transpose(0, 2, 1), d)
         b[sl] = np.einsum("npk,np->nk", dw, ref[sl])
