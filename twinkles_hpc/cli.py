@@ -1,4 +1,4 @@
-"""The twinkles-hpc command line: `twinkles-hpc run|status|lightcurve|config|imsim|diffim|bench ...`.
+"""The twinkles-hpc command line: `twinkles-hpc run|status|lightcurve|config|imsim|diffim|timedelay|bench ...`.
 
 Only this module picks MPI.COMM_WORLD. Rank 0 parses and validates; a bad input is one line on stderr
 and exit code 2 on every rank, before anything in a run directory is touched.
@@ -232,6 +232,32 @@ def cmd_diffim(args):
     return 0
 
 
+# -- timedelay -------------------------------------------------------------------------------------
+def cmd_timedelay(args):
+    """Time delays of each image relative to A from light-curve files (timedomain/timedelay.py,
+    docs/timedelay.md). Every file is read and checked before any is measured."""
+    from twinkles_hpc.timedomain import timedelay as td
+    given = {k: getattr(args, k) for k in ("max_delay", "trend_order", "max_relative_error")}
+    cfg = td.DelayConfig(**{k: v for k, v in given.items() if v is not None})
+    if not cfg.max_delay > 0.0 or cfg.trend_order < 0 or cfg.max_relative_error < 0.0:
+        raise InputError("timedelay", "--max-delay/--trend-order/--max-relative-error",
+                         "a positive range, a trend order >= 0 and a relative error >= 0")
+    curves = [(path, td.read_lightcurves(path)) for path in args.files]
+    out = []
+    for path, c in curves:
+        est = td.measure_delays(c, args.estimator, cfg)
+        out.append({"file": path, "delays": {x: {"delay": None if e.delay is None else round(e.delay, 3),
+                                                 "error": None if e.error is None else round(e.error, 3)}
+                                             for x, e in est.items()}})
+        if not args.json:
+            for x, e in est.items():
+                what = f"{e.delay:8.2f} +/- {e.error:.2f} d" if e.delay is not None else f"no estimate ({e.reason})"
+                print(f"{path}: {x} - A: {what} [{args.estimator}]", flush=True)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    return 0
+
+
 # -- bench -----------------------------------------------------------------------------------------
 def cmd_bench(args):
     from twinkles_hpc import bench
@@ -362,20 +388,54 @@ def build_parser():
     d.add_argument("--overwrite", action="store_true", help="replace DIFF if it exists")
     d.set_defaults(func=cmd_diffim)
 
+    td = sub.add_parser("timedelay", help="time delays of lensed-quasar images from light-curve files "
+                        "(docs/timedelay.md)",
+                        description="For each image X of B, C, D in each file: its delay relative to A in days "
+                        "(positive when X lags A) and the 1-sigma error, or no estimate when the light curves "
+                        "cannot constrain it. Files: CSV or ECSV with columns mjd, band, then mag_X and magerr_X "
+                        "for each image X of A, B, C, D (NaN or empty where X was not measured); one system per "
+                        "file; all bands are used together.",
+                        epilog="exit codes: 0 measured (an image may still have no estimate), 2 bad input (a "
+                        "missing or unreadable file, a directory, a missing column, a value that is not a number)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    td.add_argument("files", nargs="+", metavar="FILE", help="light-curve file (CSV or ECSV)")
+    td.add_argument("--estimator", choices=("drw", "difference"), default="drw",
+                    help="drw: likelihood of a damped random walk shared by the images (default); difference: "
+                    "scatter of the difference of the smoothed light curves")
+    td.add_argument("--max-delay", type=float, default=None, metavar="DAYS",
+                    help="search delays in [-DAYS, DAYS] (default 150)")
+    td.add_argument("--trend-order", type=int, default=None, metavar="N", help="degree of each image's slow "
+                    "(microlensing) polynomial trend (default 2; 0: none)")
+    td.add_argument("--max-relative-error", type=float, default=None, metavar="F", help="no estimate when the "
+                    "error exceeds F x |delay| (default 0.15; 0: no limit)")
+    td.add_argument("--json", action="store_true", help="print one JSON list: per file {\"file\", \"delays\": "
+                    "{X: {\"delay\", \"error\"}}} (null for no estimate)")
+    td.set_defaults(func=cmd_timedelay)
+
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim"],
+    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
                         "report: the HTML report on the run's database and on a copy grown to Run 1.1's size; "
-                        "diffim: one PSF-matched subtraction of a 4096^2 pair, three PSF cases")
+                        "diffim: one PSF-matched subtraction of a 4096^2 pair, three PSF cases; "
+                        "timedelay: both delay estimators (and PyCS3 where installed) on simulated doubles on the "
+                        "Run 1 cadence, TDC1 metrics")
     b.add_argument("--rundir", help="run directory (bench visit, bench report)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
     b.add_argument("--nx", type=int, default=4000, help="image width (default 4000; bench diffim: 4096)")
     b.add_argument("--ny", type=int, default=4072, help="image height (default 4072; bench diffim: 4096)")
     b.add_argument("--stars", type=int, default=2000, help="stars (default 2000; bench diffim: 20000 per 4096^2)")
     b.add_argument("--galaxies", type=int, default=5000)
-    b.add_argument("--seed", type=int, default=1, help="seed of the simulated scene (imsim, detect, forced)")
+    b.add_argument("--seed", type=int, default=1, help="seed of the simulated scene (imsim, detect, forced) or "
+                   "light curves (timedelay)")
+    b.add_argument("--systems", type=int, default=100, help="simulated doubles per case (bench timedelay)")
+    b.add_argument("--opsim", metavar="FILE", default=None, help="cadence of the simulated light curves (bench "
+                   "timedelay; default ../shared/data/twinkles_run1_opsim_visits.csv)")
+    b.add_argument("--pycs3-systems", type=int, default=10, metavar="N", help="bench timedelay: run PyCS3 (where "
+                   "installed) on the first N systems of each case (default 10: it takes seconds per system)")
+    b.add_argument("--calibrate", action="store_true", help="bench timedelay: report the error scale each "
+                   "estimator's raw errors need on these curves instead of the metrics")
     b.add_argument("--repeat", type=int, default=3, help="timed repetitions (best and median reported)")
     b.add_argument("--no-galsim", action="store_true", help="skip the GalSim comparison")
     b.add_argument("--galsim-objects", type=int, default=None,
