@@ -270,7 +270,8 @@ def decorrelate(difference, kernel, var_reference, var_convolved):
 def apply_stamp(image, stamp):
     """image (non-finite pixels as 0, zero beyond its edges) convolved with a centred odd stamp, as the
     stamp's truncated SVD (STAMP_RANK_TOL) rescaled to the stamp's sum, in real space; float32, the same
-    shape. Every output pixel is computed; the image is padded by half the stamp's side."""
+    shape (a view into the padded result). Every output pixel is computed; the image is padded by half the
+    stamp's side."""
     h = stamp.shape[0] // 2
     ny, nx = image.shape
     grid = np.zeros((ny + 2 * h, nx + 2 * h), np.float32)
@@ -280,7 +281,7 @@ def apply_stamp(image, stamp):
     xf, yf, terms = _svd_terms(stamp, STAMP_RANK_TOL)
     approx = np.einsum("ra,rb->ab", yf, xf)
     terms["c"] = terms["c"] * (float(stamp.sum()) / float(approx.sum()))
-    return np.ascontiguousarray(_convolve(grid, xf, yf, terms)[h:h + ny, h:h + nx])
+    return _convolve(grid, xf, yf, terms)[h:h + ny, h:h + nx]
 
 
 def _typical_variance(variance, valid):

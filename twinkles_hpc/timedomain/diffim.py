@@ -59,6 +59,10 @@ from twinkles_hpc.timedomain.kernel import (DEFAULT_BAD_MASK_BITS, FWHM_PER_SIGM
                                             _round_robin, fit_kernel, gaussian_psf, make_basis, measure_psf_moments,
                                             moments_fwhm)
 
+#: The PSF widths (FWHM from adaptive moments, their median) are measured on this many candidates, spread
+#: over the image like the fitted ones.
+PSF_MOMENT_STARS = 100
+
 #: The public API: the subtraction here, its steps in timedomain/kernel.py and timedomain/convolve.py.
 __all__ = ["DiffimConfig", "DiffimResult", "FWHM_PER_SIGMA", "KernelSolution", "convolve_image", "decorrelate",
            "decorrelation_kernel", "fit_kernel", "gaussian_psf", "make_basis", "measure_psf_moments",
@@ -118,7 +122,7 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
         raise ValueError(f"candidate x and y must be 1-D of one length, got {x.shape} and {y.shape}")
     if x.size == 0:
         raise ValueError("no kernel candidates given")
-    n_psf = cfg.max_candidates or x.size                          # the PSF is measured on a spread subset
+    n_psf = min(cfg.max_candidates or x.size, PSF_MOMENT_STARS)  # the PSF is measured on a spread subset
     sub = np.sort(_round_robin(np.rint(np.nan_to_num(x)).astype(np.int64), np.rint(np.nan_to_num(y)).astype(np.int64),
                                shape, n_psf)[:n_psf])
     mx, my = x[sub], y[sub]
