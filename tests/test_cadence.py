@@ -241,6 +241,14 @@ def test_bad_inputs(run1_rows, tmp_path):
     new_header, new_rows = new_schema(header, rows[:5])
     expect_error(write_sqlite(tmp_path / "new.db", "observations", new_header[:3] + new_header[4:],
                               [r[:3] + r[4:] for r in new_rows]), "observations.seeingFwhmEff")
+    # A visit id twice, in two bands or in the same band: one line naming the id and the rows.
+    idc, fc = header.index("obsHistID"), header.index("filter")
+    for name, band in (("dup-bands.csv", None), ("dup-band.csv", "same")):
+        dup = [list(r) for r in rows[:10]]
+        dup[7][idc] = dup[2][idc]
+        dup[7][fc] = dup[2][fc] if band == "same" else ("g" if dup[2][fc] != "g" else "r")
+        msg = expect_error(write_csv(tmp_path / name, header, dup), "obsHistID")
+        assert f"{int(float(dup[2][idc]))} in data rows 3, 8" in msg and "unique visit ids" in msg, msg
     # Degrees in an old (radians) table: a wrong schema, caught rather than converted twice.
     _, deg_rows = new_schema(header, rows[:5])
     expect_error(write_csv(tmp_path / "mixed.csv", list(OLD_TO_NEW), deg_rows), "fieldRA")

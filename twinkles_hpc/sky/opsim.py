@@ -218,6 +218,13 @@ def _assemble(path, label, cols, old, field_id, ra, dec, radius_deg, use_dither)
     if np.any(ids != np.round(ids)):
         raise InputError(path, label(col_name["visit_id"]), "integer visit ids", ids[ids != np.round(ids)][0])
     v["visit_id"] = ids.astype(np.int64)
+    uniq, counts = np.unique(v["visit_id"], return_counts=True)
+    if (counts > 1).any():                      # a visit id names one exposure: its products, its rows
+        dup = int(uniq[counts > 1][0])
+        rows = np.flatnonzero(keep)[v["visit_id"] == dup] + 1
+        raise InputError(path, label(col_name["visit_id"]), "unique visit ids",
+                         f"{dup} in data rows {', '.join(str(r) for r in rows[:5])}"
+                         + (f" and {rows.size - 5} more" if rows.size > 5 else ""))
     pos = "dithered_" if use_dither and "dithered_ra" in num else "field_"
     v["ra"], v["dec"] = num[pos + "ra"][keep] % 360.0, num[pos + "dec"][keep]
     if not np.all(np.isfinite(v["ra"]) & np.isfinite(v["dec"])):
