@@ -146,6 +146,30 @@ def test_empty_selection_is_bad_input(tmp_path, tiny_config):
     assert r.returncode == 2 and "no visits" in r.stderr and not (tmp_path / "run").exists()
 
 
+def test_a_set_up_cut_short_is_completed_by_the_rerun(tmp_path, tiny_config):
+    """A kill between the run lock and config.json (written last) leaves the lock file, empty folders, a
+    cadence that may be another config's and partial files: the rerun accepts the directory and does the
+    set-up again without reading them. A directory holding anything else is refused, untouched."""
+    run = tmp_path / "run"
+    (run / "visit").mkdir(parents=True)
+    (run / ".lock").write_text("")
+    (run / "visits.h5").write_bytes(b"not the cadence of this config")
+    (run / "config.toml").write_text("[run]\n")
+    (run / "config.json.tmp-4242").write_bytes(b"{")
+    r = cli("run", tiny_config, "-o", run, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["run"]["seed"] == 7
+    assert (run / "config.toml").read_text() == tiny_config.read_text()
+    with h5py.File(run / "visits.h5", "r") as fh:
+        assert len(fh["visits"]) == 12
+    other = tmp_path / "other"
+    (other / "visit").mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    r = cli("run", tiny_config, "-o", other, timeout=120)
+    assert r.returncode == 2 and "is not a twinkles-hpc run" in r.stderr
+    assert sorted(os.listdir(other)) == ["notes.txt", "visit"]
+
+
 def test_sigterm_to_mpiexec_checkpoints_and_resumes(reference, tmp_path):
     """SIGTERM delivered to mpiexec (forwarded to every rank, as srun does) mid-run: exit 75, resume."""
     import signal

@@ -88,7 +88,8 @@ def test_template_with_too_few_visits_is_recorded_not_fatal(run, tmp_path):
     cfg = rd.load_config(run)
     cfg.template.min_visits = cfg.template.max_visits = 50
     os.symlink(run / "calexp", tmp_path / "calexp")
-    (tmp_path / layout.SKYMAP).write_bytes((run / layout.SKYMAP).read_bytes())
+    for name in (layout.SKYMAP, layout.CONFIG_JSON):     # a set-up run directory: its skymap is read
+        (tmp_path / name).write_bytes((run / name).read_bytes())
     ctx = RunContext(cfg, str(tmp_path), rd.read_visits(run), log=(lines := []).append)
     _, tasks = plan(rd.load_config(run), run)
     t = next(t for t in tasks if t.kind == "template")

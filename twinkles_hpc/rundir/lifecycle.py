@@ -11,6 +11,23 @@ from twinkles_hpc.store.tables import read_table, write_table
 
 #: Folders made when a run directory is created (the others appear with their first product).
 FOLDERS = ("visit", layout.CHECKPOINTS, "variables")
+#: What the set-up of a run directory writes before config.json, which it writes last: a directory that
+#: holds only these (the folders empty, and partial files of them or of config.json) is a first run's
+#: set-up cut short, which a rerun completes.
+SETUP_FILES = (layout.LOCK, layout.VISITS, layout.SKYMAP, layout.CONFIG_TOML)
+
+
+def _interrupted_setup(rundir):
+    """True when `rundir` holds only what an unfinished set-up leaves (SETUP_FILES, empty FOLDERS)."""
+    for name in os.listdir(rundir):
+        path = os.path.join(rundir, name)
+        if name in FOLDERS and os.path.isdir(path) and not os.listdir(path):
+            continue
+        base = name.split(".tmp-")[0] if ".tmp-" in name else None
+        if name in SETUP_FILES or base in SETUP_FILES + (layout.CONFIG_JSON,):
+            continue
+        return False
+    return True
 
 
 def check(cfg, rundir):
@@ -24,15 +41,20 @@ def check(cfg, rundir):
             raise RunDirError(f"{rundir}: run directory was made with a different config "
                               f"({', '.join(diff[:5])} differ{'s' if len(diff) == 1 else ''}); "
                               "use a new run directory")
-    elif os.path.isdir(rundir) and os.listdir(rundir):
+    elif os.path.isdir(rundir) and os.listdir(rundir) and not _interrupted_setup(rundir):
         raise RunDirError(f"{rundir}: directory exists, is not empty and is not a twinkles-hpc run "
                           f"directory (no {layout.CONFIG_JSON}); choose another -o")
 
 
+def _set_up(rundir):
+    return os.path.exists(os.path.join(rundir, layout.CONFIG_JSON))
+
+
 def read_visits(rundir):
-    """The run's cadence (visits.h5), or None before the first run wrote it."""
+    """The run's cadence (visits.h5), or None before a first run has set the directory up (config.json,
+    written last, is missing: what an interrupted set-up left is not the run's)."""
     path = os.path.join(rundir, layout.VISITS)
-    if not os.path.exists(path):
+    if not (_set_up(rundir) and os.path.exists(path)):
         return None
     with open_read(path) as fh:
         return read_table(fh["visits"])
@@ -40,18 +62,21 @@ def read_visits(rundir):
 
 
 def init(cfg, rundir, config_text, visits, skymap=None):
-    """Create the layout and record the config, the cadence and the skymap (first run only)."""
+    """Create the layout and record the config, the cadence and the skymap (first run only). config.json
+    comes last: until it exists the set-up is redone whole, so a kill at any moment leaves a directory
+    that the rerun accepts (`check`), and what an interrupted set-up wrote is replaced, never trusted."""
+    cj = os.path.join(rundir, layout.CONFIG_JSON)
+    first = not os.path.exists(cj)
     for d in FOLDERS:
         os.makedirs(os.path.join(rundir, d), exist_ok=True)
     path = os.path.join(rundir, layout.VISITS)
-    if not os.path.exists(path):
+    if first or not os.path.exists(path):
         with atomic_h5(path) as fh:
             write_table(fh, "visits", visits)
     path = os.path.join(rundir, layout.SKYMAP)
-    if skymap is not None and not os.path.exists(path):
+    if skymap is not None and (first or not os.path.exists(path)):
         atomic_write_bytes(path, json.dumps(skymap.to_dict(), indent=1, sort_keys=True).encode())
-    cj = os.path.join(rundir, layout.CONFIG_JSON)
-    if not os.path.exists(cj):
+    if first:
         with open(os.path.join(rundir, layout.CONFIG_TOML), "w") as fh:
             fh.write(config_text)
         atomic_write_bytes(cj, json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode())
@@ -80,9 +105,10 @@ def load_config(rundir):
 
 
 def read_skymap_dict(rundir):
-    """skymap.json as a dict (level2.skymap.SkyMap.from_dict builds the skymap), or None."""
+    """skymap.json as a dict (level2.skymap.SkyMap.from_dict builds the skymap), or None (also before a
+    first run has set the directory up, as read_visits)."""
     path = os.path.join(rundir, layout.SKYMAP)
-    if not os.path.exists(path):
+    if not (_set_up(rundir) and os.path.exists(path)):
         return None
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
