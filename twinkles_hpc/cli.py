@@ -51,7 +51,7 @@ def _abort(comm, what):
 def cmd_run(args):
     from twinkles_hpc import config as config_mod
     from twinkles_hpc import rundir as rd
-    from twinkles_hpc.parallel.engine import Engine
+    from twinkles_hpc.parallel.engine import Engine, StopFlag
     from twinkles_hpc.parallel.journal import Journal
     from twinkles_hpc.parallel.lock import RunLock
     from twinkles_hpc.pipeline import registry
@@ -60,6 +60,7 @@ def cmd_run(args):
     from twinkles_hpc.pipeline.stage import GraphError
     from twinkles_hpc.store.atomic import remove_stale_temporaries
 
+    stop = StopFlag().install()     # before the set-up: a signal during it stops the run before any task
     comm = _world()
     rundir = os.path.abspath(args.output)
     setup, lock = None, None
@@ -112,7 +113,7 @@ def cmd_run(args):
     if os.environ.get("TWINKLES_HPC_FAULT"):        # the restart tests' fault injection (docs/testing.md)
         from twinkles_hpc.testing import faults
         execute = faults.install(ctx, execute)
-    engine = Engine(comm, rundir, execute, Journal(rundir), progress_interval=args.progress_interval)
+    engine = Engine(comm, rundir, execute, Journal(rundir), progress_interval=args.progress_interval, stop=stop)
     t0 = time.time()
     try:
         status = engine.run(tasks, done)

@@ -80,3 +80,44 @@ def test_rerun_of_a_finished_graph_leaves_no_message_unmatched(comm, shared_dir)
             ok, msg = False, f"rerun {k}: status {status}, message left: {left}"
             break
     all_ranks(comm, ok, msg)
+
+
+def test_a_signal_to_one_worker_stops_the_whole_job(comm, shared_dir):
+    """SIGUSR1 to one worker only, inside a task that never looks at should_stop: the task finishes, the
+    worker reports the signal, the job drains and every rank returns 'interrupted'; the resume finishes."""
+    import signal
+    j = Journal(shared_dir)
+    inner = make_execute(shared_dir)
+
+    def execute(task, should_stop):
+        if task.id == "visit/0002":
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return inner(task, should_stop)
+
+    status = Engine(comm, shared_dir, execute, j, progress_interval=0).run(tasks(), [])
+    done = comm.bcast(sorted(j.completed()[0]) if comm.rank == 0 else None, root=0)
+    all_ranks(comm, status == "interrupted" and "visit/0002" in done and len(done) < len(tasks()),
+              f"status {status}, {len(done)} done")
+    status = Engine(comm, shared_dir, make_execute(shared_dir), j, progress_interval=0).run(tasks(), done)
+    final = comm.bcast(sorted(j.completed()[0]) if comm.rank == 0 else None, root=0)
+    all_ranks(comm, status == "complete" and final == sorted(t.id for t in tasks()), f"resume {status}")
+
+
+def test_a_signal_before_the_run_on_a_worker_stops_it_before_any_task(comm, shared_dir):
+    """A worker signalled during the set-up (its flag set before run): no task runs to completion on it,
+    every rank returns 'interrupted', and nothing is left unmatched."""
+    from mpi4py import MPI
+
+    from twinkles_hpc.parallel.engine import StopFlag
+    stop = StopFlag().install()
+    if comm.rank == comm.size - 1:
+        stop.signum = 10
+    j = Journal(shared_dir)
+    status = Engine(comm, shared_dir, make_execute(shared_dir), j, progress_interval=0, stop=stop).run(tasks(), [])
+    comm.Barrier()
+    left = comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG)
+    trace = os.path.join(shared_dir, "trace.jsonl")
+    ranks = comm.bcast({json.loads(x)["rank"] for x in open(trace)} if comm.rank == 0 and os.path.exists(trace)
+                       else set(), root=0)
+    all_ranks(comm, status == "interrupted" and not left and comm.size - 1 not in ranks,
+              f"status {status}, left {left}, ranks that ran tasks {sorted(ranks)}")

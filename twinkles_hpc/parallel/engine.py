@@ -6,9 +6,13 @@ and prints progress. It never spins: MPICH's blocking receive busy-polls a core,
 is an Iprobe with a short, growing sleep (twinkles_hpc.mpiwait). With one rank the same graph runs
 serially on rank 0.
 
-Stopping: SIGTERM or SIGUSR1 on any rank sets a flag. A worker checks it (and a DRAIN message from
-rank 0) between chunks of its task, checkpoints and reports; rank 0 stops handing out work, waits for
-the busy workers, and the run ends with status "interrupted" (exit code 75, resubmit).
+Stopping: SIGTERM or SIGUSR1 on any rank sets a flag, which reaches the whole job. A worker checks it (and
+a DRAIN message from rank 0) between chunks of its task, checkpoints and reports; a worker signalled
+while its task cannot stop, or while it waits for work, reports the signal to rank 0 as soon as the task
+is done or at once, and answers any task still sent to it by handing it back unrun. Rank 0 then stops
+handing out work, tells the busy workers to checkpoint, waits for them, and the run ends with status
+"interrupted" (exit code 75, resubmit). The command line installs the handlers before it sets the run up,
+so a signal during the set-up stops the run before its first task.
 
 Failure: a worker's exception is sent to rank 0, which prints rank, task and message, records the
 traceback in RUNDIR/failures.log and aborts the whole job: never a hang.
@@ -29,7 +33,7 @@ from twinkles_hpc.mpiwait import Backoff, poll_recv
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.task import Task  # noqa: F401  (the engine runs Tasks)
 
-TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN = range(11, 18)
+TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN, TAG_SIGNAL, TAG_BYE = range(11, 20)
 
 
 class StopFlag:
@@ -175,10 +179,12 @@ class Scheduler:
 class Engine:
     """Runs a list of Tasks over `comm` with `execute(task, should_stop) -> {relpath: bytes}`."""
 
-    def __init__(self, comm, rundir, execute, journal, *, out=sys.stdout, progress_interval=2.0):
+    def __init__(self, comm, rundir, execute, journal, *, out=sys.stdout, progress_interval=2.0, stop=None):
+        """stop: a StopFlag already installed (the command line installs one before the set-up); None: one
+        is installed here."""
         self.comm, self.rundir, self.execute, self.journal = comm, rundir, execute, journal
         self.out, self.progress_interval = out, progress_interval
-        self.stop = StopFlag().install()
+        self.stop = stop if stop is not None else StopFlag().install()
         self.trace_path = os.path.join(rundir, layout.TRACE)
 
     # -- rank 0 -------------------------------------------------------------------------------
@@ -294,21 +300,30 @@ class Engine:
                     self.stop.signum = msg
                     for r in busy:
                         comm.send(None, dest=r, tag=TAG_DRAIN)
+            elif tag == TAG_SIGNAL:      # a worker was signalled outside a task that can stop
+                if not self.stop:
+                    self.stop.signum = msg
             elif tag == TAG_FAIL:
                 tid, message, tb = msg
                 self._fail(src, tid, message, tb)
         # every worker's first request is received before it is told to stop, even when there was nothing
-        # to do: no message is left unmatched when the communicator is freed at MPI_Finalize
+        # to do, and its last message after: none is left unmatched when the communicator is freed
         for r in range(1, comm.size):
             if r not in asked:
                 poll_recv(comm, r, TAG_REQ)
             comm.send(None, dest=r, tag=TAG_STOP)
+        # each worker's last message is BYE: a signal report that crossed the STOP is received before it
+        for r in range(1, comm.size):
+            while poll_recv(comm, r)[2] != TAG_BYE:
+                pass
         return "interrupted" if draining and sched.pending else "complete"
 
     # -- workers ------------------------------------------------------------------------------
     def _worker(self):
         comm = self.comm
+        from mpi4py import MPI
         drain = [False]
+        reported = [False]          # this rank's own signal has been sent to rank 0
 
         def should_stop():
             if self.stop or drain[0]:
@@ -318,18 +333,36 @@ class Engine:
                 drain[0] = True
             return drain[0]
 
+        def report_signal():
+            if self.stop and not reported[0]:
+                comm.send(self.stop.signum, dest=0, tag=TAG_SIGNAL)
+                reported[0] = True
+
+        def next_message():         # poll_recv, reporting a signal that arrives while waiting
+            st, backoff = MPI.Status(), Backoff()
+            while not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=st):
+                report_signal()
+                backoff.sleep()
+            return comm.recv(source=0, tag=st.Get_tag()), st.Get_tag()
+
         comm.send(None, dest=0, tag=TAG_REQ)
         while True:
-            msg, _, tag = poll_recv(comm, 0)
+            msg, tag = next_message()
             if tag == TAG_STOP:
+                comm.send(None, dest=0, tag=TAG_BYE)
                 return
             if tag == TAG_DRAIN:
                 drain[0] = True
                 continue
             task = msg
+            if self.stop:               # signalled: the task goes back to rank 0 unrun
+                report_signal()
+                comm.send(self.stop.signum, dest=0, tag=TAG_CKPT)
+                continue
             try:
                 outputs, rec = run_task(self.execute, task, comm.rank, should_stop)
             except Interrupted:
+                reported[0] = True      # rank 0 learns of the signal from the checkpoint
                 comm.send(self.stop.signum or signal.SIGUSR1, dest=0, tag=TAG_CKPT)
                 continue
             except Exception as exc:
@@ -338,3 +371,4 @@ class Engine:
                 while True:          # rank 0 aborts the job
                     time.sleep(1.0)
             comm.send((task.id, outputs, rec), dest=0, tag=TAG_DONE)
+            report_signal()
