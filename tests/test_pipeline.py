@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_one_word_per_stage():
     names = [s.name for s in registry.STAGES]
     assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "template", "diffim",
-                     "associate", "diaforced", "ingest"]
+                     "associate", "lenses", "diaforced", "ingest"]
     stages_dir = ROOT / "twinkles_hpc" / "pipeline" / "stages"
     assert sorted(p.stem for p in stages_dir.glob("*.py") if p.stem != "__init__") == sorted(names)
     cfg = config.from_dict({})

@@ -136,6 +136,11 @@ class ValidateSection:
                                    "on the differences.", lo=0.0, lo_open=True)
     dia_duplicates_max: float = opt(0.01, "", "Largest fraction of supernovae with a DiaObject that have two or "
                                     "more within the radius.", lo=0.0, hi=1.0)
+    lens_completeness_min: float = opt(0.9, "", "Smallest fraction of findable lens systems (two images with mean "
+                                       "i < 23, image separation >= 1\") with a candidate within 2\" of the "
+                                       "centre.", lo=0.0, hi=1.0)
+    lens_purity_min: float = opt(0.8, "", "Smallest fraction of lens candidates within 2\" of a true lens "
+                                 "system's centre.", lo=0.0, hi=1.0)
     rss_overhead_mb: float = opt(512.0, "MB",
                                  "Allowance above coadd.memory_per_rank for a coadd task's peak RSS (interpreter, "
                                  "libraries, catalogues).", lo=0.0)

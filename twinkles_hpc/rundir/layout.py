@@ -147,6 +147,7 @@ def diffim_fits(visit_id, band):
 DIFFIM_GLOB = os.path.join("diffim", "v*.h5")
 
 DIA_OBJECT = os.path.join("associate", "dia_object.h5")   # the run's DiaObjects and DiaSources (stage associate)
+LENS_CANDIDATES = os.path.join("lenses", "candidates.h5")   # lensed-quasar candidates (stage lenses)
 
 
 def dia_forced(visit_id, band):

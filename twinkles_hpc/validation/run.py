@@ -12,6 +12,7 @@ from twinkles_hpc.validation.calibration import calibration
 from twinkles_hpc.validation.catalog import BIN_WIDTH
 from twinkles_hpc.validation.database import database_counts
 from twinkles_hpc.validation.dia import dia_section
+from twinkles_hpc.validation.lenses import lenses_section
 from twinkles_hpc.validation.products import need, null_metric, read_h5_table
 
 
@@ -81,6 +82,7 @@ def checks(rep, V):
             continue
         out.append(_check(f"dia_{key}.mean", abs(b["mean"]), "<=", V.dia_blank_mean_max))
         out.append(_check(f"dia_{key}.std", abs(b["std"] - 1.0), "<=", V.dia_blank_std_tol))
+    out += lens_checks(rep["lenses"], V)
     dbr = rep["database"]
     if "reason" not in dbr:
         for t, d in dbr["difference"].items():
@@ -90,6 +92,13 @@ def checks(rep, V):
     v, why = _val(rss, "max_mb")
     out.append(_check("coadd_peak_rss_mb", v, "<=", rss.get("limit_mb") if why is None else None, why))
     return out
+
+
+def lens_checks(lens, V):
+    """lens_completeness and lens_purity of the `lenses` section (validation/lenses.py)."""
+    return [_check(name, lens.get(key), ">=", thr, lens.get("reason") or lens.get(f"{key}_reason"))
+            for name, key, thr in (("lens_completeness", "completeness", V.lens_completeness_min),
+                                   ("lens_purity", "purity", V.lens_purity_min))]
 
 
 def validate_run(rundir, thresholds_toml=None, db_url=None):
@@ -118,6 +127,7 @@ def validate_run(rundir, thresholds_toml=None, db_url=None):
     sources, why = products.read_sources(rundir, visits, cfg)
     rep["am1"] = catalog.am1_section(truth, sources, V, why)
     rep["dia"] = dia_section(rundir, truth, visits, cfg, V)
+    rep["lenses"] = lenses_section(rundir, cfg, truth["ra0"], truth["dec0"], cov)
     rep["cost"] = cost.run_cost(rundir, cfg, len(visits), V)
     rep["database"] = database_counts(rundir, cfg, db_url, {
         "CcdVisit": (sum(c.get("n_visits", 0) for c in rep["calibration"].values())   # calibrated ones

@@ -1,0 +1,87 @@
+"""Lens-system candidates against the truth (docs/validation.md, "lenses"; docs/lensfind.md).
+
+A true system is *findable* when its centre lies where the coadds have data and at least two of its images
+have a mean i magnitude below LENS_IMAGE_MAG_I (the source's mean unlensed i magnitude minus
+2.5 log10 |magnification|) and its maximum image separation (truth `imsep`) is at least LENS_MIN_SEP.
+Completeness: the fraction of findable systems with a candidate within LENS_MATCH_RADIUS of the system's
+centre (the lens galaxy's position). Purity: the fraction of candidates within LENS_MATCH_RADIUS of the
+centre of any true system, findable or not.
+"""
+import os
+
+import numpy as np
+
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store.atomic import open_read
+from twinkles_hpc.store.tables import read_table
+from twinkles_hpc.validation.match import has_neighbour, tangent_arcsec
+from twinkles_hpc.validation.products import need, null_metric
+
+#: Findable systems: images brighter than this (mean i, AB) ...
+LENS_IMAGE_MAG_I = 23.0
+#: ... at least this many of them ...
+LENS_MIN_IMAGES = 2
+#: ... and a maximum image separation (arcsec) at least this.
+LENS_MIN_SEP = 1.0
+#: A candidate finds a system when within this distance (arcsec) of its centre.
+LENS_MATCH_RADIUS = 2.0
+
+
+def image_mag_i(systems, images):
+    """Mean i magnitude of each image (rows of `images`), from its system's src_mag_i and |magnification|."""
+    row = {int(s): k for k, s in enumerate(systems["sys_id"])}
+    k = np.array([row[int(s)] for s in images["sys_id"]], np.int64)
+    return systems["src_mag_i"][k] - 2.5 * np.log10(np.abs(images["mag"]))
+
+
+def findable(systems, images):
+    """True for systems with >= LENS_MIN_IMAGES images of mean i < LENS_IMAGE_MAG_I and imsep >= LENS_MIN_SEP."""
+    bright = images["sys_id"][image_mag_i(systems, images) < LENS_IMAGE_MAG_I]
+    ids, n = np.unique(bright, return_counts=True)
+    count = dict(zip(ids.tolist(), n.tolist()))
+    n_bright = np.array([count.get(int(s), 0) for s in systems["sys_id"]])
+    return (n_bright >= LENS_MIN_IMAGES) & (systems["imsep"] >= LENS_MIN_SEP)
+
+
+def lens_metrics(systems, images, candidates, ra0, dec0, covered=None):
+    """Completeness and purity (module docstring) of `candidates` (ra, decl) against the true `systems`
+    (LENS_SYSTEM_DTYPE rows) and their `images`; covered: which systems lie on the coadds (None: all).
+    Returns a JSON-ready dict; completeness is None with a reason when no system is findable, purity when
+    there is no candidate."""
+    xy_sys = tangent_arcsec(systems["ra"], systems["dec"], ra0, dec0)
+    xy_cand = tangent_arcsec(candidates["ra"], candidates["decl"], ra0, dec0)
+    on = np.ones(len(systems), bool) if covered is None else np.asarray(covered, bool)
+    want = findable(systems, images) & on
+    found = has_neighbour(xy_sys[want], LENS_MATCH_RADIUS, xy_cand)
+    true_cand = has_neighbour(xy_cand, LENS_MATCH_RADIUS, xy_sys)
+    out = {"n_systems": int(len(systems)), "n_covered": int(on.sum()), "n_findable": int(want.sum()),
+           "n_found": int(found.sum()), "n_candidates": int(len(candidates)),
+           "n_true_candidates": int(true_cand.sum()),
+           "missed_sys_ids": [int(s) for s in systems["sys_id"][want][~found]],
+           "definition": {"image_mag_i_max": LENS_IMAGE_MAG_I, "min_images": LENS_MIN_IMAGES,
+                          "min_imsep_arcsec": LENS_MIN_SEP, "match_radius_arcsec": LENS_MATCH_RADIUS}}
+    out["completeness"] = float(found.mean()) if want.any() else None
+    out["purity"] = float(true_cand.mean()) if len(candidates) else None
+    if not want.any():
+        out["completeness_reason"] = "no findable lens system on the coadds"
+    if not len(candidates):
+        out["purity_reason"] = "no candidate"
+    return out
+
+
+def lenses_section(rundir, cfg, ra0, dec0, covered_fn=None):
+    """The lens-finding figures of a run; a null metric with the reason when the lenses stage is off or the
+    truth has no lensed quasars. covered_fn(ra, dec): where the coadds have data (products.Coverage)."""
+    if not cfg.lenses.enabled:
+        return null_metric("no lens candidates: [lenses] enabled = false")
+    with open_read(need(os.path.join(rundir, layout.TRUTH), "the truth catalogues (stage sky)")) as fh:
+        if "lens_systems" not in fh or len(fh["lens_systems"]) == 0:
+            return null_metric("no lensed quasars in truth.h5")
+        systems, images = read_table(fh["lens_systems"]), read_table(fh["lensed_images"])
+    path = need(os.path.join(rundir, layout.LENS_CANDIDATES), "the lens candidates ([lenses])")
+    with open_read(path) as fh:
+        cand = read_table(fh["candidates"])
+        if not fh.attrs["ok"]:
+            return null_metric(f"no lens candidates: {fh.attrs['reason']}")
+    covered = covered_fn(systems["ra"], systems["dec"]) if covered_fn is not None else None
+    return lens_metrics(systems, images, cand, ra0, dec0, covered)
