@@ -164,6 +164,12 @@ def cmd_lightcurve(args):
     from twinkles_hpc.store.lightcurve import dia_lightcurve, lightcurve
     if args.rundir is None and args.db is None:
         raise InputError("lightcurve", "RUNDIR", "a run directory or --db URL")
+    for opt_name in ("object", "truth_id", "dia_object"):
+        v = getattr(args, opt_name)
+        if v is not None and not -2 ** 63 <= v < 2 ** 63:
+            raise InputError("lightcurve", "--" + opt_name.replace("_", "-"), "a 64-bit integer id", v)
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise InputError(args.output, "-o", "a file in an existing directory", "no such directory")
     if args.dia_object is not None:
         if args.object is not None or args.truth_id is not None:
             raise InputError("lightcurve", "--dia-object", "no --object or --truth-id with it")
@@ -183,7 +189,10 @@ def cmd_lightcurve(args):
     out[time].info.format = ".6f"
     fmt = LIGHTCURVE_FORMATS[args.format]
     if args.output:
-        out.write(args.output, format=fmt, overwrite=True)
+        try:
+            out.write(args.output, format=fmt, overwrite=True)
+        except OSError as exc:
+            raise InputError(args.output, "-o", "a writable file", exc.strerror or str(exc)) from None
     else:
         out.write(sys.stdout, format=fmt)
     return 0

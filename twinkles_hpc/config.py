@@ -248,6 +248,12 @@ def load(path):
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise InputError(path, "file", "an existing TOML config file", "not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "file", "a TOML config file", "a directory") from None
+    except OSError as exc:
+        raise InputError(path, "file", "a readable TOML config file", exc.strerror or str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, "encoding", "UTF-8 text (TOML)", f"byte {exc.start}: {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, "syntax", "valid TOML", str(exc)) from None
     return from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))

@@ -32,6 +32,8 @@ def _interrupted_setup(rundir):
 
 def check(cfg, rundir):
     """Refuse, touching nothing, a directory made by another config or that is not a run directory."""
+    if os.path.exists(rundir) and not os.path.isdir(rundir):
+        raise InputError(rundir, "-o", "a run directory (new or made by an earlier run)", "not a directory")
     cj = os.path.join(rundir, layout.CONFIG_JSON)
     if os.path.exists(cj):
         old = read_config_dict(rundir)
@@ -56,8 +58,12 @@ def read_visits(rundir):
     path = os.path.join(rundir, layout.VISITS)
     if not (_set_up(rundir) and os.path.exists(path)):
         return None
-    with open_read(path) as fh:
-        return read_table(fh["visits"])
+    try:
+        with open_read(path) as fh:
+            return read_table(fh["visits"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(path, "file", "the cadence table the run wrote (HDF5, table visits)",
+                         f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 
@@ -110,5 +116,11 @@ def read_skymap_dict(rundir):
     path = os.path.join(rundir, layout.SKYMAP)
     if not (_set_up(rundir) and os.path.exists(path)):
         return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, "file", "the skymap the run wrote (JSON)", f"unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "file", "a JSON object", type(data).__name__)
+    return data

@@ -45,9 +45,10 @@ def open_database(rundir=None, url=None):
     engine = db.connect(url)
     try:
         present = set(sa.inspect(engine).get_table_names())
-    except sa.exc.OperationalError as err:
+    except sa.exc.DBAPIError as err:         # unreachable, or a file that is not a database
         engine.dispose()
-        raise InputError(f"database {shown}", "connection", "a reachable database", str(err.orig)) from None
+        raise InputError(f"database {shown}", "connection", "a reachable catalogue database",
+                         str(err.orig)) from None
     if missing := [t for t in LEVEL2_TABLES if t not in present]:
         engine.dispose()
         raise InputError(f"database {shown}", "tables", "an ingested catalogue (CcdVisit, Object, "
