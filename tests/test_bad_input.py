@@ -53,3 +53,16 @@ def test_lightcurve_database_ids_and_output(tmp_path):
     one_line(cli("lightcurve", "--db", f"sqlite:///{fake}", "--object", str(2 ** 64)), "--object", "64-bit")
     out = tmp_path / "missing" / "lc.csv"
     one_line(cli("lightcurve", "--db", f"sqlite:///{fake}", "--object", "1", "-o", out), out, "-o")
+
+
+@pytest.mark.parametrize("change, key", [("max_visits = 12", "cadence.max_visits"),
+                                         ("max_visits = 12\nyears = 0.001", "cadence.years")])
+def test_cadence_errors_name_the_config_and_its_key(tmp_path, change, key):
+    """A selection the cadence cannot give names the config file and the key, not a function."""
+    cfg = tmp_path / "c.toml"
+    text = TINY_TOML.replace("max_visits = 12", change)
+    if key == "cadence.max_visits":
+        text = text.replace("max_visits = 12", "max_visits = 3")
+    cfg.write_text(text)
+    msg = one_line(cli("run", cfg, "-o", tmp_path / "run"), cfg, key)
+    assert "expected" in msg and not (tmp_path / "run").exists()

@@ -294,7 +294,7 @@ def test_synthetic_is_deterministic(synthetic):
 def test_synthetic_counts_and_limits():
     v = synthetic_cadence(0, years=2.0, counts={"g": 7, "u": 3})
     assert {b: int(np.sum(v["band"] == b)) for b in BANDS} == {"u": 3, "g": 7, "r": 0, "i": 0, "z": 0, "y": 0}
-    with pytest.raises(InputError, match="counts"):
+    with pytest.raises(InputError, match="years: expected a span with at least 1000 observable nights"):
         synthetic_cadence(0, years=1.0, counts={"r": 1000})
     with pytest.raises(InputError, match="counts"):
         synthetic_cadence(0, counts={"k": 3})

@@ -15,7 +15,10 @@ def select_cadence(cfg):
     from twinkles_hpc.sky.opsim import read_opsim
     c = cfg.cadence
     if c.source == "synthetic":
-        visits = cadence.synthetic_cadence(cfg.run.seed, years=c.years, ra=c.ra, dec=c.dec)
+        try:
+            visits = cadence.synthetic_cadence(cfg.run.seed, years=c.years, ra=c.ra, dec=c.dec)
+        except InputError as exc:        # the config's key, not the function's argument
+            raise InputError(cfg.path, "cadence.years", exc.expected, exc.got) from None
         what = "the synthetic cadence"
     else:
         path = cfg.resolve_path(c.source)
@@ -29,7 +32,10 @@ def select_cadence(cfg):
         keep &= visits["mjd"] < c.mjd_max
     visits = visits[keep]
     if c.max_visits and len(visits) > c.max_visits:
-        visits = cadence.subsample(visits, c.max_visits)
+        try:
+            visits = cadence.subsample(visits, c.max_visits)
+        except InputError as exc:
+            raise InputError(cfg.path, "cadence.max_visits", exc.expected, exc.got) from None
     if len(visits) == 0:
         raise InputError(cfg.path, "cadence", f"a selection with at least one visit from {what} "
                          f"(bands {c.bands!r}, mjd {c.mjd_min}..{c.mjd_max or 'end'})", "no visits")

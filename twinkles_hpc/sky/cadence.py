@@ -215,8 +215,8 @@ def synthetic_cadence(seed, *, years=10.0, start_mjd=59580.0, ra=FIELD_RA, dec=F
     seq_bands = [b for b in _SEQUENCE_MIN if counts[b] > 0]
     n_seq = max((counts[b] for b in seq_bands), default=0)
     if max(n_seq, counts["u"]) > n_cand:
-        raise InputError("synthetic_cadence", "counts",
-                         f"at most {n_cand} visits per band (observable nights in {years} yr)", counts)
+        raise InputError("synthetic_cadence", "years", f"a span with at least {max(n_seq, counts['u'])} observable "
+                         f"nights (one night per visit of the busiest band; {years} yr has {n_cand})", years)
 
     # Draws over all candidate nights, in a fixed order, so the result depends on the seed alone.
     gauss = rng.standard_normal(n_cand)
