@@ -252,6 +252,10 @@ def test_bad_inputs(run1_rows, tmp_path):
     # Degrees in an old (radians) table: a wrong schema, caught rather than converted twice.
     _, deg_rows = new_schema(header, rows[:5])
     expect_error(write_csv(tmp_path / "mixed.csv", list(OLD_TO_NEW), deg_rows), "fieldRA")
+    # ... also where a selection by position (SQL on fieldDec in radians) finds nothing
+    msg = expect_error(write_sqlite(tmp_path / "mixed.db", "Summary", list(OLD_TO_NEW), deg_rows), "fieldDec",
+                       ra=53.0, dec=-28.1)
+    assert "looks like degrees" in msg
 
 
 # ------------------------------------------------------------------------ synthetic cadence

@@ -109,6 +109,12 @@ def _read_sqlite(path, field_id, ra, dec, radius_deg, use_dither):
             cols = list(names.values())
             sql = f'SELECT {", ".join(_quote(c) for c in cols)} FROM {_quote(table)}{where}'
             rows = con.execute(sql, args).fetchall()
+            if old and where and not rows:     # degrees in a radians table select nothing: say so
+                col = names["field_dec"]
+                worst = con.execute(f"SELECT MAX(ABS({_quote(col)})) FROM {_quote(table)}").fetchone()[0]
+                if worst is not None and float(worst) > np.pi / 2 + 1e-6:
+                    raise InputError(path, label(col), "radians (old OpSim schema)",
+                                     f"{float(worst):.4g}, which looks like degrees")
         finally:
             con.close()
     except sqlite3.DatabaseError as err:
@@ -178,9 +184,9 @@ def _assemble(path, label, cols, old, field_id, ra, dec, radius_deg, use_dither)
             continue
         x = _numbers(path, label, col, values, finite=_COLUMNS[field][2])
         num[field] = np.degrees(x) if radians else x
-    for field in ("field_ra", "rot_sky_pos"):   # degrees in a radians table: wrong schema
-        worst = np.nanmax(np.abs(num[field]), initial=0.0) if cols[field][2] else 0.0
-        if worst > 360.0 + 1e-4:
+    for field, limit in (("field_ra", 360.0), ("rot_sky_pos", 360.0), ("field_dec", 90.0)):
+        worst = np.nanmax(np.abs(num[field]), initial=0.0) if cols[field][2] else 0.0   # degrees in a
+        if worst > limit + 1e-4:                                                       # radians table
             raise InputError(path, label(col_name[field]), "radians (old OpSim schema)",
                              f"{np.radians(worst):.4g}, which looks like degrees")
     band = np.array([str(b).strip() for b in cols["band"][1]])
