@@ -66,3 +66,13 @@ def test_cadence_errors_name_the_config_and_its_key(tmp_path, change, key):
     cfg.write_text(text)
     msg = one_line(cli("run", cfg, "-o", tmp_path / "run"), cfg, key)
     assert "expected" in msg and not (tmp_path / "run").exists()
+
+
+def test_a_damaged_database_is_one_line_in_lightcurve_and_validate(tmp_path):
+    from twinkles_hpc.errors import InputError
+    from twinkles_hpc.validation.database import database_counts
+    bad = tmp_path / "level2.sqlite"               # a SQLite header, then garbage: a truncated copy reads so
+    bad.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 40)
+    one_line(cli("lightcurve", "--db", f"sqlite:///{bad}", "--object", "1"), bad, "intact")
+    with pytest.raises(InputError, match="readable catalogue database"):
+        database_counts(str(tmp_path), None, f"sqlite:///{bad}", {"Object": 1})

@@ -160,6 +160,15 @@ def cmd_status(args):
 LIGHTCURVE_FORMATS = {"ecsv": "ascii.ecsv", "csv": "ascii.csv", "ascii": "ascii.fixed_width_two_line"}
 
 
+def _query(fn, source, *a, **kw):
+    """fn(source, ...) on a catalogue database; a database that fails mid-query (damaged, gone) is bad input."""
+    import sqlalchemy as sa
+    try:
+        return fn(source, *a, **kw)
+    except sa.exc.DBAPIError as err:
+        raise InputError(f"database {source}", "query", "an intact catalogue database", str(err.orig)) from None
+
+
 def cmd_lightcurve(args):
     from twinkles_hpc.store.lightcurve import dia_lightcurve, lightcurve
     if args.rundir is None and args.db is None:
@@ -173,13 +182,13 @@ def cmd_lightcurve(args):
     if args.dia_object is not None:
         if args.object is not None or args.truth_id is not None:
             raise InputError("lightcurve", "--dia-object", "no --object or --truth-id with it")
-        lc = dia_lightcurve(args.db or args.rundir, args.dia_object, args.band)
+        lc = _query(dia_lightcurve, args.db or args.rundir, args.dia_object, args.band)
         time, cols = "midPointTai", ("midPointTai", "filterName", "ccdVisitId", "psFlux", "psFluxErr", "truthFlux",
                                      "totFlux", "totFluxErr", "truthMag", "flags")
     else:
         if args.object is None and args.truth_id is None:
             raise InputError("lightcurve", "--object", "an objectId (or --truth-id ID, or --dia-object ID)")
-        lc = lightcurve(args.db or args.rundir, args.object, args.band, truth_id=args.truth_id)
+        lc = _query(lightcurve, args.db or args.rundir, args.object, args.band, truth_id=args.truth_id)
         time, cols = "expMidpt", ("expMidpt", "filterName", "ccdVisitId", "psFlux", "psFlux_Sigma", "truthFlux",
                                   "psMag", "psMag_Sigma", "truthMag", "flags")
     out = lc[[c for c in cols if c in lc.colnames]]

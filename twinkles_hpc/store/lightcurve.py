@@ -47,7 +47,7 @@ def open_database(rundir=None, url=None):
         present = set(sa.inspect(engine).get_table_names())
     except sa.exc.DBAPIError as err:         # unreachable, or a file that is not a database
         engine.dispose()
-        raise InputError(f"database {shown}", "connection", "a reachable catalogue database",
+        raise InputError(f"database {shown}", "connection", "a reachable, intact catalogue database",
                          str(err.orig)) from None
     if missing := [t for t in LEVEL2_TABLES if t not in present]:
         engine.dispose()

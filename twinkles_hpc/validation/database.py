@@ -18,12 +18,15 @@ def database_counts(rundir, cfg, url, expected):
             path = os.path.join(rundir, db.SQLITE_NAME)
             if not os.path.exists(path):
                 raise InputError(path, "file", "the run's database ([ingest] enabled = true)", "missing")
+    import sqlalchemy as sa
+    shown = db.check_url(url).render_as_string(hide_password=True) if url else db.sqlite_url(rundir)
     engine = db.connect(url, rundir=rundir)
     try:
         counts = db.table_counts(engine)
+    except sa.exc.DBAPIError as err:          # unreachable, or a damaged file (e.g. a truncated SQLite)
+        raise InputError(f"database {shown}", "tables", "a readable catalogue database", str(err.orig)) from None
     finally:
         engine.dispose()
     got = {t: counts.get(t, 0) for t in expected}
     diff = {t: (got[t] - n if n is not None else None) for t, n in expected.items()}
-    shown = db.check_url(url).render_as_string(hide_password=True) if url else db.sqlite_url(rundir)
     return {"url": shown, "counts": got, "expected": expected, "difference": diff}
