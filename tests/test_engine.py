@@ -8,7 +8,7 @@ from mpi4py import MPI
 
 from twinkles_hpc.errors import Interrupted, RunDirError
 from twinkles_hpc.parallel.engine import Engine, Scheduler, Task
-from twinkles_hpc.parallel.journal import Journal
+from twinkles_hpc.parallel.journal import Journal, file_checksums
 from twinkles_hpc.parallel.lock import RunLock
 
 
@@ -46,6 +46,25 @@ def test_journal_ignores_torn_line_and_checks_outputs(tmp_path):
     (tmp_path / "b.h5").write_bytes(b"x" * 5)                  # truncated output
     done, lost = j.completed()
     assert list(done) == ["a"] and lost == ["b"]
+
+
+def test_journal_checksums_find_same_size_damage(tmp_path):
+    """A size check cannot see bytes changed in place; the recorded CRC-32 can."""
+    j = Journal(str(tmp_path))
+    for name in ("a.h5", "b.h5"):
+        (tmp_path / name).write_bytes(bytes(range(200)))
+        j.append("done", task=name[0], outputs={name: 200}, checksums=file_checksums(str(tmp_path), {name: 200}))
+    (tmp_path / "b.h5").write_bytes(bytes(range(199)) + b"\x00")       # same size, one byte changed
+    done, lost = j.completed()
+    assert sorted(done) == ["a", "b"] and lost == []
+    assert j.damaged(done) == [("b", "b.h5")]
+
+
+def test_downstream_of_damaged_tasks():
+    from twinkles_hpc.cli import downstream
+    ts = graph()
+    assert downstream(ts, ["sky"]) == {t.id for t in ts}
+    assert downstream(ts, ["v1"]) == {"v1"} and downstream(ts, []) == set()
 
 
 def test_lock_refuses_second_holder(tmp_path):

@@ -48,6 +48,21 @@ def _abort(comm, what):
 
 
 # -- run -------------------------------------------------------------------------------------------
+def downstream(tasks, roots):
+    """The task ids `roots` and every task that depends on one of them, directly or not."""
+    users = {}
+    for t in tasks:
+        for d in t.deps:
+            users.setdefault(d, []).append(t.id)
+    out, stack = set(), list(roots)
+    while stack:
+        tid = stack.pop()
+        if tid not in out:
+            out.add(tid)
+            stack.extend(users.get(tid, ()))
+    return out
+
+
 def cmd_run(args):
     from twinkles_hpc import config as config_mod
     from twinkles_hpc import rundir as rd
@@ -81,7 +96,17 @@ def cmd_run(args):
             rd.init(cfg, rundir, text, visits, ctx.skymap)
             n_tmp = remove_stale_temporaries(rundir)
             registry.before_run(ctx)
-            done, lost = Journal(rundir).completed()
+            journal = Journal(rundir)
+            done, lost = journal.completed()
+            damaged = journal.damaged(done) if args.verify else []
+            for tid, rel in damaged:
+                print(f"[twinkles-hpc] verify: {rel} (task {tid}) does not match its checksum: redoing it",
+                      flush=True)
+            redo = downstream(tasks, [tid for tid, _ in damaged])
+            if redo:
+                print(f"[twinkles-hpc] verify: {len(redo)} task(s) redone (the damaged ones and all downstream "
+                      "of them)", flush=True)
+                done = {t: o for t, o in done.items() if t not in redo}
             setup = ("ok", cfg, visits, tasks, sorted(done))
             n_pending = len([t for t in tasks if t.id not in done])
             per_band = ", ".join(f"{b} {int((visits['band'] == b).sum())}" for b in cfg.cadence.bands)
@@ -336,6 +361,9 @@ def build_parser():
     r.add_argument("-o", "--output", required=True, help="run directory (created, or resumed)")
     r.add_argument("--progress-interval", type=float, default=5.0, metavar="S",
                    help="seconds between progress lines (default 5)")
+    r.add_argument("--verify", action="store_true", help="on a resume, read every output the journal records "
+                   "and compare its checksum: a damaged one is redone with every task downstream of it "
+                   "(a resume always checks that the outputs exist with their recorded sizes)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="what a run directory holds and what is left to do")

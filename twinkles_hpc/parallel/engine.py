@@ -30,6 +30,7 @@ import traceback
 
 from twinkles_hpc.errors import Interrupted
 from twinkles_hpc.mpiwait import Backoff, poll_recv
+from twinkles_hpc.parallel.journal import file_checksums
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.task import Task  # noqa: F401  (the engine runs Tasks)
 
@@ -188,8 +189,8 @@ class Engine:
         self.trace_path = os.path.join(rundir, layout.TRACE)
 
     # -- rank 0 -------------------------------------------------------------------------------
-    def _record(self, tid, outputs, rec):
-        self.journal.append("done", task=tid, outputs=outputs)
+    def _record(self, tid, outputs, rec, checksums):
+        self.journal.append("done", task=tid, outputs=outputs, checksums=checksums)
         with open(self.trace_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
 
@@ -235,7 +236,7 @@ class Engine:
                 return "interrupted"
             except Exception as exc:
                 self._fail(0, task.id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            self._record(task.id, outputs, rec)
+            self._record(task.id, outputs, rec, file_checksums(self.rundir, outputs))
             sched.complete(task.id)
             prog.update(task.cost, force=not sched.ready)
         if sched.pending:
@@ -282,13 +283,13 @@ class Engine:
                 asked.add(src)
                 idle.append(src)
             elif tag == TAG_DONE:
-                tid, outputs, rec = msg
+                tid, outputs, rec, checksums = msg
                 task = busy.pop(src)
                 sched.complete(tid)
                 idle.append(src)
                 # hand out the next task before the fsync of the journal, which the worker need not wait for
                 dispatch()
-                self._record(tid, outputs, rec)
+                self._record(tid, outputs, rec, checksums)
                 prog.update(task.cost, force=not sched.pending)
             elif tag == TAG_CKPT:
                 task = busy.pop(src)
@@ -370,5 +371,5 @@ class Engine:
                           dest=0, tag=TAG_FAIL)
                 while True:          # rank 0 aborts the job
                     time.sleep(1.0)
-            comm.send((task.id, outputs, rec), dest=0, tag=TAG_DONE)
+            comm.send((task.id, outputs, rec, file_checksums(self.rundir, outputs)), dest=0, tag=TAG_DONE)
             report_signal()

@@ -1,14 +1,35 @@
 """The append-only run journal (`journal.jsonl`): one JSON object a line, fsynced.
 
 Only `done` events decide what a restart skips, and only if every output they name still exists
-with the size recorded. A torn last line (a crash mid-append) is ignored.
+with the size recorded (`completed`, always). A `done` event also records each output's CRC-32
+(`file_checksums`, computed by the rank that wrote it); `damaged` recomputes them on request
+(`twinkles-hpc run --verify`). A torn last line (a crash mid-append) is ignored.
 """
 import json
 import os
 import time
+import zlib
 
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.jsonl import read_jsonl
+
+
+#: Bytes read at a time when a checksum is computed.
+CHECKSUM_CHUNK = 16 * 2 ** 20
+
+
+def file_checksum(path):
+    """'crc32:XXXXXXXX' of a file's bytes."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHECKSUM_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"crc32:{crc:08x}"
+
+
+def file_checksums(rundir, outputs):
+    """{relpath: checksum} of a task's outputs ({relpath: size}, paths relative to `rundir`)."""
+    return {rel: file_checksum(os.path.join(rundir, rel)) for rel in sorted(outputs)}
 
 
 class Journal:
@@ -41,3 +62,18 @@ class Journal:
                     del done[tid]
                     break
         return done, lost
+
+    def damaged(self, done):
+        """The tasks of `done` (from `completed`) with an output whose bytes no longer have the checksum
+        recorded when it was written: [(task_id, relpath)], reading every recorded output once."""
+        sums = {}
+        for ev in self.events():
+            if ev.get("event") == "done" and ev["task"] in done:
+                sums[ev["task"]] = ev.get("checksums", {})
+        out = []
+        for tid in sorted(sums):
+            for rel, want in sorted(sums[tid].items()):
+                if file_checksum(os.path.join(self.rundir, rel)) != want:
+                    out.append((tid, rel))
+                    break
+        return out
