@@ -3,7 +3,6 @@
 Every part is optional except the run directory and its config.json: a missing piece is recorded with
 the reason (`RunData.missing`), and the section that needs it says so on the page.
 """
-import json
 import os
 
 import numpy as np
@@ -33,8 +32,8 @@ class RunData:
         cj = os.path.join(self.rundir, layout.CONFIG_JSON)
         if not os.path.isfile(cj):
             raise InputError(cj, "file", "the run's config (a twinkles-hpc run directory)", "missing")
-        with open(cj) as fh:
-            self.config = json.load(fh)
+        from twinkles_hpc.rundir import read_config_dict
+        self.config = read_config_dict(self.rundir)
         self.name = self.config.get("run", {}).get("name", os.path.basename(self.rundir))
         self.missing, self.db_url, self._tables = {}, db_url, None
         self.visits = self._visits()

@@ -8,7 +8,6 @@ The database of a run directory is its [database] url (config.json), else RUNDIR
 exist (nothing is created). Every problem (no database, unknown Object, bad band, a truth source
 without an Object) is an InputError with a one-line message.
 """
-import json
 import os
 
 import numpy as np
@@ -29,8 +28,8 @@ def database_url(rundir):
         raise InputError(rundir, "run directory", "an existing directory")
     url = ""
     if os.path.exists(cj):
-        with open(cj) as fh:
-            url = json.load(fh).get("ingest", {}).get("url", "")
+        from twinkles_hpc.rundir import read_config_dict
+        url = read_config_dict(rundir).get("ingest", {}).get("url", "")
     return url or db.sqlite_url(rundir)
 
 
