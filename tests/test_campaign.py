@@ -187,6 +187,17 @@ def test_verify_redoes_an_output_damaged_in_place(tmp_path, tiny_config):
     assert path.read_bytes() == good
 
 
+@pytest.mark.parametrize("n", [0, 2])
+def test_a_signal_during_the_set_up_stops_the_run_before_any_task(tmp_path, tiny_config, n):
+    """SIGTERM while rank 0 plans the graph: the handlers are already installed, so the run stops before
+    its first task and exits 75 (resubmit), not 15."""
+    run = tmp_path / "run"
+    r = cli("run", tiny_config, "-o", run, mpi=n, timeout=300, env={"TWINKLES_HPC_FAULT": "term_in_setup=1"})
+    assert r.returncode == 75, (r.returncode, r.stderr)
+    events = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "done"] and events[-1]["status"] == "interrupted"
+
+
 def test_sigterm_to_mpiexec_checkpoints_and_resumes(reference, tmp_path):
     """SIGTERM delivered to mpiexec (forwarded to every rank, as srun does) mid-run: exit 75, resume."""
     import signal

@@ -75,7 +75,7 @@ def cmd_run(args):
     from twinkles_hpc.pipeline.stage import GraphError
     from twinkles_hpc.store.atomic import remove_stale_temporaries
 
-    stop = StopFlag().install()     # before the set-up: a signal during it stops the run before any task
+    stop = getattr(args, "stop", None) or StopFlag().install()   # main() installs it first thing
     comm = _world()
     rundir = os.path.abspath(args.output)
     setup, lock = None, None
@@ -530,7 +530,13 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stop = None
+    if argv[:1] == ["run"]:        # the signal handlers first: a signal during the set-up stops the run (75)
+        from twinkles_hpc.parallel.engine import StopFlag
+        stop = StopFlag().install()
     args = build_parser().parse_args(argv)
+    args.stop = stop
     try:
         return args.func(args)
     except (InputError, RunDirError) as exc:

@@ -11,6 +11,7 @@ TWINKLES_HPC_FAULT is a comma-separated list of NAME=VALUE:
                        task that does not exist, or the first task comes to depend on the last
   kill_in_ingest=T[:K] SIGKILL the process right after the K-th (default 1st) batch of rows sent to
                        database table T by the ingest stage, inside its open transaction
+  term_in_setup=1      SIGTERM to rank 0 itself while it sets the run up (planning the graph)
 
 Each kill happens once per run directory: a marker file RUNDIR/.faults/NAME[-K] remembers it (the one
 marker convention). The faults reach the tasks through seams only: a wrapper around the executor, and the
@@ -51,7 +52,10 @@ def _kill(sig=signal.SIGKILL):
 
 
 def alter_graph(tasks):
-    """The graph fault: a dependency on a missing task, or a cycle through the first and the last task."""
+    """The graph fault: a dependency on a missing task, or a cycle through the first and the last task;
+    and the set-up signal (term_in_setup), sent here because rank 0 plans the graph during the set-up."""
+    if fault("term_in_setup"):
+        _kill(signal.SIGTERM)
     how = fault("graph")
     if how == "missing":
         tasks[-1].deps = tuple(tasks[-1].deps) + ("visit/99999999",)
