@@ -2,6 +2,8 @@
 NaN/inf/huge numbers, missing columns, wrong types. Each must end with exit code 2 and one line naming the
 input (or, for a truncation that is still valid input, succeed): never a traceback. In-process, through
 `twinkles_hpc.cli.main`, so that the whole set runs in seconds."""
+import signal
+
 import numpy as np
 import pytest
 from conftest import TINY_TOML
@@ -20,7 +22,12 @@ def garbage(seed, n=2000):
 def check(capsys, argv, name, may_succeed=False):
     """Exit 2 with one line naming `name`; with `may_succeed` (a truncation that may still be valid input),
     success, or exit 2 with one line about whichever input the command found wanting."""
-    code = cli.main([str(a) for a in argv])
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}   # `run` installs its own
+    try:
+        code = cli.main([str(a) for a in argv])
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     if may_succeed and code == 0:
         return
