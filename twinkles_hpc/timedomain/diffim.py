@@ -115,7 +115,7 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
         template_mask = _check_plane("template_mask", template_mask, shape)
     for name, a in (("science image", science), ("template image", template),
                     ("science variance", science_variance), ("template variance", template_variance)):
-        if not np.isfinite(a).any():
+        if not (np.isfinite(a[::61, ::61]).any() or np.isfinite(a).any()):     # a sparse look first
             raise ValueError(f"the {name} has no finite pixel")
     x, y = np.atleast_1d(np.asarray(x, np.float64)), np.atleast_1d(np.asarray(y, np.float64))
     if x.ndim != 1 or x.shape != y.shape:
