@@ -1,5 +1,10 @@
 """A visit's geometry and photometry: WCS conventions, FITS export, and `twinkles-hpc imsim` on a PhoSim
-instance catalogue (flux and position of what it renders against what the catalogue says)."""
+instance catalogue (flux and position of what it renders against what the catalogue says; every bad input
+one line naming it, exit 2)."""
+import gzip
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -96,3 +101,155 @@ def test_fits_export_of_a_run_visit(tmp_path):
         assert np.array_equal(hdul[0].data, pix) and hdul[0].header["VISITID"] == 5
         ra, dec = WCS(hdul[0].header).all_pix2world(31.5, 23.5, 0)
     assert (float(ra), float(dec)) == pytest.approx((RA0, DEC0), abs=1e-9)
+
+
+# -- bad input to `twinkles-hpc imsim`: one line naming the input, exit 2, nothing written ---------------------
+IMSIM_HEADER = ("rightascension 53.0\ndeclination -27.4\nmjd 59580.1\nfilter 2\nrotskypos 30\nseeing 0.7\n"
+                "vistime 33\nnsnap 2\nobshistid 230\nseed 230\n")
+STAR = "object 1 53.0 -27.4 20 flatSED 0 0 0 0 0 0 point none none"
+GALAXY = "object 2 53.0 -27.4 20 flatSED 0.5 0 0 0 0 0 sersic2d 1.0 0.5 30 1 none none"
+LINE = IMSIM_HEADER.count("\n") + 1          # the object line's number
+
+
+def _catalogue(header=IMSIM_HEADER, obj=STAR):
+    return (header + obj + "\n").encode()
+
+
+BAD_CATALOGUES = {   # case: (file name, bytes, what the message names after the file)
+    "utf16": ("cat.txt", (IMSIM_HEADER + STAR).encode("utf-16"), ":1: text: expected UTF-8"),
+    "latin1": ("cat.txt", _catalogue(obj=STAR.replace("flatSED", "flat\xe9SED")).replace(b"\xc3\xa9", b"\xe9"),
+               f":{LINE}: text: expected UTF-8"),
+    "fake-gzip": ("cat.txt.gz", _catalogue(), ": gzip: expected a complete gzip"),
+    "truncated-gzip": ("cat.txt.gz", gzip.compress(_catalogue())[:60], ": gzip: expected a complete gzip"),
+    "mag-huge": ("cat.txt", _catalogue(obj=STAR.replace(" 20 ", " 1e300 ")), f":{LINE}: object magNorm"),
+    "mag-bright": ("cat.txt", _catalogue(obj=STAR.replace(" 20 ", " -100 ")), f":{LINE}: object magNorm"),
+    "mag-nan": ("cat.txt", _catalogue(obj=STAR.replace(" 20 ", " nan ")), f":{LINE}: object magNorm"),
+    "flux-too-high": ("cat.txt", _catalogue(obj=STAR.replace(" 20 ", " -10 ")), f":{LINE}: object 1 magNorm"),
+    "kappa-1": ("cat.txt", _catalogue(obj=GALAXY.replace(" 0.5 0 0 0 ", " 0.5 0 0 1 ")), f":{LINE}: object kappa"),
+    "kappa-1-point": ("cat.txt", _catalogue(obj=STAR.replace(" 0 0 0 0 0 0 ", " 0 0 0 1 0 0 ")),
+                      f":{LINE}: object kappa"),
+    "shear-singular": ("cat.txt", _catalogue(obj=STAR.replace(" 0 0 0 0 0 0 ", " 0 0.5 0 0.5 0 0 ")),
+                       f":{LINE}: object kappa"),
+    "kappa-inf": ("cat.txt", _catalogue(obj=STAR.replace(" 0 0 0 0 0 0 ", " 0 0 0 inf 0 0 ")),
+                  f":{LINE}: object kappa"),
+    "header-dec-100": ("cat.txt", _catalogue(IMSIM_HEADER.replace("-27.4", "100")), ":2: header declination"),
+    "header-dec-1e308": ("cat.txt", _catalogue(IMSIM_HEADER.replace("-27.4", "-1e308")), ":2: header declination"),
+    "header-mjd-nan": ("cat.txt", _catalogue(IMSIM_HEADER.replace("59580.1", "nan")), ":3: header mjd"),
+    "header-seeing-negative": ("cat.txt", _catalogue(IMSIM_HEADER.replace("seeing 0.7", "seeing -0.7")),
+                               ":6: header seeing"),
+    "object-dec-1e308": ("cat.txt", _catalogue(obj=STAR.replace(" -27.4 ", " -1e308 ")), f":{LINE}: object DEC"),
+    "object-ra-inf": ("cat.txt", _catalogue(obj=STAR.replace(" 53.0 ", " inf ")), f":{LINE}: object RA"),
+    "major-negative": ("cat.txt", _catalogue(obj=GALAXY.replace(" 1.0 0.5 ", " -1.0 0.5 ")),
+                       f":{LINE}: object sersic2d major_arcsec"),
+    "minor-negative": ("cat.txt", _catalogue(obj=GALAXY.replace(" 1.0 0.5 ", " 1.0 -0.5 ")),
+                       f":{LINE}: object sersic2d minor_arcsec"),
+    "sersic-n-negative": ("cat.txt", _catalogue(obj=GALAXY.replace(" 30 1 ", " 30 -1 ")),
+                          f":{LINE}: object sersic2d sersic_n"),
+    "av-negative": ("cat.txt", _catalogue(obj=STAR.replace("none none", "none CCM -0.1 3.1")),
+                    f":{LINE}: object DUST_LAB A_V"),
+    "pixel-too-bright": ("cat.txt", _catalogue(obj="\n".join([STAR.replace(" 20 ", " -5 ")] * 200)),
+                         ": objects: expected at most"),
+    "unknown-sed": ("cat.txt", _catalogue(obj=STAR.replace("flatSED", "galaxySED/Burst.spec.gz")),
+                    f":{LINE}: object 1 SEDFILE"),
+    "redshift-25": ("cat.txt", _catalogue(obj=GALAXY.replace(" 0.5 0 0 0 ", " 25 0 0 0 ")),
+                    f":{LINE}: object 2 redshift"),
+    "redshift-negative": ("cat.txt", _catalogue(obj=GALAXY.replace(" 0.5 0 0 0 ", " -0.5 0 0 0 ")),
+                          f":{LINE}: object 2 redshift"),
+}
+
+
+def _imsim(capsys, *args):
+    from twinkles_hpc.cli import main
+    code = main(["imsim", *map(str, args)])
+    out = capsys.readouterr()
+    return code, [ln for ln in out.err.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CATALOGUES))
+def test_imsim_bad_catalogue_is_one_line_naming_file_and_field(tmp_path, capsys, case):
+    name, data, names = BAD_CATALOGUES[case]
+    cat = tmp_path / name
+    cat.write_bytes(data)
+    code, err = _imsim(capsys, cat, "-o", tmp_path / "out.fits", "--nx", 64, "--ny", 64)
+    assert code == 2 and len(err) == 1, err
+    assert f"{cat}{names}" in err[0], err[0]
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--nx", "0"), ("--nx", "-5"), ("--ny", "100000"), ("--nx", "abc"), ("--nx", "64.5"),
+    ("--sky-mag", "nan"), ("--sky-mag", "inf"), ("--sky-mag", "-50"), ("--exptime", "nan"), ("--exptime", "-1"),
+    ("--exptime", "1e300"), ("--fwhm", "inf"), ("--fwhm", "0"), ("--fwhm", "1000"), ("--seed", "1" + "0" * 30),
+    ("--seed", "nan"), ("-o", "out.txt"), ("-o", "."),
+])
+def test_imsim_bad_option_is_one_line_naming_it(tmp_path, capsys, option, value):
+    cat = tmp_path / "cat.txt"
+    cat.write_bytes(_catalogue())
+    args = {"-o": str(tmp_path / "out.fits"), "--nx": "64", "--ny": "64"}
+    args[option] = str(tmp_path) if value == "." else str(tmp_path / value) if option == "-o" else value
+    code, err = _imsim(capsys, cat, *(x for kv in args.items() for x in kv))
+    assert code == 2 and len(err) == 1, err
+    assert f"imsim: {option}: expected" in err[0] and repr(args[option]) in err[0], err[0]
+    assert os.listdir(tmp_path) == ["cat.txt"]
+
+
+def test_imsim_renders_the_example_of_docs_instcat(tmp_path, capsys):
+    """The complete catalogue in docs/instcat.md renders, with both objects on a 512 x 512 sensor."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "instcat.md").read_text()
+    start = text.index("\n```\n", text.index("Example: a whole catalogue")) + 5
+    example = text[start:text.index("```", start)]
+    assert example.startswith("rightascension ") and example.count("\nobject ") == 2
+    cat = tmp_path / "example.txt"
+    cat.write_text(example)
+    from twinkles_hpc.cli import main
+    assert main(["imsim", str(cat), "-o", str(tmp_path / "example.fits"), "--nx", "512", "--ny", "512"]) == 0
+    assert "2 objects (2 on the sensor)" in capsys.readouterr().out
+    with fits.open(tmp_path / "example.fits") as hdul:
+        assert hdul[0].header["FILTER"] == "r" and hdul[0].header["NSOURCES"] == 2
+
+
+def test_imsim_seed_written_as_a_float_and_under_its_alias(tmp_path, capsys):
+    for header in (IMSIM_HEADER.replace("seed 230", "seed 230.0"), IMSIM_HEADER.replace("seed 230", "SIM_SEED 230")):
+        (tmp_path / "cat.txt").write_bytes(_catalogue(header))
+        code, err = _imsim(capsys, tmp_path / "cat.txt", "-o", tmp_path / "out.fits", "--nx", 64, "--ny", 64)
+        assert code == 0 and err == []
+
+
+def test_imsim_missing_or_directory_catalogue(tmp_path, capsys):
+    for cat in (tmp_path / "nope.txt", tmp_path):
+        code, err = _imsim(capsys, cat, "-o", tmp_path / "out.fits", "--nx", 64, "--ny", 64)
+        assert code == 2 and err == [f"twinkles-hpc: error: {cat}: instance catalogue: expected an existing file"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_imsim_fuzzed_catalogues_exit_0_or_one_line_2(tmp_path, capsys):
+    """Random token swaps, byte flips, truncations (plain and gzip) and random bytes: a rendered image or
+    exit 2 with one line naming the catalogue and nothing written; never a traceback."""
+    import random
+    rng = random.Random(5)
+    good = _catalogue(obj=GALAXY.replace("flatSED", "twinkles/gal_old").replace("none none", "CCM 0.1 3.1 none"))
+    tokens = ["nan", "inf", "-1e308", "1e308", "0", "-1", "1e-320", "x", "\xe9", "9" * 25]
+    for k in range(60):
+        mode = k % 5
+        if mode == 0:
+            words = good.decode().split(" ")
+            i = rng.randrange(len(words))
+            words[i] = rng.choice(tokens) + ("\n" if words[i].endswith("\n") else "")
+            data = " ".join(words).encode()
+        elif mode == 1:
+            data = good[:rng.randrange(len(good))]
+        elif mode == 2:
+            b = bytearray(good)
+            b[rng.randrange(len(b))] = rng.randrange(256)
+            data = bytes(b)
+        elif mode == 3:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        else:
+            z = gzip.compress(good)
+            data = z[:rng.randrange(len(z))]
+        cat = tmp_path / (f"c{k}.txt" + (".gz" if mode == 4 else ""))
+        cat.write_bytes(data)
+        out = tmp_path / f"o{k}.fits"
+        code, err = _imsim(capsys, cat, "-o", out, "--nx", 32, "--ny", 32)
+        assert (code, err, out.exists()) == (0, [], True) or (
+            code == 2 and len(err) == 1 and str(cat) in err[0] and not out.exists()), (k, code, err)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from twinkles_hpc.errors import InputError
-from twinkles_hpc.sky.instcat import (INSTCAT_OBJECT_DTYPE, InstanceCatalog, read_instance_catalog,
-                                      write_instance_catalog)
+from twinkles_hpc.sky.instcat import (INSTCAT_OBJECT_DTYPE, OBJECT_RANGES, InstanceCatalog,
+                                      read_instance_catalog, write_instance_catalog)
 
 HEADER = """\
 # Twinkles-style instance catalogue, CatSim output for obsHistID 230
@@ -107,10 +107,15 @@ def test_old_style_header_keys(tmp_path):
 
 
 def random_objects(n, rng):
+    """Random mantissas and exponents (down to 1e-300) within each field's allowed range."""
     o = np.zeros(n, INSTCAT_OBJECT_DTYPE)
     for name in INSTCAT_OBJECT_DTYPE.names:
         if INSTCAT_OBJECT_DTYPE[name].kind == "f":
-            o[name] = rng.normal(0, 1, n) * 10.0 ** rng.integers(-300, 300, n)
+            lo, hi = OBJECT_RANGES.get(name[:2] if name[:3] in ("av_", "rv_") else name, (-0.1, 0.1))[:2]
+            if name == "redshift":
+                lo, hi = -1e300, 1e300
+            sign = np.where(rng.random(n) < 0.5, lo, hi) if lo < 0 else hi
+            o[name] = sign * (1.0 - rng.random(n)) * 10.0 ** -rng.integers(0, 300, n)
     o["id"] = rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64)
     o["ra"][:3] = [1 / 3, -0.0, 5e-324][:n]
     o["sed"] = [f"galaxySED/sed_{i}.spec.gz" for i in range(n)]
@@ -249,3 +254,61 @@ def test_hand_built_catalog_properties():
     assert cat.band == "i" and cat.exptime == 30.0
     with pytest.raises(InputError, match="header rightascension: expected a required"):
         cat.ra
+
+
+@pytest.mark.parametrize("old,new,field,expect", [
+    ("declination -27.4389488", "declination 100", "header declination", r"\[-90, 90\] deg"),
+    ("declination -27.4389488", "declination -1e308", "header declination", r"\[-90, 90\] deg"),
+    ("rotskypos 256.7507532", "rotskypos 1e300", "header rotskypos", r"\[-360, 360\] deg"),
+    ("FWHMgeom 0.8992", "FWHMgeom 20", "header FWHMgeom", "positive number up to 10 arcsec"),
+    ("vistime 33.0000000", "vistime 1e9", "header vistime", "up to 3600 s"),
+    ("moonphase 3.8193650", "moonphase -3", "header moonphase", r"\[0, 100\] percent"),
+])
+def test_header_ranges(tmp_path, old, new, field, expect):
+    text = HEADER.replace(old, new)
+    p = write(tmp_path, "bad.txt", text)
+    lineno = text.splitlines().index(new) + 1
+    with pytest.raises(InputError, match=f"^{p}:{lineno}: {field}: expected .*{expect}"):
+        read_instance_catalog(p)
+
+
+@pytest.mark.parametrize("line,field", [
+    (GOOD.replace(" 22.1054537 ", " -11 "), "object magNorm"),
+    (GOOD.replace(" 22.1054537 ", " 101 "), "object magNorm"),
+    (GOOD.replace(" -27.4427303 ", " -90.5 "), "object DEC"),
+    (GOOD.replace(" 0 0 0 0 0 0 point ", " 0 0 0 1 0 0 point "), "object kappa, gamma1, gamma2"),
+    (GOOD.replace(" 0 0 0 0 0 0 point ", " 0 0.6 0.8 0 0 0 point "), "object kappa, gamma1, gamma2"),
+    (GOOD.replace(" 0 0 0 0 0 0 point ", " 0 0 0 0 0.5 0 point "), "object deltaRA"),
+    (GOOD.replace(" point ", " sersic2d 0 0.5 30 4 "), "object sersic2d major_arcsec"),
+    (GOOD.replace(" point ", " sersic2d 1 -0.5 30 4 "), "object sersic2d minor_arcsec"),
+    (GOOD.replace(" point ", " sersic2d 1 0.5 30 0 "), "object sersic2d sersic_n"),
+    (GOOD.replace(" 3.1", " -3.1"), "object DUST_LAB R_V"),
+])
+def test_object_ranges(tmp_path, line, field):
+    p = write(tmp_path, "bad.txt", HEADER + "\n" + line + "\n")
+    with pytest.raises(InputError) as e:
+        read_instance_catalog(p)
+    assert str(e.value).startswith(f"{p}:{HEADER.count(chr(10)) + 2}: {field}: expected"), str(e.value)
+
+
+def test_encoding_and_gzip_errors_name_the_file(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + HEADER.encode())          # a UTF-8 byte-order mark is ignored
+    assert read_instance_catalog(str(p)).ra == 53.0091385
+    p.write_bytes(HEADER.encode() + b"object \xff\n")
+    with pytest.raises(InputError, match=f"^{p}:{HEADER.count(chr(10)) + 1}: text: expected UTF-8 text, got "
+                       "'byte 0xff at column 8'"):
+        read_instance_catalog(str(p))
+    for data in (HEADER.encode(), gzip.compress(HEADER.encode())[:-12]):
+        g = tmp_path / "cat.txt.gz"
+        g.write_bytes(data)
+        with pytest.raises(InputError, match=f"^{g}: gzip: expected a complete gzip-compressed file"):
+            read_instance_catalog(str(g))
+
+
+def test_origins_and_seed(sample):
+    cat = read_instance_catalog(sample)
+    lines = (HEADER + OBJECTS).splitlines()
+    assert cat.origin(0) == f"{sample}:{lines.index(GOOD) + 1}"
+    assert cat.origin(5) == f"{os.path.dirname(sample)}/knots.txt.gz:2" and cat.seed == 230
+    assert InstanceCatalog({"SIM_SEED": "7.0"}, np.zeros(0, INSTCAT_OBJECT_DTYPE)).seed == 7

@@ -249,10 +249,11 @@ def cmd_config(args):
 
 # -- imsim -----------------------------------------------------------------------------------------
 def cmd_imsim(args):
-    from twinkles_hpc.imsim.instcat_render import render_instance_catalog
-    info = render_instance_catalog(args.instcat, args.output, nx=args.nx, ny=args.ny, seed=args.seed,
-                                   noise=not args.no_noise, sky_mag=args.sky_mag, exptime=args.exptime,
-                                   fwhm=args.fwhm)
+    """Numeric options arrive as text: a bad one is a one-line InputError naming it (instcat_render.OPTION_LIMITS)."""
+    from twinkles_hpc.imsim.instcat_render import check_option, render_instance_catalog
+    opts = {name: None if getattr(args, name) is None else check_option(name, getattr(args, name))
+            for name in ("nx", "ny", "seed", "sky_mag", "exptime", "fwhm")}
+    info = render_instance_catalog(args.instcat, args.output, noise=not args.no_noise, **opts)
     print(f"[twinkles-hpc] {args.instcat}: {info['n_objects']} objects ({info['n_on_sensor']} on the "
           f"sensor), band {info['band']}, visit {info['visit_id']} -> {args.output} "
           f"in {info['seconds']:.2f} s")
@@ -395,16 +396,17 @@ def build_parser():
 
     i = sub.add_parser("imsim", help="render one visit from a PhoSim instance catalogue")
     i.add_argument("instcat", help="PhoSim instance catalogue (point and sersic2d objects)")
-    i.add_argument("-o", "--output", required=True, help="output eimage (.fits or .h5)")
-    i.add_argument("--nx", type=int, default=4000, help="sensor width, pixels (default 4000)")
-    i.add_argument("--ny", type=int, default=4072, help="sensor height, pixels (default 4072)")
-    i.add_argument("--seed", type=int, default=None, help="noise seed (default: the catalogue's seed)")
+    i.add_argument("-o", "--output", required=True, help="output eimage (.fits, .fit, .fts, or .h5, .hdf5)")
+    i.add_argument("--nx", default="4000", metavar="N", help="sensor width, pixels, 1-16384 (default 4000)")
+    i.add_argument("--ny", default="4072", metavar="N", help="sensor height, pixels, 1-16384 (default 4072)")
+    i.add_argument("--seed", default=None, metavar="N", help="noise seed, a 64-bit integer (default: the "
+                   "catalogue's seed)")
     i.add_argument("--no-noise", action="store_true", help="write expected electrons (sky included)")
-    i.add_argument("--sky-mag", type=float, default=None,
-                   help="sky brightness, mag/arcsec^2 (default: the band's zenith dark sky)")
-    i.add_argument("--exptime", type=float, default=None, help="exposure, s (default: from the header)")
-    i.add_argument("--fwhm", type=float, default=None,
-                   help="PSF FWHM, arcsec (default: from the header's seeing keys)")
+    i.add_argument("--sky-mag", default=None, metavar="MAG",
+                   help="sky brightness, 10-30 mag/arcsec^2 (default: the band's zenith dark sky)")
+    i.add_argument("--exptime", default=None, metavar="S", help="exposure, (0, 3600] s (default: from the header)")
+    i.add_argument("--fwhm", default=None, metavar="ARCSEC",
+                   help="PSF FWHM, (0, 10] arcsec (default: from the header's seeing keys)")
     i.set_defaults(func=cmd_imsim)
 
     d = sub.add_parser("diffim", help="PSF-matched difference of two FITS images with a celestial WCS "

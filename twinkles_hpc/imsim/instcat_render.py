@@ -15,11 +15,85 @@ import numpy as np
 from twinkles_hpc import instrument
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.imsim import noise as _noise
+from twinkles_hpc.imsim.noise import MU_MAX
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.render import render_points, render_sersic
 from twinkles_hpc.imsim.visit import EDGE_MARGIN_PIX, write_eimage, write_fits
 from twinkles_hpc.imsim.wcs import SensorWCS
 from twinkles_hpc.sky.instcat import read_instance_catalog
+
+
+#: The render options (`twinkles-hpc imsim`'s): name -> (type, lo, hi, lower limit excluded, option, expected).
+OPTION_LIMITS = {
+    "nx": (int, 1, 16384, False, "--nx", "an integer in [1, 16384] (pixels)"),
+    "ny": (int, 1, 16384, False, "--ny", "an integer in [1, 16384] (pixels)"),
+    "seed": (int, -2 ** 63, 2 ** 63 - 1, False, "--seed", "an integer in [-2**63, 2**63)"),
+    "sky_mag": (float, 10.0, 30.0, False, "--sky-mag", "a number in [10, 30] (mag/arcsec^2)"),
+    "exptime": (float, 0.0, 3600.0, True, "--exptime", "a positive number up to 3600 (s)"),
+    "fwhm": (float, 0.0, 10.0, True, "--fwhm", "a positive number up to 10 (arcsec)"),
+    "pixel_scale": (float, 0.0, 10.0, True, "pixel_scale", "a positive number up to 10 (arcsec/pixel)"),
+}
+#: Output formats by file name ending: HDF5 eimage, else FITS.
+HDF5_SUFFIXES, FITS_SUFFIXES = (".h5", ".hdf5"), (".fits", ".fit", ".fts")
+
+
+def check_option(name, value):
+    """The number a render option stands for (`value`: a number or its text), within OPTION_LIMITS;
+    anything else is an InputError naming the option."""
+    kind, lo, hi, lo_open, label, expected = OPTION_LIMITS[name]
+    try:
+        v = kind(value)
+        if kind is int and not isinstance(value, (int, str, np.integer)) and v != value:
+            v = None                                   # 64.5 is not a pixel count
+    except (TypeError, ValueError, OverflowError):
+        v = None
+    if v is None or isinstance(value, bool) or not ((lo < v if lo_open else lo <= v) and v <= hi):
+        raise InputError("imsim", label, expected, value)     # NaN fails every comparison
+    return v
+
+
+def check_output(output):
+    """The output path: a FITS or HDF5 name that is not a directory."""
+    output = os.fspath(output)
+    if not output.endswith(HDF5_SUFFIXES + FITS_SUFFIXES):
+        raise InputError("imsim", "-o", "a file name ending in " + ", ".join(FITS_SUFFIXES + HDF5_SUFFIXES), output)
+    if os.path.isdir(output):
+        raise InputError("imsim", "-o", "a file name, not a directory", output)
+    return output
+
+
+def _check_seds(cat):
+    """Every object's SED name and redshift must be known to the SED models (sky/seds.py); the first
+    bad object is named by file, line and id."""
+    from twinkles_hpc.sky.seds import REDSHIFT_RANGE, parse_sed
+    o = cat.objects
+    bad = []
+    for name in np.unique(o["sed"]):
+        try:
+            parse_sed(name)
+        except InputError as e:
+            bad.append(name)
+            expected = e.expected
+    if bad:
+        i = int(np.argmax(np.isin(o["sed"], bad)))
+        raise InputError(cat.origin(i), f"object {o['id'][i]} SEDFILE", expected, str(o["sed"][i]))
+    lo, hi = REDSHIFT_RANGE
+    out = ~((o["redshift"] >= lo) & (o["redshift"] <= hi))
+    if out.any():
+        i = int(np.argmax(out))
+        raise InputError(cat.origin(i), f"object {o['id'][i]} redshift", f"{lo:g} <= z <= {hi:g} (the SED models)",
+                         float(o["redshift"][i]))
+
+
+def _check_fluxes(cat, index, flux, mags, mu, band, exptime):
+    """A source may put at most MU_MAX expected electrons on the sensor (the noise model's limit)."""
+    bright = ~(np.isfinite(flux) & (flux <= MU_MAX))
+    if bright.any():
+        j = int(np.argmax(bright))
+        i = int(index[j])
+        raise InputError(cat.origin(i), f"object {cat.objects['id'][i]} magNorm",
+                         f"a source of at most {MU_MAX:.3g} electrons in {exptime:g} s",
+                         f"{band} = {mags[j]:.2f} AB with magnification {mu[j]:.3g}: {flux[j]:.3g} electrons")
 
 
 def _magnitudes(objs, band):
@@ -59,6 +133,11 @@ def render_instance_catalog(path, output, *, nx=instrument.SENSOR_NX, ny=instrum
                             noise=True, sky_mag=None, exptime=None, fwhm=None,
                             pixel_scale=instrument.PIXEL_SCALE):
     t0 = time.perf_counter()
+    nx, ny, pixel_scale = check_option("nx", nx), check_option("ny", ny), check_option("pixel_scale", pixel_scale)
+    seed, sky_mag, exptime, fwhm = (None if v is None else check_option(k, v) for k, v in
+                                    (("seed", seed), ("sky_mag", sky_mag), ("exptime", exptime), ("fwhm", fwhm)))
+    output = check_output(output)
+    path = os.fspath(path)
     cat = read_instance_catalog(path)
     band = cat.band
     exptime = exptime if exptime is not None else cat.exptime
@@ -73,8 +152,9 @@ def render_instance_catalog(path, output, *, nx=instrument.SENSOR_NX, ny=instrum
     bad = (o["source_type"] == "sersic2d") & ~(np.isclose(o["sersic_n"], 1) | np.isclose(o["sersic_n"], 4))
     if bad.any():
         i = int(np.argmax(bad))
-        raise InputError(path, f"object {o['id'][i]} sersic2d index", "1 or 4 (exponential or de Vaucouleurs)",
-                         float(o["sersic_n"][i]))
+        raise InputError(cat.origin(i), f"object {o['id'][i]} sersic2d index",
+                         "1 or 4 (exponential or de Vaucouleurs)", float(o["sersic_n"][i]))
+    _check_seds(cat)
     wcs = SensorWCS(cat.ra, cat.dec, cat.rot_sky_pos, nx, ny, pixel_scale)
     x, y = wcs.sky_to_pixel(o["ra"] + np.rad2deg(o["dra"]), o["dec"] + np.rad2deg(o["ddec"]))
     reach = EDGE_MARGIN_PIX + 8.0 * o["major_arcsec"] / pixel_scale
@@ -82,7 +162,9 @@ def render_instance_catalog(path, output, *, nx=instrument.SENSOR_NX, ny=instrum
     o, x, y = o[on], x[on], y[on]
     mu = 1.0 / np.abs((1 - o["kappa"]) ** 2 - o["gamma1"] ** 2 - o["gamma2"] ** 2)
     extinction = 10.0 ** (-0.4 * instrument.K_ATM[band] * (cat.airmass - 1.0))
-    flux = instrument.counts_from_mag(_magnitudes(o, band), band, exptime) * mu * extinction
+    mags = _magnitudes(o, band)
+    flux = instrument.counts_from_mag(mags, band, exptime) * mu * extinction
+    _check_fluxes(cat, np.flatnonzero(on), flux, mags, mu, band, exptime)
     psf = PSFModel(fwhm, pixel_scale=pixel_scale, nx=nx, ny=ny)
     image = np.zeros((ny, nx))
     pt = o["source_type"] == "point"
@@ -95,8 +177,11 @@ def render_instance_catalog(path, output, *, nx=instrument.SENSOR_NX, ny=instrum
         render_sersic(image, x[g], y[g], flux[g], og["sersic_n"].round(), a, b / a, pa, wcs.jacobian, psf)
     sky_e = _noise.sky_electrons(sky_mag, band, exptime, pixel_scale=pixel_scale)
     visit_id = int(cat.obshistid or 0)
+    if noise and not image.max(initial=0.0) <= MU_MAX:
+        raise InputError(path, "objects", f"at most {MU_MAX:.3g} electrons in any pixel (overlapping bright "
+                         "sources)", float(image.max()))
     if noise:
-        key = (int(seed if seed is not None else cat.header.get("seed", visit_id)), visit_id, 1)
+        key = (int(seed if seed is not None else cat.seed if cat.seed is not None else visit_id), visit_id, 1)
         pixels, n_sat = _noise.add_sky_and_noise(image, sky_e, instrument.READ_NOISE, key)
     else:
         pixels, n_sat = (image + sky_e).astype(np.float32), 0

@@ -8,6 +8,7 @@ import gzip
 import math
 import os
 import uuid
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +42,30 @@ ALIASES = {"unrefracted_ra_deg": "rightascension", "unrefracted_dec_deg": "decli
            "opsim_altitude": "altitude", "opsim_azimuth": "azimuth", "opsim_moonra": "moonra",
            "opsim_moondec": "moondec", "opsim_moonalt": "moonalt", "opsim_dist2moon": "dist2moon",
            "opsim_sunalt": "sunalt", "sim_seed": "seed", "sim_vistime": "vistime", "sim_nsnap": "nsnap"}
-_FLOAT_KEYS = ("rightascension", "declination", "mjd", "rotskypos", "rottelpos", "altitude", "azimuth",
-               "moonra", "moondec", "moonalt", "moonphase", "dist2moon", "sunalt")
+#: Allowed header values: canonical key -> (lo, hi, unit); limits inclusive except a lower limit of 0
+#: for keys in _POSITIVE_KEYS (which must be > 0). Absent keys are not checked; `mjd` is any finite number.
+HEADER_RANGES = {"rightascension": (-360.0, 360.0, "deg"), "declination": (-90.0, 90.0, "deg"),
+                 "mjd": (-math.inf, math.inf, "days"), "rotskypos": (-360.0, 360.0, "deg"),
+                 "rottelpos": (-360.0, 360.0, "deg"), "altitude": (-90.0, 90.0, "deg"),
+                 "azimuth": (-360.0, 360.0, "deg"), "moonra": (-360.0, 360.0, "deg"),
+                 "moondec": (-90.0, 90.0, "deg"), "moonalt": (-90.0, 90.0, "deg"),
+                 "moonphase": (0.0, 100.0, "percent"), "dist2moon": (0.0, 180.0, "deg"),
+                 "sunalt": (-90.0, 90.0, "deg"), "seeing": (0.0, 10.0, "arcsec"), "fwhmeff": (0.0, 10.0, "arcsec"),
+                 "fwhmgeom": (0.0, 10.0, "arcsec"), "vistime": (0.0, 3600.0, "s")}
 _POSITIVE_KEYS = ("seeing", "fwhmeff", "fwhmgeom", "vistime")
 _INT_KEYS = {"filter": (0, 5), "nsnap": (1, None), "obshistid": (None, None), "seed": (None, None),
              "minsource": (0, None)}
+#: Allowed object values: INSTCAT_OBJECT_DTYPE field -> (lo, hi, unit, lower limit excluded). MAGNORM
+#: outside [-10, 100] is absurd: brighter than any night-sky source but the Moon, or a typo (1e300).
+OBJECT_RANGES = {"ra": (-360.0, 360.0, "deg", False), "dec": (-90.0, 90.0, "deg", False),
+                 "mag_norm": (-10.0, 100.0, "AB mag", False),
+                 "dra": (-0.1, 0.1, "rad", False), "ddec": (-0.1, 0.1, "rad", False),
+                 "major_arcsec": (0.0, 3600.0, "arcsec", True), "minor_arcsec": (0.0, 3600.0, "arcsec", True),
+                 "pa_deg": (-360.0, 360.0, "deg", False), "sersic_n": (0.0, 10.0, "", True),
+                 "av": (0.0, 10.0, "mag", False), "rv": (0.0, 10.0, "", True)}
+#: Weak lensing: the magnification 1 / |(1 - kappa)^2 - gamma1^2 - gamma2^2| must lie in this range
+#: (kappa = 1 without shear is singular: an infinite magnification).
+MAGNIFICATION_RANGE = (1e-3, 1e3)
 #: Gap between snaps in a visit, s: PhoSim's default visit is vistime 33 = 2 x 15 s + 3 s.
 SNAP_GAP_S = 3.0
 _DEFAULT_VISTIME, _DEFAULT_NSNAP = 33.0, 2
@@ -72,6 +92,28 @@ def _number(text, source, field, kind=float):
     return value
 
 
+def _range_text(lo, hi, unit, lo_open):
+    unit = f" {unit}" if unit else ""
+    if hi == math.inf:
+        return "a finite number"
+    if lo_open and lo == 0:
+        return f"a positive number up to {hi:g}{unit}"
+    return f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]{unit}"
+
+
+def _ranged(text, source, field, lo, hi, unit="", lo_open=False):
+    """Parse a finite number within [lo, hi] ((lo, hi] with lo_open) or raise InputError."""
+    v = _number(text, source, field)
+    if not ((lo < v if lo_open else lo <= v) and v <= hi):
+        raise InputError(source, field, _range_text(lo, hi, unit, lo_open), text)
+    return v
+
+
+def _object_value(text, source, field, name):
+    lo, hi, unit, lo_open = OBJECT_RANGES[name]
+    return _ranged(text, source, field, lo, hi, unit, lo_open)
+
+
 def _is_number(text):
     try:
         float(text)
@@ -83,13 +125,9 @@ def _is_number(text):
 def _check_header_value(key, value, source, raw_key=None):
     """Validate the value of a known header key (key in canonical lower case); returns the number."""
     field = f"header {raw_key or key}"
-    if key in _FLOAT_KEYS:
-        return _number(value, source, field)
-    if key in _POSITIVE_KEYS:
-        v = _number(value, source, field)
-        if v <= 0:
-            raise InputError(source, field, "a positive number", value)
-        return v
+    if key in HEADER_RANGES:
+        lo, hi, unit = HEADER_RANGES[key]
+        return _ranged(value, source, field, lo, hi, unit, lo_open=key in _POSITIVE_KEYS)
     if key in _INT_KEYS:
         lo, hi = _INT_KEYS[key]
         v = _number(value, source, field, int)
@@ -110,6 +148,12 @@ class InstanceCatalog:
     header: dict
     objects: np.ndarray
     path: str | None = None
+    #: "file:line" of each object's line (None when the objects were not read from a file).
+    origins: list | None = None
+
+    def origin(self, i):
+        """Where object i was read ("file:line"), else the catalogue's path."""
+        return self.origins[i] if self.origins is not None else (self.path or "<instance catalogue>")
 
     def _get(self, key, default=None):
         for raw, value in self.header.items():
@@ -150,6 +194,11 @@ class InstanceCatalog:
         return self._get("obshistid")
 
     @property
+    def seed(self):
+        """The simulation seed (`seed`, alias SIM_SEED), or None when absent."""
+        return self._get("seed")
+
+    @property
     def seeing_fwhm(self):
         """PSF FWHM, arcsec: FWHMgeom, else FWHMeff, else seeing; None when none is given."""
         for key in ("fwhmgeom", "fwhmeff", "seeing"):
@@ -187,8 +236,27 @@ class InstanceCatalog:
         return t
 
 
-def _open_text(path, mode="rt"):
-    return gzip.open(path, mode, encoding="utf-8") if path.endswith(".gz") else open(path, mode, encoding="utf-8")
+def _text_lines(path):
+    """(line number, text) of each line of a UTF-8 file (gzip-compressed if the name ends in .gz).
+
+    Bytes that are not UTF-8, a .gz file that is not gzip or is truncated, and an unreadable file are
+    InputErrors naming the file (and the line for a bad byte).
+    """
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(f"{path}:{lineno}", "text", "UTF-8 text",
+                                     f"byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
+                yield lineno, text.removeprefix("\ufeff") if lineno == 1 else text
+    except (OSError, EOFError, zlib.error) as e:
+        if path.endswith(".gz"):
+            raise InputError(path, "gzip", "a complete gzip-compressed file (the name ends in .gz)",
+                             f"{e}" + (f" (after line {lineno})" if lineno else "")) from None
+        raise InputError(path, "instance catalogue", "a readable file", str(e)) from None
 
 
 def _parse_dust(tokens, pos, source, which):
@@ -203,8 +271,20 @@ def _parse_dust(tokens, pos, source, which):
     if len(tokens) < pos + 3:
         raise InputError(source, f"object {which} parameters", f"2 parameters (A_V R_V) after {tokens[pos]}",
                          " ".join(tokens[pos + 1:]))
-    return (name, _number(tokens[pos + 1], source, f"object {which} A_V"),
-            _number(tokens[pos + 2], source, f"object {which} R_V"), pos + 3)
+    return (name, _object_value(tokens[pos + 1], source, f"object {which} A_V", "av"),
+            _object_value(tokens[pos + 2], source, f"object {which} R_V", "rv"), pos + 3)
+
+
+def _check_lensing(row, source):
+    """The weak-lensing Jacobian must be invertible, with a magnification in MAGNIFICATION_RANGE."""
+    k, g1, g2 = row["kappa"], row["gamma1"], row["gamma2"]
+    det = (1.0 - k) * (1.0 - k) - g1 * g1 - g2 * g2
+    lo, hi = MAGNIFICATION_RANGE
+    magnification = 1.0 / abs(det) if det else math.inf
+    if not lo <= magnification <= hi:
+        raise InputError(source, "object kappa, gamma1, gamma2",
+                         f"a lensing magnification 1/|(1-kappa)^2 - gamma1^2 - gamma2^2| in [{lo:g}, {hi:g}]",
+                         f"kappa {k!r}, gamma1 {g1!r}, gamma2 {g2!r}")
 
 
 def _parse_object(tokens, source):
@@ -218,8 +298,11 @@ def _parse_object(tokens, source):
             if len(tok) > 64:
                 raise InputError(source, "object SEDFILE", "a path of at most 64 characters", tok)
             row[name] = tok
+        elif name in OBJECT_RANGES:
+            row[name] = _object_value(tok, source, f"object {label}", name)
         else:
             row[name] = _number(tok, source, f"object {label}", int if name == "id" else float)
+    _check_lensing(row, source)
     stype = tokens[12].lower()
     if stype not in SOURCE_PARAMS:
         raise InputError(source, "object SOURCETYPE", f"one of {', '.join(SOURCE_PARAMS)}", tokens[12])
@@ -233,7 +316,7 @@ def _parse_object(tokens, source):
         raise InputError(source, f"object {stype} parameters", _SOURCE_DOC[stype], f"{given} parameters")
     pos = 13 + given
     for name, tok in zip(params, tokens[13:pos]):
-        row[name] = _number(tok, source, f"object {stype} {name}")
+        row[name] = _object_value(tok, source, f"object {stype} {name}", name)
     dust_rest, av_rest, rv_rest, pos = _parse_dust(tokens, pos, source, "DUST_REST")
     dust_lab, av_lab, rv_lab, pos = _parse_dust(tokens, pos, source, "DUST_LAB")
     if pos != len(tokens):
@@ -243,38 +326,38 @@ def _parse_object(tokens, source):
     return tuple(row.get(name, 0.0) for name in INSTCAT_OBJECT_DTYPE.names)
 
 
-def _read_lines(path, header, seen, rows, stack):
-    """Read one file (main or included) into header / rows; returns its number of lines."""
+def _read_lines(path, header, seen, rows, origins, stack):
+    """Read one file (main or included) into header / rows (with origins); returns its number of lines."""
     included = len(stack) > 0
     lineno = 0
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens or tokens[0].startswith("#"):
-                continue
-            source = f"{path}:{lineno}"
-            key = tokens[0]
-            if key == "object":
-                rows.append(_parse_object(tokens, source))
-            elif key == "includeobj":
-                if len(tokens) != 2:
-                    raise InputError(source, "includeobj", "one file name", " ".join(tokens[1:]))
-                inc = os.path.join(os.path.dirname(path), tokens[1])
-                if not os.path.isfile(inc):
-                    raise InputError(source, "includeobj", "an existing file", inc)
-                if os.path.realpath(inc) in stack:
-                    raise InputError(source, "includeobj", "no include cycle", inc)
-                _read_lines(inc, header, seen, rows, stack + [os.path.realpath(path)])
-            elif included:
-                raise InputError(source, "line", "object or includeobj in an included file", key)
-            else:
-                canon = _canonical(key)
-                if canon in seen:
-                    raise InputError(source, f"header {key}", f"one {canon} line (also at line {seen[canon]})")
-                value = line.strip()[len(key):].strip()
-                _check_header_value(canon, value, source, key)
-                seen[canon] = lineno
-                header[key] = value
+    for lineno, line in _text_lines(path):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        source = f"{path}:{lineno}"
+        key = tokens[0]
+        if key == "object":
+            rows.append(_parse_object(tokens, source))
+            origins.append(source)
+        elif key == "includeobj":
+            if len(tokens) != 2:
+                raise InputError(source, "includeobj", "one file name", " ".join(tokens[1:]))
+            inc = os.path.join(os.path.dirname(path), tokens[1])
+            if not os.path.isfile(inc):
+                raise InputError(source, "includeobj", "an existing file", inc)
+            if os.path.realpath(inc) in stack:
+                raise InputError(source, "includeobj", "no include cycle", inc)
+            _read_lines(inc, header, seen, rows, origins, stack + [os.path.realpath(path)])
+        elif included:
+            raise InputError(source, "line", "object or includeobj in an included file", key)
+        else:
+            canon = _canonical(key)
+            if canon in seen:
+                raise InputError(source, f"header {key}", f"one {canon} line (also at line {seen[canon]})")
+            value = line.strip()[len(key):].strip()
+            _check_header_value(canon, value, source, key)
+            seen[canon] = lineno
+            header[key] = value
     return lineno
 
 
@@ -286,12 +369,12 @@ def read_instance_catalog(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(path, "instance catalogue", "an existing file")
-    header, seen, rows = {}, {}, []
-    nlines = _read_lines(path, header, seen, rows, [])
+    header, seen, rows, origins = {}, {}, [], []
+    nlines = _read_lines(path, header, seen, rows, origins, [])
     for key in REQUIRED_KEYS:
         if key not in seen:
             raise InputError(f"{path}:{nlines}", f"header {key}", "a required header line (none up to the end)")
-    return InstanceCatalog(header, np.array(rows, dtype=INSTCAT_OBJECT_DTYPE), path)
+    return InstanceCatalog(header, np.array(rows, dtype=INSTCAT_OBJECT_DTYPE), path, origins)
 
 
 def _fmt(x):

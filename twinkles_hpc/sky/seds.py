@@ -170,6 +170,8 @@ _FLAT_ALIASES = {"flatSED", "sed_flat.txt", "flatSED/sed_flat.txt.gz", "../sky/s
 _EXPECTED = ("'flatSED', 'twinkles/bb_<T>K' (integer kelvin), 'twinkles/gal_<kind>' with kind in "
              + ", ".join(GALAXY_TEMPLATES) + ", or 'starSED/kurucz/..._<T>.gz' (mapped to a blackbody)")
 _HC_OVER_K_NM_K = 1.438776877e7   # h c / k_B, nm K
+#: Redshifts the SED models accept (inclusive).
+REDSHIFT_RANGE = (0.0, 20.0)
 
 
 def parse_sed(sed_name):
@@ -223,8 +225,8 @@ def sed_fnu(sed_name, wavelength_nm, redshift=0.0):
     is 1 at 500 nm; redshifting multiplies f_nu by (1+z) (module docstring) and applies the IGM."""
     kind, par = parse_sed(sed_name)
     z = float(redshift)
-    if not (0.0 <= z <= 20.0):
-        raise InputError("sed", "redshift", "0 <= z <= 20", redshift)
+    if not (REDSHIFT_RANGE[0] <= z <= REDSHIFT_RANGE[1]):
+        raise InputError("sed", "redshift", f"{REDSHIFT_RANGE[0]:g} <= z <= {REDSHIFT_RANGE[1]:g}", redshift)
     lam = np.asarray(wavelength_nm, dtype=np.float64)
     rest = lam / (1.0 + z)
     if kind == "flat":
