@@ -392,3 +392,35 @@ def test_ingest_config_is_validated(tmp_path):
     assert [t.id for t in tasks][-3:] == ["ingest/ForcedSource/0000", "ingest/ForcedSource/0001",
                                           "ingest/ForcedSource/0002"]
     assert all(t.deps[-1] == prev.id for prev, t in zip(tasks, tasks[1:])), "one writer at a time: a chain"
+
+
+def test_a_damaged_sqlite_database_is_ingested_again(tmp_path):
+    """A truncated level2.sqlite is found on every resume (its header's page count against its size); a
+    same-size damage only with `run --verify` (SQLite's integrity check). Either way the database and the
+    ingest receipts go, and the journal redoes the ingest steps."""
+    import sqlite3
+
+    from twinkles_hpc.pipeline.stages.ingest import sqlite_damage
+    cfg = config_mod.from_dict({s: {"enabled": True} for s in ("calexp", "coadd", "objects", "forced", "ingest")})
+    db_path = tmp_path / layout.SQLITE
+    con = sqlite3.connect(db_path)
+    con.execute("CREATE TABLE t (x INTEGER, y TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "row %d" % i * 20) for i in range(4000)])
+    con.commit()
+    con.close()
+    good = db_path.read_bytes()
+    assert sqlite_damage(db_path) == "" and sqlite_damage(db_path, full=True) == ""
+    receipts = tmp_path / layout.INGEST_RECEIPTS
+    for data, verify in ((good[:len(good) // 2], False), (good[:4096 * 3] + bytes(len(good) - 4096 * 3), True)):
+        db_path.write_bytes(data)
+        receipts.mkdir(parents=True, exist_ok=True)
+        (receipts / "objects.json").write_text("{}")
+        if verify:                                   # same size: the header agrees, the pages do not
+            assert sqlite_damage(db_path) == "" and sqlite_damage(db_path, full=True)
+        ctx = RunContext(cfg, str(tmp_path), [], log=(lines := []).append)
+        ctx.verify = verify
+        stage("ingest").before_run(ctx)
+        assert not db_path.exists() and not receipts.exists()
+        assert len(lines) == 1 and "damaged" in lines[0], lines
+    (tmp_path / "x").write_bytes(b"not sqlite")
+    assert sqlite_damage(tmp_path / "x") == "not an SQLite file"

@@ -95,6 +95,8 @@ def cmd_run(args):
             lock = RunLock(rundir).acquire()
             rd.init(cfg, rundir, text, visits, ctx.skymap)
             n_tmp = remove_stale_temporaries(rundir)
+            ctx.verify = args.verify
+            ctx.log = lambda m: print(f"[twinkles-hpc] {m}", flush=True)
             registry.before_run(ctx)
             journal = Journal(rundir)
             done, lost = journal.completed()

@@ -47,6 +47,7 @@ class RunContext:
         self._skymap = skymap
         self.caches = {}
         self.hooks = Hooks()
+        self.verify = False         # `run --verify`: stages' before_run check what they keep in full
 
     def path(self, rel):
         return os.path.join(self.rundir, rel)

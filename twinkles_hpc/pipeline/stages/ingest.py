@@ -66,10 +66,19 @@ class IngestStage(Stage):
         return out
 
     def before_run(self, ctx):
-        """When the run's SQLite database is gone (deleted by hand), remove the ingest receipts: the journal
-        then finds the ingest tasks' outputs missing and the rerun ingests again. A server database is the
-        user's to manage: delete RUNDIR/ingest/ to ingest into it again (docs/database.md)."""
-        if not ctx.cfg.ingest.url and not os.path.exists(ctx.path(layout.SQLITE)):
+        """When the run's SQLite database is gone (deleted by hand) or damaged, remove it and the ingest
+        receipts: the journal then finds the ingest tasks' outputs missing and the rerun ingests again.
+        Damage: always, a file shorter or longer than its header's page count says (a truncated copy);
+        with `run --verify`, also SQLite's own integrity check. A server database is the user's to manage:
+        delete RUNDIR/ingest/ to ingest into it again (docs/database.md)."""
+        if ctx.cfg.ingest.url:
+            return
+        path = ctx.path(layout.SQLITE)
+        why = sqlite_damage(path, full=ctx.verify) if os.path.exists(path) else "missing"
+        if why and why != "missing":
+            ctx.log_line(f"{layout.SQLITE} is damaged ({why}): ingesting again")
+            os.remove(path)
+        if why:
             shutil.rmtree(ctx.path(layout.INGEST_RECEIPTS), ignore_errors=True)
 
     def run(self, ctx, task, should_stop):
@@ -91,6 +100,36 @@ class IngestStage(Stage):
         atomic_write_bytes(ctx.path(rel), json.dumps({"task": task.id, "database": url,
                                                       "inserted": inserted}, sort_keys=True).encode())
         return {rel: os.path.getsize(ctx.path(rel))}
+
+
+def sqlite_damage(path, full=False):
+    """Why the SQLite file at `path` is damaged, or '' when it looks whole: its header (the format string,
+    the page size and, where the header's counter says it is current, the page count) against the file's
+    size; with `full`, also PRAGMA integrity_check (reads every page)."""
+    import sqlite3
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return "not an SQLite file"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    n_pages = int.from_bytes(head[28:32], "big")
+    current = head[24:28] == head[92:96]
+    size = os.path.getsize(path)
+    if size % page or (current and n_pages and size != n_pages * page):
+        return f"{size} bytes, the header says {n_pages} pages of {page}"
+    if full:
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                result = con.execute("PRAGMA integrity_check").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as err:
+            return str(err)
+        if result != "ok":
+            return f"integrity check: {result}"
+    return ""
 
 
 def _stages_with_tables():
