@@ -25,13 +25,16 @@ def check(capsys, argv, name, may_succeed=False):
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}   # `run` installs its own
     try:
         code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:                  # argparse's errors
+        code = exc.code
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     if may_succeed and code == 0:
         return
-    assert code == 2 and len(err) == 1 and err[0].startswith("twinkles-hpc: error:"), (argv, code, err)
+    assert code == 2 and len(err) == 1 and err[0].startswith("twinkles-hpc") and ": error: " in err[0], \
+        (argv, code, err)
     assert may_succeed or str(name) in err[0], (argv, err)
 
 
@@ -109,3 +112,18 @@ def test_fits_images(tmp_path, capsys, which):
             ["diffim", good, p, "-o", tmp_path / "d.fits"]
         check(capsys, argv, p, may_succeed=ok)
     assert not (tmp_path / "d.fits").exists()
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["bogus"], "bogus"), (["status"], "rundir"), (["run"], "config"), (["config", "--check"], "--check"),
+    (["lightcurve", "--object", "x"], "--object"), (["lightcurve", "--object", "nan"], "--object"),
+    (["bench", "diffim", "--nx", "0"], "--nx"), (["bench", "detect", "--stars", "-3"], "--stars"),
+    (["bench", "diffim", "--repeat", "0"], "--repeat"), (["bench", "timedelay", "--systems", "-1"], "--systems"),
+    (["bench", "imsim", "--nx", "1e9"], "--nx"), (["timedelay"], "FILE"),
+    (["timedelay", "--max-delay", "nan", "x.csv"], "--max-delay"),
+    (["imsim", "x.txt", "-o", "y.fits", "--nx", "-1"], "--nx"),
+    (["validate", "nowhere", "--json", "/nonexistent/dir/v.json"], "--json"),
+    (["report", "nowhere", "--validation", "/nonexistent.json"], "--validation")])
+def test_arguments(capsys, argv, name):
+    """Bad command-line arguments: one line (argparse's usage block replaced), exit 2, naming the option."""
+    check(capsys, argv, name)

@@ -306,8 +306,17 @@ def cmd_timedelay(args):
 
 
 # -- bench -----------------------------------------------------------------------------------------
+#: Smallest value of each numeric `bench` option (the benchmarks' own sizes are far above).
+BENCH_MINIMA = {"nx": 64, "ny": 64, "stars": 1, "galaxies": 0, "repeat": 1, "seed": 0, "systems": 1,
+                "pycs3_systems": 0}
+
+
 def cmd_bench(args):
     from twinkles_hpc import bench
+    for name, lo in BENCH_MINIMA.items():
+        v = getattr(args, name, None)
+        if v is not None and v < lo:
+            raise InputError("bench", "--" + name.replace("_", "-"), f"an integer >= {lo}", v)
     return bench.main(args)
 
 
@@ -315,6 +324,8 @@ def cmd_bench(args):
 def cmd_validate(args):
     """Metrics of a run against its truth as JSON on stdout; exit 1 naming each failed threshold."""
     from twinkles_hpc.validation import validate_run
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise InputError(args.json, "--json", "a file in an existing directory", "no such directory")
     report, failed = validate_run(args.rundir, args.config, args.db)
     text = json.dumps(report, indent=1)
     print(validation_summary(report) if args.summary else text)
@@ -343,6 +354,9 @@ def validation_summary(report):
 def cmd_report(args):
     """A static HTML report of a run directory (docs/report.md)."""
     from twinkles_hpc.report import ReportLimits, write_report
+    if args.validation and not os.path.isfile(args.validation):
+        raise InputError(args.validation, "--validation", "a JSON file written by `twinkles-hpc validate --json`",
+                         "no such file")
     limits = ReportLimits(max_supernovae=args.max_sne, max_lenses=args.max_lenses, max_stars=args.max_stars,
                           n_stamps=args.stamps)
     log = (lambda m: print(f"[twinkles-hpc] {m}", flush=True)) if args.verbose else None
@@ -352,9 +366,18 @@ def cmd_report(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2): the command, what is wrong and where the help is, not the
+    usage block."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="twinkles-hpc", description=__doc__.splitlines()[0],
-                                epilog=EXIT_CODES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="twinkles-hpc", description=__doc__.splitlines()[0],
+                epilog=EXIT_CODES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"twinkles-hpc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
