@@ -93,13 +93,18 @@ def read_config_dict(rundir):
     cj = os.path.join(rundir, layout.CONFIG_JSON)
     if not os.path.exists(cj):
         raise InputError(rundir, layout.CONFIG_JSON, "a twinkles-hpc run directory", "not found")
+    return _json_object(cj, "the JSON config a run wrote")
+
+
+def _json_object(path, what):
+    """A JSON file holding an object, as a dict; InputError naming the file when it is not that."""
     try:
-        with open(cj, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, ValueError) as exc:
-        raise InputError(cj, "file", "the JSON config a run wrote", f"unreadable ({exc})") from None
+        raise InputError(path, "file", what, f"unreadable ({exc})") from None
     if not isinstance(data, dict):
-        raise InputError(cj, "file", "a JSON object", type(data).__name__)
+        raise InputError(path, "file", "a JSON object", type(data).__name__)
     return data
 
 
@@ -116,11 +121,4 @@ def read_skymap_dict(rundir):
     path = os.path.join(rundir, layout.SKYMAP)
     if not (_set_up(rundir) and os.path.exists(path)):
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, "file", "the skymap the run wrote (JSON)", f"unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "file", "a JSON object", type(data).__name__)
-    return data
+    return _json_object(path, "the skymap the run wrote (JSON)")
