@@ -61,7 +61,7 @@ def test_journal_checksums_find_same_size_damage(tmp_path):
 
 
 def test_downstream_of_damaged_tasks():
-    from twinkles_hpc.cli import downstream
+    from twinkles_hpc.pipeline.stage import downstream
     ts = graph()
     assert downstream(ts, ["sky"]) == {t.id for t in ts}
     assert downstream(ts, ["v1"]) == {"v1"} and downstream(ts, []) == set()

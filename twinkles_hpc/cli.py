@@ -48,21 +48,6 @@ def _abort(comm, what):
 
 
 # -- run -------------------------------------------------------------------------------------------
-def downstream(tasks, roots):
-    """The task ids `roots` and every task that depends on one of them, directly or not."""
-    users = {}
-    for t in tasks:
-        for d in t.deps:
-            users.setdefault(d, []).append(t.id)
-    out, stack = set(), list(roots)
-    while stack:
-        tid = stack.pop()
-        if tid not in out:
-            out.add(tid)
-            stack.extend(users.get(tid, ()))
-    return out
-
-
 def cmd_run(args):
     from twinkles_hpc import config as config_mod
     from twinkles_hpc import rundir as rd
@@ -72,7 +57,7 @@ def cmd_run(args):
     from twinkles_hpc.pipeline import registry
     from twinkles_hpc.pipeline.context import RunContext
     from twinkles_hpc.pipeline.setup import plan
-    from twinkles_hpc.pipeline.stage import GraphError
+    from twinkles_hpc.pipeline.stage import GraphError, downstream
     from twinkles_hpc.store.atomic import remove_stale_temporaries
 
     stop = getattr(args, "stop", None) or StopFlag().install()   # main() installs it first thing

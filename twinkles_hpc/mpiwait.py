@@ -32,20 +32,23 @@ class Backoff:
         self.delay = FIRST_POLL_SLEEP
 
 
-def wait_until(test):
-    """Call test() until it returns true, sleeping with back-off between calls."""
+def wait_until(test, on_miss=None):
+    """Call test() until it returns true, sleeping with back-off between calls (and calling on_miss(),
+    if given, after each miss)."""
     backoff = Backoff()
     while not test():
+        if on_miss is not None:
+            on_miss()
         backoff.sleep()
 
 
-def poll_recv(comm, source, tag=None):
+def poll_recv(comm, source, tag=None, on_miss=None):
     """Receive the next message from `source` (an MPI rank or MPI.ANY_SOURCE) with `tag` (None: any)
-    without spinning; returns (message, source, tag)."""
+    without spinning; returns (message, source, tag). on_miss: called between polls (wait_until)."""
     from mpi4py import MPI
     st = MPI.Status()
     tag = MPI.ANY_TAG if tag is None else tag
-    wait_until(lambda: comm.Iprobe(source=source, tag=tag, status=st))
+    wait_until(lambda: comm.Iprobe(source=source, tag=tag, status=st), on_miss)
     return comm.recv(source=st.Get_source(), tag=st.Get_tag()), st.Get_source(), st.Get_tag()
 
 

@@ -25,6 +25,12 @@ def tangent_plane(ra, dec, ra0, dec0):
     return np.rad2deg(xi), np.rad2deg(eta)
 
 
+def tangent_arcsec(ra, dec, ra0, dec0):
+    """tangent_plane in arcsec: the gnomonic coordinates (xi, eta) of (ra, dec) about (ra0, dec0), degrees in."""
+    xi, eta = tangent_plane(np.asarray(ra, np.float64), np.asarray(dec, np.float64), ra0, dec0)
+    return xi * 3600.0, eta * 3600.0
+
+
 def from_tangent_plane(xi, eta, ra0, dec0):
     """Inverse of tangent_plane: (ra, dec), degrees, of the gnomonic coordinates (xi, eta), degrees."""
     xi, eta = np.deg2rad(np.asarray(xi, np.float64)), np.deg2rad(np.asarray(eta, np.float64))

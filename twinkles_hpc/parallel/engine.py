@@ -322,7 +322,6 @@ class Engine:
     # -- workers ------------------------------------------------------------------------------
     def _worker(self):
         comm = self.comm
-        from mpi4py import MPI
         drain = [False]
         reported = [False]          # this rank's own signal has been sent to rank 0
 
@@ -339,16 +338,9 @@ class Engine:
                 comm.send(self.stop.signum, dest=0, tag=TAG_SIGNAL)
                 reported[0] = True
 
-        def next_message():         # poll_recv, reporting a signal that arrives while waiting
-            st, backoff = MPI.Status(), Backoff()
-            while not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=st):
-                report_signal()
-                backoff.sleep()
-            return comm.recv(source=0, tag=st.Get_tag()), st.Get_tag()
-
         comm.send(None, dest=0, tag=TAG_REQ)
         while True:
-            msg, tag = next_message()
+            msg, _, tag = poll_recv(comm, 0, on_miss=report_signal)     # a signal while waiting: reported
             if tag == TAG_STOP:
                 comm.send(None, dest=0, tag=TAG_BYE)
                 return

@@ -36,8 +36,10 @@ class Journal:
     def __init__(self, rundir):
         self.rundir = rundir
         self.path = os.path.join(rundir, layout.JOURNAL)
+        self._done = None
 
     def append(self, event, **fields):
+        self._done = None
         rec = {"event": event, "time": round(time.time(), 3), **fields}
         line = json.dumps(rec, sort_keys=True) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -48,31 +50,30 @@ class Journal:
     def events(self):
         return read_jsonl(self.path)
 
+    def _last_done(self):
+        """{task_id: its last `done` event}: the journal read once until the next append."""
+        if self._done is None:
+            self._done = {ev["task"]: ev for ev in self.events() if ev.get("event") == "done"}
+        return self._done
+
     def completed(self):
         """{task_id: outputs} for done tasks whose outputs are all present with the recorded sizes."""
         done, lost = {}, []
-        for ev in self.events():
-            if ev.get("event") == "done":
-                done[ev["task"]] = ev.get("outputs", {})
-        for tid, outputs in list(done.items()):
-            for rel, size in outputs.items():
-                p = os.path.join(self.rundir, rel)
-                if not os.path.exists(p) or os.path.getsize(p) != size:
-                    lost.append(tid)
-                    del done[tid]
-                    break
+        for tid, ev in self._last_done().items():
+            outputs = ev.get("outputs", {})
+            if all(os.path.exists(p := os.path.join(self.rundir, rel)) and os.path.getsize(p) == size
+                   for rel, size in outputs.items()):
+                done[tid] = outputs
+            else:
+                lost.append(tid)
         return done, lost
 
     def damaged(self, done):
         """The tasks of `done` (from `completed`) with an output whose bytes no longer have the checksum
         recorded when it was written: [(task_id, relpath)], reading every recorded output once."""
-        sums = {}
-        for ev in self.events():
-            if ev.get("event") == "done" and ev["task"] in done:
-                sums[ev["task"]] = ev.get("checksums", {})
         out = []
-        for tid in sorted(sums):
-            for rel, want in sorted(sums[tid].items()):
+        for tid in sorted(done):
+            for rel, want in sorted(self._last_done()[tid].get("checksums", {}).items()):
                 if file_checksum(os.path.join(self.rundir, rel)) != want:
                     out.append((tid, rel))
                     break

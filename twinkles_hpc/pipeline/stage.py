@@ -140,6 +140,21 @@ def per_visit_ingest_steps(ctx, up, stage, table, cost_per_visit):
     return out
 
 
+def downstream(tasks, roots):
+    """The task ids `roots` and every task that depends on one of them, directly or not."""
+    users = {}
+    for t in tasks:
+        for d in t.deps:
+            users.setdefault(d, []).append(t.id)
+    out, stack = set(), list(roots)
+    while stack:
+        tid = stack.pop()
+        if tid not in out:
+            out.add(tid)
+            stack.extend(users.get(tid, ()))
+    return out
+
+
 def check_graph(tasks):
     """Raise GraphError when a dependency is not in the graph or the dependencies form a cycle (naming the
     tasks); returns the tasks."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from twinkles_hpc.level2.astrometry import from_tangent_plane, tangent_plane
+from twinkles_hpc.level2.astrometry import from_tangent_plane, tangent_arcsec
 
 #: Columns association reads from a DiaSource table.
 SOURCE_FIELDS = ("diaSourceId", "ccdVisitId", "midPointTai", "ra", "decl", "snr")
@@ -27,12 +27,6 @@ def position_weights(sources):
     of a centroid, so that a DiaObject sits where its best detections put it."""
     snr = np.abs(np.asarray(sources["snr"], np.float64))
     return np.where(np.isfinite(snr), np.maximum(snr, 1.0), 1.0) ** 2
-
-
-def tangent_arcsec(ra, dec, ra0, dec0):
-    """Gnomonic coordinates (arcsec) of (ra, dec) (deg) about (ra0, dec0) (level2.astrometry.tangent_plane)."""
-    xi, eta = tangent_plane(np.asarray(ra, np.float64), np.asarray(dec, np.float64), ra0, dec0)
-    return xi * 3600.0, eta * 3600.0
 
 
 def _weighted_centres(sources, inv, n, ra0, dec0):

@@ -30,8 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from twinkles_hpc import options
-from twinkles_hpc.level2.astrometry import from_tangent_plane
-from twinkles_hpc.timedomain.association import tangent_arcsec
+from twinkles_hpc.level2.astrometry import from_tangent_plane, tangent_arcsec
 
 #: Weights of the score's terms (module docstring).
 MULTI, PERSIST, SIGN, HOST = 0.3, 0.3, 0.25, 0.15

@@ -2,13 +2,13 @@
 import numpy as np
 from scipy.spatial import cKDTree
 
-from twinkles_hpc.level2.astrometry import tangent_plane
+from twinkles_hpc.level2 import astrometry
 
 
 def tangent_arcsec(ra, dec, ra0, dec0):
-    """Gnomonic (TAN) projection of (ra, dec) about (ra0, dec0), all degrees; returns (n, 2) arcsec."""
-    xi, eta = tangent_plane(np.asarray(ra, float), np.asarray(dec, float), ra0, dec0)
-    return np.c_[xi, eta] * 3600.0
+    """Gnomonic (TAN) projection of (ra, dec) about (ra0, dec0), all degrees; returns (n, 2) arcsec
+    (level2.astrometry.tangent_arcsec as columns)."""
+    return np.column_stack(astrometry.tangent_arcsec(ra, dec, ra0, dec0))
 
 
 def nearest(xy_from, xy_to, radius):
