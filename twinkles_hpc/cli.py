@@ -293,7 +293,7 @@ def cmd_timedelay(args):
 # -- bench -----------------------------------------------------------------------------------------
 #: Smallest value of each numeric `bench` option (the benchmarks' own sizes are far above).
 BENCH_MINIMA = {"nx": 64, "ny": 64, "stars": 1, "galaxies": 0, "repeat": 1, "seed": 0, "systems": 1,
-                "pycs3_systems": 0}
+                "pycs3_systems": 0, "tasks": 1}
 
 
 def cmd_bench(args):
@@ -472,15 +472,17 @@ def build_parser():
     td.set_defaults(func=cmd_timedelay)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay"],
+    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay", "engine"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
                         "report: the HTML report on the run's database and on a copy grown to Run 1.1's size; "
                         "diffim: one PSF-matched subtraction of a 4096^2 pair, three PSF cases; "
                         "timedelay: both delay estimators (and PyCS3 where installed) on simulated doubles on the "
-                        "Run 1 cadence, TDC1 metrics")
-    b.add_argument("--rundir", help="run directory (bench visit, bench report)")
+                        "Run 1 cadence, TDC1 metrics; engine: synthetic sleeping tasks through the scheduler, "
+                        "journal and trace under mpiexec at --ranks, and rank 0 alone against simulated workers")
+    b.add_argument("--rundir", help="run directory (bench visit, bench report; bench engine: where the synthetic "
+                   "runs write their journals, default a temporary directory)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
     b.add_argument("--nx", type=int, default=4000, help="image width (default 4000; bench diffim: 4096)")
     b.add_argument("--ny", type=int, default=4072, help="image height (default 4072; bench diffim: 4096)")
@@ -495,6 +497,12 @@ def build_parser():
                    "installed) on the first N systems of each case (default 10: it takes seconds per system)")
     b.add_argument("--calibrate", action="store_true", help="bench timedelay: report the error scale each "
                    "estimator's raw errors need on these curves instead of the metrics")
+    b.add_argument("--ranks", default="3,8,16,32,64", help="bench engine: mpiexec rank counts (default 3,8,16,32,64)")
+    b.add_argument("--tasks", type=int, default=2000, help="bench engine: tasks a run (default 2000)")
+    b.add_argument("--durations", default="0,0.01", metavar="S,...", help="bench engine: mean seconds a task "
+                   "sleeps, one run each (default 0,0.01)")
+    b.add_argument("--simulated-workers", default="16,256,2048", metavar="N,...", help="bench engine: worker "
+                   "counts of the ceiling runs (default 16,256,2048)")
     b.add_argument("--repeat", type=int, default=3, help="timed repetitions (best and median reported)")
     b.add_argument("--no-galsim", action="store_true", help="skip the GalSim comparison")
     b.add_argument("--galsim-objects", type=int, default=None,

@@ -2,9 +2,12 @@
 
 Rank 0 keeps the task graph, hands the ready task with the largest predicted cost to the next idle
 worker (longest-processing-time first), records completions in the journal and the per-task trace,
-and prints progress. It never spins: MPICH's blocking receive busy-polls a core, so every wait here
-is an Iprobe with a short, growing sleep (twinkles_hpc.mpiwait). With one rank the same graph runs
-serially on rank 0.
+and prints progress. Its cost per completion does not grow with the graph or the number of ranks
+(dependency counters, a ready heap, a queue of idle workers), and the completions of up to
+COMMIT_INTERVAL share one journal write and one fsync (group commit, journal.py), made before any task
+that depends on one of them is handed out. It never spins: MPICH's blocking receive busy-polls a core,
+so every wait here is an Iprobe with a short, growing sleep (twinkles_hpc.mpiwait). With one rank the
+same graph runs serially on rank 0.
 
 Stopping: SIGTERM or SIGUSR1 on any rank sets a flag, which reaches the whole job. A worker checks it (and
 a DRAIN message from rank 0) between chunks of its task, checkpoints and reports; a worker signalled
@@ -27,6 +30,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 
 from twinkles_hpc.errors import Interrupted
 from twinkles_hpc.mpiwait import Backoff, poll_recv
@@ -35,6 +39,13 @@ from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.task import Task  # noqa: F401  (the engine runs Tasks)
 
 TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN, TAG_SIGNAL, TAG_BYE = range(11, 20)
+
+#: Longest wait (s) of a done line in memory before rank 0 commits the journal (one write and one fsync for
+#: every line staged), unless a task that depends on it is handed out first, which commits at once: at most
+#: 1 / COMMIT_INTERVAL fsyncs a second for independent tasks, and a crash loses that much work at most.
+COMMIT_INTERVAL = 0.01
+#: Most messages rank 0 takes in at a time before it looks at the clock, the commit and the ready tasks again.
+GROUP_MAX = 512
 
 
 class StopFlag:
@@ -142,20 +153,33 @@ def _hms(s):
 
 
 class Scheduler:
-    """The task graph's bookkeeping: what is pending, ready (a max-heap on cost) and done."""
+    """The task graph's bookkeeping: what is pending, ready (a max-heap on cost) and done.
+
+    Each pending task counts the dependencies it still waits for, and each task lists the pending tasks that
+    wait for it: a completion costs the number of its dependants plus a heap push per task made ready,
+    whatever the size of the graph."""
 
     def __init__(self, tasks, done_ids):
         self.tasks = {t.id: t for t in tasks}
         self.done = set(done_ids) & set(self.tasks)
         self.pending = {tid for tid in self.tasks if tid not in self.done}
-        self.waiting = {tid: {d for d in self.tasks[tid].deps if d not in self.done} for tid in self.pending}
-        self.ready = []
-        for tid in sorted(self.pending):
-            if not self.waiting[tid]:
-                self._push(tid)
+        self.n_waiting = {}         # pending task id -> how many of its dependencies are not done
+        self.dependants = {}        # task id -> the pending tasks that wait for it
+        for tid in self.tasks:
+            if tid in self.pending:
+                waits = {d for d in self.tasks[tid].deps if d not in self.done}
+                self.n_waiting[tid] = len(waits)
+                for d in waits:
+                    self.dependants.setdefault(d, []).append(tid)
+        self.ready = [(-self.tasks[tid].cost, tid) for tid in self.pending if not self.n_waiting[tid]]
+        heapq.heapify(self.ready)
 
     def _push(self, tid):
         heapq.heappush(self.ready, (-self.tasks[tid].cost, tid))
+
+    def peek(self):
+        """The id of the task `pop` would return."""
+        return self.ready[0][1]
 
     def pop(self):
         return self.tasks[heapq.heappop(self.ready)[1]]
@@ -164,14 +188,17 @@ class Scheduler:
         self._push(tid)
 
     def complete(self, tid):
+        """Record `tid` done; returns the ids of the tasks that it made ready."""
         self.done.add(tid)
         self.pending.discard(tid)
-        self.waiting.pop(tid, None)
-        for other, deps in self.waiting.items():
-            if tid in deps:
-                deps.discard(tid)
-                if not deps:
-                    self._push(other)
+        self.n_waiting.pop(tid, None)
+        now_ready = []
+        for other in self.dependants.pop(tid, ()):
+            self.n_waiting[other] -= 1
+            if not self.n_waiting[other]:
+                self._push(other)
+                now_ready.append(other)
+        return now_ready
 
     def remaining_cost(self):
         return sum(self.tasks[t].cost for t in self.pending)
@@ -187,19 +214,33 @@ class Engine:
         self.out, self.progress_interval = out, progress_interval
         self.stop = stop if stop is not None else StopFlag().install()
         self.trace_path = os.path.join(rundir, layout.TRACE)
+        self._trace = []            # trace lines of the completions staged in the journal
+        self._gated = set()         # ready tasks that depend on a completion whose done line is only staged
+        self._commit_due = 0.0      # time.monotonic() by which the staged lines are committed
 
     # -- rank 0 -------------------------------------------------------------------------------
     def _record(self, tid, outputs, rec, checksums):
-        self.journal.append("done", task=tid, outputs=outputs, checksums=checksums)
-        with open(self.trace_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        """Stage a completion: its done line and its trace record, written by the next _commit."""
+        self.journal.stage("done", task=tid, outputs=outputs, checksums=checksums)
+        self._trace.append(json.dumps(rec, sort_keys=True) + "\n")
+
+    def _commit(self):
+        """Make the staged journal lines durable (one write, one fsync), then append their trace records:
+        the tasks that waited for those done lines may be handed out."""
+        self.journal.commit()
+        if self._trace:
+            with open(self.trace_path, "a", encoding="utf-8") as fh:
+                fh.write("".join(self._trace))
+            self._trace.clear()
+        self._gated.clear()
 
     def _fail(self, rank, tid, message, tb):
         where = f"traceback in {os.path.join(self.rundir, layout.FAILURES)}"
         try:
+            self.journal.stage("failed", task=tid, rank=rank, message=message)
+            self._commit()          # with the completions staged before it
             with open(os.path.join(self.rundir, layout.FAILURES), "a", encoding="utf-8") as fh:
                 fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} rank {rank} task {tid}\n{tb}\n")
-            self.journal.append("failed", task=tid, rank=rank, message=message)
         except OSError as e:            # e.g. the disk is full: the failure is still reported, with its traceback
             where = f"failures.log not written: {e.strerror}"
             print(tb, file=sys.stderr, flush=True)
@@ -237,6 +278,7 @@ class Engine:
             except Exception as exc:
                 self._fail(0, task.id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
             self._record(task.id, outputs, rec, file_checksums(self.rundir, outputs))
+            self._commit()
             sched.complete(task.id)
             prog.update(task.cost, force=not sched.ready)
         if sched.pending:
@@ -245,17 +287,28 @@ class Engine:
         return "complete"
 
     def _schedule(self, sched, prog):
+        """Rank 0's loop. Each pass commits the journal if its oldest staged line is COMMIT_INTERVAL old, hands
+        out ready tasks, then takes in every message that has arrived (up to GROUP_MAX). A completion's worker
+        gets its next task at once unless that task depends on a completion not yet committed, which commits
+        first: a child's done line can never reach the journal before its parent's, and the completions of
+        a COMMIT_INTERVAL share one fsync."""
         comm = self.comm
         from mpi4py import MPI
-        idle, busy = [], {}
+        idle, busy = deque(), {}
         asked = set()               # workers whose first request was received
         draining = False
         st = MPI.Status()
         backoff = Backoff()
+        gated = self._gated
 
-        def dispatch():
+        def dispatch(may_commit):
+            # largest cost first; a gated task at the top waits for the commit (made here if may_commit)
             while idle and sched.ready and not draining:
-                r = idle.pop(0)
+                if sched.peek() in gated:
+                    if not may_commit:
+                        return
+                    self._commit()
+                r = idle.popleft()
                 task = sched.pop()
                 busy[r] = task
                 comm.send(task, dest=r, tag=TAG_TASK)
@@ -267,46 +320,55 @@ class Engine:
                       f"worker(s), then exiting for resubmission", file=self.out, flush=True)
                 for r in busy:
                     comm.send(None, dest=r, tag=TAG_DRAIN)
-            dispatch()
+            if self.journal.staged and (not busy or time.monotonic() >= self._commit_due):
+                self._commit()
+            dispatch(True)
             if not busy and (draining or not sched.pending):
                 break
             if not busy and not sched.ready and len(idle) == comm.size - 1:
                 raise RuntimeError(f"task graph cannot progress: {len(sched.pending)} tasks wait "
                                    "on dependencies that are not in the graph")
-            if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
+            n = 0
+            while n < GROUP_MAX and comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
+                n += 1
+                src, tag = st.Get_source(), st.Get_tag()
+                msg = comm.recv(source=src, tag=tag)
+                if tag == TAG_REQ:
+                    asked.add(src)
+                    idle.append(src)
+                    dispatch(False)
+                elif tag == TAG_DONE:
+                    tid, outputs, rec, checksums = msg
+                    task = busy.pop(src)
+                    gated.update(sched.complete(tid))
+                    idle.append(src)
+                    dispatch(False)     # the worker's next task before this completion's bookkeeping
+                    if not self.journal.staged:
+                        self._commit_due = time.monotonic() + COMMIT_INTERVAL
+                    self._record(tid, outputs, rec, checksums)
+                    prog.update(task.cost, force=not sched.pending)
+                elif tag == TAG_CKPT:
+                    task = busy.pop(src)
+                    self.journal.stage("checkpointed", task=task.id, rank=src)
+                    self._commit()
+                    sched.requeue(task.id)
+                    idle.append(src)
+                    draining = True     # a worker was signalled: the whole job winds down
+                    if not self.stop:
+                        self.stop.signum = msg
+                        for r in busy:
+                            comm.send(None, dest=r, tag=TAG_DRAIN)
+                elif tag == TAG_SIGNAL:      # a worker was signalled outside a task that can stop
+                    if not self.stop:
+                        self.stop.signum = msg
+                elif tag == TAG_FAIL:
+                    tid, message, tb = msg
+                    self._fail(src, tid, message, tb)
+            if n:
+                backoff.reset()
+            else:
                 backoff.sleep()
-                continue
-            backoff.reset()
-            src, tag = st.Get_source(), st.Get_tag()
-            msg = comm.recv(source=src, tag=tag)
-            if tag == TAG_REQ:
-                asked.add(src)
-                idle.append(src)
-            elif tag == TAG_DONE:
-                tid, outputs, rec, checksums = msg
-                task = busy.pop(src)
-                sched.complete(tid)
-                idle.append(src)
-                # hand out the next task before the fsync of the journal, which the worker need not wait for
-                dispatch()
-                self._record(tid, outputs, rec, checksums)
-                prog.update(task.cost, force=not sched.pending)
-            elif tag == TAG_CKPT:
-                task = busy.pop(src)
-                self.journal.append("checkpointed", task=task.id, rank=src)
-                sched.requeue(task.id)
-                idle.append(src)
-                draining = True     # a worker was signalled: the whole job winds down
-                if not self.stop:
-                    self.stop.signum = msg
-                    for r in busy:
-                        comm.send(None, dest=r, tag=TAG_DRAIN)
-            elif tag == TAG_SIGNAL:      # a worker was signalled outside a task that can stop
-                if not self.stop:
-                    self.stop.signum = msg
-            elif tag == TAG_FAIL:
-                tid, message, tb = msg
-                self._fail(src, tid, message, tb)
+        self._commit()
         # every worker's first request is received before it is told to stop, even when there was nothing
         # to do, and its last message after: none is left unmatched when the communicator is freed
         for r in range(1, comm.size):

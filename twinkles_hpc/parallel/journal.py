@@ -3,7 +3,14 @@
 Only `done` events decide what a restart skips, and only if every output they name still exists
 with the size recorded (`completed`, always). A `done` event also records each output's CRC-32
 (`file_checksums`, computed by the rank that wrote it); `damaged` recomputes them on request
-(`twinkles-hpc run --verify`). A torn last line (a crash mid-append) is ignored.
+(`twinkles-hpc run --verify`). A torn last line (a crash mid-append) is ignored, and the next commit
+starts on a line of its own.
+
+Group commit: `stage` queues an event in memory and `commit` writes every queued line in one append and
+makes it durable with one fsync, in the order staged; `append` is both. A line never reaches the file
+before the lines staged ahead of it, so a crash loses a suffix of the events at most: a `done` line lost
+that way only means the task is run again. The engine stages the completions that arrive together and
+commits them before it hands out a task that depends on one of them (docs/design.md, "Scheduler").
 """
 import json
 import os
@@ -37,15 +44,57 @@ class Journal:
         self.rundir = rundir
         self.path = os.path.join(rundir, layout.JOURNAL)
         self._done = None
+        self._staged = []           # lines not yet written
+        self._tail_checked = False  # whether the file is known to end with a newline (or to be empty)
+        self.commits = 0            # fsyncs made by this object
+        self.lines = 0              # lines they made durable
 
-    def append(self, event, **fields):
+    def stage(self, event, **fields):
+        """Queue an event for the next `commit`; nothing reaches the file before it."""
         self._done = None
         rec = {"event": event, "time": round(time.time(), 3), **fields}
-        line = json.dumps(rec, sort_keys=True) + "\n"
+        self._staged.append(json.dumps(rec, sort_keys=True) + "\n")
+
+    @property
+    def staged(self):
+        """Events staged and not yet committed."""
+        return len(self._staged)
+
+    def commit(self):
+        """Write the staged lines in one append and fsync once; returns how many were committed."""
+        if not self._staged:
+            return 0
+        data = "".join(self._staged)
+        if not self._tail_checked:
+            data = self._after_torn_tail() + data
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        n = len(self._staged)
+        self._staged.clear()
+        self._tail_checked = True
+        self.commits += 1
+        self.lines += n
+        return n
+
+    def append(self, event, **fields):
+        """Stage an event and commit it, with every event staged before it."""
+        self.stage(event, **fields)
+        self.commit()
+
+    def _after_torn_tail(self):
+        """'\\n' if the file ends inside a line that a killed run left torn, so that the first line committed
+        now is a line of its own; '' otherwise."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() == 0:
+                    return ""
+                fh.seek(-1, os.SEEK_END)
+                return "" if fh.read(1) == b"\n" else "\n"
+        except FileNotFoundError:
+            return ""
 
     def events(self):
         return read_jsonl(self.path)

@@ -1,0 +1,65 @@
+"""The journal's group commit across a crash: committed lines survive a SIGKILL in order, staged ones are lost
+(their tasks are redone), a torn tail is ignored and the next commit starts a line of its own, and a journal
+written one fsync a line (before group commit) still reads."""
+import json
+import subprocess
+import sys
+import textwrap
+
+from twinkles_hpc.parallel.journal import Journal
+
+KILLED_WHILE_STAGING = textwrap.dedent("""
+    import os, signal, sys
+    from twinkles_hpc.parallel.journal import Journal
+    j = Journal(sys.argv[1])
+    for group in (range(0, 5), range(5, 12)):
+        for i in group:
+            j.stage("done", task=f"t{i:02d}", outputs={})
+        j.commit()
+    for i in range(12, 20):
+        j.stage("done", task=f"t{i:02d}", outputs={})    # staged, never committed
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def done_ids(rundir):
+    return [e["task"] for e in Journal(str(rundir)).events() if e["event"] == "done"]
+
+
+def test_committed_groups_survive_a_kill_in_order_and_staged_lines_do_not(tmp_path):
+    r = subprocess.run([sys.executable, "-c", KILLED_WHILE_STAGING, str(tmp_path)])
+    assert r.returncode == -9
+    assert done_ids(tmp_path) == [f"t{i:02d}" for i in range(12)]
+    done, lost = Journal(str(tmp_path)).completed()
+    assert sorted(done) == [f"t{i:02d}" for i in range(12)] and lost == []
+
+
+def test_torn_tail_is_ignored_and_the_next_commit_starts_a_new_line(tmp_path):
+    j = Journal(str(tmp_path))
+    for i in range(3):
+        j.stage("done", task=f"a{i}", outputs={})
+    assert j.staged == 3 and not (tmp_path / "journal.jsonl").exists()
+    assert j.commit() == 3 and j.commits == 1 and j.lines == 3 and j.staged == 0
+    with open(j.path, "a") as fh:
+        fh.write('{"event": "done", "task": "torn", "outp')        # killed mid-write
+    assert done_ids(tmp_path) == ["a0", "a1", "a2"]
+    resumed = Journal(str(tmp_path))                                # the next run
+    resumed.append("start", ranks=3, pending=2)
+    resumed.stage("done", task="b0", outputs={})
+    resumed.stage("done", task="b1", outputs={})
+    resumed.commit()
+    assert done_ids(tmp_path) == ["a0", "a1", "a2", "b0", "b1"]
+    assert [e["event"] for e in resumed.events()] == ["done"] * 3 + ["start", "done", "done"]
+
+
+def test_a_journal_written_one_line_at_a_time_still_reads(tmp_path):
+    (tmp_path / "a.h5").write_bytes(b"x" * 4)
+    old = [{"event": "start", "pending": 1, "ranks": 2, "time": 1.0},
+           {"checksums": {"a.h5": "crc32:00000000"}, "event": "done", "outputs": {"a.h5": 4}, "task": "a",
+            "time": 2.0},
+           {"event": "end", "rank0_cpu_s": 0.1, "status": "complete", "time": 3.0, "wall_s": 2.0}]
+    (tmp_path / "journal.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in old))
+    j = Journal(str(tmp_path))
+    assert j.completed() == ({"a": {"a.h5": 4}}, [])
+    j.append("start", ranks=2, pending=0)
+    assert [e["event"] for e in j.events()] == ["start", "done", "end", "start"]
