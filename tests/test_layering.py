@@ -31,7 +31,7 @@ RULES = {
 BASE = ("sky", "imsim", "level2", "store", "rundir", "parallel", "pipeline", "validation", "report", "bench",
         "testing", "cli", "config", "options")
 MODULES = {"config.py": ("parallel", "testing", "cli"), "options.py": BASE, "errors.py": BASE, "mpiwait.py": BASE,
-           "instrument.py": BASE, "truthmatch.py": ("parallel", "pipeline", "testing", "cli")}
+           "instrument.py": BASE, "profiles.py": BASE, "truthmatch.py": ("parallel", "pipeline", "testing", "cli")}
 
 
 def imports(path):

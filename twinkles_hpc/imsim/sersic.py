@@ -5,7 +5,8 @@ A profile of half-light radius 1 is approximated by sum_k w_k N(0, sigma_k^2 I) 
 An elliptical galaxy of semi-major half-light radius a and axis ratio q scales component k to the
 covariance sigma_k^2 * a^2 * (u u^T + q^2 v v^T) (u, v the major and minor axis unit vectors).
 
-The stored constants were fitted by `fit_sersic_mixture(n, K)` (our own fit, not Hogg & Lang's
+The stored constants (twinkles_hpc/profiles.py, shared with the scene models of timedomain/scene.py)
+were fitted by `fit_sersic_mixture(n, K)` (our own fit, not Hogg & Lang's
 numbers): least squares on a log-spaced radius grid r in [rmin, rmax] half-light radii of
 (a) the light per unit ln r, 2 pi r^2 [M(r) - I(r)], (b) the enclosed-light curve L_M(r) - L(r),
 and (c) a stiff term pinning L_M(1) = 1/2. The fit is to the *untruncated* profile, so the mixture
@@ -16,18 +17,8 @@ The de Vaucouleurs profile carries 7% of its light beyond 8 hlr, hence its broad
 import numpy as np
 from scipy import optimize, special
 
-#: Fitted mixtures, n -> (weights, sigmas / half-light radius), sigmas ascending.
-#: Re-derive with `fit_sersic_mixture(1, 6, 0.01, 8.0)` and `fit_sersic_mixture(4, 8, 0.001, 30.0)`.
-SERSIC_MIXTURES = {
-    1: (np.array([0.00649891, 0.04126751, 0.1523662, 0.33877847, 0.36012683, 0.10096209]),
-        np.array([0.12030949, 0.26446384, 0.47265427, 0.76867051, 1.18413242, 1.78242349])),
-    4: (np.array([0.02328077, 0.0640603, 0.12533279, 0.18645962, 0.22183003, 0.20122256, 0.12970599,
-                  0.04810794]),
-        np.array([0.02881718, 0.09016008, 0.21682464, 0.46836583, 0.966047, 1.98001849, 4.19846166,
-                  10.15187612])),
-}
-for _w, _s in SERSIC_MIXTURES.values():
-    _w /= _w.sum()           # exact unit flux despite the printed digits
+from twinkles_hpc.profiles import SERSIC_MIXTURES, sersic_mixture  # noqa: F401  (the stored mixtures)
+
 #: Fit settings that produced SERSIC_MIXTURES: n -> (K, rmin, rmax) in half-light radii.
 FIT_SETTINGS = {1: (6, 0.01, 8.0), 4: (8, 0.001, 30.0)}
 
@@ -95,11 +86,3 @@ def fit_sersic_mixture(n, K, rmin, rmax, n_grid=400):
     w, s = unpack(best.x)
     order = np.argsort(s)
     return w[order], s[order]
-
-
-def sersic_mixture(n):
-    """(weights, sigmas in half-light radii) of the stored mixture for Sersic index n (1 or 4)."""
-    for key, mix in SERSIC_MIXTURES.items():
-        if n == key:
-            return mix
-    raise ValueError(f"Sersic index must be one of {sorted(SERSIC_MIXTURES)}, got {n!r}")
