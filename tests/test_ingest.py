@@ -282,12 +282,18 @@ def test_lightcurve_cli_without_a_database(tmp_path):
     assert r.returncode == 2 and "hunter2" not in r.stderr and "password" in r.stderr
 
 
+def filled(engine):
+    """db.table_counts less the lensed-quasar tables, which the Level 2 campaign does not fill (they exist,
+    empty, and have no ingest step)."""
+    return {t: n for t, n in db.table_counts(engine).items() if not (t.startswith("LensedImage") and n == 0)}
+
+
 def test_light_curves_identical_on_mariadb(level2_run, run_db, mariadb_engine, tmp_path):   # noqa: F811
     url = mariadb_url(mariadb_option_file())
     run = linked_copy(level2_run, tmp_path / "run")
-    counts = db.table_counts(run_db)
+    counts = filled(run_db)
     assert ingest_run(run, url) == counts
-    assert db.table_counts(mariadb_engine) == counts
+    assert filled(mariadb_engine) == counts
     assert set(ingest_run(run, url).values()) == {0}                  # again: nothing added
     galaxy = [r.objectId for r in dump(run_db, "ObjectTruthMatch") if r.truthKind == "galaxy"][0]
     for oid in bright_isolated_stars(run_db)[:3] + [galaxy]:

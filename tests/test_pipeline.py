@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_one_word_per_stage():
     names = [s.name for s in registry.STAGES]
     assert names == ["sky", "variables", "visit", "calexp", "coadd", "objects", "forced", "template", "diffim",
-                     "associate", "lenses", "diaforced", "ingest"]
+                     "associate", "lenses", "lensmodel", "lensphot", "diaforced", "ingest"]
     stages_dir = ROOT / "twinkles_hpc" / "pipeline" / "stages"
     assert sorted(p.stem for p in stages_dir.glob("*.py") if p.stem != "__init__") == sorted(names)
     cfg = config.from_dict({})
@@ -119,7 +119,7 @@ def test_data_model_doc_names_every_layout_path():
         layout.forced: ("NNNNNNNN", "B"), layout.variables_truth: ("KKKK",), layout.checkpoint: ("NNNNNNNN",),
         layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",), layout.template: ("B", "I", "J"),
         layout.diffim: ("NNNNNNNN", "B"), layout.diffim_fits: ("NNNNNNNN", "B"), layout.association: ("I", "J"),
-        layout.dia_forced: ("NNNNNNNN", "B")}
+        layout.dia_forced: ("NNNNNNNN", "B"), layout.lensphot: ("NNNNNNNN", "B")}
     for fn, args in documented.items():
         assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}

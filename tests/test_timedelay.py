@@ -132,7 +132,7 @@ def bad_inputs(tmp_path):
         (tmp_path / name).write_text(text)
     cases = [(str(tmp_path / n), msg) for n, (_, msg) in files.items()]
     cases.append((str(tmp_path / "missing.csv"), "file: expected a light-curve file (CSV or ECSV), got 'no such file'"))
-    cases.append((str(tmp_path), "path: expected a light-curve file (CSV or ECSV), not a directory"))
+    cases.append((str(tmp_path), "lenses/scenes.h5: expected the scene models of a run with [lensmodel] enabled"))
     return cases
 
 

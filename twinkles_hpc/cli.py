@@ -182,16 +182,23 @@ def _query(fn, source, *a, **kw):
 
 
 def cmd_lightcurve(args):
-    from twinkles_hpc.store.lightcurve import dia_lightcurve, lightcurve
+    from twinkles_hpc.store.lightcurve import dia_lightcurve, lensed_lightcurve, lightcurve
     if args.rundir is None and args.db is None:
         raise InputError("lightcurve", "RUNDIR", "a run directory or --db URL")
-    for opt_name in ("object", "truth_id", "dia_object"):
+    for opt_name in ("object", "truth_id", "dia_object", "lensed_image"):
         v = getattr(args, opt_name)
         if v is not None and not -2 ** 63 <= v < 2 ** 63:
             raise InputError("lightcurve", "--" + opt_name.replace("_", "-"), "a 64-bit integer id", v)
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise InputError(args.output, "-o", "a file in an existing directory", "no such directory")
-    if args.dia_object is not None:
+    if args.lensed_image is not None:
+        if args.object is not None or args.truth_id is not None or args.dia_object is not None:
+            raise InputError("lightcurve", "--lensed-image", "no --object, --truth-id or --dia-object with it")
+        lc = _query(lensed_lightcurve, args.db or args.rundir, args.lensed_image, args.band)
+        time, cols = "midPointTai", ("midPointTai", "filterName", "ccdVisitId", "psFlux", "psFluxErr", "truthFlux",
+                                     "psMag", "psMag_Sigma", "truthMag", "diffFlux", "diffFluxErr", "templateFlux",
+                                     "galaxyFlux", "flags")
+    elif args.dia_object is not None:
         if args.object is not None or args.truth_id is not None:
             raise InputError("lightcurve", "--dia-object", "no --object or --truth-id with it")
         lc = _query(dia_lightcurve, args.db or args.rundir, args.dia_object, args.band)
@@ -199,7 +206,8 @@ def cmd_lightcurve(args):
                                      "totFlux", "totFluxErr", "truthMag", "flags")
     else:
         if args.object is None and args.truth_id is None:
-            raise InputError("lightcurve", "--object", "an objectId (or --truth-id ID, or --dia-object ID)")
+            raise InputError("lightcurve", "--object", "an objectId (or --truth-id ID, --dia-object ID or "
+                             "--lensed-image ID)")
         lc = _query(lightcurve, args.db or args.rundir, args.object, args.band, truth_id=args.truth_id)
         time, cols = "expMidpt", ("expMidpt", "filterName", "ccdVisitId", "psFlux", "psFlux_Sigma", "truthFlux",
                                   "psMag", "psMag_Sigma", "truthMag", "flags")
@@ -274,17 +282,25 @@ def cmd_timedelay(args):
     if not cfg.max_delay > 0.0 or cfg.trend_order < 0 or cfg.max_relative_error < 0.0:
         raise InputError("timedelay", "--max-delay/--trend-order/--max-relative-error",
                          "a positive range, a trend order >= 0 and a relative error >= 0")
-    curves = [(path, td.read_lightcurves(path)) for path in args.files]
+    if len(args.files) == 1 and os.path.isdir(args.files[0]):
+        from twinkles_hpc.timedomain.lensphot import run_light_curves
+        rundir = args.files[0]
+        systems = [(rundir, c, {"lensSystemId": sid, "images": ids}) for sid, c, ids in run_light_curves(rundir)]
+        if not systems:
+            print(f"{rundir}: no scene model with two or more images", file=sys.stderr, flush=True)
+    else:
+        systems = [(path, td.read_lightcurves(path), {}) for path in args.files]
     out = []
-    for path, c in curves:
+    for path, c, extra in systems:
         est = td.measure_delays(c, args.estimator, cfg)
-        out.append({"file": path, "delays": {x: {"delay": None if e.delay is None else round(e.delay, 3),
-                                                 "error": None if e.error is None else round(e.error, 3)}
-                                             for x, e in est.items()}})
+        out.append({"file": path, **extra,
+                    "delays": {x: {"delay": None if e.delay is None else round(e.delay, 3),
+                                   "error": None if e.error is None else round(e.error, 3)} for x, e in est.items()}})
         if not args.json:
+            name = f"{path} system {extra['lensSystemId']}" if extra else path
             for x, e in est.items():
                 what = f"{e.delay:8.2f} +/- {e.error:.2f} d" if e.delay is not None else f"no estimate ({e.reason})"
-                print(f"{path}: {x} - A: {what} [{args.estimator}]", flush=True)
+                print(f"{name}: {x} - A: {what} [{args.estimator}]", flush=True)
     if args.json:
         print(json.dumps(out, indent=1))
     return 0
@@ -382,16 +398,19 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
 
-    lc = sub.add_parser("lightcurve", help="print an Object's or a DiaObject's light curve from the run's database",
+    lc = sub.add_parser("lightcurve", help="print an Object's, a DiaObject's or a lensed image's light curve from "
+                        "the run's database",
                         description="The forced-photometry light curve of one Object (ForcedSource x CcdVisit, "
-                        "by time) or DiaObject (DiaForcedSource), with the true flux of its matched truth source "
-                        "(docs/database.md).")
+                        "by time), DiaObject (DiaForcedSource) or lensed quasar image (LensedImageForcedSource), "
+                        "with the true flux of its matched truth source (docs/database.md).")
     lc.add_argument("rundir", nargs="?", help="run directory (its [database] url, else RUNDIR/level2.sqlite)")
     lc.add_argument("--object", type=int, metavar="ID", help="objectId")
     lc.add_argument("--truth-id", type=int, metavar="ID", help="a star, galaxy, supernova or lensed-image id: "
                     "the Object nearest to it (ObjectTruthMatch), with its true flux")
     lc.add_argument("--dia-object", type=int, metavar="ID", help="diaObjectId: its DIA light curve "
                     "(DiaForcedSource: difference and direct fluxes), with the true flux of its matched variable")
+    lc.add_argument("--lensed-image", type=int, metavar="ID", help="lensedImageId: the image's light curve from "
+                    "its scene model (LensedImageForcedSource), with the true flux of its matched image")
     lc.add_argument("--band", metavar="B", help="one band (ugrizy); default all")
     lc.add_argument("--db", metavar="URL", help="database URL instead of the run directory's (no password)")
     lc.add_argument("--format", choices=sorted(LIGHTCURVE_FORMATS), default="ecsv",
@@ -447,17 +466,20 @@ def build_parser():
     d.add_argument("--overwrite", action="store_true", help="replace DIFF if it exists")
     d.set_defaults(func=cmd_diffim)
 
-    td = sub.add_parser("timedelay", help="time delays of lensed-quasar images from light-curve files "
-                        "(docs/timedelay.md)",
-                        description="For each image X of B, C, D in each file: its delay relative to A in days "
+    td = sub.add_parser("timedelay", help="time delays of lensed-quasar images from a run or from light-curve "
+                        "files (docs/timedelay.md)",
+                        description="For each image X of B, C, D of each system: its delay relative to A in days "
                         "(positive when X lags A) and the 1-sigma error, or no estimate when the light curves "
-                        "cannot constrain it. Files: CSV or ECSV with columns mjd, band, then mag_X and magerr_X "
-                        "for each image X of A, B, C, D (NaN or empty where X was not measured); one system per "
-                        "file; all bands are used together.",
+                        "cannot constrain it. RUNDIR: every scene model of the run with two or more images "
+                        "(LensedImageForcedSource psFlux; A the brightest image on the coadds). Files: CSV or ECSV "
+                        "with columns mjd, band, then mag_X and magerr_X for each image X of A, B, C, D (NaN or "
+                        "empty where X was not measured); one system per file. All bands are used together.",
                         epilog="exit codes: 0 measured (an image may still have no estimate), 2 bad input (a "
-                        "missing or unreadable file, a directory, a missing column, a value that is not a number)",
+                        "missing or unreadable file, a directory that is not a run with [lensphot], a missing "
+                        "column, a value that is not a number)",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    td.add_argument("files", nargs="+", metavar="FILE", help="light-curve file (CSV or ECSV)")
+    td.add_argument("files", nargs="+", metavar="RUNDIR|FILE", help="a run directory, or light-curve files (CSV "
+                    "or ECSV)")
     td.add_argument("--estimator", choices=("drw", "difference"), default="drw",
                     help="drw: likelihood of a damped random walk shared by the images (default); difference: "
                     "scatter of the difference of the smoothed light curves")
@@ -468,7 +490,8 @@ def build_parser():
     td.add_argument("--max-relative-error", type=float, default=None, metavar="F", help="no estimate when the "
                     "error exceeds F x |delay| (default 0.15; 0: no limit)")
     td.add_argument("--json", action="store_true", help="print one JSON list: per file {\"file\", \"delays\": "
-                    "{X: {\"delay\", \"error\"}}} (null for no estimate)")
+                    "{X: {\"delay\", \"error\"}}} (null for no estimate); for a run directory per system, with "
+                    "\"lensSystemId\" and \"images\" ({X: lensedImageId}) too")
     td.set_defaults(func=cmd_timedelay)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")

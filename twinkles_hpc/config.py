@@ -141,6 +141,13 @@ class ValidateSection:
                                        "centre.", lo=0.0, hi=1.0)
     lens_purity_min: float = opt(0.8, "", "Smallest fraction of lens candidates within 2\" of a true lens "
                                  "system's centre.", lo=0.0, hi=1.0)
+    lens_lc_good_min: float = opt(0.9, "", "Smallest fraction of lensed images (peak true S/N >= 20, at least 0.7\" "
+                                  "from the system's other images) whose LensedImageForcedSource light curve is "
+                                  "good (lens_lc_chi2_max, lens_lc_scatter_max).", lo=0.0, hi=1.0)
+    lens_lc_chi2_max: float = opt(1.5, "", "A lensed image's light curve is good when its chi^2/dof against the truth "
+                                  "(no free constant) is at most this ...", lo=0.0, lo_open=True)
+    lens_lc_scatter_max: float = opt(1.2, "", "... and the robust scatter of (flux - truth) / error is at most this.",
+                                     lo=0.0, lo_open=True)
     rss_overhead_mb: float = opt(512.0, "MB",
                                  "Allowance above coadd.memory_per_rank for a coadd task's peak RSS (interpreter, "
                                  "libraries, catalogues).", lo=0.0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.pipeline.stage import GraphError, Upstream, check_graph
 from twinkles_hpc.pipeline.stages import (associate, calexp, coadd, diaforced, diffim, forced, ingest, lenses,
-                                          objects, sky, template, variables, visit)
+                                          lensmodel, lensphot, objects, sky, template, variables, visit)
 
 #: Every stage, in pipeline order (a stage comes after every stage it requires or uses).
 STAGES = tuple(m.STAGE for m in (sky, variables, visit, calexp, coadd, objects, forced, template, diffim, associate,
-                                  lenses, diaforced, ingest))
+                                  lenses, lensmodel, lensphot, diaforced, ingest))
 BY_NAME = {s.name: s for s in STAGES}
 
 

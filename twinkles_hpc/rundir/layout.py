@@ -148,6 +148,15 @@ DIFFIM_GLOB = os.path.join("diffim", "v*.h5")
 
 DIA_OBJECT = os.path.join("associate", "dia_object.h5")   # the run's DiaObjects and DiaSources (stage associate)
 LENS_CANDIDATES = os.path.join("lenses", "candidates.h5")   # lensed-quasar candidates (stage lenses)
+LENS_SCENES = os.path.join("lenses", "scenes.h5")   # their scene models: LensedImage (stage lensmodel)
+
+
+def lensphot(visit_id, band):
+    """A visit's fluxes of the lensed images (stage lensphot)."""
+    return _per_visit("lensphot", visit_id, band)
+
+
+LENSPHOT_GLOB = os.path.join("lensphot", "v*.h5")
 
 
 def dia_forced(visit_id, band):

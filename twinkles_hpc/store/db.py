@@ -332,34 +332,53 @@ def light_curve(engine, object_id, band=None, truth_id=None):
 #: Columns of the DIA light curve (DiaForcedSource)
 DIA_LIGHT_CURVE_COLUMNS = ("diaObjectId", "ccdVisitId", "filterName", "midPointTai", "psFlux", "psFluxErr", "totFlux",
                            "totFluxErr", "flags")
+LENSED_LIGHT_CURVE_COLUMNS = ("lensedImageId", "ccdVisitId", "filterName", "midPointTai", "psFlux", "psFluxErr",
+                              "directFlux", "directFluxErr", "diffFlux", "diffFluxErr", "templateFlux", "galaxyFlux",
+                              "flags")
 
 
 def dia_light_curve(engine, dia_object_id, band=None):
     """The DIA light curve of one DiaObject: its DiaForcedSource rows [AND filterName = ?] ORDER BY
     midPointTai as an astropy Table (nJy); with truthFlux (nJy, 0 where a supernova gives no light) of the
     nearest true variable of DiaObjectTruthMatch, whose id and kind go to meta."""
+    return _matched_light_curve(engine, schema.DiaForcedSource, schema.DiaObjectTruthMatch, "diaObjectId",
+                                DIA_LIGHT_CURVE_COLUMNS, dia_object_id, band, "dia_light_curve")
+
+
+def lensed_light_curve(engine, lensed_image_id, band=None):
+    """The light curve of one LensedImage: its LensedImageForcedSource rows [AND filterName = ?] ORDER BY
+    midPointTai as an astropy Table (nJy), with truthFlux of the nearest true image of
+    LensedImageTruthMatch (id and kind in meta)."""
+    return _matched_light_curve(engine, schema.LensedImageForcedSource, schema.LensedImageTruthMatch,
+                                "lensedImageId", LENSED_LIGHT_CURVE_COLUMNS, lensed_image_id, band,
+                                "lensed_light_curve")
+
+
+def _matched_light_curve(engine, fs, m, id_col, columns, oid, band, caller):
+    """Rows of the per-visit table `fs` of one id (column `id_col`) ORDER BY midPointTai, with truthFlux of
+    the nearest truth of the match table `m`."""
     from astropy.table import Table
     if band is not None and (not isinstance(band, str) or band not in schema.BANDS):
-        raise InputError("dia_light_curve", "band", f"one of {schema.BANDS}", band)
-    fs, m, tv = schema.DiaForcedSource, schema.DiaObjectTruthMatch, schema.TruthVariableFlux
-    oid = int(dia_object_id)
+        raise InputError(caller, "band", f"one of {schema.BANDS}", band)
+    tv = schema.TruthVariableFlux
+    oid = int(oid)
     with engine.connect() as conn:
-        match = conn.execute(sa.select(m.c.truthId, m.c.truthKind, m.c.distance_arcsec).where(m.c.diaObjectId == oid)
+        match = conn.execute(sa.select(m.c.truthId, m.c.truthKind, m.c.distance_arcsec).where(m.c[id_col] == oid)
                              .order_by(m.c.distance_arcsec, m.c.truthId).limit(1)).first()
-        q = sa.select(*(fs.c[c] for c in DIA_LIGHT_CURVE_COLUMNS)).where(fs.c.diaObjectId == oid)
+        q = sa.select(*(fs.c[c] for c in columns)).where(fs.c[id_col] == oid)
         if band is not None:
             q = q.where(fs.c.filterName == band)
         if match:
             q = q.add_columns(tv.c.fluxNjy.label("truthFlux")).outerjoin(
                 tv, (tv.c.sourceId == match.truthId) & (tv.c.visitId == fs.c.ccdVisitId))
         rows = conn.execute(q.order_by(fs.c.midPointTai, fs.c.ccdVisitId)).all()
-    names = list(DIA_LIGHT_CURVE_COLUMNS) + (["truthFlux"] if match else [])
+    names = list(columns) + (["truthFlux"] if match else [])
     cols = list(zip(*rows)) if rows else [()] * len(names)
-    kinds = {"diaObjectId": np.int64, "ccdVisitId": np.int64, "flags": np.int64, "filterName": "U1"}
+    kinds = {id_col: np.int64, "ccdVisitId": np.int64, "flags": np.int64, "filterName": "U1"}
     t = Table({c: np.array([np.nan if v is None else v for v in cols[i]], dtype=kinds.get(c, np.float64))
                for i, c in enumerate(names)})
-    for c in ("psFlux", "psFluxErr", "totFlux", "totFluxErr", "truthFlux"):
-        if c in t.colnames:
+    for c in t.colnames:
+        if "Flux" in c:
             t[c].unit = "nJy"
     t["midPointTai"].unit = "d"
     if match:

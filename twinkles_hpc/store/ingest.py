@@ -203,3 +203,44 @@ def ingest_dia_forced(engine, dia_forced_paths, *, batch_size=50_000, on_batch=N
         n += db.ingest(engine, "DiaForcedSource", {c: t[c] for c in DIA_FORCED_COLUMNS}, batch_size=batch_size,
                        on_batch=on_batch)
     return n
+
+
+#: LensedImage columns of lenses/scenes.h5 `images`.
+LENSED_IMAGE_COLUMNS = ("lensedImageId", "lensSystemId", "imageIndex", "ra", "decl") + tuple(
+    f"{b}{c}" for c in ("PsFluxMean", "PsFluxMeanErr") for b in schema.BANDS)
+#: LensedImageForcedSource columns of a lensphot product.
+LENSED_FORCED_COLUMNS = ("lensedImageId", "ccdVisitId", "lensSystemId", "filterName", "midPointTai", "psFlux",
+                         "psFluxErr", "directFlux", "directFluxErr", "diffFlux", "diffFluxErr", "templateFlux",
+                         "galaxyFlux", "flags")
+
+
+def ingest_lensed_images(engine, scenes_path, *, batch_size=50_000, on_batch=None):
+    """LensedImage rows of the scene models (one transaction)."""
+    with open_read(scenes_path) as fh:
+        t = read_table(fh["images"])
+    return db.ingest(engine, "LensedImage", {c: t[c] for c in LENSED_IMAGE_COLUMNS}, batch_size=batch_size,
+                     on_batch=on_batch)
+
+
+def ingest_lensed_forced(engine, lensphot_paths, *, batch_size=50_000, on_batch=None):
+    """LensedImageForcedSource rows of every lensphot/vNNNNNNNN-B.h5 file, one transaction per file."""
+    n = 0
+    for p in lensphot_paths:
+        with open_read(p) as fh:
+            t = read_table(fh["lensed_image_forced_source"])
+        n += db.ingest(engine, "LensedImageForcedSource", {c: t[c] for c in LENSED_FORCED_COLUMNS},
+                       batch_size=batch_size, on_batch=on_batch)
+    return n
+
+
+def ingest_lensed_truth_match(engine, scenes_path, truth_path, radius_arcsec, *, batch_size=50_000,
+                              on_batch=None):
+    """LensedImageTruthMatch rows: every (LensedImage, true lensed image) pair within `radius_arcsec`."""
+    from twinkles_hpc.truthmatch import TruthCatalog
+    with open_read(scenes_path) as fh:
+        t = fh["images"].fields(["lensedImageId", "ra", "decl"])[...]
+    m = TruthCatalog(truth_path, kinds=("lensed_image",)).match(
+        {"objectId": t["lensedImageId"], "psRa": t["ra"], "psDecl": t["decl"]}, radius_arcsec)
+    cols = {"lensedImageId": m["objectId"], "truthId": m["truthId"], "truthKind": m["truthKind"],
+            "distance_arcsec": m["distance_arcsec"]}
+    return db.ingest(engine, "LensedImageTruthMatch", cols, batch_size=batch_size, on_batch=on_batch)

@@ -90,20 +90,34 @@ def lightcurve(source, object_id=None, band=None, *, truth_id=None):
 def dia_lightcurve(source, dia_object_id, band=None):
     """The DIA light curve of one DiaObject (db.dia_light_curve) as an astropy Table ordered by time, with
     psMag from the difference flux left out (a difference flux may be negative) and truthMag."""
+    return _per_visit_curve(source, dia_object_id, band, schema.DiaObject, "diaObjectId", "DiaForcedSource",
+                            "DIA tables (a run with [diaforced] and [ingest] enabled)", "dia-object",
+                            db.dia_light_curve)
+
+
+def lensed_lightcurve(source, lensed_image_id, band=None):
+    """The light curve of one LensedImage (db.lensed_light_curve) as an astropy Table ordered by time, with
+    psMag, psMag_Sigma and truthMag."""
+    t = _per_visit_curve(source, lensed_image_id, band, schema.LensedImage, "lensedImageId",
+                         "LensedImageForcedSource", "lensed-image tables (a run with [lensphot] and [ingest] "
+                         "enabled)", "lensed-image", db.lensed_light_curve)
+    return with_magnitudes(t, "psFlux", "psFluxErr")
+
+
+def _per_visit_curve(source, oid, band, table, id_col, forced_table, what, option, fetch):
+    """fetch(engine, oid, band) after checking that `forced_table` exists and `table` holds the id."""
     url = source if "://" in str(source) else None
     engine = open_database(rundir=None if url else str(source), url=url)
     try:
-        d = schema.DiaObject
         with engine.connect() as conn:
-            present = "DiaForcedSource" in set(sa.inspect(engine).get_table_names())
-            found = present and conn.execute(sa.select(d.c.diaObjectId).where(d.c.diaObjectId == int(dia_object_id))
+            present = forced_table in set(sa.inspect(engine).get_table_names())
+            found = present and conn.execute(sa.select(table.c[id_col]).where(table.c[id_col] == int(oid))
                                              ).first() is not None
         if not present:
-            raise InputError("lightcurve", "database", "DIA tables (a run with [diaforced] and [ingest] enabled)",
-                             "no table DiaForcedSource")
+            raise InputError("lightcurve", "database", what, f"no table {forced_table}")
         if not found:
-            raise InputError("lightcurve", "dia-object", "a diaObjectId of the DiaObject table", int(dia_object_id))
-        t = db.dia_light_curve(engine, dia_object_id, band)
+            raise InputError("lightcurve", option, f"a {id_col} of the {table.name} table", int(oid))
+        t = fetch(engine, oid, band)
     finally:
         engine.dispose()
     if "truthFlux" in t.colnames:
@@ -112,11 +126,11 @@ def dia_lightcurve(source, dia_object_id, band=None):
     return t
 
 
-def with_magnitudes(t):
-    """Add psMag, psMag_Sigma (2.5 / ln 10 x psFlux_Sigma / psFlux) and truthMag (when truthFlux is)."""
-    t["psMag"] = njy_to_mag(t["psFlux"])
+def with_magnitudes(t, flux="psFlux", err="psFlux_Sigma"):
+    """Add psMag, psMag_Sigma (2.5 / ln 10 x err / flux) and truthMag (when truthFlux is)."""
+    t["psMag"] = njy_to_mag(t[flux])
     with np.errstate(divide="ignore", invalid="ignore"):
-        t["psMag_Sigma"] = np.where(t["psFlux"] > 0, 2.5 / np.log(10) * t["psFlux_Sigma"] / t["psFlux"], np.nan)
+        t["psMag_Sigma"] = np.where(t[flux] > 0, 2.5 / np.log(10) * t[err] / t[flux], np.nan)
     if "truthFlux" in t.colnames:
         t["truthMag"] = njy_to_mag(t["truthFlux"])
     for c in ("psMag", "psMag_Sigma", "truthMag"):

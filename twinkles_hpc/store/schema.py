@@ -146,6 +146,47 @@ DiaObjectTruthMatch = sa.Table(
     comment="DiaObjects associated with true variables within the match radius; the nearest is the match",
     **_MYSQL)
 
+LensedImage = sa.Table(
+    "LensedImage", metadata,
+    _id("lensedImageId", "lensSystemId x 8 + imageIndex", primary_key=True),
+    _id("lensSystemId", "the lens candidate (lenses/candidates.h5 lensCandidateId) whose scene holds it"),
+    sa.Column("imageIndex", sa.Integer, nullable=False, comment="index of the point image in its scene"),
+    sa.Column("ra", sa.Double, nullable=False, comment="right ascension from the scene fit on the coadds, deg"),
+    sa.Column("decl", sa.Double, nullable=False, comment="declination from the scene fit on the coadds, deg"),
+    *_per_band("{b}PsFluxMean", "{b}-band flux of the point image on the coadd (scene fit), nJy"),
+    *_per_band("{b}PsFluxMeanErr", "uncertainty of {b}PsFluxMean, nJy"),
+    sa.Index("ix_LensedImage_lensSystemId", "lensSystemId"),
+    comment="point images of the lens candidates' scene models (stage lensmodel)", **_MYSQL)
+
+LensedImageForcedSource = sa.Table(
+    "LensedImageForcedSource", metadata,
+    _id("lensedImageId", "LensedImage.lensedImageId", primary_key=True),
+    _id("ccdVisitId", "CcdVisit.ccdVisitId", primary_key=True),
+    _id("lensSystemId", "LensedImage.lensSystemId"),
+    _s("filterName", 1, "band: one of ugrizy", nullable=False),
+    sa.Column("midPointTai", sa.Double, nullable=False, comment="exposure mid-point, MJD (TAI)"),
+    _f("psFlux", "the point image's flux in the visit, nJy: the scene fit on the calexp (directFlux)"),
+    _f("psFluxErr", "uncertainty of psFlux, nJy"),
+    _f("directFlux", "scene fit on the calexp (galaxy, images and neighbours free), nJy"),
+    _f("directFluxErr", "uncertainty of directFlux, nJy"),
+    _f("diffFlux", "scene fit on the difference image (images only), nJy"),
+    _f("diffFluxErr", "uncertainty of diffFlux, nJy (templateFlux + diffFlux is the image's flux; the "
+       "template's own error, common to a band's visits, left out)"),
+    _f("templateFlux", "the point image's flux on the visit's template (scene fit), nJy"),
+    _f("galaxyFlux", "the lens galaxy's flux on the calexp (scene fit), nJy"),
+    _flags("timedomain/scene.py FLAGS: EDGE 1, MASKED 2, NO_DATA 4; NO_DIFFERENCE 8 (timedomain/lensphot.py)"),
+    sa.Index("ix_LensedImageForcedSource_ccdVisitId", "ccdVisitId"),
+    comment="per-visit fluxes of the lensed point images (stage lensphot)", **_MYSQL)
+
+LensedImageTruthMatch = sa.Table(
+    "LensedImageTruthMatch", metadata,
+    _id("lensedImageId", "LensedImage.lensedImageId", primary_key=True),
+    _id("truthId", "TruthLensedImage.imageId", primary_key=True),
+    _s("truthKind", 16, "lensed_image (TruthLensedImage)", nullable=False),
+    sa.Column("distance_arcsec", sa.Double, nullable=False, comment="LensedImage-truth separation, arcsec"),
+    sa.Index("ix_LensedImageTruthMatch_truthId", "truthId"),
+    comment="LensedImages near true lensed images within the match radius; the nearest is the match", **_MYSQL)
+
 ObjectTruthMatch = sa.Table(
     "ObjectTruthMatch", metadata,
     _id("objectId", "Object.objectId", primary_key=True),

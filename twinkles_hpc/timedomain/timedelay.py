@@ -128,8 +128,8 @@ def read_lightcurves(path):
 
     path = Path(path)
     if path.is_dir():
-        raise InputError(path, "path", "a light-curve file (CSV or ECSV), not a directory (run directories are "
-                         "not read by this command)")
+        raise InputError(path, "path", "a light-curve file (CSV or ECSV), not a directory (a run directory is "
+                         "given alone: `twinkles-hpc timedelay RUNDIR`)")
     if not path.is_file():
         raise InputError(path, "file", "a light-curve file (CSV or ECSV)", "no such file")
     try:

@@ -13,6 +13,7 @@ from twinkles_hpc.validation.catalog import BIN_WIDTH
 from twinkles_hpc.validation.database import database_counts
 from twinkles_hpc.validation.dia import dia_section
 from twinkles_hpc.validation.lenses import lenses_section
+from twinkles_hpc.validation.lensphot import lensed_images_section
 from twinkles_hpc.validation.products import need, null_metric, read_h5_table
 
 
@@ -83,6 +84,9 @@ def checks(rep, V):
         out.append(_check(f"dia_{key}.mean", abs(b["mean"]), "<=", V.dia_blank_mean_max))
         out.append(_check(f"dia_{key}.std", abs(b["std"] - 1.0), "<=", V.dia_blank_std_tol))
     out += lens_checks(rep["lenses"], V)
+    li = rep["lensed_images"]
+    out.append(_check("lens_good_light_curves[S/N>=20, sep>=0.7\"]", li.get("good_fraction"), ">=",
+                      V.lens_lc_good_min, li.get("reason") or li.get("good_fraction_reason")))
     dbr = rep["database"]
     if "reason" not in dbr:
         for t, d in dbr["difference"].items():
@@ -128,6 +132,7 @@ def validate_run(rundir, thresholds_toml=None, db_url=None):
     rep["am1"] = catalog.am1_section(truth, sources, V, why)
     rep["dia"] = dia_section(rundir, truth, visits, cfg, V)
     rep["lenses"] = lenses_section(rundir, cfg, truth["ra0"], truth["dec0"], cov)
+    rep["lensed_images"] = lensed_images_section(rundir, cfg, truth, V)
     rep["cost"] = cost.run_cost(rundir, cfg, len(visits), V)
     rep["database"] = database_counts(rundir, cfg, db_url, {
         "CcdVisit": (sum(c.get("n_visits", 0) for c in rep["calibration"].values())   # calibrated ones

@@ -1,0 +1,82 @@
+"""Stage lensphot: per visit, every point image of every scene model measured on the calexp and on the
+difference (lensphot/vNNNNNNNN-B.h5: LensedImageForcedSource; docs/lensmodel.md)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from twinkles_hpc.options import opt
+from twinkles_hpc.pipeline.stage import PER_VISIT, Stage, Switch, per_visit_ingest_steps
+from twinkles_hpc.pipeline.stages.visit import visit_cost
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store.atomic import atomic_h5, open_read
+from twinkles_hpc.store.tables import write_table
+
+
+@dataclass
+class LensphotSection(Switch):
+    """[lensphot]"""
+    enabled: bool = opt(False, "", "Measure every point image of every scene model on every calexp and "
+                        "difference (lensphot/vNNNNNNNN-B.h5); needs [lensmodel] and [diffim] enabled = true.")
+
+
+class LensphotStage(Stage):
+    name = "lensphot"
+    doc = "per-visit fluxes of the lensed images (lensphot/vNNNNNNNN-B.h5)"
+    section = LensphotSection
+    requires = ("lensmodel", "diffim")
+    outputs = (layout.lensphot,)
+    tables = ("LensedImageForcedSource",)
+    colour = "#55a868"
+    cost_class = PER_VISIT
+
+    def tasks(self, ctx, up):
+        """One `lensphot/NNNNNNNN` task per visit, after its difference and the scene models;
+        cost = 0.01 x the visit's."""
+        model = up.get("lensmodel", None, for_task=layout.task_id(self.name, "*"))
+        diffims = up.tasks("diffim")
+        return [self.task(layout.visit_key(int(v["visit_id"])), 0.01 * visit_cost(v, ctx.cfg.sensor),
+                          deps=[diffims[layout.visit_key(int(v["visit_id"]))], model], visit_id=int(v["visit_id"]))
+                for v in ctx.visits]
+
+    def ingest_steps(self, ctx, up):
+        """LensedImageForcedSource per chunk of visits (stage.per_visit_ingest_steps)."""
+        return per_visit_ingest_steps(ctx, up, self.name, "LensedImageForcedSource", 0.005)
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        from twinkles_hpc.store import ingest
+        paths = [ctx.path(layout.lensphot(v, ctx.by_id[v]["band"])) for v in params["visit_ids"]]
+        return {step: ingest.ingest_lensed_forced(engine, paths, **kw)}
+
+    def run(self, ctx, task, should_stop):
+        from twinkles_hpc.pipeline.stages.template import template_inputs
+        from twinkles_hpc.timedomain import lensphot
+        visit = ctx.by_id[task.params["visit_id"]]
+        vid, band = int(visit["visit_id"]), str(visit["band"])
+        systems, images, neigh = ctx.cache("lens_scenes").get(ctx.path(layout.LENS_SCENES),
+                                                               ("systems", "images", "neighbours"))
+        scenes = lensphot.scenes_from_tables(systems, images, neigh)
+        _, of_visit = template_inputs(ctx.cfg, ctx.visits)
+        year = of_visit.get(vid, (band, None))[1]
+        with contextlib.ExitStack() as stack:
+            calexp = stack.enter_context(open_read(ctx.path(layout.calexp(vid, band))))
+            diffim = stack.enter_context(open_read(ctx.path(layout.diffim(vid, band))))
+            templates = {}
+            for patch in sorted({p for _, _, p in scenes}):
+                path = ctx.path(layout.template(band, *patch, year))
+                if os.path.exists(path):
+                    t = stack.enter_context(open_read(path))
+                    if t.attrs.get("ok", False):
+                        templates[patch] = t
+            rows = lensphot.photometer_visit(scenes, visit, calexp, diffim, templates)
+        rel = layout.lensphot(vid, band)
+        out = ctx.path(rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with atomic_h5(out) as fh:
+            write_table(fh, "lensed_image_forced_source", rows)
+            fh.attrs.update(visit_id=vid, band=band, ccdVisitId=vid)
+        return {rel: os.path.getsize(out)}
+
+
+STAGE = LensphotStage()
