@@ -266,3 +266,48 @@ def test_lensed_image_light_curve_from_the_database(tmp_path):
     assert np.allclose(lc["psMag"], 31.4 - 2.5 * np.log10(lc["psFlux"]))
     with pytest.raises(Exception, match="lensed-image"):
         lensed_lightcurve(str(tmp_path), 7, None)
+
+
+def write_coadd(path, band, psf, rng):
+    """A coadd file of the system (nJy, the planes and PSF grid a coadd has), its PSF as a six-component
+    mixture (two copies of each of psf's three components at half weight: refitted by compact_psf)."""
+    import h5py
+    wcs = wcs_at(RA0, DEC0)
+    data, var = render(wcs, psf, GAL_FLUX[band], IMG_FLUX[band], rng, depth=4.0)
+    w, a, b, c = (np.concatenate([x, x]) for x in psf.comps)
+    w = w / 2.0
+    with h5py.File(path, "w") as fh:
+        fh["image"], fh["variance"], fh["mask"] = data.astype(np.float32), var.astype(np.float32), \
+            np.zeros(data.shape, np.uint16)
+        for name, v in (("psf_weight", w), ("psf_cxx", a), ("psf_cxy", b), ("psf_cyy", c)):
+            fh[name] = v[None, None, :]
+        fh["psf_n_inputs"], fh["psf_ap_corr"] = np.ones((1, 1), np.int32), np.ones((1, 1))
+        fh.attrs["psf_grid_step"] = 1000
+        fh.attrs["wcs"] = wcs.to_header().tostring()
+        fh.attrs["inputs"] = ["v1"]
+
+
+def test_model_system_and_coadd_scene_on_coadd_files(tmp_path):
+    """The stage's path: coadd files with a many-component PSF, the candidate's two DiaObjects as the start;
+    the scene is found, and coadd_scene's model leaves a residual at the noise."""
+    import h5py
+    rng = np.random.default_rng(3)
+    psf = FixedPSF(3.5)
+    for b in "gri":
+        write_coadd(tmp_path / f"{b}.h5", b, psf, rng)
+    coadds = {b: h5py.File(tmp_path / f"{b}.h5", "r") for b in "gri"}
+    try:
+        cand = np.zeros(1, [("ra", "f8"), ("decl", "f8"), ("lensCandidateId", "i8")])[0]
+        cand["ra"], cand["decl"] = RA0, DEC0
+        ra, dec = image_radec()
+        scene, info = lensphot.model_system(cand, (ra[:2], dec[:2]), coadds, wcs_at(RA0, DEC0), None, SCALE)
+    finally:
+        for f in coadds.values():
+            f.close()
+    assert scene.n_images == 4, info["log"]
+    got = np.c_[sc.tangent_offsets(scene.image_ra, scene.image_dec, RA0, DEC0)]
+    assert all(np.hypot(*(got - o).T).min() < 0.05 for o in OFFSETS)
+    data, model, noise = lensphot.coadd_scene(scene, tmp_path / "r.h5", 20)
+    assert data.shape == (41, 41) and np.isfinite(model).all()
+    resid = (data - model) / noise
+    assert abs(np.nanmean(resid)) < 0.2 and np.nanstd(resid) < 2.0

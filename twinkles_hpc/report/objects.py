@@ -299,6 +299,106 @@ def select_lenses(run, n_max):
     return out[:n_max], obj, None
 
 
+def _scene_of_system(run, ims):
+    """(lensSystemId, Scene, {lensedImageId: truth image row}) of the scene model whose LensedImages match
+    most of the true images `ims` (LensedImageTruthMatch, nearest match), or None."""
+    if not run.has_tables("LensedImageTruthMatch", "LensedImageForcedSource", "LensedImage"):
+        return None
+    path = run.path(layout.LENS_SCENES)
+    if not os.path.isfile(path):
+        return None
+    truth = {int(im["imageId"]): im for im in ims}
+    m = schema.LensedImageTruthMatch
+    rows = run.query(sa.select(m.c.lensedImageId, m.c.truthId, m.c.distance_arcsec)
+                     .where(m.c.truthId.in_(sorted(truth))))
+    best = {}
+    for iid, tid, d in sorted(zip(rows["lensedImageId"].tolist(), rows["truthId"].tolist(),
+                                  rows["distance_arcsec"].tolist()), key=lambda r: (r[0], r[2], r[1])):
+        best.setdefault(iid, tid)
+    if not best:
+        return None
+    from twinkles_hpc.timedomain.lensphot import IMAGE_ID_STRIDE, scenes_from_tables
+    systems = {}
+    for iid in best:
+        systems[iid // IMAGE_ID_STRIDE] = systems.get(iid // IMAGE_ID_STRIDE, 0) + 1
+    sid = min(systems, key=lambda k: (-systems[k], k))
+    with open_read(path) as fh:
+        from twinkles_hpc.store.tables import read_table
+        t = [read_table(fh[n]) for n in ("systems", "images", "neighbours")]
+    t = [x[x["lensSystemId"] == sid] for x in t]
+    if not len(t[0]):
+        return None
+    (_, scene, _), = scenes_from_tables(*t)
+    return sid, scene, {iid: truth[tid] for iid, tid in best.items() if iid // IMAGE_ID_STRIDE == sid}
+
+
+def _scene_part(run, ctx, key, ims):
+    """The scene model's part of a lens page (stamps of the coadd, the model and the residual; per-image light
+    curves against the truth; measured against true delays) and its figures, or ('', {}) without one."""
+    got = _scene_of_system(run, ims)
+    if got is None:
+        return "", {}
+    sid, scene, matched = got
+    from twinkles_hpc.timedomain.lensphot import IMAGE_ID_STRIDE, coadd_scene, run_light_curves
+    from twinkles_hpc.timedomain.timedelay import measure_delays
+    half = 20
+    stamps = ""
+    for b in "rigzyu":
+        got = next((g for g in (coadd_scene(scene, p, half) for p in ctx.coadds.get(b, [])) if g is not None), None)
+        if got is None:
+            continue
+        data, model, noise = got
+        figs, n = [], 2 * half + 1
+        strip = images.asinh_stretch(np.hstack([data, model, data - model]), noise)    # one stretch for the three
+        for k, name in enumerate(("coadd", "model", "residual")):
+            images.write_gray(os.path.join(ctx.stamp_dir, f"{key}-scene-{name}.png"), strip[:, k * n:(k + 1) * n])
+            figs.append(f'<figure><img src="stamps/{key}-scene-{name}.png" alt="{name}" '
+                        f'style="width:200px;height:200px"><figcaption>{b} {name}</figcaption></figure>')
+        stamps = ('<div class="stamps">' + "".join(figs) + "</div>"
+                  + f'<p class="muted">{b} coadd, the scene model fitted there (galaxy, {scene.n_images} point images, '
+                    f"{len(scene.neighbour_ra)} neighbours, constant) and the residual, {2 * half + 1} px square, "
+                    "north up, east left, one asinh stretch for the three.</p>")
+        break
+    curves, facts = [], []
+    for k in range(scene.n_images):
+        iid = sid * IMAGE_ID_STRIDE + k
+        lc = db.lensed_light_curve(run.engine, iid)
+        tr = matched.get(iid)
+        ok = (lc["flags"] & 7) == 0
+        chi2 = None
+        if "truthFlux" in lc.colnames and ok.sum() > 1:
+            z = (lc["psFlux"][ok] - lc["truthFlux"][ok]) / lc["psFluxErr"][ok]
+            chi2 = float(np.nanmean(z ** 2))
+        label = f"LensedImage {iid}" + (f" = true image {int(tr['imageIndex'])}" if tr is not None else
+                                          " (no true image within the match radius)")
+        curves.append((label, lc))
+        facts.append((iid, "-" if tr is None else int(tr["imageIndex"]), int(ok.sum()), H.num(chi2)))
+    plots.scene_curves(os.path.join(ctx.obj_dir, key + "-scene.png"), curves)
+    delays = ""
+    found = [(c, ids) for s_id, c, ids in run_light_curves(run.rundir) if s_id == sid]
+    if found:
+        c, ids = found[0]
+        est = measure_delays(c, "drw")
+        tA = matched.get(ids["A"])
+        rows = []
+        for x, e in est.items():
+            tX = matched.get(ids[x])
+            true = (float(tX["delay"]) - float(tA["delay"])) if tA is not None and tX is not None else None
+            got = f"{e.delay:.1f} +/- {e.error:.1f}" if e.delay is not None else f"no estimate ({H.esc(e.reason)})"
+            rows.append((f"{x} - A", ids[x], got, H.num(true, "{:.1f}")))
+        delays = ("<h3>Time delays (drw estimator)</h3>"
+                  + H.table(["pair", "LensedImage", "measured (d)", "true (d)"], rows, table_id="delays")
+                  + f'<p class="muted">Image A is LensedImage {ids["A"]}, the brightest on the coadds; '
+                    "`twinkles-hpc timedelay RUNDIR` gives the same.</p>")
+    html = (f"<h3>Scene model (lens system {sid})</h3>" + stamps
+            + H.table(["LensedImage", "true image", "usable epochs", "chi^2/dof vs truth"], facts,
+                      table_id="scene-images")
+            + H.figure(key + "-scene.png", "psFlux of each point image from the scene fit on the calexps (points) "
+                       "against its true flux (lines), per band: no free constant.")
+            + delays)
+    return html, {"lens_system_id": sid, "n_scene_images": scene.n_images}
+
+
 def lens_page(run, ctx, s, image_obj):
     key = f"lens-{s['id']}"
     row, ims = s["row"], s["images"]
@@ -338,7 +438,10 @@ def lens_page(run, ctx, s, image_obj):
              ("source i mag (unlensed)", H.num(float(row["iSrcMag"]), "{:.2f}")),
              ("Objects holding its images", s["n_objects"]), ("median chi^2/dof vs truth", H.num(s["chi2_dof"]))]
     blended = any(len(g) > 1 for g in groups.values())
+    scene_html, scene_facts = _scene_part(run, ctx, key, ims)
+    s.update(scene_facts)
     body = (H.table(["quantity", "value"], [(H.esc(a), b) for a, b in facts], table_id="facts")
+            + scene_html
             + "<h3>Images</h3>" + H.table(["image", "x (arcsec)", "y (arcsec)", "magnification", "delay (d)", "Object"],
                                           img_rows, table_id="images")
             + (H.note("Several images fall on one Object (blended at the coadd's resolution): its truth is the sum "

@@ -245,6 +245,30 @@ def lens_curves(path, curves):
     _save(fig, path)
 
 
+def scene_curves(path, curves):
+    """One panel per point image of a scene model: psFlux with errors (points) and the true flux (lines),
+    coloured by band. curves: [(label, LensedImageForcedSource table with truthFlux when matched)]."""
+    n = max(len(curves), 1)
+    fig, axes = _axes((8, 0.6 + 2.4 * n), n)
+    axes = np.atleast_1d(axes)
+    for a, (label, lc) in zip(axes, curves):
+        for b in _bands(lc["filterName"]):
+            m = lc["filterName"] == b
+            c = BAND_COLOURS[b]
+            a.errorbar(lc["midPointTai"][m], lc["psFlux"][m], lc["psFluxErr"][m], fmt="o", color=c, ms=3, lw=0.8,
+                       label=b)
+            if "truthFlux" in lc.colnames:
+                a.plot(lc["midPointTai"][m], lc["truthFlux"][m], "-", color=c, lw=1.0)
+        a.set_title(label, fontsize=9)
+        a.set_ylabel("flux (nJy)")
+        a.grid(True, alpha=0.3)
+        _legend(a, fontsize=7, ncol=6)
+    axes[-1].set_xlabel("MJD (d)")
+    fig.subplots_adjust(left=0.11, right=0.98, top=1 - 0.35 / (0.6 + 2.4 * n), bottom=0.45 / (0.6 + 2.4 * n),
+                        hspace=0.35)
+    _save(fig, path)
+
+
 def star(path, lc, title):
     """Measured minus true magnitude of a star in each visit (mmag)."""
     fig, a = _axes((7.5, 3.4))

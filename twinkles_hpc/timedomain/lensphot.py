@@ -287,3 +287,34 @@ def run_light_curves(rundir):
         out.append((int(sid), LightCurves(mjd, band, mag, magerr),
                     {x: int(i) for x, i in zip(IMAGES, im["lensedImageId"])}))
     return out
+
+
+def coadd_scene(scene, path, half):
+    """(data, model, noise) of a Scene on the coadd at `path`: the (2 half + 1)^2 box about the galaxy, the
+    model with its amplitudes fitted there (galaxy, images, neighbours, constant; inverse-variance weights),
+    NaN where there is no data, and the median pixel noise; None when the coadd has no PSF there."""
+    from twinkles_hpc.level2.coaddpsf import CoaddPSF
+    from twinkles_hpc.store.atomic import open_read
+    from twinkles_hpc.timedomain.template import wcs_of
+    with open_read(path) as f:
+        psf = CoaddPSF.from_file(f)
+        wcs = wcs_of(f.attrs)
+        (gx, gy), shape, img_xy = sc.scene_on_image(scene, wcs)
+        if psf is None or not psf.covered(gx, gy)[0]:
+            return None
+        st = sc.read_stamp((f["image"], f["variance"], f["mask"]), gx, gy, half * np.sqrt(2.0) + 1, psf, 1.0, "",
+                           BAD_BITS)
+    if st is None:
+        return None
+    nuis = sc.neighbours_on(wcs, scene.neighbour_ra, scene.neighbour_dec, scene.neighbour_cov)
+    A = sc.design(st, (gx, gy), shape, img_xy, nuis)
+    amp, _, _ = sc.weighted_solve(A, st.data, 1.0 / st.var)
+    if amp is None:
+        return None
+    ix, iy = int(np.floor(gx + 0.5)), int(np.floor(gy + 0.5))
+    data, model = np.full((2 * half + 1,) * 2, np.nan), np.full((2 * half + 1,) * 2, np.nan)
+    u, v = (st.x - ix + half).astype(np.int64), (st.y - iy + half).astype(np.int64)
+    inside = (u >= 0) & (u <= 2 * half) & (v >= 0) & (v <= 2 * half)
+    data[v[inside], u[inside]] = st.data[inside]
+    model[v[inside], u[inside]] = (A @ amp)[inside]
+    return data, model, float(np.sqrt(np.median(st.var)))

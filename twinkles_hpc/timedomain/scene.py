@@ -168,7 +168,7 @@ def design(stamp, gal_xy, shape, img_xy, nuisance=(), with_galaxy=True):
     return np.stack(cols, axis=1)
 
 
-def _solve(A, d, w):
+def weighted_solve(A, d, w):
     """Weighted linear least squares: (amplitudes, chi^2 with the weights, normal matrix) or Nones."""
     Aw = A * w[:, None]
     N = A.T @ Aw
@@ -191,7 +191,7 @@ def _residuals(theta, stamps, n, nuis):
     for s in stamps:
         w = 1.0 / s.var
         A = design(s, gal, shape, img, nuis)
-        f, _, _ = _solve(A, s.data, w)
+        f, _, _ = weighted_solve(A, s.data, w)
         r = s.data - A @ f if f is not None else s.data
         out.append(r * np.sqrt(w))
     return np.concatenate(out)
@@ -222,7 +222,7 @@ def _band_fluxes(stamps, nuis, theta, n):
     out = {}
     for s in stamps:
         A = design(s, gal, shape, img, nuis)
-        f, _, N = _solve(A, s.data, 1.0 / s.var)
+        f, _, N = weighted_solve(A, s.data, 1.0 / s.var)
         if f is None:
             continue
         out[s.band] = (f * s.njy, np.sqrt(np.diag(np.linalg.inv(N))) * s.njy)
@@ -244,7 +244,7 @@ def _seed(stamps, nuis, theta, n, pixel_scale, centre, radius):
     num = den = 0.0
     for s in stamps:
         A = design(s, gal, shape, img, nuis)
-        f, _, _ = _solve(A, s.data, 1.0 / s.var)
+        f, _, _ = weighted_solve(A, s.data, 1.0 / s.var)
         if f is None:
             continue
         x0, y0, nx, ny = s.box
