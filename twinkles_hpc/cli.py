@@ -367,6 +367,84 @@ def cmd_report(args):
     return 0
 
 
+# -- scaling ---------------------------------------------------------------------------------------
+def _scaling_list(text, option, allowed=None, convert=str):
+    """A comma-separated option value as a list; InputError naming the option when an item is not allowed."""
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    expected = ("a comma-separated list of " + ", ".join(sorted(allowed)) if allowed is not None
+                else "a comma-separated list of positive integers")
+    try:
+        out = [convert(x) for x in items]
+    except ValueError:
+        raise InputError("scaling", option, expected, text) from None
+    if not out or (allowed is not None and any(x not in allowed for x in out)) \
+            or (convert is int and min(out) < 1):
+        raise InputError("scaling", option, expected, text)
+    return out
+
+
+def cmd_scaling(args):
+    """A run's measured tasks replayed on N virtual ranks, or a Run 1/Run 3-size run modelled from them
+    (twinkles_hpc/scaling.py, docs/scaling.md)."""
+    from twinkles_hpc import scaling
+    from twinkles_hpc.pipeline.registry import BY_NAME
+    machines = [scaling.MACHINES[m] for m in _scaling_list(args.machine, "--machine", scaling.MACHINES)]
+    orders = _scaling_list(args.order, "--order", ("longest", "fifo"))
+    split = _scaling_list(args.split, "--split", BY_NAME) if args.split else ()
+    without = _scaling_list(args.without, "--without", BY_NAME) if args.without else ()
+    try:
+        sensor = tuple(int(x) for x in args.sensor.lower().split("x"))
+        assert len(sensor) == 2 and min(sensor) >= 1
+    except (ValueError, AssertionError):
+        raise InputError("scaling", "--sensor", "NXxNY pixels, e.g. 4000x4072", args.sensor) from None
+    if args.visits is not None and args.visits < 1:
+        raise InputError("scaling", "--visits", "a number of visits >= 1", args.visits)
+    if (args.weak or split or without or args.opsim) and args.visits is None:
+        raise InputError("scaling", "--weak/--split/--without/--opsim", "--visits N with them", "no --visits")
+    if args.like and args.visits is not None:
+        raise InputError("scaling", "--like", "either --like RUNDIR or --visits N", "both")
+    ranks = _scaling_list(args.ranks, "--ranks", convert=int) if args.ranks else None
+    if not args.rank0_ms >= 0 or not args.piece_seconds > 0:
+        raise InputError("scaling", "--rank0-ms/--piece-seconds", "a time >= 0 and a piece length > 0",
+                         f"{args.rank0_ms}/{args.piece_seconds}")
+    rank0_s = args.rank0_ms / 1e3
+    run = scaling.load_run(os.path.abspath(args.rundir), rank0_s=rank0_s)
+    out = {"run": run.rundir, "ranks": run.ranks, "sessions": run.sessions, "wall_s": round(run.wall_s, 3),
+           "tasks": len(run.records), "overheads": vars(run.overheads)}
+    lines = [f"{run.rundir}: {len(run.records)} tasks measured at -n {run.ranks} in {run.sessions} session(s), "
+             f"wall {run.wall_s:.1f} s", f"overheads: {scaling.format_overheads(run.overheads)}"]
+    if args.like:
+        other = scaling.load_run(os.path.abspath(args.like), rank0_s=rank0_s)
+        tasks, missing = scaling.like_tasks(run, other, args.seed)
+        out["checks"] = scaling.check(run, tasks, other, orders)
+        out["unmeasured"] = missing
+    else:
+        out["checks"] = scaling.check(run, scaling.replay_tasks(run), run, orders)
+    for c in out["checks"]:
+        lines.append(f"{'modelled' if args.like else 'replayed'} {c['run']} at -n {c['ranks']} ({c['order']}): "
+                     f"{c['predicted_s']:.1f} s against {c['measured_s']:.1f} s measured ({100 * c['error']:+.1f}%)"
+                     + ("" if not args.like else f"; its task seconds {c['work_ratio']:.2f}x the modelled ones, "
+                        f"scaled by that: {100 * c['normalised_error']:+.1f}%"))
+    if not args.like:
+        rows, notes = scaling.study(run, ranks or [run.ranks], machines, orders, n_visits=args.visits, weak=args.weak,
+                                    sensor=sensor, opsim=args.opsim, seed=args.seed, split=split,
+                                    piece_s=args.piece_seconds, without=without)
+        out.update(rows=rows, notes=notes, visits=args.visits, weak=args.weak, sensor=list(sensor))
+        what = ("the measured tasks" if args.visits is None else
+                f"{args.visits} visits{' at the top rank count (weak scaling)' if args.weak else ''} on a "
+                f"{sensor[0]}x{sensor[1]} sensor")
+        lines += [f"{what}:", scaling.format_rows(rows),
+                  "longest on the critical path at the most ranks: "
+                  + ", ".join(f"{k} {s:.0f} s" for k, s in notes["critical_path_kinds"])]
+        if notes.get("unmeasured"):
+            lines.append("no measured task (modelled as 0 s): " + ", ".join(notes["unmeasured"]))
+        if args.plot:
+            scaling.plot_study(rows, args.plot, args.title or what)
+            lines.append(f"plot -> {args.plot}")
+    print(json.dumps(out, indent=1) if args.json else "\n".join(lines))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (exit 2): the command, what is wrong and where the help is, not the
     usage block."""
@@ -574,6 +652,48 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+
+    sc = sub.add_parser("scaling", help="a run's measured tasks replayed on N virtual ranks, or Run 1/Run 3 "
+                        "modelled from them: strong and weak scaling (docs/scaling.md)",
+                        description="A discrete-event model of the run engine: rank 0 schedules (largest "
+                        "predicted cost first, or FIFO), N-1 workers run the tasks with the durations measured "
+                        "in RUNDIR's trace.jsonl and the overheads fitted to its journal. Without --visits: the "
+                        "run's own tasks (at its own rank count it should give the measured wall time); with "
+                        "--visits N: a run of N visits of the Run 1 cadence on a full sensor, planned from "
+                        "RUNDIR's config, each task's duration from the measured seconds per unit of predicted "
+                        "cost of its stage.",
+                        epilog="exit codes: 0 done, 2 bad input (no trace.jsonl or journal in RUNDIR, a bad "
+                        "option value)")
+    sc.add_argument("rundir", help="a run directory whose run has finished tasks")
+    sc.add_argument("--ranks", metavar="N,...", help="rank counts (default: the run's own; e.g. "
+                    "32,64,128,256,512,1024,2048,4096)")
+    sc.add_argument("--visits", type=int, metavar="N", help="model a run of N visits (Run 1: 1227, Run 3: "
+                    "22000) instead of replaying the measured tasks")
+    sc.add_argument("--weak", action="store_true", help="weak scaling: N x ranks / (largest rank count) "
+                    "visits at each rank count")
+    sc.add_argument("--machine", default="here", metavar="M,...", help="per-core speed of: here, haswell, knl, "
+                    "perlmutter (default here; docs/scaling.md)")
+    sc.add_argument("--order", default="longest", metavar="O,...", help="ready order: longest (the engine's: "
+                    "largest predicted cost first), fifo, or longest,fifo (default longest)")
+    sc.add_argument("--sensor", default="4000x4072", metavar="NXxNY", help="sensor of the modelled run "
+                    "(default 4000x4072)")
+    sc.add_argument("--opsim", metavar="FILE", help="base cadence of the modelled run: one visit per night and "
+                    "band of this OpSim file (e.g. the Run 1 list); default the synthetic Run 1 cadence")
+    sc.add_argument("--like", metavar="RUNDIR2", help="model another measured run's own graph with this run's "
+                    "durations and overheads, at its rank count, against its measured wall time")
+    sc.add_argument("--split", metavar="KIND,...", help="what if: cut each task of these stages into pieces of "
+                    "at most --piece-seconds (e.g. coadd,template as sub-region tasks)")
+    sc.add_argument("--piece-seconds", type=float, default=60.0, metavar="S", help="--split piece length on "
+                    "this machine's core (default 60)")
+    sc.add_argument("--without", metavar="KIND,...", help="what if: leave these stages out of the job "
+                    "(e.g. ingest, run as a job of its own)")
+    sc.add_argument("--rank0-ms", type=float, default=0.12, metavar="MS", help="rank 0's time per completion "
+                    "(default 0.12, docs/benchmarks.md `bench engine`)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the durations drawn for a modelled run")
+    sc.add_argument("--plot", metavar="PNG", help="draw efficiency and wall time against ranks")
+    sc.add_argument("--title", help="the plot's title")
+    sc.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    sc.set_defaults(func=cmd_scaling)
     stop = None
     if argv[:1] == ["run"]:        # the signal handlers first: a signal during the set-up stops the run (75)
         from twinkles_hpc.parallel.engine import StopFlag
