@@ -311,3 +311,14 @@ def test_model_system_and_coadd_scene_on_coadd_files(tmp_path):
     assert data.shape == (41, 41) and np.isfinite(model).all()
     resid = (data - model) / noise
     assert abs(np.nanmean(resid)) < 0.2 and np.nanstd(resid) < 2.0
+
+
+def test_visit_without_calibration_has_no_rows(tmp_path):
+    """A calexp whose calibration failed (no pixels, no WCS) gives an empty table, not an error."""
+    import h5py
+    with h5py.File(tmp_path / "c.h5", "w") as fh:
+        fh.attrs["calib_ok"], fh.attrs["calib_failure"] = False, "too few reference stars"
+    with h5py.File(tmp_path / "c.h5", "r") as fh:
+        rows = lensphot.photometer_visit([(1, true_scene(), (0, 0))], {"visit_id": 5, "band": "u", "mjd": 1.0},
+                                         fh, None, {})
+    assert rows.dtype == lensphot.FORCED_DTYPE and len(rows) == 0

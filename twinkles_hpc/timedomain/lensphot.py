@@ -180,7 +180,7 @@ def photometer_visit(scenes, visit, calexp, diffim, templates):
 
     scenes: scenes_from_tables' list; visit: its row (visit_id, band, mjd); calexp: open calexp file;
     diffim: open difference file, or None; templates: {patch (i, j): open template file} of the visit's
-    band (and year)."""
+    band (and year). A visit whose calibration failed (calib_ok false: no pixels, no WCS) has no rows."""
     from twinkles_hpc.level2.coaddpsf import CoaddPSF
     from twinkles_hpc.level2.psf import MixturePSF
     from twinkles_hpc.store.atomic import attrs_dict
@@ -188,6 +188,8 @@ def photometer_visit(scenes, visit, calexp, diffim, templates):
     from twinkles_hpc.timedomain.template import wcs_of
     vid, band = int(visit["visit_id"]), str(visit["band"])
     a = attrs_dict(calexp)
+    if not a.get("calib_ok", True):
+        return np.zeros(0, FORCED_DTYPE)
     wcs = wcs_of(a)
     cal_planes = (calexp["image"], calexp["variance"], calexp["mask"])
     njy = float(a["ap_corr"]) * float(a["flux_njy_per_electron"])

@@ -61,6 +61,7 @@ class LensphotStage(Stage):
         year = of_visit.get(vid, (band, None))[1]
         with contextlib.ExitStack() as stack:
             calexp = stack.enter_context(open_read(ctx.path(layout.calexp(vid, band))))
+            calib_ok = bool(calexp.attrs.get("calib_ok", True))
             diffim = stack.enter_context(open_read(ctx.path(layout.diffim(vid, band))))
             templates = {}
             for patch in sorted({p for _, _, p in scenes}):
@@ -76,6 +77,7 @@ class LensphotStage(Stage):
         with atomic_h5(out) as fh:
             write_table(fh, "lensed_image_forced_source", rows)
             fh.attrs.update(visit_id=vid, band=band, ccdVisitId=vid)
+            fh.attrs["reason"] = "" if calib_ok else "calibration failed: no calexp"
         return {rel: os.path.getsize(out)}
 
 
