@@ -647,11 +647,6 @@ def build_parser():
                     "pages and running the validation (default: the usable cores, at most 4)")
     rp.add_argument("-v", "--verbose", action="store_true", help="print the time of each section")
     rp.set_defaults(func=cmd_report)
-    return p
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
 
     sc = sub.add_parser("scaling", help="a run's measured tasks replayed on N virtual ranks, or Run 1/Run 3 "
                         "modelled from them: strong and weak scaling (docs/scaling.md)",
@@ -694,6 +689,11 @@ def main(argv=None):
     sc.add_argument("--title", help="the plot's title")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     sc.set_defaults(func=cmd_scaling)
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     stop = None
     if argv[:1] == ["run"]:        # the signal handlers first: a signal during the set-up stops the run (75)
         from twinkles_hpc.parallel.engine import StopFlag
