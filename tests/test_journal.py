@@ -63,3 +63,26 @@ def test_a_journal_written_one_line_at_a_time_still_reads(tmp_path):
     assert j.completed() == ({"a": {"a.h5": 4}}, [])
     j.append("start", ranks=2, pending=0)
     assert [e["event"] for e in j.events()] == ["start", "done", "end", "start"]
+
+
+def test_an_output_rewritten_by_a_later_task(tmp_path):
+    """A path named by two tasks is judged by the later record (an eimage whose pixels its calexp task
+    dropped); when the later task is lost or the path damaged, the first task is redone with it."""
+    from twinkles_hpc.parallel.journal import file_checksums
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "e.h5").write_bytes(b"x" * 100)
+    j = Journal(str(tmp_path))
+    j.append("done", task="visit/1", outputs={"v/e.h5": 100}, checksums=file_checksums(str(tmp_path), ["v/e.h5"]))
+    (tmp_path / "v" / "c.h5").write_bytes(b"c" * 50)
+    (tmp_path / "v" / "e.h5").write_bytes(b"y" * 10)                     # the calexp task rewrote it
+    j.append("done", task="calexp/1", outputs={"v/c.h5": 50, "v/e.h5": 10},
+             checksums=file_checksums(str(tmp_path), ["v/c.h5", "v/e.h5"]))
+    j = Journal(str(tmp_path))
+    done, lost = j.completed()
+    assert sorted(done) == ["calexp/1", "visit/1"] and lost == []
+    assert j.damaged(done) == []
+    (tmp_path / "v" / "e.h5").write_bytes(b"z" * 10)                     # same size, other bytes
+    assert sorted(Journal(str(tmp_path)).damaged(done)) == [("calexp/1", "v/e.h5"), ("visit/1", "v/e.h5")]
+    (tmp_path / "v" / "c.h5").unlink()                                   # the calexp is lost: both are redone
+    done, lost = Journal(str(tmp_path)).completed()
+    assert done == {} and sorted(lost) == ["calexp/1", "visit/1"]

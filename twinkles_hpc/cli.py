@@ -573,7 +573,8 @@ def build_parser():
     td.set_defaults(func=cmd_timedelay)
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
-    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay", "engine"],
+    b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay", "engine",
+                                    "storage"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
@@ -581,10 +582,12 @@ def build_parser():
                         "diffim: one PSF-matched subtraction of a 4096^2 pair, three PSF cases; "
                         "timedelay: both delay estimators (and PyCS3 where installed) on simulated doubles on the "
                         "Run 1 cadence, TDC1 metrics; engine: synthetic sleeping tasks through the scheduler, "
-                        "journal and trace under mpiexec at --ranks, and rank 0 alone against simulated workers")
-    b.add_argument("--rundir", help="run directory (bench visit, bench report; bench engine: where the synthetic "
-                   "runs write their journals, default a temporary directory)")
-    b.add_argument("--visit", type=int, default=None, help="visit id (bench visit; default: the first)")
+                        "journal and trace under mpiexec at --ranks, and rank 0 alone against simulated workers; "
+                        "storage: bytes per full-sensor visit of a run's products under each [store] option")
+    b.add_argument("--rundir", help="run directory (bench visit, bench report, bench storage; bench engine: where "
+                   "the synthetic runs write their journals, default a temporary directory)")
+    b.add_argument("--visit", type=int, default=None, help="visit id (bench visit, bench storage; default: the "
+                   "first)")
     b.add_argument("--nx", type=int, default=4000, help="image width (default 4000; bench diffim: 4096)")
     b.add_argument("--ny", type=int, default=4072, help="image height (default 4072; bench diffim: 4096)")
     b.add_argument("--stars", type=int, default=2000, help="stars (default 2000; bench diffim: 20000 per 4096^2)")

@@ -234,9 +234,10 @@ def _near_mask(mask, x, y, r, bits):
     return out
 
 
-def calibrate_visit(eimage_path, refcat, out_path, config=None):
+def calibrate_visit(eimage_path, refcat, out_path, config=None, storage=None):
     """eimage file -> calexp file (atomic). Returns the calexp metadata (calib_ok False and calib_failure
-    the reason when the visit cannot be calibrated: the file then has no pixel planes and no sources)."""
+    the reason when the visit cannot be calibrated: the file then has no pixel planes and no sources).
+    storage: how the planes are stored (store.tables.Storage; None: every bit, uncompressed)."""
     with open_read(eimage_path) as fh:
         image = fh["image"][...]
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()
@@ -248,7 +249,7 @@ def calibrate_visit(eimage_path, refcat, out_path, config=None):
         meta = {k: attrs[k] for k in CAMERA_ATTRS if k in attrs}
         meta.update(calib_ok=False, calib_failure=" ".join(str(exc).split()) or type(exc).__name__)
     with atomic_h5(out_path) as fh:
-        write_planes(fh, planes)
+        write_planes(fh, planes, storage=storage)
         for k, v in meta.items():
             fh.attrs[k] = v
     return meta

@@ -246,7 +246,12 @@ def coadd_subregion(infos, dst_wcs, box, config, workspace=None, weights=None):
     return combine_warps(*stack, scales, weights[[i for i, _ in used]], config, out=out)
 
 
-def _paste(dst, sub, x0, y0):
+def _paste(dst, sub, x0, y0, storage=None):
+    """Write sub-region planes `sub` into `dst` at (x0, y0); with `storage`, the image quantised against the
+    variance and the variance rounded as it says (store.tables.Storage)."""
+    if storage is not None:
+        sub = dict(sub, image=storage.image(sub["image"], sub["variance"]), variance=storage.variance(sub["variance"]),
+                   depth=storage.variance(sub["depth"]))
     for k, a in sub.items():
         dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
 
@@ -277,7 +282,7 @@ def _attrs(patch, config, infos):
             "inputs": [os.path.basename(c.path) for c in infos]}
 
 
-def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
+def coadd_patch(inputs, patch, config=None, *, out=None, comm=None, storage=None):
     """Coadd the calexps `inputs` (paths) over `patch` (skymap.Patch, its outer bbox).
 
     Sub-region k of the plan is done by rank k % comm.size (comm=None: serially). out=None: returns on
@@ -291,7 +296,8 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
     1/variance (nJy^-2), n_visits = inputs used at the pixel, mask = OR of the used inputs' bits, or of all
     inputs' bits | NO_DATA where none was good (image NaN there). When every input has a PSF model, rank 0
     adds the coadd PSF grid (coaddpsf.coadd_psf: psf_weight, psf_cxx, psf_cxy, psf_cyy, psf_n_inputs,
-    psf_ap_corr) to the dict or the file.
+    psf_ap_corr) to the dict or the file. storage: how the file's planes are stored (store.tables.Storage;
+    None: every bit, uncompressed).
     """
     config = config or CoaddConfig()
     rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
@@ -329,7 +335,7 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None):
             res.update(psf)
         return res
     return _write(comm, rank, size, subs, mine, compute, patch, os.fspath(out), _attrs(patch, config, infos),
-                  psf)
+                  psf, storage)
 
 
 def _gather(comm, rank, size, subs, mine, compute, patch):
@@ -354,7 +360,7 @@ def _gather(comm, rank, size, subs, mine, compute, patch):
     return result
 
 
-def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
+def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None, storage=None):
     if rank != 0:
         part, err = f"{out}.part{rank}.tmp-{os.getpid()}", None
         try:
@@ -370,14 +376,15 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
         mpiwait.poll_recv(comm, 0, 1)               # rank 0 has renamed the file into place
         return out
     with atomic_h5(out) as f:
-        ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt) for k, dt in PLANES.items()}
+        kw = storage.dataset_kw(patch.shape) if storage is not None else {}
+        ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt, **kw) for k, dt in PLANES.items()}
         f.create_dataset("subregions", data=np.array(subs, dtype=np.int64).reshape(-1, 4))
         for k, a in (psf or {}).items():
             f.create_dataset(k, data=a)
         for key, v in attrs.items():
             f.attrs[key] = v
         for k in mine:
-            _paste(ds, compute(k), *subs[k][:2])
+            _paste(ds, compute(k), *subs[k][:2], storage)
         for r in range(1, size):
             (part, err), _, _ = mpiwait.poll_recv(comm, r, 0)
             if err is not None:
@@ -385,7 +392,7 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None):
             try:
                 with open_read(part) as pf:
                     for k in range(r, len(subs), size):
-                        _paste(ds, {name: pf[f"{k}/{name}"][...] for name in PLANES}, *subs[k][:2])
+                        _paste(ds, {name: pf[f"{k}/{name}"][...] for name in PLANES}, *subs[k][:2], storage)
             finally:
                 if os.path.exists(part):
                     os.remove(part)

@@ -53,6 +53,7 @@ from twinkles_hpc.level2.masks import BAD, DETECTED, NO_DATA, SAT
 from twinkles_hpc.level2.psf import STAMP_RADIUS
 from twinkles_hpc.level2.shapes import adaptive_moments
 from twinkles_hpc.store.atomic import atomic_h5, open_read
+from twinkles_hpc.store.tables import write_planes
 
 #: The band whose coadd the shapes are measured on: the first of these with a coadd.
 SHAPE_BANDS = ("r", "i", "g", "z", "y", "u")
@@ -172,23 +173,23 @@ def _read_detection_image(paths):
     return _detection_result(sums)
 
 
-def write_detection_coadd(path, D, V, n_bands, labels, band_mask, attrs, bands):
+def write_detection_coadd(path, D, V, n_bands, labels, band_mask, attrs, bands, storage=None):
     """The detection coadd of a patch, in the coadd format (docs/level2-coadd.md): image = D (sum over
     bands of image_b / s_b, S/N units per pixel), variance = V_D, mask = band_mask (the OR of the bands'
     masks; updated in place) | DETECTED in the detection footprints | NO_DATA where no band has data
     (image, variance NaN there), n_visits = the bands with data, depth = 1 / V_D (0 without data);
-    attributes band = "det", bands and the DET_ATTRS of `attrs` (the first band's). Written atomically."""
+    attributes band = "det", bands and the DET_ATTRS of `attrs` (the first band's). Written atomically, the
+    planes as `storage` says (store.tables.write_planes)."""
     nodata = n_bands == 0
     mask = band_mask                    # no copy: the caller has no further use for it
     mask[labels > 0] |= DETECTED
     mask[nodata] |= NO_DATA
+    with np.errstate(divide="ignore"):
+        depth = np.where(nodata | (V <= 0), 0, 1 / V).astype(np.float32)
     with atomic_h5(path) as f:
-        f.create_dataset("image", data=np.where(nodata, np.float32(np.nan), D))
-        f.create_dataset("variance", data=np.where(nodata, np.float32(np.nan), V))
-        f.create_dataset("mask", data=mask)
-        f.create_dataset("n_visits", data=n_bands.astype(np.int32))
-        with np.errstate(divide="ignore"):
-            f.create_dataset("depth", data=np.where(nodata | (V <= 0), 0, 1 / V).astype(np.float32))
+        write_planes(f, {"image": np.where(nodata, np.float32(np.nan), D),
+                         "variance": np.where(nodata, np.float32(np.nan), V), "mask": mask,
+                         "n_visits": n_bands.astype(np.int32), "depth": depth}, storage=storage)
         for k in DET_ATTRS:
             if k in attrs:
                 f.attrs[k] = attrs[k]
@@ -266,13 +267,14 @@ def _apname(r):
     return f"ap_flux_{_phot._radius_name(r)}"
 
 
-def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, detection_out=None):
+def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, detection_out=None, storage=None):
     """Objects of one patch from its coadds (dict band -> path; bands missing or None get NaN).
 
     refcat: the reference catalogue (ra, dec in deg). bands: the bands (columns) of the table, default
     the dict's keys sorted. Returns (objects, meta): objects an `object_dtype(bands)` array (module doc),
     meta a JSON-able dict (per band aperture-correction stars and correction, the shape band).
-    detection_out: a path to write the detection coadd to (write_detection_coadd), or None.
+    detection_out: a path to write the detection coadd to (write_detection_coadd), or None; storage: how
+    (store.tables.Storage).
     Memory: one band's planes at a time (two passes over the bands: detection, then measurement), with
     the detection image and the footprint labels.
     """
@@ -293,7 +295,7 @@ def measure_patch(coadd_paths_by_band, refcat, *, threshold=5.0, bands=None, det
     D, V, n_bands, band_mask = _read_detection_image(paths)
     cat, labels = detect(D, V, threshold=threshold, kernel_fwhm_px=DETECT_FWHM_PX, mask=n_bands == 0)
     if detection_out is not None:
-        write_detection_coadd(detection_out, D, V, n_bands, labels, band_mask, a0, paths)
+        write_detection_coadd(detection_out, D, V, n_bands, labels, band_mask, a0, paths, storage)
     del D, V, n_bands, band_mask
     leaf = cat[leaves(cat)] if len(cat) else cat
     out = np.zeros(len(leaf), object_dtype(bands))

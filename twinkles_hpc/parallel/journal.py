@@ -102,28 +102,58 @@ class Journal:
     def _last_done(self):
         """{task_id: its last `done` event}: the journal read once until the next append."""
         if self._done is None:
-            self._done = {ev["task"]: ev for ev in self.events() if ev.get("event") == "done"}
+            self._done, self._order = {}, {}
+            for i, ev in enumerate(self.events()):
+                if ev.get("event") == "done":
+                    self._done[ev["task"]], self._order[ev["task"]] = ev, i
         return self._done
 
+    def _holders(self):
+        """{relpath: (task ids whose last done event names it, in journal order: the last one wrote it last)}.
+        A path named by two tasks was rewritten by the later one (an eimage whose pixels its calexp task
+        dropped, [store] keep_eimages = false): its size and checksum are the later record's."""
+        out = {}
+        last = self._last_done()
+        for tid, ev in sorted(last.items(), key=lambda kv: self._order[kv[0]]):
+            for rel in ev.get("outputs", {}):
+                out.setdefault(rel, []).append(tid)
+        return out
+
     def completed(self):
-        """{task_id: outputs} for done tasks whose outputs are all present with the recorded sizes."""
+        """{task_id: outputs} for done tasks whose outputs are all present with the sizes last recorded for
+        them, and [lost task ids]. A task whose output a lost task had rewritten is lost with it (the
+        rewriting task needs what the first one wrote)."""
+        last, holders = self._last_done(), self._holders()
         done, lost = {}, []
-        for tid, ev in self._last_done().items():
+        for tid, ev in last.items():
             outputs = ev.get("outputs", {})
-            if all(os.path.exists(p := os.path.join(self.rundir, rel)) and os.path.getsize(p) == size
-                   for rel, size in outputs.items()):
+            if all(os.path.exists(p := os.path.join(self.rundir, rel))
+                   and os.path.getsize(p) == last[holders[rel][-1]]["outputs"][rel] for rel in outputs):
                 done[tid] = outputs
             else:
                 lost.append(tid)
+        stack = list(lost)
+        while stack:
+            for rel in last[stack.pop()].get("outputs", {}):
+                for other in holders[rel]:
+                    if other in done:
+                        del done[other]
+                        lost.append(other)
+                        stack.append(other)
         return done, lost
 
     def damaged(self, done):
         """The tasks of `done` (from `completed`) with an output whose bytes no longer have the checksum
-        recorded when it was written: [(task_id, relpath)], reading every recorded output once."""
-        out = []
+        recorded when it was last written: [(task_id, relpath)], reading every recorded output once. Every
+        task naming a damaged path is listed (its rewriter needs what the first one wrote)."""
+        last, holders = self._last_done(), self._holders()
+        out, seen = [], set()
         for tid in sorted(done):
-            for rel, want in sorted(self._last_done()[tid].get("checksums", {}).items()):
+            for rel, want in sorted(last[tid].get("checksums", {}).items()):
+                if holders[rel][-1] != tid or rel in seen:
+                    continue            # judged by the task that wrote it last
                 if file_checksum(os.path.join(self.rundir, rel)) != want:
-                    out.append((tid, rel))
+                    seen.add(rel)
+                    out += [(h, rel) for h in holders[rel] if h in done]
                     break
         return out

@@ -58,6 +58,12 @@ class RunContext:
             self.caches[name] = TableCache(size)
         return self.caches[name]
 
+    @property
+    def storage(self):
+        """How the stages store pixel planes: the config's [store] (store.tables.Storage)."""
+        from twinkles_hpc.store.tables import Storage
+        return Storage.of(getattr(self.cfg, "store", None))
+
     def refcat(self):
         return self.cache("refcat").get(self.path(layout.REFCAT), ("refcat",))[0]
 

@@ -48,11 +48,33 @@ class CalexpStage(Stage):
         out = ctx.path(rel)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         meta = calibrate_visit(ctx.path(layout.eimage(visit["visit_id"], visit["band"])), ctx.refcat(), out,
-                               config=ctx.cfg.calexp)
+                               config=ctx.cfg.calexp, storage=ctx.storage)
         if not meta["calib_ok"]:
             ctx.log_line(f"visit {int(visit['visit_id'])} ({visit['band']}): calibration failed: "
                          f"{meta['calib_failure']}")
-        return {rel: os.path.getsize(out)}
+        written = {rel: os.path.getsize(out)}
+        if not ctx.cfg.store.keep_eimages:
+            e_rel = layout.eimage(visit["visit_id"], visit["band"])
+            written[e_rel] = drop_pixels(ctx.path(e_rel))
+        return written
+
+
+def drop_pixels(path):
+    """Rewrite the eimage at `path` without its pixels (dataset `image`), its attributes and truth kept;
+    atomic; returns the new size. The journal then records the small file as this task's output, so a
+    resume keeps it, and redoes the visit with the calexp if the calexp is lost (parallel/journal.py)."""
+    from twinkles_hpc.store.atomic import atomic_h5, open_read
+    with open_read(path) as src:
+        if "image" not in src:
+            return os.path.getsize(path)
+        with atomic_h5(path) as dst:
+            for k, v in src.attrs.items():
+                dst.attrs[k] = v
+            for name in src:
+                if name != "image":
+                    src.copy(src[name], dst, name=name)
+            dst.attrs["pixels_dropped"] = True
+    return os.path.getsize(path)
 
 
     def ingest_steps(self, ctx, up):

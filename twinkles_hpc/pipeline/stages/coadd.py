@@ -139,7 +139,7 @@ class CoaddStage(Stage):
         part = f"{out}.tmp-{os.getpid()}"     # complete but unnamed until the run's own attributes are added
         inputs = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
         coadd_patch([q for q in inputs if calexp_ok(q)], skymap.patch(*index),  # failed calibrations left out
-                    ctx.cfg.coadd, out=part)
+                    ctx.cfg.coadd, out=part, storage=ctx.storage)
         with h5py.File(part, "r+", locking=False) as fh:
             fh.attrs["band"] = band
             fh.attrs["skymap"] = json.dumps(skymap.to_dict(), sort_keys=True)

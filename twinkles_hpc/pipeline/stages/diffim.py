@@ -117,8 +117,9 @@ class DiffimStage(Stage):
             planes = {"dia_source": np.zeros(0, DIA_SOURCE_DTYPE)}
             attrs.update(diffim_ok=False, diffim_failure=str(exc))
             ctx.log_line(f"visit {vid} ({band}): no difference image: {exc}")
+        planes = ctx.storage.planes(planes)         # the FITS export gets the stored pixels too
         with atomic_h5(out) as fh:
-            write_planes(fh, planes, compress=("mask",))
+            write_planes(fh, planes, compress=("mask",), storage=ctx.storage)
             fh.attrs.update(attrs)
         written = {rel: os.path.getsize(out)}
         if ctx.cfg.diffim.fits and attrs["diffim_ok"]:

@@ -58,7 +58,7 @@ class ObjectsStage(Stage):
         det_rel = layout.detection_coadd(*index)        # the multi-band detection coadd, written first
         os.makedirs(os.path.dirname(ctx.path(det_rel)), exist_ok=True)
         objects, meta = measure_patch(paths, ctx.refcat(), bands=list(cfg.cadence.bands),
-                                      detection_out=ctx.path(det_rel))
+                                      detection_out=ctx.path(det_rel), storage=ctx.storage)
         return {det_rel: os.path.getsize(ctx.path(det_rel)),
                 **_write_objects(ctx, index, objects, meta["tract"], meta)}
 

@@ -152,7 +152,8 @@ class TemplateStage(Stage):
             ctx.log_line(f"template {task.id}: not made: {reason}")
             return {rel: os.path.getsize(out)}
         part = f"{out}.tmp-{os.getpid()}"
-        coadd_patch([paths[k] for k in chosen], ctx.skymap.patch(*index), ctx.cfg.coadd, out=part)
+        coadd_patch([paths[k] for k in chosen], ctx.skymap.patch(*index), ctx.cfg.coadd, out=part,
+                    storage=ctx.storage)
         with h5py.File(part, "r+", locking=False) as fh:
             fh.attrs.update(attrs)
             fh.attrs["ok"], fh.attrs["reason"] = True, ""
