@@ -574,7 +574,7 @@ def build_parser():
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
     b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay", "engine",
-                                    "storage"],
+                                    "storage", "startup"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
@@ -583,7 +583,9 @@ def build_parser():
                         "timedelay: both delay estimators (and PyCS3 where installed) on simulated doubles on the "
                         "Run 1 cadence, TDC1 metrics; engine: synthetic sleeping tasks through the scheduler, "
                         "journal and trace under mpiexec at --ranks, and rank 0 alone against simulated workers; "
-                        "storage: bytes per full-sensor visit of a run's products under each [store] option")
+                        "storage: bytes per full-sensor visit of a run's products under each [store] option; "
+                        "startup: seconds, modules and files opened starting each entry point (--help, imsim on "
+                        "the imsim scene as a catalogue, a worker of a run, per stage)")
     b.add_argument("--rundir", help="run directory (bench visit, bench report, bench storage; bench engine: where "
                    "the synthetic runs write their journals, default a temporary directory)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit, bench storage; default: the "

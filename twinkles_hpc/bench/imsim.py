@@ -1,6 +1,7 @@
 """`twinkles-hpc bench imsim`: `bench_imsim` times our Gaussian-mixture renderer on a full-sensor scene
 against GalSim's usual per-object drawImage in the same run, compares per-object flux and size, then times
-the rest of a visit (sky + noise, HDF5 write).
+the rest of a visit (sky + noise, HDF5 write). `write_scene_catalog` writes the same scene as a PhoSim
+instance catalogue, for `twinkles-hpc imsim` as a whole command (bench startup).
 """
 import os
 import tempfile
@@ -11,7 +12,7 @@ from twinkles_hpc import instrument
 from twinkles_hpc.bench.common import Timer, time_calls
 from twinkles_hpc.imsim import noise, render
 from twinkles_hpc.imsim.psf import PSFModel
-from twinkles_hpc.imsim.wcs import sky_to_pixel_matrix
+from twinkles_hpc.imsim.wcs import SensorWCS, sky_to_pixel_matrix
 from twinkles_hpc.store.atomic import atomic_h5
 
 #: Field rotation of the benchmark scene (degrees), so that PA and the sky-to-pixel Jacobian are exercised.
@@ -53,6 +54,41 @@ def make_scene(*, nx=4000, ny=4072, n_stars=2000, n_galaxies=5000, seed=1, band=
            "disk_flux": (1 - bt) * flux, "disk_hlr": disk_hlr, "disk_q": rng.uniform(0.2, 1.0, n_galaxies),
            "disk_pa": pa}
     return {"stars": stars, "galaxies": gal}
+
+
+def write_scene_catalog(path, scene, *, nx=4000, ny=4072, band="r", exptime=30.0, fwhm=0.7, seed=230):
+    """Write `scene` (make_scene's, same nx, ny, band, exptime) as a PhoSim instance catalogue of a visit
+    pointed at the field centre with rotSkyPos = BENCH_ROT_DEG, at the zenith (no extinction), seeing `fwhm`:
+    stars as `point`, each galaxy as a bulge (`sersic2d` n = 4) and a disk (n = 1) line where that component
+    has light, flat SEDs at z = 0 (magNorm is the band's magnitude). Returns the number of object lines."""
+    from twinkles_hpc.sky.instcat import INSTCAT_OBJECT_DTYPE, write_instance_catalog
+
+    w = SensorWCS(instrument.FIELD_RA, instrument.FIELD_DEC, BENCH_ROT_DEG, nx, ny, instrument.PIXEL_SCALE).astropy()
+    s, g = scene["stars"], scene["galaxies"]
+    parts = []
+    o = np.zeros(len(s["x"]), INSTCAT_OBJECT_DTYPE)
+    o["ra"], o["dec"] = w.wcs_pix2world(s["x"], s["y"], 0)
+    o["mag_norm"], o["source_type"] = s["mag"], "point"
+    parts.append(o)
+    total = g["bulge_flux"] + g["disk_flux"]
+    for comp, n in (("bulge", 4.0), ("disk", 1.0)):
+        lit = g[f"{comp}_flux"] > 0
+        o = np.zeros(int(lit.sum()), INSTCAT_OBJECT_DTYPE)
+        o["ra"], o["dec"] = w.wcs_pix2world(g["x"][lit], g["y"][lit], 0)
+        o["mag_norm"] = g["mag"][lit] - 2.5 * np.log10(g[f"{comp}_flux"][lit] / total[lit])
+        o["source_type"], o["sersic_n"], o["pa_deg"] = "sersic2d", n, g[f"{comp}_pa"][lit]
+        o["major_arcsec"] = g[f"{comp}_hlr"][lit]
+        o["minor_arcsec"] = g[f"{comp}_hlr"][lit] * g[f"{comp}_q"][lit]
+        parts.append(o)
+    objects = np.concatenate(parts)
+    objects["id"] = np.arange(len(objects))
+    objects["sed"], objects["dust_rest"], objects["dust_lab"] = "flatSED", "none", "none"
+    header = {"rightascension": repr(instrument.FIELD_RA), "declination": repr(instrument.FIELD_DEC),
+              "mjd": "59580.1", "altitude": "90.0", "filter": str(instrument.BANDS.index(band)),
+              "rotskypos": repr(BENCH_ROT_DEG), "seeing": repr(fwhm), "FWHMgeom": repr(fwhm),
+              "vistime": repr(float(exptime)), "nsnap": "1", "obshistid": str(seed), "seed": str(seed)}
+    write_instance_catalog(path, header, objects)
+    return len(objects)
 
 
 def render_scene(image, scene, jacobian, psf, origin=(0.0, 0.0)):

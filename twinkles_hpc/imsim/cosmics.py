@@ -23,13 +23,15 @@ Model (docs/imsim.md), one exposure of `exptime` seconds on an nx x ny sensor of
 
 Random numbers come from numpy's PCG64 seeded by the key (run seed, visit id, STAGE_COSMIC_RAYS): the
 tracks depend on the visit only, not on the rank or on how the rendering was chunked or resumed.
+
+scipy.special is imported inside the two functions that use it: importing this module (as the visit
+module and the instance-catalogue renderer do) loads no scipy.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy import special, stats
 
 #: Pixel pitch and sensor thickness (LSST CCDs), micrometres.
 PIXEL_PITCH_UM = 10.0
@@ -60,6 +62,8 @@ def draw_tracks(rate, exptime, nx, ny, key):
         raise ValueError(f"cosmic-ray rate must be finite and >= 0 (1/cm^2/s), got {rate!r}")
     if not (math.isfinite(exptime) and exptime >= 0):
         raise ValueError(f"exptime must be finite and >= 0 (s), got {exptime!r}")
+    from scipy import special
+
     rng = np.random.default_rng([int(k) for k in key])
     area_cm2 = nx * ny * (PIXEL_PITCH_UM * 1e-4) ** 2
     n = int(rng.poisson(rate * area_cm2 * exptime))
@@ -70,8 +74,9 @@ def draw_tracks(rate, exptime, nx, ny, key):
     t["phi"] = 2 * np.pi * u[:, 2]
     c4 = COS_THETA_MIN ** 4                    # inverse CDF of p(c) ~ c^3 on [COS_THETA_MIN, 1]
     t["cos_theta"] = (c4 + u[:, 3] * (1 - c4)) ** 0.25
-    # Moyal by inversion: x = loc - 2 scale ln(sqrt(2) erfcinv(u)) (scipy's moyal.ppf, with our uniform)
-    t["dedx"] = np.minimum(stats.moyal.ppf(np.clip(u[:, 4], 1e-12, 1 - 1e-12), DEDX_MPV, DEDX_SCALE), DEDX_MAX)
+    # Moyal by inversion, x = loc - scale ln(2 erfcinv(u)^2): scipy.stats.moyal.ppf's expression, term for term
+    q = np.clip(u[:, 4], 1e-12, 1 - 1e-12)
+    t["dedx"] = np.minimum(-np.log(2 * special.erfcinv(q) ** 2) * DEDX_SCALE + DEDX_MPV, DEDX_MAX)
     return t
 
 
@@ -118,6 +123,8 @@ def deposit(tracks, nx, ny):
 
 def _cell_fractions(i, p, sig):
     """Fraction of a Gaussian (centre p, sigma sig, per row) in the unit cells centred on i."""
+    from scipy import special
+
     z = 1.0 / (np.sqrt(2.0) * sig[:, None])
     return 0.5 * (special.erf((i + 0.5 - p[:, None]) * z) - special.erf((i - 0.5 - p[:, None]) * z))
 

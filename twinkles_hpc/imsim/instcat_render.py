@@ -193,6 +193,6 @@ def render_instance_catalog(path, output, *, nx=instrument.SENSOR_NX, ny=instrum
     if output.endswith((".h5", ".hdf5")):
         write_eimage(output, pixels, meta, wcs, psf)
     else:
-        write_fits(output, pixels, meta, wcs.astropy().to_header_string())
+        write_fits(output, pixels, meta, wcs.header_string())
     return dict(n_objects=len(cat.objects), n_on_sensor=int(on.sum()), band=band, visit_id=visit_id,
                 seconds=time.perf_counter() - t0)

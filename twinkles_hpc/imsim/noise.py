@@ -21,7 +21,6 @@ import math
 import operator
 
 import numpy as np
-from scipy import special, stats
 
 from twinkles_hpc import _noise
 from twinkles_hpc.instrument import DARK_CURRENT, FULL_WELL, PIXEL_SCALE, check_band, sky_counts_per_pixel
@@ -74,14 +73,20 @@ def sky_read_noise_pmf(sky_e, read_noise_e):
     below ~1e-30 (Poisson mean +- 15 sigma + margin, Gaussian +- 13 sigma); pmf sums to 1 - ~1e-30.
     P(round(j + N) = k) = P(k - j - 1/2 < N < k - j + 1/2), so the PMF is the Poisson PMF convolved
     with those Gaussian bin probabilities.
+
+    scipy.special is imported here, not with the module: a rank that adds no noise never loads it. The
+    Poisson PMF is scipy.stats.poisson.pmf's own expression, clip(exp(xlogy(j, mu) - gammaln(j + 1) - mu),
+    0, 1), without the cost of importing scipy.stats.
     """
+    from scipy import special
+
     sky = _nonneg("sky_e", sky_e)
     rn = _nonneg("read_noise_e", read_noise_e)
     if sky > 0:
         jlo = max(0, math.floor(sky - 15 * math.sqrt(sky) - 5))
         jhi = math.ceil(sky + 15 * math.sqrt(sky) + 40)
         j = np.arange(jlo, jhi + 1)
-        pois = stats.poisson.pmf(j, sky)
+        pois = np.clip(np.exp(special.xlogy(j, sky) - special.gammaln(j + 1) - sky), 0.0, 1.0)
     else:
         jlo, pois = 0, np.ones(1)
     if rn > 0:

@@ -6,11 +6,12 @@ to it once by `fit_kolmogorov_mixture()`: least squares on a log-spaced grid r i
 light per unit ln r, 2 pi r^2 [M(r) - I(r)], plus a stiff term pinning M(FWHM/2) = M(0)/2 so the mixture
 has the requested FWHM. Against GalSim's Kolmogorov + pixel, the mixture (+ 1/12 px^2 pixel variance)
 gives the same adaptive-moment size to 0.25% for FWHM 0.5-1.0 arcsec at 0.2 arcsec/pixel.
+
+Only the derivation (the profile and the fit) needs scipy, imported there: a PSFModel does not.
 """
 import functools
 
 import numpy as np
-from scipy import optimize, special
 
 #: Fitted Kolmogorov mixture: weights (sum 1) and sigmas in units of the FWHM, sigmas ascending.
 #: Re-derive with `fit_kolmogorov_mixture(3)`.
@@ -36,6 +37,8 @@ def kolmogorov_profile(r):
     I(r) = (1/2pi) int_0^inf exp(-k^(5/3)) J0(k r) k dk, evaluated on a fine k grid (relative error
     < 1e-4 out to 8 FWHM) and rescaled to unit FWHM.
     """
+    from scipy import special
+
     fwhm = _kolmogorov_fwhm()
     raw = _kolmogorov_transform(np.asarray(r, dtype=np.float64) * fwhm, lambda k, x: k * special.j0(k * x))
     return fwhm ** 2 * raw / (2 * np.pi)
@@ -44,6 +47,8 @@ def kolmogorov_profile(r):
 def kolmogorov_enclosed(r):
     """Fraction of the flux of the FWHM-1 Kolmogorov profile within radius r (FWHM):
     L(r) = r' int_0^inf exp(-k^(5/3)) J1(k r') dk with r' = r * (FWHM of the unit-k0 profile)."""
+    from scipy import special
+
     rr = np.asarray(r, dtype=np.float64) * _kolmogorov_fwhm()
     return rr * _kolmogorov_transform(rr, lambda k, x: special.j1(k * x))
 
@@ -51,6 +56,8 @@ def kolmogorov_enclosed(r):
 @functools.lru_cache(maxsize=1)
 def _kolmogorov_fwhm():
     """FWHM of the profile whose OTF is exp(-k^(5/3))."""
+    from scipy import optimize, special
+
     def prof(x):
         return _kolmogorov_transform(x, lambda k, xx: k * special.j0(k * xx))[0]
 
@@ -68,6 +75,8 @@ def fit_kolmogorov_mixture(K=3, rmin=0.005, rmax=6.0, n_grid=300):
 
     Returns (weights, sigmas in FWHM), sorted by sigma; weights sum to 1. Takes ~1 s.
     """
+    from scipy import optimize
+
     r = np.geomspace(rmin, rmax, n_grid)
     prof = kolmogorov_profile(r)
     dl = np.sqrt(np.log(r[1] / r[0]))

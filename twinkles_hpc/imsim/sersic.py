@@ -13,9 +13,10 @@ and (c) a stiff term pinning L_M(1) = 1/2. The fit is to the *untruncated* profi
 keeps the total flux and the half-light radius. Quality (tests/test_render.py):
 n=1, K=6: max |L_M - L| = 2e-4 over 0.05-8 hlr;  n=4, K=8: max |L_M - L| = 1e-3 over 0.05-8 hlr.
 The de Vaucouleurs profile carries 7% of its light beyond 8 hlr, hence its broad outer component.
+
+The renderer needs only the stored mixtures; scipy is imported by the functions that derive and check them.
 """
 import numpy as np
-from scipy import optimize, special
 
 from twinkles_hpc.profiles import SERSIC_MIXTURES, sersic_mixture  # noqa: F401  (the stored mixtures)
 
@@ -25,11 +26,15 @@ FIT_SETTINGS = {1: (6, 0.01, 8.0), 4: (8, 0.001, 30.0)}
 
 def sersic_b(n):
     """b_n such that the half-light radius encloses half the flux: gamma(2n, b_n) = Gamma(2n) / 2."""
+    from scipy import special
+
     return special.gammaincinv(2.0 * n, 0.5)
 
 
 def sersic_profile(r, n):
     """Surface brightness at radius r (in half-light radii) of a flux-1, hlr-1 Sersic profile."""
+    from scipy import special
+
     b = sersic_b(n)
     norm = 2.0 * np.pi * n * special.gamma(2.0 * n) * np.exp(b) / b ** (2.0 * n)
     return np.exp(-b * (np.asarray(r, dtype=np.float64) ** (1.0 / n) - 1.0)) / norm
@@ -37,6 +42,8 @@ def sersic_profile(r, n):
 
 def sersic_enclosed(r, n):
     """Fraction of the flux within radius r (half-light radii) of an untruncated Sersic profile."""
+    from scipy import special
+
     return special.gammainc(2.0 * n, sersic_b(n) * np.asarray(r, dtype=np.float64) ** (1.0 / n))
 
 
@@ -54,6 +61,8 @@ def mixture_enclosed(r, w, sigma):
 
 def mixture_half_light_radius(w, sigma):
     """Radius enclosing half of the mixture's flux (same units as sigma)."""
+    from scipy import optimize
+
     return optimize.brentq(lambda x: mixture_enclosed(x, w, sigma) - 0.5 * w.sum(), 1e-3 * sigma.min(),
                            10 * sigma.max())
 
@@ -63,6 +72,8 @@ def fit_sersic_mixture(n, K, rmin, rmax, n_grid=400):
 
     Returns (weights, sigmas) sorted by sigma; weights sum to 1. Takes ~1 s.
     """
+    from scipy import optimize
+
     r = np.geomspace(rmin, rmax, n_grid)
     prof, encl = sersic_profile(r, n), sersic_enclosed(r, n)
     dl = np.sqrt(np.log(r[1] / r[0]))

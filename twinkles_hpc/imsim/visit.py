@@ -22,6 +22,7 @@ from twinkles_hpc.imsim import noise as _noise
 from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.render import render_galaxies, render_points
 from twinkles_hpc.imsim.wcs import SensorWCS
+from twinkles_hpc.store import fitsimage
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 
 STAGE_NOISE = 1
@@ -252,7 +253,7 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
                 **variable_counts(variables, var_mags, sel["variables"], spec.five_sigma_depth),
                 seed=cfg.run.seed, run_name=cfg.run.name, software=f"twinkles-hpc {__version__}")
     meta.update(true_ra=true.ra, true_dec=true.dec, true_rot_sky_pos=true.rot_sky_pos,
-                true_wcs=wcs.astropy().to_header_string())
+                true_wcs=wcs.header_string())
     written = write_eimage(out_path, pixels, meta, nominal, psf, im.compression, cosmic_rays=crs)
     if instcat_path:
         from twinkles_hpc.imsim.instcat_write import write_visit_catalog
@@ -283,7 +284,7 @@ def write_eimage(path, pixels, meta, wcs: SensorWCS, psf: PSFModel, compression=
         fh["image"].attrs["unit"] = "electron"
         for k, v in meta.items():
             fh.attrs[k] = v
-        fh.attrs["wcs"] = wcs.astropy().to_header_string()
+        fh.attrs["wcs"] = wcs.header_string()
         fh.attrs["psf"] = json.dumps(psf.to_dict())
         if cosmic_rays is not None:
             fh.create_dataset("truth/cosmic_rays", data=cosmic_rays)
@@ -299,22 +300,16 @@ FITS_CARDS = {"visit_id": "VISITID", "band": "FILTER", "mjd": "MJD-OBS", "exptim
 
 
 def write_fits(path, pixels, meta, wcs_header):
-    """Write pixels as a FITS primary HDU with the WCS and the visit metadata; returns bytes."""
-    import io
-
-    from astropy.io import fits
-
-    from twinkles_hpc.store.atomic import atomic_write_bytes
-    hdr = fits.Header.fromstring(wcs_header)
-    for k, card in FITS_CARDS.items():
+    """Write pixels as a FITS primary HDU with the WCS (a header string) and the visit metadata; returns
+    bytes. The file is the one astropy.io.fits would write (store/fitsimage.py), without importing astropy."""
+    cards = fitsimage.cards_of(wcs_header)
+    for k, key in FITS_CARDS.items():
         if k in meta:
             v = meta[k]
-            hdr[card] = v.item() if hasattr(v, "item") else v
-    hdr["BUNIT"] = "electron"
-    hdr["ORIGIN"] = str(meta.get("software", "twinkles-hpc"))
-    buf = io.BytesIO()
-    fits.PrimaryHDU(data=pixels, header=hdr).writeto(buf)
-    atomic_write_bytes(path, buf.getvalue())
+            cards.append(fitsimage.card(key, v.item() if hasattr(v, "item") else v))
+    cards.append(fitsimage.card("BUNIT", "electron"))
+    cards.append(fitsimage.card("ORIGIN", str(meta.get("software", "twinkles-hpc"))))
+    fitsimage.write_image(path, pixels, cards)
     return os.path.getsize(path)
 
 

@@ -9,8 +9,6 @@ fitted sensor centre.
 from __future__ import annotations
 
 import numpy as np
-from astropy.wcs import WCS
-from scipy.spatial import cKDTree
 
 from twinkles_hpc.level2 import CalibrationError
 
@@ -47,6 +45,8 @@ def match(x, y, wcs, ref_ra, ref_dec, radius_arcsec):
     """Nearest reference star within `radius_arcsec` of each detection, one-to-one.
 
     Returns (i_det, i_ref, separation_arcsec)."""
+    from scipy.spatial import cKDTree
+
     ra, dec = wcs.all_pix2world(x, y, 0)
     ra0, dec0 = wcs.wcs.crval
     dxi, deta = tangent_plane(ra, dec, ra0, dec0)
@@ -66,6 +66,8 @@ def fit_tan(x, y, ra, dec, crval, crpix):
     """Least-squares TAN WCS with the given tangent point and reference pixel: the affine map from
     pixels to the tangent plane (CD matrix + offset). Returns an astropy WCS with the offset folded
     into CRVAL (one more projection about the new tangent point is done by the caller's iteration)."""
+    from astropy.wcs import WCS
+
     xi, eta = tangent_plane(ra, dec, *crval)
     A = np.column_stack([x - crpix[0], y - crpix[1], np.ones_like(x)])
     cx, *_ = np.linalg.lstsq(A, xi, rcond=None)

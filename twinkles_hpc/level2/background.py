@@ -29,9 +29,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from scipy.interpolate import CubicSpline
-from scipy.special import ndtr
 
 from twinkles_hpc import _background, options
 from twinkles_hpc.options import opt
@@ -57,6 +54,8 @@ class BackgroundConfig:
 
 def clip_correction(k):
     """sd of a unit Gaussian truncated at +-k (what sigma clipping at k sigma leaves)."""
+    from scipy.special import ndtr
+
     phi = math.exp(-0.5 * k * k) / math.sqrt(2 * math.pi)
     return math.sqrt(1.0 - 2.0 * k * phi / (2.0 * ndtr(k) - 1.0))
 
@@ -80,6 +79,8 @@ def _spline_basis(n, m):
         c = np.zeros((4, 1, 1))
         c[3] = 1.0
         return c, np.array([0.0])
+    from scipy.interpolate import CubicSpline
+
     x = _mesh_centres(n, m)
     sp = CubicSpline(x, np.eye(m), axis=0, bc_type="natural")
     return sp.c, sp.x[:-1]
@@ -193,6 +194,7 @@ def estimate_background(image, mask=None, config=None):
         raise ValueError("no mesh has enough unmasked pixels to estimate the background "
                          f"(min_valid_fraction={config.min_valid_fraction})")
     if invalid.any():                         # nearest valid mesh
+        from scipy import ndimage
         idx = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
         level, rms = level[tuple(idx)], rms[tuple(idx)]
     return Background(median_filter(level, config.filter_size), median_filter(rms, config.filter_size), img.shape)
@@ -201,6 +203,8 @@ def estimate_background(image, mask=None, config=None):
 def median_filter(mesh, size):
     """size x size median filter of a mesh, padded beyond its edges by point reflection (2 edge - mirror),
     so that a linear gradient passes unchanged up to the edges."""
+    from scipy import ndimage
+
     if size <= 1:
         return mesh
     h = size // 2

@@ -19,8 +19,6 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from twinkles_hpc import options
 from twinkles_hpc.level2 import CalibrationError
@@ -124,6 +122,9 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     leaves = cat[~np.isin(cat["id"], cat["parent"][cat["parent"] > 0])] if len(cat) else cat
     good = (leaves["flags"] == 0) & (leaves["flux"] > c.astrom_min_snr * leaves["flux_err"])
     det = leaves[good]
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
     wcs0 = WCS(fits.Header.fromstring(str(attrs["wcs"])))
     wcs, ainfo = calibrate_astrometry(det["x"], det["y"], wcs0, refcat["ra"], refcat["dec"])
     stars = det[ainfo["i_det"]]

@@ -15,11 +15,7 @@ the number of ranks.
 import os
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_area
 
 from twinkles_hpc import mpiwait, options
 from twinkles_hpc.level2 import coaddpsf
@@ -149,6 +145,9 @@ class CalexpInfo:
     ap_corr: float = float("nan")
 
     def __post_init__(self):
+        from astropy.io import fits
+        from astropy.wcs import WCS
+
         self.wcs = WCS(fits.Header.fromstring(self.header))
         self.psf_model = coaddpsf.parse_psf(self.psf)
 
@@ -258,6 +257,8 @@ def _paste(dst, sub, x0, y0, storage=None):
 
 def coadd_plan(infos, patch, config, *, out=None):
     """(indices of the inputs overlapping the patch, the sub-boxes in patch pixels) for coadd_patch."""
+    from astropy.wcs.utils import proj_plane_pixel_area
+
     dst_wcs = patch.tract_wcs
     used = [i for i, c in enumerate(infos) if source_bbox(c.wcs, dst_wcs, patch.bbox, c.shape) is not None]
     area = proj_plane_pixel_area(dst_wcs)
@@ -362,6 +363,8 @@ def _gather(comm, rank, size, subs, mine, compute, patch):
 
 def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None, storage=None):
     if rank != 0:
+        import h5py
+
         part, err = f"{out}.part{rank}.tmp-{os.getpid()}", None
         try:
             with h5py.File(part, "w", locking=False) as f:

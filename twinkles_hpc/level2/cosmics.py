@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
 
 from twinkles_hpc import _cosmics, options
 from twinkles_hpc.options import opt
@@ -55,6 +54,8 @@ def neighbour_ratios(fwhm_px):
     `fwhm_px`: a neighbour's value over the peak pixel's when the source is centred on the peak pixel; and
     the value of the next pixel out over a pixel of the central pair when it is centred between two
     pixels (the smallest ratios any centring gives)."""
+    from scipy.special import ndtr
+
     s = fwhm_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     r = float((ndtr(1.5 / s) - ndtr(0.5 / s)) / (ndtr(0.5 / s) - ndtr(-0.5 / s)))
     r2 = float((ndtr(2.0 / s) - ndtr(1.0 / s)) / (ndtr(1.0 / s) - 0.5))

@@ -287,6 +287,46 @@ def _check_lensing(row, source):
                          f"kappa {k!r}, gamma1 {g1!r}, gamma2 {g2!r}")
 
 
+#: _parse_common_object's checks of object columns 2-11 (after the id): (lo, hi, lower limit excluded), None for
+#: the SED name; and of each source type's parameters. The same limits as _parse_object's.
+_COMMON_COLUMNS = tuple(None if name == "sed" else
+                        (OBJECT_RANGES[name][0], OBJECT_RANGES[name][1], OBJECT_RANGES[name][3])
+                        if name in OBJECT_RANGES else (-math.inf, math.inf, False) for name, _ in _COLUMNS[1:])
+_COMMON_PARAMS = {stype: tuple((OBJECT_RANGES[n][0], OBJECT_RANGES[n][1], OBJECT_RANGES[n][3]) for n in names)
+                  for stype, names in SOURCE_PARAMS.items()}
+
+
+def _parse_common_object(tokens):
+    """The row of an object line in the common form (an integer id, every number finite and in range, no dust:
+    `none none` or nothing), as _parse_object returns it; None for any other line, which _parse_object then
+    parses (and names what is wrong). It takes half the time per line (bench startup's catalogue: 9,913 lines)."""
+    stype = tokens[12].lower() if len(tokens) > 12 else None
+    checks = _COMMON_PARAMS.get(stype)
+    if checks is None:
+        return None
+    n = 13 + len(checks)
+    if len(tokens) != n and (len(tokens) != n + 2 or tokens[n].lower() != "none" or tokens[n + 1].lower() != "none"):
+        return None
+    try:
+        row = [int(tokens[1])]
+        for tok, lim in zip(tokens[2:12] + tokens[13:n], _COMMON_COLUMNS + checks):
+            if lim is None:
+                row.append(tok)
+                continue
+            v = float(tok)
+            if not ((lim[0] < v if lim[2] else lim[0] <= v) and v <= lim[1] and math.isfinite(v)):
+                return None
+            row.append(v)
+    except ValueError:
+        return None
+    oid, k, g1, g2 = row[0], row[8], row[6], row[7]
+    det = (1.0 - k) * (1.0 - k) - g1 * g1 - g2 * g2
+    if not (-2 ** 63 <= oid < 2 ** 63 and len(row[4]) <= 64 and det
+            and MAGNIFICATION_RANGE[0] <= 1.0 / abs(det) <= MAGNIFICATION_RANGE[1]):
+        return None
+    return (*row[:11], stype, *row[11:], *(0.0,) * (4 - len(checks)), "none", 0.0, 0.0, "none", 0.0, 0.0)
+
+
 def _parse_object(tokens, source):
     """One `object` line (split into tokens) -> a tuple in INSTCAT_OBJECT_DTYPE order."""
     if len(tokens) < 13:
@@ -337,7 +377,7 @@ def _read_lines(path, header, seen, rows, origins, stack):
         source = f"{path}:{lineno}"
         key = tokens[0]
         if key == "object":
-            rows.append(_parse_object(tokens, source))
+            rows.append(_parse_common_object(tokens) or _parse_object(tokens, source))
             origins.append(source)
         elif key == "includeobj":
             if len(tokens) != 2:

@@ -2,12 +2,13 @@
 
 A reader (or a restarted run) therefore sees either the complete file or none; a crash leaves at most
 a `*.tmp-<pid>` file that the next run removes.
+
+h5py is imported by the functions that open HDF5 files: a command that writes only FITS or JSON (such as
+`twinkles-hpc imsim ... -o OUT.fits`) never loads it.
 """
 import contextlib
 import glob
 import os
-
-import h5py
 
 
 def _tmp_name(path):
@@ -33,6 +34,8 @@ def commit(tmp, path):
 @contextlib.contextmanager
 def atomic_h5(path, **kw):
     """Yield an h5py.File open for writing at a temporary name; on clean exit rename it to `path`."""
+    import h5py
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _tmp_name(path)
     try:
@@ -46,11 +49,19 @@ def atomic_h5(path, **kw):
 
 
 def atomic_write_bytes(path, data):
+    """Write the bytes `data` to `path` atomically."""
+    atomic_write_parts(path, (data,))
+
+
+def atomic_write_parts(path, parts):
+    """Write the bytes-like objects of the iterable `parts`, in order, to `path` atomically (a large file
+    made piece by piece need never be whole in memory)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            for part in parts:
+                fh.write(part)
         commit(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -70,6 +81,8 @@ def remove_stale_temporaries(rundir):
 
 def open_read(path):
     """Open an HDF5 file read-only without HDF5 file locking (many ranks read the same file)."""
+    import h5py
+
     return h5py.File(path, "r", locking=False)
 
 

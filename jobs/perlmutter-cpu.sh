@@ -1,0 +1,15 @@
+#!/bin/bash
+# Twinkles Run 1 at full scale on Perlmutter CPU nodes (2 x AMD EPYC 7763, 128 cores, 512 GB each):
+# 2 nodes x 128 ranks (rank 0 schedules, 255 workers), one core (two hardware threads) per rank.
+# Submit from the twinkles-hpc checkout, with your project: sbatch -A mNNNN jobs/perlmutter-cpu.sh
+# (docs/perlmutter.md; TWINKLES_RUNNER=podman-hpc or shifter runs it from the container image instead).
+#SBATCH --job-name=twinkles-run1
+#SBATCH --qos=regular
+#SBATCH --constraint=cpu
+#SBATCH --nodes=2
+#SBATCH --time=01:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --output=twinkles-%j.out
+SRUN_ARGS="-n 256 -c 2 --cpu-bind=cores"
+JOB_SCRIPT=jobs/perlmutter-cpu.sh
+source "${SLURM_SUBMIT_DIR:-.}/jobs/perlmutter-run.sh"
