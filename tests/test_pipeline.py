@@ -158,3 +158,17 @@ def test_algorithm_settings_are_in_the_toml_and_the_fingerprint(tmp_path):
         rd.check(changed, str(tmp_path))
     with pytest.raises(InputError, match=r"calexp\.background\.mesh_size"):
         config.from_dict({"calexp": {"background": {"mesh_size": 2}}})
+
+
+def test_every_table_has_an_ingest_step_in_the_demo():
+    """The demo enables every stage with tables: the ingest stage's steps load every one of them, and every
+    stage's methods are its class's (a function defined in the middle of a class body would end it)."""
+    cfg = config.load(ROOT / "jobs" / "demo.toml")
+    _, tasks = plan(cfg, None)
+    steps = {t.params["step"] for t in tasks if t.kind == "ingest"}
+    tables = {t for s in registry.STAGES if s.enabled(cfg) for t in s.tables}
+    assert tables - {"TruthStar", "TruthGalaxy", "TruthSupernova", "TruthLensSystem", "TruthLensedImage",
+                     "TruthVariable", "TruthVariableFlux"} <= steps, sorted(tables - steps)
+    for s in registry.STAGES:
+        if s.tables:
+            assert type(s).ingest_steps is not Stage.ingest_steps and type(s).ingest is not Stage.ingest, s.name

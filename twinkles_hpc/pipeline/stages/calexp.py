@@ -58,6 +58,17 @@ class CalexpStage(Stage):
             written[e_rel] = drop_pixels(ctx.path(e_rel))
         return written
 
+    def ingest_steps(self, ctx, up):
+        return [("CcdVisit", list(up.tasks("calexp").values()), 0.01 * len(ctx.visits), {})]
+
+    def ingest(self, ctx, engine, step, params, **kw):
+        """CcdVisit: one row per calibrated calexp (failed calibrations have none)."""
+        from twinkles_hpc.level2.calibrate import calexp_ok
+        from twinkles_hpc.level2.psf import fwhm_from_json
+        from twinkles_hpc.store import ingest
+        paths = [ctx.path(layout.calexp(v, ctx.by_id[v]["band"])) for v in sorted(ctx.by_id)]
+        return {step: ingest.ingest_ccd_visits(engine, [p for p in paths if calexp_ok(p)], fwhm_from_json, **kw)}
+
 
 def drop_pixels(path):
     """Rewrite the eimage at `path` without its pixels (dataset `image`), its attributes and truth kept;
@@ -75,18 +86,6 @@ def drop_pixels(path):
                     src.copy(src[name], dst, name=name)
             dst.attrs["pixels_dropped"] = True
     return os.path.getsize(path)
-
-
-    def ingest_steps(self, ctx, up):
-        return [("CcdVisit", list(up.tasks("calexp").values()), 0.01 * len(ctx.visits), {})]
-
-    def ingest(self, ctx, engine, step, params, **kw):
-        """CcdVisit: one row per calibrated calexp (failed calibrations have none)."""
-        from twinkles_hpc.level2.calibrate import calexp_ok
-        from twinkles_hpc.level2.psf import fwhm_from_json
-        from twinkles_hpc.store import ingest
-        paths = [ctx.path(layout.calexp(v, ctx.by_id[v]["band"])) for v in sorted(ctx.by_id)]
-        return {step: ingest.ingest_ccd_visits(engine, [p for p in paths if calexp_ok(p)], fwhm_from_json, **kw)}
 
 
 STAGE = CalexpStage()
