@@ -221,52 +221,49 @@ def _finish_time_panel(fig, a, path, ylabel, title, top, bottom):
     _save(fig, path)
 
 
-def lens_curves(path, curves):
-    """One panel per Object holding lensed images: its forced flux minus the per-band static offset
-    (points) and the summed true flux of its images (lines), coloured by band.
-    curves: [(label, lc, offsets, truth_flux)]."""
-    n = max(len(curves), 1)
-    fig, axes = _axes((8, 0.6 + 2.6 * n), n)
+def _flux_panels(path, panels, height):
+    """One panel per entry of `panels` [(label, t, band, flux, err, truth or None)]: the fluxes with errors
+    (points) and the true fluxes (lines), coloured by band; `height` inches a panel."""
+    n = max(len(panels), 1)
+    fig, axes = _axes((8, 0.6 + height * n), n)
     axes = np.atleast_1d(axes)
-    for a, (label, lc, off, truth) in zip(axes, curves):
-        for b in _bands(lc["filterName"]):
-            m = lc["filterName"] == b
+    for a, (label, t, band, flux, err, truth) in zip(axes, panels):
+        for b in _bands(band):
+            m = band == b
             c = BAND_COLOURS[b]
-            a.errorbar(lc["expMidpt"][m], lc["psFlux"][m] - off.get(b, 0.0), lc["psFlux_Sigma"][m], fmt="o",
-                       color=c, ms=3, lw=0.8, label=b)
-            a.plot(lc["expMidpt"][m], truth[m], "-", color=c, lw=1.0)
+            a.errorbar(t[m], flux[m], err[m], fmt="o", color=c, ms=3, lw=0.8, label=b)
+            if truth is not None:
+                a.plot(t[m], truth[m], "-", color=c, lw=1.0)
         a.set_title(label, fontsize=9)
         a.set_ylabel("flux (nJy)")
         a.grid(True, alpha=0.3)
         _legend(a, fontsize=7, ncol=6)
     axes[-1].set_xlabel("MJD (d)")
-    fig.subplots_adjust(left=0.11, right=0.98, top=1 - 0.35 / (0.6 + 2.6 * n), bottom=0.45 / (0.6 + 2.6 * n),
-                        hspace=0.3)
+    fig.subplots_adjust(left=0.11, right=0.98, top=1 - 0.35 / (0.6 + height * n),
+                        bottom=0.45 / (0.6 + height * n), hspace=0.35)
     _save(fig, path)
+
+
+def lens_curves(path, curves):
+    """One panel per Object holding lensed images: its forced flux minus the per-band static offset
+    (points) and the summed true flux of its images (lines), coloured by band.
+    curves: [(label, lc, offsets, truth_flux)]."""
+    panels = []
+    for label, lc, off, truth in curves:
+        band = np.asarray(lc["filterName"])
+        shift = np.array([off.get(str(b), 0.0) for b in band])
+        panels.append((label, np.asarray(lc["expMidpt"]), band, np.asarray(lc["psFlux"]) - shift,
+                       np.asarray(lc["psFlux_Sigma"]), np.asarray(truth)))
+    _flux_panels(path, panels, 2.6)
 
 
 def scene_curves(path, curves):
     """One panel per point image of a scene model: psFlux with errors (points) and the true flux (lines),
     coloured by band. curves: [(label, LensedImageForcedSource table with truthFlux when matched)]."""
-    n = max(len(curves), 1)
-    fig, axes = _axes((8, 0.6 + 2.4 * n), n)
-    axes = np.atleast_1d(axes)
-    for a, (label, lc) in zip(axes, curves):
-        for b in _bands(lc["filterName"]):
-            m = lc["filterName"] == b
-            c = BAND_COLOURS[b]
-            a.errorbar(lc["midPointTai"][m], lc["psFlux"][m], lc["psFluxErr"][m], fmt="o", color=c, ms=3, lw=0.8,
-                       label=b)
-            if "truthFlux" in lc.colnames:
-                a.plot(lc["midPointTai"][m], lc["truthFlux"][m], "-", color=c, lw=1.0)
-        a.set_title(label, fontsize=9)
-        a.set_ylabel("flux (nJy)")
-        a.grid(True, alpha=0.3)
-        _legend(a, fontsize=7, ncol=6)
-    axes[-1].set_xlabel("MJD (d)")
-    fig.subplots_adjust(left=0.11, right=0.98, top=1 - 0.35 / (0.6 + 2.4 * n), bottom=0.45 / (0.6 + 2.4 * n),
-                        hspace=0.35)
-    _save(fig, path)
+    _flux_panels(path, [(label, np.asarray(lc["midPointTai"]), np.asarray(lc["filterName"]), np.asarray(lc["psFlux"]),
+                         np.asarray(lc["psFluxErr"]),
+                         np.asarray(lc["truthFlux"]) if "truthFlux" in lc.colnames else None)
+                        for label, lc in curves], 2.4)
 
 
 def star(path, lc, title):
