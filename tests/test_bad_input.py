@@ -76,3 +76,15 @@ def test_a_damaged_database_is_one_line_in_lightcurve_and_validate(tmp_path):
     one_line(cli("lightcurve", "--db", f"sqlite:///{bad}", "--object", "1"), bad, "intact")
     with pytest.raises(InputError, match="readable catalogue database"):
         database_counts(str(tmp_path), None, f"sqlite:///{bad}", {"Object": 1})
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`twinkles-hpc config --defaults | head -1`: the reader closes the pipe; no traceback, exit 141."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "twinkles_hpc", "config", "--defaults"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) in (0, 141) and "Traceback" not in err, err

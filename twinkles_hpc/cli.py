@@ -713,3 +713,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:         # the reader went away (`| head`): stop quietly, as a Unix filter does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
