@@ -351,6 +351,38 @@ def validation_summary(report):
     return "\n".join(lines)
 
 
+# -- export ----------------------------------------------------------------------------------------
+def cmd_export(args):
+    """The run's catalogue database as Parquet (store/parquet.py)."""
+    import time
+
+    from twinkles_hpc.store import schema
+    from twinkles_hpc.store.lightcurve import open_database
+    from twinkles_hpc.store.parquet import export
+    if args.rundir is None and args.db is None:
+        raise InputError("export", "RUNDIR", "a run directory or --db URL")
+    out = args.output or (os.path.join(args.rundir, "parquet") if args.rundir else None)
+    if out is None:
+        raise InputError("export", "-o", "an output folder with --db")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(out, "-o", "a folder", "a file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise InputError(out, "-o", "a folder in an existing directory", "no such directory")
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+    if tables and (bad := [t for t in tables if t not in schema.metadata.tables]):
+        raise InputError("export", "--tables", f"names of {', '.join(schema.metadata.tables)}", bad[0])
+    engine = _query(open_database, args.rundir, args.db)
+    try:
+        t0 = time.perf_counter()
+        got = _query(lambda *_: export(engine, out, tables), None)
+    finally:
+        engine.dispose()
+    for name, r in got.items():
+        print(f"[twinkles-hpc] {name}: {r['rows']} rows in {len(r['files'])} file(s)", flush=True)
+    print(f"[twinkles-hpc] export -> {out} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
 # -- report ----------------------------------------------------------------------------------------
 def cmd_report(args):
     """A static HTML report of a run directory (docs/report.md)."""
@@ -634,6 +666,18 @@ def build_parser():
     v.add_argument("--db", metavar="URL", help="also check that this catalogue database holds every calexp, "
                    "primary Object and ForcedSource row (default: the run's own with [level2] ingest = true)")
     v.set_defaults(func=cmd_validate)
+
+    ex = sub.add_parser("export", help="the run's catalogue database as Parquet (docs/database.md)",
+                        description="Every non-empty table of the catalogue database as Parquet with its DPDD "
+                        "column names: ForcedSource, DiaForcedSource, DiaSource and LensedImageForcedSource as "
+                        "datasets partitioned by band (TABLE/filterName=B/part-KKKK.parquet), the others one "
+                        "file each (TABLE.parquet); read them with pandas, dask or pyarrow.dataset.",
+                        epilog="exit codes: 0 written, 2 bad input (no database, a bad table name or folder)")
+    ex.add_argument("rundir", nargs="?", help="run directory (its [ingest] url, else RUNDIR/level2.sqlite)")
+    ex.add_argument("--db", metavar="URL", help="database URL instead of the run directory's (no password)")
+    ex.add_argument("-o", "--output", metavar="DIR", help="output folder (default RUNDIR/parquet)")
+    ex.add_argument("--tables", metavar="T,...", help="only these tables (default every non-empty one)")
+    ex.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="a static HTML page of a run: cadence, coadds, validation, residuals, "
                         "light curves with postage stamps, trace (docs/report.md)",
