@@ -306,6 +306,20 @@ def test_light_curves_identical_on_mariadb(level2_run, run_db, mariadb_engine, t
     oid = bright_isolated_stars(run_db)[0]
     r = cli("lightcurve", "--db", url, "--object", oid, "--format", "csv", check=True)
     assert len(Table.read(r.stdout, format="ascii.csv")) == len(lightcurve(level2_run, oid))
+    # the Parquet export reads MariaDB as it reads SQLite: the same tables, row for row
+    import pyarrow.dataset as ds
+
+    from twinkles_hpc.store import parquet, schema
+    got = {}
+    for label, engine in (("sqlite", run_db), ("mariadb", mariadb_engine)):
+        got[label] = parquet.export(engine, str(tmp_path / label))
+    assert {k: v["rows"] for k, v in got["sqlite"].items()} == {k: v["rows"] for k, v in got["mariadb"].items()}
+    for name in got["sqlite"]:
+        pk = [(c.name, "ascending") for c in schema.metadata.tables[name].primary_key.columns]
+        a, b = (ds.dataset(str(tmp_path / label / (name if name in parquet.BY_BAND else f"{name}.parquet")),
+                           format="parquet", partitioning="hive").to_table().sort_by(pk)
+                for label in ("sqlite", "mariadb"))
+        assert a.equals(b), name
 
 
 # ---- ObjectTruthMatch ------------------------------------------------------------------------------------
