@@ -6,6 +6,7 @@ import pytest
 from astropy.wcs import WCS
 
 from twinkles_hpc import config
+from twinkles_hpc.level2.astrometry import tangent_arcsec
 from twinkles_hpc.timedomain import lensphot
 from twinkles_hpc.timedomain import scene as sc
 from twinkles_hpc.validation.lensphot import image_figures, lensed_images_section
@@ -95,19 +96,19 @@ def test_coadd_fit_finds_every_image(coadd_fit):
     scene, info = coadd_fit
     assert scene.n_images == 4, info["log"]
     ra, dec = image_radec()
-    got = np.c_[sc.tangent_offsets(scene.image_ra, scene.image_dec, RA0, DEC0)]
+    got = np.c_[tangent_arcsec(scene.image_ra, scene.image_dec, RA0, DEC0)]
     for k in range(4):
         d = np.hypot(*(got - OFFSETS[k]).T)
         assert d.min() < 0.03, (k, d)
     assert sum("dropped" in line for line in info["log"]) == 1 and sum("added" in line for line in info["log"]) == 2
-    assert np.hypot(*sc.tangent_offsets(scene.ra, scene.dec, RA0, DEC0)) < 0.03
+    assert np.hypot(*tangent_arcsec(scene.ra, scene.dec, RA0, DEC0)) < 0.03
     assert np.allclose(scene.shape, SHAPE, rtol=0.1, atol=0.01)
     assert 0.9 < scene.chi2_dof < 1.1
 
 
 def test_coadd_fit_fluxes(coadd_fit):
     scene, _ = coadd_fit
-    got = np.c_[sc.tangent_offsets(scene.image_ra, scene.image_dec, RA0, DEC0)]
+    got = np.c_[tangent_arcsec(scene.image_ra, scene.image_dec, RA0, DEC0)]
     order = [int(np.argmin(np.hypot(*(got - o).T))) for o in OFFSETS]
     for b in "gri":
         f = np.array(scene.image_flux[b])[order]
@@ -305,7 +306,7 @@ def test_model_system_and_coadd_scene_on_coadd_files(tmp_path):
         for f in coadds.values():
             f.close()
     assert scene.n_images == 4, info["log"]
-    got = np.c_[sc.tangent_offsets(scene.image_ra, scene.image_dec, RA0, DEC0)]
+    got = np.c_[tangent_arcsec(scene.image_ra, scene.image_dec, RA0, DEC0)]
     assert all(np.hypot(*(got - o).T).min() < 0.05 for o in OFFSETS)
     data, model, noise = lensphot.coadd_scene(scene, tmp_path / "r.h5", 20)
     assert data.shape == (41, 41) and np.isfinite(model).all()

@@ -371,10 +371,11 @@ def cmd_export(args):
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
     if tables and (bad := [t for t in tables if t not in schema.metadata.tables]):
         raise InputError("export", "--tables", f"names of {', '.join(schema.metadata.tables)}", bad[0])
+    source = args.db or args.rundir
     engine = _query(open_database, args.rundir, args.db)
     try:
         t0 = time.perf_counter()
-        got = _query(lambda *_: export(engine, out, tables), None)
+        got = _query(lambda _: export(engine, out, tables), source)
     finally:
         engine.dispose()
     for name, r in got.items():

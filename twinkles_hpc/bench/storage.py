@@ -89,11 +89,10 @@ def bench_storage(rundir, visit_id=None):
         if paths:
             kinds.append((name, _planes(paths[0], ("image", "variance", "mask", "n_visits", "depth")),
                           len(paths) / max(n_band, 1), ()))
-    if not kinds:
-        raise InputError(rundir, "products", "a run with eimages, calexps, differences or coadds", "none")
-    with open_read(os.path.join(rundir, layout.calexp(vid, band)) if os.path.isfile(
-            os.path.join(rundir, layout.calexp(vid, band))) else e) as fh:
-        ny, nx = fh["image"].shape
+    visit_planes = [p for k, p, _, _ in kinds if "share" not in k]
+    if not visit_planes:
+        raise InputError(rundir, "products", "a run with the eimage, calexp or difference of the visit", "none")
+    ny, nx = visit_planes[0]["image"].shape
     scale = SENSOR_NX * SENSOR_NY / float(nx * ny)
     lines = [f"bytes per full-sensor visit ({SENSOR_NX} x {SENSOR_NY}), from visit {vid} ({band}) of {rundir} "
              f"({nx} x {ny} px, scaled x {scale:.2f}); coadd and template: one patch over the band's {n_band} "

@@ -249,8 +249,7 @@ def _paste(dst, sub, x0, y0, storage=None):
     """Write sub-region planes `sub` into `dst` at (x0, y0); with `storage`, the image quantised against the
     variance and the variance rounded as it says (store.tables.Storage)."""
     if storage is not None:
-        sub = dict(sub, image=storage.image(sub["image"], sub["variance"]), variance=storage.variance(sub["variance"]),
-                   depth=storage.variance(sub["depth"]))
+        sub = storage.planes(sub)
     for k, a in sub.items():
         dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
 

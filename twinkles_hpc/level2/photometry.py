@@ -98,10 +98,11 @@ def psf_fwhm(psf, x, y):
     n_eff = 1 / int P^2 (int P^2 = sum_jk w_j w_k / (2 pi sqrt det(C_j + C_k))); 1.16 x the true FWHM of a
     Kolmogorov profile."""
     x, y = _positions(x, y)
-    return _fwhm(*_components(psf.components_at(x, y), x.size)[:4])
+    return mixture_fwhm(*_components(psf.components_at(x, y), x.size)[:4])
 
 
-def _fwhm(w, cxx, cxy, cyy):
+def mixture_fwhm(w, cxx, cxy, cyy):
+    """Effective FWHM (pixels) of mixtures given as (n, K) arrays (psf_fwhm's formula)."""
     sxx, sxy, syy = (c[:, :, None] + c[:, None, :] for c in (cxx, cxy, cyy))
     ipp = (w[:, :, None] * w[:, None, :] / (2 * np.pi * np.sqrt(sxx * syy - sxy * sxy))).sum((1, 2))
     return np.sqrt(2 * np.log(2) / (np.pi * ipp))
@@ -179,7 +180,7 @@ def forced_photometry(image, variance, mask, x, y, psf, *, object_ids=None, ap_r
         return out
     w, cxx, cxy, cyy, det = _components(psf.components_at(x, y), n)
     if psf_radius is None:
-        psf_radius = PSF_RADIUS_FWHM * _fwhm(w, cxx, cxy, cyy)
+        psf_radius = PSF_RADIUS_FWHM * mixture_fwhm(w, cxx, cxy, cyy)
     radius = _radii("psf_radius", psf_radius, n)
     amp = np.ascontiguousarray(w / (2 * np.pi * np.sqrt(det)))
     ia, ib, ic = (np.ascontiguousarray(c) for c in (cyy / det, -cxy / det, cxx / det))

@@ -5,6 +5,7 @@ Light curves come from the catalogue database (store.db.light_curve: ForcedSourc
 true flux of the matched truth source); the Object of a transient is the one nearest to it
 (ObjectTruthMatch), as `twinkles-hpc lightcurve --truth-id` finds it.
 """
+import functools
 import os
 
 import numpy as np
@@ -299,6 +300,13 @@ def select_lenses(run, n_max):
     return out[:n_max], obj, None
 
 
+@functools.lru_cache(maxsize=2)
+def _run_light_curves(rundir):
+    """lensphot.run_light_curves of a run, read once per process for all its lens pages."""
+    from twinkles_hpc.timedomain.lensphot import run_light_curves
+    return run_light_curves(rundir)
+
+
 def _scene_of_system(run, ims):
     """(lensSystemId, Scene, {lensedImageId: truth image row}) of the scene model whose LensedImages match
     most of the true images `ims` (LensedImageTruthMatch, nearest match), or None."""
@@ -339,7 +347,7 @@ def _scene_part(run, ctx, key, ims):
     if got is None:
         return "", {}
     sid, scene, matched = got
-    from twinkles_hpc.timedomain.lensphot import IMAGE_ID_STRIDE, coadd_scene, run_light_curves
+    from twinkles_hpc.timedomain.lensphot import IMAGE_ID_STRIDE, UNUSABLE, coadd_scene
     from twinkles_hpc.timedomain.timedelay import measure_delays
     half = 20
     stamps = ""
@@ -364,7 +372,7 @@ def _scene_part(run, ctx, key, ims):
         iid = sid * IMAGE_ID_STRIDE + k
         lc = db.lensed_light_curve(run.engine, iid)
         tr = matched.get(iid)
-        ok = (lc["flags"] & 7) == 0
+        ok = (lc["flags"] & UNUSABLE) == 0
         chi2 = None
         if "truthFlux" in lc.colnames and ok.sum() > 1:
             z = (lc["psFlux"][ok] - lc["truthFlux"][ok]) / lc["psFluxErr"][ok]
@@ -375,7 +383,7 @@ def _scene_part(run, ctx, key, ims):
         facts.append((iid, "-" if tr is None else int(tr["imageIndex"]), int(ok.sum()), H.num(chi2)))
     plots.scene_curves(os.path.join(ctx.obj_dir, key + "-scene.png"), curves)
     delays = ""
-    found = [(c, ids) for s_id, c, ids in run_light_curves(run.rundir) if s_id == sid]
+    found = [(c, ids) for s_id, c, ids in _run_light_curves(run.rundir) if s_id == sid]
     if found:
         c, ids = found[0]
         est = measure_delays(c, "drw")

@@ -1,7 +1,7 @@
 """Structured numpy tables and pixel planes in HDF5: unicode columns are stored as UTF-8 fixed-width bytes;
 pixel planes with the run's storage settings (`Storage`, the config's [store]; docs/data-model.md,
 "Storage")."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -73,9 +73,9 @@ class Storage:
                 out[name] = self.variance(out[name])
         return out
 
-    def describe(self):
-        return {"compression": self.compression, "quantize": self.quantize, "variance_bits": self.variance_bits,
-                "chunk": self.chunk}
+    def lossless(self):
+        """The same filters without the quantisation: for planes already as stored (Storage.planes)."""
+        return replace(self, quantize=0.0, variance_bits=0)
 
 
 def quantize_image(data, variance, fraction):

@@ -14,11 +14,18 @@ The truth is never read.
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
 
 import numpy as np
 
-from twinkles_hpc.instrument import BANDS
+from twinkles_hpc.errors import InputError
+from twinkles_hpc.instrument import BANDS, njy_to_mag
+from twinkles_hpc.level2.astrometry import tangent_arcsec
+from twinkles_hpc.rundir import layout
+from twinkles_hpc.store.atomic import open_read
+from twinkles_hpc.store.tables import read_table
 from twinkles_hpc.level2.masks import BAD, CR, NO_DATA, SAT
 from twinkles_hpc.timedomain import scene as sc
 
@@ -50,6 +57,8 @@ FORCED_DTYPE = np.dtype([("lensedImageId", "i8"), ("lensSystemId", "i8"), ("ccdV
                          ("templateFlux", "f8"), ("galaxyFlux", "f8"), ("flags", "i8")])
 #: Extra flag: no difference image (or no template fit) for the visit: diffFlux and templateFlux NaN.
 FLAG_NO_DIFFERENCE = 8
+#: A measurement with any of these flags is not used (light curves, delays, validation).
+UNUSABLE = sc.FLAG_EDGE | sc.FLAG_MASKED | sc.FLAG_NO_DATA
 
 
 def home_patch(skymap, ra, dec):
@@ -68,7 +77,7 @@ def neighbours(objects, gal_ra, gal_dec, r_img, r_fit, wcs, psf_moments, extende
     point-like ones as points, extended ones as Gaussians of their moments less the PSF's `psf_moments`."""
     if objects is None or len(objects) == 0:
         return np.zeros(0), np.zeros(0), np.zeros((0, 3))
-    d = np.hypot(*sc.tangent_offsets(objects["psRa"], objects["psDecl"], gal_ra, gal_dec))
+    d = np.hypot(*tangent_arcsec(objects["psRa"], objects["psDecl"], gal_ra, gal_dec))
     nb = objects[(d > r_img) & (d < r_fit + NEIGHBOUR_REACH)]
     nb = nb[np.argsort(nb["objectId"], kind="stable")]
     cov = np.zeros((len(nb), 3))
@@ -170,18 +179,50 @@ def _measure(planes, psf, njy, scene, wcs, band, *, with_galaxy):
     if stamp is None:
         return None
     nuis = sc.neighbours_on(wcs, scene.neighbour_ra, scene.neighbour_dec, scene.neighbour_cov) if with_galaxy else []
-    from twinkles_hpc.level2.photometry import _fwhm
-    fwhm = float(_fwhm(*(c[None, :] for c in stamp.psf))[0])
+    from twinkles_hpc.level2.photometry import mixture_fwhm
+    fwhm = float(mixture_fwhm(*(c[None, :] for c in stamp.psf))[0])
     return sc.photometer(stamp, (gx, gy), shape, img_xy, nuisance=nuis, with_galaxy=with_galaxy, fwhm_px=fwhm)
+
+
+class TemplateFluxes:
+    """The scenes' fits on one template patch (`path`), each made once: every visit of the template's band
+    (and year) needs the same ones. The file is opened when a fit is first needed; close() closes it and
+    keeps the fits."""
+
+    def __init__(self, path):
+        self.path, self.memo, self._open = path, {}, None
+
+    def fit(self, cid, scene, band):
+        """`_measure` of scene `cid` on the template (None where its PSF does not cover the galaxy)."""
+        if cid not in self.memo:
+            if self._open is None:
+                from twinkles_hpc.level2.coaddpsf import CoaddPSF
+                from twinkles_hpc.store.atomic import open_read
+                from twinkles_hpc.timedomain.template import wcs_of
+                f = open_read(self.path)
+                self._open = (f, CoaddPSF.from_file(f), wcs_of(f.attrs))
+            f, psf, wcs = self._open
+            tm = None
+            if psf is not None:
+                tx, ty = (float(v) for v in wcs.all_world2pix(scene.ra, scene.dec, 0))
+                if psf.covered(tx, ty)[0]:
+                    tm = _measure((f["image"], f["variance"], f["mask"]), psf, float(psf.ap_corr_at(tx, ty)[0]),
+                                  scene, wcs, band, with_galaxy=True)
+            self.memo[cid] = tm
+        return self.memo[cid]
+
+    def close(self):
+        if self._open is not None:
+            self._open[0].close()
+            self._open = None
 
 
 def photometer_visit(scenes, visit, calexp, diffim, templates):
     """FORCED_DTYPE rows of every scene on one visit, in (lensSystemId, image) order.
 
     scenes: scenes_from_tables' list; visit: its row (visit_id, band, mjd); calexp: open calexp file;
-    diffim: open difference file, or None; templates: {patch (i, j): open template file} of the visit's
-    band (and year). A visit whose calibration failed (calib_ok false: no pixels, no WCS) has no rows."""
-    from twinkles_hpc.level2.coaddpsf import CoaddPSF
+    diffim: open difference file, or None; templates: {patch (i, j): TemplateFluxes} of the visit's band
+    (and year). A visit whose calibration failed (calib_ok false: no pixels, no WCS) has no rows."""
     from twinkles_hpc.level2.psf import MixturePSF
     from twinkles_hpc.store.atomic import attrs_dict
     from twinkles_hpc.timedomain import dia
@@ -215,14 +256,7 @@ def photometer_visit(scenes, visit, calexp, diffim, templates):
         if diff is not None and t is not None:
             planes, dpsf, err_scale = diff
             d = _measure(planes, dpsf, njy, scene, wcs, band, with_galaxy=False)
-            tpsf = CoaddPSF.from_file(t)
-            tm = None
-            if d is not None and tpsf is not None:
-                twcs = wcs_of(t.attrs)
-                tx, ty = (float(v) for v in twcs.all_world2pix(scene.ra, scene.dec, 0))
-                if tpsf.covered(tx, ty)[0]:
-                    tm = _measure((t["image"], t["variance"], t["mask"]), tpsf, float(tpsf.ap_corr_at(tx, ty)[0]),
-                                  scene, twcs, band, with_galaxy=True)
+            tm = t.fit(cid, scene, band) if d is not None else None
             if d is not None and tm is not None:
                 r["diffFlux"], r["diffFluxErr"] = d[0], d[1] * err_scale
                 r["templateFlux"] = tm[0]
@@ -238,19 +272,20 @@ def photometer_visit(scenes, visit, calexp, diffim, templates):
 DELAY_MIN_SNR = 3.0
 
 
+def read_lensphot(rundir):
+    """Every lensphot product's rows of a run (FORCED_DTYPE, in visit-file order), None without any."""
+    parts = []
+    for p in sorted(glob.glob(os.path.join(rundir, layout.LENSPHOT_GLOB))):
+        with open_read(p) as fh:
+            parts.append(read_table(fh["lensed_image_forced_source"]))
+    return np.concatenate(parts) if parts else None
+
+
 def run_light_curves(rundir):
     """[(lensSystemId, LightCurves, {letter: lensedImageId})] of a run's scene models with two or more
     images, from its lensphot products: psFlux as magnitudes (NaN where flagged or below DELAY_MIN_SNR).
     Image A is the brightest on the coadds (the sum of its mean fluxes over the bands), then B, C, D by
     brightness. InputError when the run has no scene models or no lensphot products."""
-    import glob
-    import os
-
-    from twinkles_hpc.errors import InputError
-    from twinkles_hpc.instrument import njy_to_mag
-    from twinkles_hpc.rundir import layout
-    from twinkles_hpc.store.atomic import open_read
-    from twinkles_hpc.store.tables import read_table
     from twinkles_hpc.timedomain.timedelay import IMAGES, LightCurves
     path = os.path.join(rundir, layout.LENS_SCENES)
     if not os.path.isfile(path):
@@ -258,13 +293,9 @@ def run_light_curves(rundir):
                          "no such file")
     with open_read(path) as fh:
         images = read_table(fh["images"])
-    parts = []
-    for p in sorted(glob.glob(os.path.join(rundir, layout.LENSPHOT_GLOB))):
-        with open_read(p) as fh:
-            parts.append(read_table(fh["lensed_image_forced_source"]))
-    if not parts:
+    rows = read_lensphot(rundir)
+    if rows is None:
         raise InputError(rundir, "lensphot", "the per-visit fluxes of a run with [lensphot] enabled", "none")
-    rows = np.concatenate(parts)
     out = []
     for sid in np.unique(images["lensSystemId"]):
         im = images[images["lensSystemId"] == sid]
@@ -282,7 +313,7 @@ def run_light_curves(rundir):
             mine = r[r["lensedImageId"] == iid]
             k = np.array([first[int(v)] for v in mine["ccdVisitId"]], np.int64)
             mjd[k], band[k] = mine["midPointTai"], mine["filterName"]
-            ok = ((mine["flags"] & (sc.FLAG_EDGE | sc.FLAG_MASKED | sc.FLAG_NO_DATA)) == 0) & (
+            ok = ((mine["flags"] & UNUSABLE) == 0) & (
                 mine["psFlux"] >= DELAY_MIN_SNR * mine["psFluxErr"]) & (mine["psFluxErr"] > 0)
             mag[x][k[ok]] = njy_to_mag(mine["psFlux"][ok])
             magerr[x][k[ok]] = 2.5 / np.log(10) * mine["psFluxErr"][ok] / mine["psFlux"][ok]

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize
 
-from twinkles_hpc.profiles import sersic_mixture
+from twinkles_hpc.level2.astrometry import tangent_arcsec
 from twinkles_hpc.level2.photometry import mixture_image
+from twinkles_hpc.profiles import sersic_mixture
 
 #: At most this many point images per system.
 MAX_IMAGES = 4
@@ -103,15 +104,6 @@ class Stamp:
     masked_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
-def tangent_offsets(ra, dec, ra0, dec0):
-    """(east, north) offsets in arcsec of (ra, dec) about (ra0, dec0), deg (gnomonic)."""
-    a, d, d0 = np.radians(np.asarray(ra, np.float64) - ra0), np.radians(dec), np.radians(dec0)
-    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a)
-    xi = np.cos(d) * np.sin(a) / cosc
-    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a)) / cosc
-    return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
-
-
 def pixel_jacobian(wcs, ra, dec, step=0.5):
     """d(pixel x, y) / d(east, north arcsec) of `wcs` at (ra, dec): a 2x2 array."""
     c = np.cos(np.radians(dec))
@@ -125,12 +117,6 @@ def _shape_matrix(p):
     """Half-light shape matrix (sxx, sxy, syy) from its Cholesky parameters (log l11, l21, log l22)."""
     a, b, c = np.exp(p[0]), p[1], np.exp(p[2])
     return a * a, a * b, b * b + c * c
-
-
-def _shape_params(sxx, sxy, syy):
-    a = np.sqrt(sxx)
-    b = sxy / a
-    return np.array([np.log(a), b, 0.5 * np.log(max(syy - b * b, 1e-12))])
 
 
 def galaxy_profile(dx, dy, shape, psf):
@@ -205,17 +191,6 @@ def _fit(stamps, nuis, theta0, n, lo, hi):
     return res.x, float(np.sum(res.fun ** 2))
 
 
-def _bounds(n, centre, half, pixel_scale):
-    lo = [centre[0] - half, centre[1] - half, np.log(RE_MIN / pixel_scale), -RE_MAX / pixel_scale,
-          np.log(RE_MIN / pixel_scale)]
-    hi = [centre[0] + half, centre[1] + half, np.log(RE_MAX / pixel_scale), RE_MAX / pixel_scale,
-          np.log(RE_MAX / pixel_scale)]
-    for _ in range(n):
-        lo += [centre[0] - half, centre[1] - half]
-        hi += [centre[0] + half, centre[1] + half]
-    return np.array(lo, np.float64), np.array(hi, np.float64)
-
-
 def _band_fluxes(stamps, nuis, theta, n):
     """Per band: (amplitudes [galaxy, images..., constant], their 1-sigma errors) with 1/var weights."""
     gal, shape, img = _unpack(theta, n)
@@ -278,7 +253,7 @@ def search_radius(gal_ra, gal_dec, start_ra, start_dec):
     """(image radius, fit radius) in arcsec for a system: images are sought within the image radius of the
     galaxy (IMAGE_RADIUS, or the farthest starting image plus 0.5"), pixels are fitted within the fit radius
     (FIT_MARGIN more: the images' wings)."""
-    off = tangent_offsets(start_ra, start_dec, gal_ra, gal_dec)
+    off = tangent_arcsec(start_ra, start_dec, gal_ra, gal_dec)
     reach = float(np.hypot(*off).max()) if np.size(start_ra) else 0.0
     r_img = max(IMAGE_RADIUS, reach + 0.5)
     return r_img, r_img + FIT_MARGIN
@@ -398,9 +373,9 @@ _COMPACT = {}      # compact_psf's results by their input (a coadd's PSF node se
 
 
 def _compact(comps):
-    from twinkles_hpc.level2.photometry import _fwhm
+    from twinkles_hpc.level2.photometry import mixture_fwhm
     from twinkles_hpc.level2.psf import mixture_from_stamp
-    fwhm = float(_fwhm(*(c[None, :] for c in comps))[0])
+    fwhm = float(mixture_fwhm(*(c[None, :] for c in comps))[0])
     h = max(8, int(np.ceil(3.0 * fwhm)))
     dy, dx = np.mgrid[-h:h + 1, -h:h + 1].astype(np.float64)
     stamp = mixture_image(*comps, dx, dy)

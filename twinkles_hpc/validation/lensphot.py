@@ -11,7 +11,6 @@ An image is good when chi^2/dof <= lens_lc_chi2_max and the scatter <= lens_lc_s
 separation bin, for images of peak S/N >= LC_MIN_SNR; the check is on the images at least LC_MIN_SEP from
 their neighbours.
 """
-import glob
 import os
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
+from twinkles_hpc.timedomain.lensphot import UNUSABLE, read_lensphot
 from twinkles_hpc.validation.match import tangent_arcsec
 from twinkles_hpc.validation.products import need, null_metric, variable_true_fluxes
 
@@ -63,14 +63,10 @@ def lensed_images_section(rundir, cfg, truth, V):
         images = read_table(fh["images"])
     if len(images) == 0:
         return null_metric("no scene model has a point image")
-    parts = []
-    for p in sorted(glob.glob(os.path.join(rundir, layout.LENSPHOT_GLOB))):
-        with open_read(p) as fh:
-            parts.append(read_table(fh["lensed_image_forced_source"]))
-    rows = np.concatenate(parts) if parts else None
+    rows = read_lensphot(rundir)
     if rows is None or len(rows) == 0:
         return null_metric("no lensphot measurement")
-    rows = rows[rows["flags"] & 7 == 0]
+    rows = rows[(rows["flags"] & UNUSABLE) == 0]
     rows = rows[np.argsort(rows["lensedImageId"], kind="stable")]
     ra0, dec0 = truth["ra0"], truth["dec0"]
     xy_t = tangent_arcsec(ti["ra"], ti["dec"], ra0, dec0)

@@ -119,7 +119,7 @@ class DiffimStage(Stage):
             ctx.log_line(f"visit {vid} ({band}): no difference image: {exc}")
         planes = ctx.storage.planes(planes)         # the FITS export gets the stored pixels too
         with atomic_h5(out) as fh:
-            write_planes(fh, planes, compress=("mask",), storage=ctx.storage)
+            write_planes(fh, planes, compress=("mask",), storage=ctx.storage.lossless())
             fh.attrs.update(attrs)
         written = {rel: os.path.getsize(out)}
         if ctx.cfg.diffim.fits and attrs["diffim_ok"]:

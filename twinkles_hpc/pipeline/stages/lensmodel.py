@@ -112,11 +112,11 @@ def _cat(parts, dtype):
 
 def _open_patch(ctx, patch):
     """({band: open coadd file with inputs}, the patch's primary Objects or None) of one patch."""
-    from twinkles_hpc.pipeline.stages.objects import _coadd_has_inputs
+    from twinkles_hpc.pipeline.stages.objects import coadd_has_inputs
     coadds = {}
     for b in ctx.cfg.cadence.bands:
         p = ctx.path(layout.coadd(b, *patch))
-        if os.path.exists(p) and _coadd_has_inputs(p):
+        if os.path.exists(p) and coadd_has_inputs(p):
             coadds[b] = open_read(p)
     objects = None
     p = ctx.path(layout.objects(*patch))

@@ -50,26 +50,21 @@ class LensphotStage(Stage):
         return {step: ingest.ingest_lensed_forced(engine, paths, **kw)}
 
     def run(self, ctx, task, should_stop):
-        from twinkles_hpc.pipeline.stages.template import template_inputs
         from twinkles_hpc.timedomain import lensphot
         visit = ctx.by_id[task.params["visit_id"]]
         vid, band = int(visit["visit_id"]), str(visit["band"])
-        systems, images, neigh = ctx.cache("lens_scenes").get(ctx.path(layout.LENS_SCENES),
-                                                               ("systems", "images", "neighbours"))
-        scenes = lensphot.scenes_from_tables(systems, images, neigh)
-        _, of_visit = template_inputs(ctx.cfg, ctx.visits)
-        year = of_visit.get(vid, (band, None))[1]
+        scenes = _scenes(ctx)
         with contextlib.ExitStack() as stack:
             calexp = stack.enter_context(open_read(ctx.path(layout.calexp(vid, band))))
             calib_ok = bool(calexp.attrs.get("calib_ok", True))
             diffim = stack.enter_context(open_read(ctx.path(layout.diffim(vid, band))))
+            year = int(diffim.attrs["template_year"])
             templates = {}
             for patch in sorted({p for _, _, p in scenes}):
-                path = ctx.path(layout.template(band, *patch, year))
-                if os.path.exists(path):
-                    t = stack.enter_context(open_read(path))
-                    if t.attrs.get("ok", False):
-                        templates[patch] = t
+                t = _template_fluxes(ctx, layout.template(band, *patch, None if year < 0 else year))
+                if t is not None:
+                    templates[patch] = t
+                    stack.callback(t.close)
             rows = lensphot.photometer_visit(scenes, visit, calexp, diffim, templates)
         rel = layout.lensphot(vid, band)
         out = ctx.path(rel)
@@ -79,6 +74,33 @@ class LensphotStage(Stage):
             fh.attrs.update(visit_id=vid, band=band, ccdVisitId=vid)
             fh.attrs["reason"] = "" if calib_ok else "calibration failed: no calexp"
         return {rel: os.path.getsize(out)}
+
+
+def _scenes(ctx):
+    """The run's scenes (lensphot.scenes_from_tables), built once per worker and scenes file."""
+    tables = ctx.cache("lens_scenes").get(ctx.path(layout.LENS_SCENES), ("systems", "images", "neighbours"))
+    held = ctx.caches.get("lens_scene_list")
+    if held is None or held[0] is not tables:
+        from twinkles_hpc.timedomain.lensphot import scenes_from_tables
+        held = ctx.caches["lens_scene_list"] = (tables, scenes_from_tables(*tables))
+    return held[1]
+
+
+def _template_fluxes(ctx, rel):
+    """The worker's TemplateFluxes of a made template (None when it was not made), kept across the visits;
+    a rewritten file (other size or time) starts afresh."""
+    path = ctx.path(rel)
+    if not os.path.exists(path):
+        return None
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    memo = ctx.caches.setdefault("lens_templates", {})
+    if key not in memo:
+        from twinkles_hpc.timedomain.lensphot import TemplateFluxes
+        with open_read(path) as fh:
+            ok = bool(fh.attrs.get("ok", False))
+        memo[key] = TemplateFluxes(path) if ok else None
+    return memo[key]
 
 
 STAGE = LensphotStage()

@@ -51,7 +51,7 @@ class ObjectsStage(Stage):
         cfg, index, bands = ctx.cfg, tuple(task.params["patch"]), task.params["bands"]
         # a band whose every calexp on the patch failed calibration has an empty coadd: treated as absent
         paths = {b: (ctx.path(layout.coadd(b, *index)) if b in bands else None) for b in cfg.cadence.bands}
-        paths = {b: (p if p is not None and _coadd_has_inputs(p) else None) for b, p in paths.items()}
+        paths = {b: (p if p is not None and coadd_has_inputs(p) else None) for b, p in paths.items()}
         if all(p is None for p in paths.values()):       # no calibrated calexp on the patch: an empty table
             return _write_objects(ctx, index, np.zeros(0, object_dtype(list(cfg.cadence.bands))),
                                   ctx.skymap.tract, {"calib_ok": False, "reason": "no calibrated calexp on the patch"})
@@ -79,7 +79,9 @@ class ObjectsStage(Stage):
                                                 **kw)}
 
 
-def _coadd_has_inputs(path):
+def coadd_has_inputs(path):
+    """True if the coadd at `path` was made from at least one calexp (a band whose every calexp on the patch
+    failed calibration has an empty coadd)."""
     with open_read(path) as fh:
         return len(fh.attrs.get("inputs", [path])) > 0
 
