@@ -79,6 +79,23 @@ def test_replay_of_an_engine_run_gives_its_wall_time(tmp_path):
     assert run.overheads.dispatch_s < 0.02 and run.overheads.report_s < 0.02
 
 
+def test_a_restart_is_not_counted_as_dispatch_time():
+    """A worker's gap between the sessions of a restarted run (same rank, another process) is not time
+    spent handing out a task: dispatch is measured within each process."""
+    from twinkles_hpc.rundir.task import Task
+    recs, done, t = [], {}, 0.0
+    for pid, t0 in ((11, 0.0), (12, 500.0)):           # the second session starts 500 s later
+        t = t0
+        for i in range(5):
+            name = f"k/{pid}-{i}"
+            recs.append({"task": name, "rank": 1, "pid": pid, "start": t, "end": t + 1.0, "bytes": 0})
+            done[name] = t + 1.01
+            t += 1.03                                   # 20 ms from a done line to the next task's start
+    planned = {r["task"]: Task(r["task"], "k") for r in recs}
+    oh = scaling.measure_overheads(recs, done, planned, ({"time": -0.1}, {"time": t}), 1e-4, 1e-3)
+    assert oh.dispatch_s == pytest.approx(0.02, abs=1e-6)
+
+
 def test_cadence_grows_as_same_night_sequences_and_shrinks_evenly():
     from twinkles_hpc import config
     from twinkles_hpc.pipeline.setup import select_cadence

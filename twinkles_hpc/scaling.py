@@ -135,8 +135,8 @@ def measure_overheads(records, done, planned, session, rank0_s, commit_s):
             a, b = (float(lag.mean()), 0.0) if b < 0 else (0.0, float(lag.sum() / nbytes.sum()))
     gaps = []
     by_rank = {}
-    for r in have:
-        by_rank.setdefault(r["rank"], []).append(r)
+    for r in have:                          # one process's tasks: a restarted run's gap between sessions is no gap
+        by_rank.setdefault((r["rank"], r.get("pid")), []).append(r)
     for rs in by_rank.values():
         rs.sort(key=lambda r: r["start"])
         for prev, nxt in zip(rs, rs[1:]):
