@@ -86,3 +86,26 @@ def test_an_output_rewritten_by_a_later_task(tmp_path):
     (tmp_path / "v" / "c.h5").unlink()                                   # the calexp is lost: both are redone
     done, lost = Journal(str(tmp_path)).completed()
     assert done == {} and sorted(lost) == ["calexp/1", "visit/1"]
+
+
+def test_an_intermediate_removed_by_a_later_task(tmp_path):
+    """A strip file its assembling task removed (recorded with the size REMOVED) counts as done while it
+    is absent; when the assembled file is lost, the strip's task is redone with the assembly."""
+    from twinkles_hpc.parallel.journal import REMOVED, file_checksums
+    (tmp_path / "s.h5").write_bytes(b"s" * 30)
+    j = Journal(str(tmp_path))
+    j.append("done", task="coadd/p/s0", outputs={"s.h5": 30}, checksums=file_checksums(str(tmp_path), {"s.h5": 30}))
+    (tmp_path / "c.h5").write_bytes(b"c" * 40)
+    (tmp_path / "s.h5").unlink()
+    outputs = {"c.h5": 40, "s.h5": REMOVED}
+    assert list(file_checksums(str(tmp_path), outputs)) == ["c.h5"]
+    j.append("done", task="coadd/p", outputs=outputs, checksums=file_checksums(str(tmp_path), outputs))
+    done, lost = Journal(str(tmp_path)).completed()
+    assert sorted(done) == ["coadd/p", "coadd/p/s0"] and lost == []
+    assert Journal(str(tmp_path)).damaged(done) == []
+    (tmp_path / "s.h5").write_bytes(b"s" * 30)           # a strip where the record says none: redo both
+    assert sorted(Journal(str(tmp_path)).completed()[1]) == ["coadd/p", "coadd/p/s0"]
+    (tmp_path / "s.h5").unlink()
+    (tmp_path / "c.h5").unlink()                         # the assembled file is lost: both are redone
+    done, lost = Journal(str(tmp_path)).completed()
+    assert done == {} and sorted(lost) == ["coadd/p", "coadd/p/s0"]

@@ -254,8 +254,9 @@ def _paste(dst, sub, x0, y0, storage=None):
         dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
 
 
-def coadd_plan(infos, patch, config, *, out=None):
-    """(indices of the inputs overlapping the patch, the sub-boxes in patch pixels) for coadd_patch."""
+def coadd_plan(infos, patch, config, *, out=None, rows=None):
+    """(indices of the inputs overlapping the patch, the sub-boxes in patch pixels) for coadd_patch; with
+    rows = (y0, ny), the sub-boxes cover only those patch rows (coadd_strip)."""
     from astropy.wcs.utils import proj_plane_pixel_area
 
     dst_wcs = patch.tract_wcs
@@ -266,7 +267,8 @@ def coadd_plan(infos, patch, config, *, out=None):
     reserved += coaddpsf.n_nodes(patch.shape, config.psf_grid_step) * coaddpsf.NODE_BYTES    # the PSF grid
     if out is None:
         reserved += patch.bbox[2] * patch.bbox[3] * OUTPUT_BYTES // 2   # the patch-sized result
-    subs = plan_subregions((0, 0, patch.bbox[2], patch.bbox[3]), max(len(used), 1), config.memory_per_rank,
+    y0, ny = (0, patch.bbox[3]) if rows is None else rows
+    subs = plan_subregions((0, y0, patch.bbox[2], ny), max(len(used), 1), config.memory_per_rank,
                            src_pixels_per_pixel=ratio, reserved_bytes=reserved)
     return used, subs
 
@@ -402,3 +404,83 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None, s
         mpiwait.poll_send(comm, "done", r, 1)
     return out
 
+
+
+# -- a patch coadded in row strips by separate tasks, then assembled ---------------------------------------
+#: The strip files' psf_sums datasets.
+PSF_SUMS = ("acc", "total", "inv_ap", "count")
+
+
+def strips(patch_rows, n, step):
+    """`n` row strips (y0, ny) covering a patch `patch_rows` tall, cut at multiples of `step` (the coadd
+    PSF's cells: each grid node lies in one strip) and as equal as the cells allow; fewer when the patch
+    has fewer than `n` rows of cells."""
+    cells = -(-int(patch_rows) // int(step))
+    n = max(1, min(int(n), cells))
+    cuts = [min((k * cells // n) * step, patch_rows) for k in range(n + 1)]
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def coadd_strip(inputs, patch, config, rows, out, storage=None):
+    """Coadd the patch rows `rows` = (y0, ny) (a strip of `strips`) of `patch` from the calexps `inputs`
+    into the HDF5 file `out`: the planes of those rows as the patch's file will store them (Storage.planes,
+    uncompressed), the coadd PSF's sums at the strip's grid nodes (coaddpsf.psf_sums, group psf_sums; none
+    when an input has no PSF model), the sub-regions (patch pixels) and the patch file's attributes.
+    assemble_strips joins the strips into the file coadd_patch would have written, bit for bit (a pixel's
+    value does not depend on the sub-region it was computed in)."""
+    infos = [read_calexp_info(os.fspath(p)) for p in inputs]
+    used, subs = coadd_plan(infos, patch, config, out=out, rows=rows)
+    infos = [infos[i] for i in used]
+    weights = input_weights(infos)
+    px0, py0 = patch.bbox[:2]
+    sums = coaddpsf.psf_sums(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step, rows=rows)
+    ws = Workspace()
+    y0, ny = rows
+    with atomic_h5(out) as f:
+        ds = {k: f.create_dataset(k, shape=(ny, patch.bbox[2]), dtype=dt) for k, dt in PLANES.items()}
+        for x, y, nx_, ny_ in subs:
+            sub = coadd_subregion(infos, patch.tract_wcs, (px0 + x, py0 + y, nx_, ny_), config, ws, weights)
+            _paste(ds, sub, x, y - y0, storage)
+        f.create_dataset("subregions", data=np.array(subs, dtype=np.int64).reshape(-1, 4))
+        if sums is not None:
+            g = f.create_group("psf_sums")
+            for k in PSF_SUMS:
+                g.create_dataset(k, data=sums[k])
+            g.attrs["n_x"] = sums["n_x"]
+        for key, v in _attrs(patch, config, infos).items():
+            f.attrs[key] = v
+        f.attrs["rows"] = list(rows)
+    return out
+
+
+def assemble_strips(parts, patch, out, storage=None):
+    """Join the strip files `parts` of coadd_strip (in row order, covering the patch) into the patch's
+    coadd file `out`: the planes stored as `storage` says (already quantised by the strips), the coadd PSF
+    from the strips' sums, the sub-regions of all strips, the attributes. Each chunk row of the output is
+    compressed once (the chunk cache holds a strip boundary's chunks until both strips have filled them)."""
+    ny, nx = patch.shape
+    kw = storage.lossless().dataset_kw(patch.shape) if storage is not None else {}
+    cache = 2 * nx * (kw.get("chunks") or (1, 1))[0] * 4 + (1 << 20)
+    with atomic_h5(out, rdcc_nbytes=cache, rdcc_nslots=10007) as f:
+        ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt, **kw) for k, dt in PLANES.items()}
+        subs, sums, attrs, y = [], [], None, 0
+        for part in parts:
+            with open_read(part) as pf:
+                y0, n = (int(v) for v in pf.attrs["rows"])
+                if y0 != y:
+                    raise ValueError(f"{part}: rows {y0}..{y0 + n} do not follow row {y} of the patch")
+                for k in PLANES:
+                    ds[k][y0:y0 + n] = pf[k][...]
+                subs.append(pf["subregions"][...])
+                sums.append({k: pf["psf_sums"][k][...] for k in PSF_SUMS} | {"n_x": int(pf["psf_sums"].attrs["n_x"])}
+                            if "psf_sums" in pf else None)
+                attrs = attrs or {k: v for k, v in pf.attrs.items() if k != "rows"}
+                y = y0 + n
+        if y != ny:
+            raise ValueError(f"the strips cover rows 0..{y} of a patch {ny} rows tall")
+        f.create_dataset("subregions", data=np.concatenate(subs).reshape(-1, 4))
+        for k, a in (coaddpsf.psf_planes(coaddpsf.concat_sums(sums)) or {}).items():
+            f.create_dataset(k, data=a)
+        for key, v in attrs.items():
+            f.attrs[key] = v
+    return out

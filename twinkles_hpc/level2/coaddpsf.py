@@ -55,7 +55,7 @@ def _transform(comps, m):
 
 
 def coadd_psf(infos, weights, tract_wcs, patch_bbox, step):
-    """The coadd PSF of a patch on its node grid, from the inputs' PSF models.
+    """The coadd PSF of a patch on its node grid, from the inputs' PSF models: psf_planes(psf_sums(...)).
 
     infos: CalexpInfo (wcs, shape, psf JSON, ap_corr) in the coadd's order; weights: the coadd's weight
     of each input; patch_bbox: (x0, y0, nx, ny) in tract pixels. Returns None if an input has no PSF
@@ -64,10 +64,21 @@ def coadd_psf(infos, weights, tract_wcs, patch_bbox, step):
     psf_ap_corr (n_y, n_x) (W / sum_k w_k / ap_corr_k, the inputs' aperture corrections combined as the
     coadd combines their PSF fluxes; NaN where an input has none or no input covers the node).
     """
+    return psf_planes(psf_sums(infos, weights, tract_wcs, patch_bbox, step))
+
+
+def psf_sums(infos, weights, tract_wcs, patch_bbox, step, rows=None):
+    """The sums behind coadd_psf at the grid nodes of the patch whose cells start in the patch rows
+    `rows` = (y0, ny) (all when None; y0 a multiple of `step`, so a patch cut into row strips at multiples
+    of `step` has each node in exactly one strip): {"acc" (n, N_BINS, 4), "total", "inv_ap", "count" (n,),
+    "n_x"}, n nodes in row-major order, or None if an input has no PSF model. Each node's sums are over the
+    inputs in their order whatever the rows, so the sums of the strips, concatenated, are the patch's."""
     if not infos or any(not c.psf for c in infos):
         return None
     x0, y0, nx, ny = patch_bbox
     gx, gy = grid_nodes((ny, nx), step)
+    if rows is not None:
+        gy = gy[(gy >= rows[0]) & (gy < rows[0] + rows[1])]
     X, Y = (a.ravel() + o for a, o in zip(np.meshgrid(gx, gy), (x0, y0)))
     n = X.size
     acc = np.zeros((n, N_BINS, 4))
@@ -98,12 +109,31 @@ def coadd_psf(infos, weights, tract_wcs, patch_bbox, step):
         total[idx] += wk
         inv_ap[idx] += wk / info.ap_corr
         count[idx] += 1
+    return {"acc": acc, "total": total, "inv_ap": inv_ap, "count": count, "n_x": len(gx)}
+
+
+def concat_sums(parts):
+    """psf_sums of row strips (in row order) joined into the patch's; None if any is None."""
+    if not parts or any(p is None for p in parts):
+        return None
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ("acc", "total", "inv_ap", "count")}
+    out["n_x"] = parts[0]["n_x"]
+    return out
+
+
+def psf_planes(sums):
+    """coadd_psf's planes from psf_sums (None -> None): the components of all nodes merged into the bins
+    some node uses, normalised per node."""
+    if sums is None:
+        return None
+    acc, total, inv_ap, count = sums["acc"], sums["total"], sums["inv_ap"], sums["count"]
+    n_x = sums["n_x"]
     used = np.flatnonzero(acc[:, :, 0].any(0))
     acc = acc[:, used]
     wsum = acc[:, :, 0]
     has = wsum > 0
     safe = np.where(has, wsum, 1.0)
-    shape = (len(gy), len(gx), len(used))
+    shape = (len(total) // n_x, n_x, len(used))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {"psf_weight": np.where(total[:, None] > 0, wsum / np.where(total > 0, total, 1.0)[:, None], 0.0),
                "psf_cxx": np.where(has, acc[:, :, 1] / safe, 1.0), "psf_cxy": np.where(has, acc[:, :, 2] / safe, 0.0),

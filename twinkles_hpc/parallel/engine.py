@@ -116,7 +116,7 @@ def run_task(execute, task, rank, should_stop):
     end = time.time()
     rec = {"task": task.id, "kind": task.kind, "rank": rank, "host": socket.gethostname(),
            "pid": os.getpid(), "start": round(start, 4), "end": round(end, 4),
-           "bytes": int(sum(outputs.values())), "peak_rss_mb": round(_rss_mb(), 1),
+           "bytes": int(sum(max(v, 0) for v in outputs.values())), "peak_rss_mb": round(_rss_mb(), 1),
            "start_rss_mb": round(start_rss, 1)}
     return outputs, rec
 

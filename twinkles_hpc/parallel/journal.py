@@ -3,7 +3,9 @@
 Only `done` events decide what a restart skips, and only if every output they name still exists
 with the size recorded (`completed`, always). A `done` event also records each output's CRC-32
 (`file_checksums`, computed by the rank that wrote it); `damaged` recomputes them on request
-(`twinkles-hpc run --verify`). A torn last line (a crash mid-append) is ignored, and the next commit
+(`twinkles-hpc run --verify`). A task may record a path with the size REMOVED: it deleted an
+intermediate file that an earlier task wrote (a coadd strip once the patch's file is assembled); that
+record holds while the path does not exist. A torn last line (a crash mid-append) is ignored, and the next commit
 starts on a line of its own.
 
 Group commit: `stage` queues an event in memory and `commit` writes every queued line in one append and
@@ -21,6 +23,9 @@ from twinkles_hpc.rundir import layout
 from twinkles_hpc.rundir.jsonl import read_jsonl
 
 
+#: The size a task records for a path it removed (an intermediate product, once it was used).
+REMOVED = -1
+
 #: Bytes read at a time when a checksum is computed.
 CHECKSUM_CHUNK = 16 * 2 ** 20
 
@@ -35,8 +40,17 @@ def file_checksum(path):
 
 
 def file_checksums(rundir, outputs):
-    """{relpath: checksum} of a task's outputs ({relpath: size}, paths relative to `rundir`)."""
-    return {rel: file_checksum(os.path.join(rundir, rel)) for rel in sorted(outputs)}
+    """{relpath: checksum} of a task's outputs ({relpath: size}, paths relative to `rundir`), those it
+    removed (size REMOVED) left out."""
+    sizes = outputs if isinstance(outputs, dict) else {}
+    return {rel: file_checksum(os.path.join(rundir, rel)) for rel in sorted(outputs) if sizes.get(rel) != REMOVED}
+
+
+def _as_recorded(path, size):
+    """True if `path` is as a done record left it: absent for REMOVED, else present with `size` bytes."""
+    if size == REMOVED:
+        return not os.path.exists(path)
+    return os.path.exists(path) and os.path.getsize(path) == size
 
 
 class Journal:
@@ -127,8 +141,8 @@ class Journal:
         done, lost = {}, []
         for tid, ev in last.items():
             outputs = ev.get("outputs", {})
-            if all(os.path.exists(p := os.path.join(self.rundir, rel))
-                   and os.path.getsize(p) == last[holders[rel][-1]]["outputs"][rel] for rel in outputs):
+            if all(_as_recorded(os.path.join(self.rundir, rel), last[holders[rel][-1]]["outputs"][rel])
+                   for rel in outputs):
                 done[tid] = outputs
             else:
                 lost.append(tid)

@@ -106,6 +106,13 @@ def coadd(band, i, j):
 COADD_GLOB = os.path.join("coadd", "*", "patch-*.h5")
 
 
+def strip_of(patch_file, k):
+    """Row strip `k` of a coadd or template patch file (relpath) coadded by a task of its own
+    ([coadd] task_visits): `strips/patch-I-J-sK.h5` beside it, removed once the patch's file is assembled."""
+    folder, name = os.path.split(patch_file)
+    return os.path.join(folder, "strips", f"{name[:-len('.h5')]}-s{int(k):03d}.h5")
+
+
 def detection_coadd(i, j):
     """The multi-band detection coadd of patch (i, j), written by the objects stage."""
     return os.path.join("objects", f"detection-{patch_key(i, j)}.h5")

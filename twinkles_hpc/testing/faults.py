@@ -6,7 +6,7 @@ TWINKLES_HPC_FAULT is a comma-separated list of NAME=VALUE:
   raise_in_task=ID     raise RuntimeError in task ID (e.g. visit/00000230)
   kill_after_task=P    SIGKILL the rank once the first task whose id starts with P has written its
                        outputs but before the journal records it; several prefixes separated by '+' kill
-                       once each, in successive runs
+                       once each, in successive runs; P ending in '$' is a whole task id
   graph=missing|cycle  break the task graph before it is checked: the last task gains a dependency on a
                        task that does not exist, or the first task comes to depend on the last
   kill_in_ingest=T[:K] SIGKILL the process right after the K-th (default 1st) batch of rows sent to
@@ -99,7 +99,8 @@ def install(ctx, execute):
             raise RuntimeError(f"injected fault in {task.id} (TWINKLES_HPC_FAULT)")
         out = execute(task, should_stop)
         for k, prefix in enumerate(prefixes):
-            if prefix and task.id.startswith(prefix) and _once(rundir, f"kill_after_task-{k}"):
+            hit = task.id == prefix[:-1] if prefix.endswith("$") else task.id.startswith(prefix)
+            if prefix and hit and _once(rundir, f"kill_after_task-{k}"):
                 _kill()
         return out
     return wrapped

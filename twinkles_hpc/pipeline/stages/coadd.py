@@ -2,6 +2,7 @@
 patch from the calexps of the visits that overlap it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ class CoaddSection(CoaddConfig, Switch):
                           lo=16, hi=100_000)
     patch_overlap: int = opt(100, "pixel", "Width each patch's coadd extends into its neighbours on every side.",
                              lo=0)
+    task_visits: float = opt(4.0, "full-sensor visits",
+                             "Most work of one coadd or template task: patch pixels x inputs / 16.3 Mpx (a full "
+                             "sensor). A patch whose stack is larger is coadded in row strips by tasks of their "
+                             "own, then assembled by the patch's task (bit-identical), so that no task holds a "
+                             "run of thousands of ranks back (docs/scaling.md). 0: one task per patch.", lo=0.0)
 
 
 def pointing_margin_px(cfg):
@@ -84,6 +90,60 @@ def make_skymap(cfg, visits, footprints=None):
                                   overlap=cfg.coadd.patch_overlap)
 
 
+#: Predicted cost of assembling a patch from its strips, per full sensor of patch pixels (coadd cost units).
+ASSEMBLE_COST = 0.5
+
+
+def patch_tasks(stage, cfg, key, cost, deps, sky_patch, **params):
+    """The tasks of one patch's coadd (or template) of predicted `cost`: one task `key`, or, when the cost
+    exceeds [coadd] task_visits, a task `key/sNNN` per row strip (level2.coadd.strips, cut at the PSF grid's
+    cells; params strip and rows) and the task `key` that assembles them (params step = "assemble" and
+    strips), which the later stages wait for as they would for the one task."""
+    C = cfg.coadd
+    _, _, nx, ny = sky_patch.bbox
+    n = 1 if C.task_visits <= 0 else int(np.ceil(cost / C.task_visits))
+    from twinkles_hpc.level2.coadd import strips
+    rows = strips(ny, n, C.psf_grid_step) if n > 1 else [(0, ny)]
+    if len(rows) == 1:
+        return [stage.task(key, cost, deps=deps, **params)]
+    parts = [stage.task(f"{key}/s{k:03d}", cost * r[1] / ny, deps=deps, strip=k, rows=list(r), **params)
+             for k, r in enumerate(rows)]
+    return parts + [stage.task(key, ASSEMBLE_COST * nx * ny / FULL_SENSOR_PIXELS, deps=parts, step="assemble",
+                               strips=len(rows), **params)]
+
+
+def run_patch_task(ctx, task, rel, inputs, extra_attrs):
+    """Run a task of patch_tasks writing the patch file `rel` (coadd or template) from the calexps
+    `inputs`: a strip (to layout.strip_of), the assembly of the strips (which it then removes, recording
+    them as journal.REMOVED), or the whole patch in one task. `extra_attrs` are added to the patch file.
+    Returns the task's {relpath: bytes}."""
+    from twinkles_hpc.level2.coadd import assemble_strips, coadd_patch, coadd_strip
+    from twinkles_hpc.parallel.journal import REMOVED
+    p, patch = task.params, ctx.skymap.patch(*tuple(task.params["patch"]))
+    if "rows" in p:
+        srel = layout.strip_of(rel, p["strip"])
+        coadd_strip(inputs, patch, ctx.cfg.coadd, tuple(p["rows"]), ctx.path(srel), ctx.storage)
+        return {srel: os.path.getsize(ctx.path(srel))}
+    out = ctx.path(rel)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    part = f"{out}.tmp-{os.getpid()}"     # complete but unnamed until the run's own attributes are added
+    if p.get("step") == "assemble":
+        srels = [layout.strip_of(rel, k) for k in range(p["strips"])]
+        assemble_strips([ctx.path(r) for r in srels], patch, part, ctx.storage)
+    else:
+        srels = []
+        coadd_patch(inputs, patch, ctx.cfg.coadd, out=part, storage=ctx.storage)
+    with h5py.File(part, "r+", locking=False) as fh:
+        fh.attrs.update(extra_attrs)
+    commit(part, out)
+    for r in srels:
+        os.remove(ctx.path(r))
+    if srels:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(ctx.path(srels[0])))
+    return {rel: os.path.getsize(out), **{r: REMOVED for r in srels}}
+
+
 class CoaddStage(Stage):
     name = "coadd"
     doc = "per-band coadds of the skymap's patches (coadd/B/patch-I-J.h5; skymap.json)"
@@ -114,11 +174,12 @@ class CoaddStage(Stage):
                 inputs.setdefault((str(v["band"]), *index), []).append(int(v["visit_id"]))
         tasks = []
         for (band, i, j), ids in sorted(inputs.items()):
-            _, _, nx, ny = skymap.patch(i, j).bbox
+            patch = skymap.patch(i, j)
+            _, _, nx, ny = patch.bbox
             key = f"{band}/{layout.patch_key(i, j)}"
             deps = [up.get("calexp", layout.visit_key(v), for_task=layout.task_id(self.name, key)) for v in ids]
-            tasks.append(self.task(key, nx * ny * len(ids) / FULL_SENSOR_PIXELS, deps=deps, band=band,
-                                   patch=(i, j), visit_ids=ids))
+            tasks += patch_tasks(self, cfg, key, nx * ny * len(ids) / FULL_SENSOR_PIXELS, deps, patch, band=band,
+                                 patch=(i, j), visit_ids=ids)
         # refuse, before anything runs, a budget that cannot hold the smallest sub-region of the largest stack
         n = max((len(ids) for ids in inputs.values()), default=0)
         need = coadd.subregion_bytes(16, n) + coadd.FIXED_BYTES + coadd.PER_INPUT_BYTES * n
@@ -128,23 +189,16 @@ class CoaddStage(Stage):
         return tasks
 
     def run(self, ctx, task, should_stop):
-        """Coadd one patch in one band on this rank alone (comm=None); the budget bounds its peak memory."""
+        """Coadd one patch in one band (or one row strip of it, or assemble its strips: patch_tasks) on this
+        rank alone; the budget bounds its peak memory."""
         from twinkles_hpc.level2.calibrate import calexp_ok
-        from twinkles_hpc.level2.coadd import coadd_patch
-        p, skymap = task.params, ctx.skymap
-        band, index = p["band"], tuple(p["patch"])
-        rel = layout.coadd(band, *index)
-        out = ctx.path(rel)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        part = f"{out}.tmp-{os.getpid()}"     # complete but unnamed until the run's own attributes are added
+        p = task.params
+        band = p["band"]
         inputs = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
-        coadd_patch([q for q in inputs if calexp_ok(q)], skymap.patch(*index),  # failed calibrations left out
-                    ctx.cfg.coadd, out=part, storage=ctx.storage)
-        with h5py.File(part, "r+", locking=False) as fh:
-            fh.attrs["band"] = band
-            fh.attrs["skymap"] = json.dumps(skymap.to_dict(), sort_keys=True)
-        commit(part, out)
-        return {rel: os.path.getsize(out)}
+        if p.get("step") != "assemble":
+            inputs = [q for q in inputs if calexp_ok(q)]           # failed calibrations left out
+        skymap = json.dumps(ctx.skymap.to_dict(), sort_keys=True)
+        return run_patch_task(ctx, task, layout.coadd(band, *p["patch"]), inputs, {"band": band, "skymap": skymap})
 
 
 STAGE = CoaddStage()

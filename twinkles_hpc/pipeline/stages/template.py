@@ -6,15 +6,14 @@ import json
 import os
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from twinkles_hpc.errors import InputError
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
-from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, visit_patches
+from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, patch_tasks, run_patch_task, visit_patches
 from twinkles_hpc.rundir import layout
-from twinkles_hpc.store.atomic import atomic_h5, commit, open_read
+from twinkles_hpc.store.atomic import atomic_h5, open_read
 
 #: Days of a data-release year (the yearly templates' unit of time).
 YEAR_DAYS = 365.25
@@ -119,21 +118,21 @@ class TemplateStage(Stage):
             for (i, j), vids in sorted(patches.items()):
                 key = template_key(band, year, i, j)
                 deps = [up.get("calexp", layout.visit_key(v), for_task=layout.task_id(self.name, key)) for v in vids]
-                _, _, nx, ny = ctx.skymap.patch(i, j).bbox
+                patch = ctx.skymap.patch(i, j)
+                _, _, nx, ny = patch.bbox
                 cost = nx * ny * min(len(vids), cfg.template.max_visits) / FULL_SENSOR_PIXELS
-                out.append(self.task(key, cost, deps=deps, band=band, year=year, patch=(i, j), visit_ids=vids))
+                out += patch_tasks(self, cfg, key, cost, deps, patch, band=band, year=year, patch=(i, j),
+                                   visit_ids=vids)
         return out
 
     def run(self, ctx, task, should_stop):
-        """Keep the best-seeing calibrated calexps (measured PSF FWHM), at most max_visits; coadd them. With
-        fewer than min_visits the template is recorded as not made (attributes ok = False and reason) and
-        the difference imaging skips its visits."""
-        from twinkles_hpc.level2.coadd import coadd_patch
+        """Keep the best-seeing calibrated calexps (measured PSF FWHM), at most max_visits; coadd them (or
+        one row strip of them, or assemble the strips: coadd.patch_tasks, each task making the same choice).
+        With fewer than min_visits the template is recorded as not made (attributes ok = False and reason;
+        strips write nothing) and the difference imaging skips its visits."""
         T, p = ctx.cfg.template, task.params
         band, year, index = p["band"], p["year"], tuple(p["patch"])
         rel = layout.template(band, *index, year=year)
-        out = ctx.path(rel)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
         paths = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
         fwhm = np.array([measured_fwhm_px(q) for q in paths]) * ctx.cfg.sensor.pixel_scale
         good = np.isfinite(fwhm) & ((fwhm <= T.fwhm_max) if T.fwhm_max > 0 else True)
@@ -144,21 +143,16 @@ class TemplateStage(Stage):
                  "visit_ids": [int(p["visit_ids"][k]) for k in chosen],
                  "fwhm_arcsec": [float(fwhm[k]) for k in chosen]}
         if len(chosen) < T.min_visits:
+            if "rows" in p:
+                return {}
             reason = (f"{len(chosen)} usable calexp(s) of {len(paths)} candidates overlap the patch "
                       f"(template.min_visits = {T.min_visits})")
-            with atomic_h5(out) as fh:
+            with atomic_h5(ctx.path(rel)) as fh:
                 fh.attrs.update(attrs)
                 fh.attrs["ok"], fh.attrs["reason"] = False, reason
             ctx.log_line(f"template {task.id}: not made: {reason}")
-            return {rel: os.path.getsize(out)}
-        part = f"{out}.tmp-{os.getpid()}"
-        coadd_patch([paths[k] for k in chosen], ctx.skymap.patch(*index), ctx.cfg.coadd, out=part,
-                    storage=ctx.storage)
-        with h5py.File(part, "r+", locking=False) as fh:
-            fh.attrs.update(attrs)
-            fh.attrs["ok"], fh.attrs["reason"] = True, ""
-        commit(part, out)
-        return {rel: os.path.getsize(out)}
+            return {rel: os.path.getsize(ctx.path(rel))}
+        return run_patch_task(ctx, task, rel, [paths[k] for k in chosen], {**attrs, "ok": True, "reason": ""})
 
 
 def template_key(band, year, i, j):
