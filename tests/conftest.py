@@ -111,10 +111,10 @@ enabled = true
 """ + DIA_STAGES_TOML + """[ingest]
 enabled = true""")
 
-#: The same campaign with every coadd and template cut into row strips (tasks of their own, then assembled:
+#: The same campaign with every coadd and template cut into tiles (tasks of their own, then assembled:
 #: [coadd] task_visits); its products must be the one-task campaign's, bit for bit.
-LEVEL2_STRIPS_TOML = LEVEL2_TOML.replace("patch_size = 800\n", "patch_size = 800\ntask_visits = 0.1\n")
-assert LEVEL2_STRIPS_TOML != LEVEL2_TOML
+LEVEL2_TILES_TOML = LEVEL2_TOML.replace("patch_size = 800\n", "patch_size = 800\ntask_visits = 0.1\n")
+assert LEVEL2_TILES_TOML != LEVEL2_TOML
 
 #: Templates and differences on a sky without variables: 8 r visits of a 1600 px sensor, templates of the
 #: 4 best-seeing on 1000 px patches; serves the template and diffim stage tests.
@@ -160,6 +160,6 @@ def level2_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def level2_run_n3(tmp_path_factory):
-    """The same campaign under mpiexec -n 3 with its coadds and templates in row strips
-    (LEVEL2_STRIPS_TOML), for the rank-count and task-split checks."""
-    return _level2_run(tmp_path_factory, 3, LEVEL2_STRIPS_TOML)
+    """The same campaign under mpiexec -n 3 with its coadds and templates in tiles
+    (LEVEL2_TILES_TOML), for the rank-count and task-split checks."""
+    return _level2_run(tmp_path_factory, 3, LEVEL2_TILES_TOML)

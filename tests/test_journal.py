@@ -89,8 +89,8 @@ def test_an_output_rewritten_by_a_later_task(tmp_path):
 
 
 def test_an_intermediate_removed_by_a_later_task(tmp_path):
-    """A strip file its assembling task removed (recorded with the size REMOVED) counts as done while it
-    is absent; when the assembled file is lost, the strip's task is redone with the assembly."""
+    """A tile file its assembling task removed (recorded with the size REMOVED) counts as done while it
+    is absent; when the assembled file is lost, the tile's task is redone with the assembly."""
     from twinkles_hpc.parallel.journal import REMOVED, file_checksums
     (tmp_path / "s.h5").write_bytes(b"s" * 30)
     j = Journal(str(tmp_path))
@@ -103,7 +103,7 @@ def test_an_intermediate_removed_by_a_later_task(tmp_path):
     done, lost = Journal(str(tmp_path)).completed()
     assert sorted(done) == ["coadd/p", "coadd/p/s0"] and lost == []
     assert Journal(str(tmp_path)).damaged(done) == []
-    (tmp_path / "s.h5").write_bytes(b"s" * 30)           # a strip where the record says none: redo both
+    (tmp_path / "s.h5").write_bytes(b"s" * 30)           # a tile where the record says none: redo both
     assert sorted(Journal(str(tmp_path)).completed()[1]) == ["coadd/p", "coadd/p/s0"]
     (tmp_path / "s.h5").unlink()
     (tmp_path / "c.h5").unlink()                         # the assembled file is lost: both are redone

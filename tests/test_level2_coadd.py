@@ -355,22 +355,24 @@ def test_coadd_psf_matches_coadded_stars(tmp_path):
         assert np.abs(got - want).max() < 1.2e-2 * want.max()                        # measured 7e-3
 
 
-def test_strips_assembled_equal_the_one_task_coadd(tmp_path):
-    """A patch coadded in row strips (separate tasks) and assembled is the file one task writes, bit for
-    bit: every plane (quantised and compressed by [store]), the coadd PSF grid, the attributes; only the
-    sub-region plan differs. Strips start at multiples of the PSF cell; a gap between strips is refused."""
-    from twinkles_hpc.level2.coadd import assemble_strips, coadd_strip, strips
+def test_tiles_assembled_equal_the_one_task_coadd(tmp_path):
+    """A patch coadded in tiles (separate tasks) and assembled is the file one task writes, bit for bit:
+    every plane (quantised and compressed by [store]), the coadd PSF grid, the attributes; only the
+    sub-region plan differs. A PSF cell cut by a tile boundary is summed by the tile holding its first
+    pixel; overlapping or missing tiles are refused."""
+    from twinkles_hpc.level2.coadd import assemble_tiles, coadd_tile, tiles
     from twinkles_hpc.store.tables import Storage
     paths, _, _, _ = mixture_calexps(tmp_path, 4)
     patch = skymap_for(paths, patch_size=400).patch(0, 0)
     config = CoaddConfig(memory_per_rank=4 << 20, psf_grid_step=25)
     storage = Storage(compression="gzip", quantize=0.25, variance_bits=6, chunk=64)
     whole = coadd_patch(paths, patch, config, out=tmp_path / "whole.h5", storage=storage)
-    rows = strips(patch.shape[0], 3, 25)
-    assert len(rows) == 3 and rows[0][0] == 0 and sum(n for _, n in rows) == patch.shape[0]
-    assert all(y % 25 == 0 for y, _ in rows) and strips(patch.shape[0], 10 ** 6, 25)[-1][1] <= 25
-    parts = [coadd_strip(paths, patch, config, r, tmp_path / f"s{k}.h5", storage) for k, r in enumerate(rows)]
-    joined = assemble_strips(parts, patch, tmp_path / "joined.h5", storage)
+    boxes = tiles(patch.shape, 5)
+    assert len(boxes) == 6 and sum(w * h for _, _, w, h in boxes) == patch.shape[0] * patch.shape[1]
+    assert any(x % 25 or y % 25 for x, y, _, _ in boxes[1:])  # cut inside PSF cells
+    assert tiles((10, 7), 1) == [(0, 0, 7, 10)] and len(tiles((2, 2), 100)) == 4
+    parts = [coadd_tile(paths, patch, config, b, tmp_path / f"t{k}.h5", storage) for k, b in enumerate(boxes)]
+    joined = assemble_tiles(parts, patch, tmp_path / "joined.h5", storage)
     with h5py.File(whole, "r") as a, h5py.File(joined, "r") as b:
         assert set(a) == set(b) and "psf_weight" in a
         for k in a:
@@ -378,9 +380,11 @@ def test_strips_assembled_equal_the_one_task_coadd(tmp_path):
                 assert np.array_equal(a[k][...], b[k][...], equal_nan=True), k
         assert a["image"].compression == b["image"].compression == "gzip"
         assert {k: str(v) for k, v in a.attrs.items()} == {k: str(v) for k, v in b.attrs.items()}
-        assert len(b["subregions"]) >= 3
-    with pytest.raises(ValueError, match="do not follow row"):
-        assemble_strips([parts[0], parts[2]], patch, tmp_path / "gap.h5", storage)
+        assert len(b["subregions"]) >= 6
+    with pytest.raises(ValueError, match="uncovered"):
+        assemble_tiles(parts[:-1], patch, tmp_path / "gap.h5", storage)
+    with pytest.raises(ValueError, match="overlaps"):
+        assemble_tiles(parts + parts[:1], patch, tmp_path / "twice.h5", storage)
 
 
 def test_clipping_spares_sources_detected_in_most_inputs():

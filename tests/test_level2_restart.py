@@ -8,7 +8,7 @@ import sqlite3
 import h5py
 import numpy as np
 import pytest
-from conftest import LEVEL2_STRIPS_TOML, MPIEXEC, cli
+from conftest import LEVEL2_TILES_TOML, MPIEXEC, cli
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
@@ -22,7 +22,7 @@ def _bytes(value):
 
 
 #: Datasets that record how a product was computed, not what it is: a coadd's sub-region plan differs when
-#: its patch is cut into strips ([coadd] task_visits).
+#: its patch is cut into tiles ([coadd] task_visits).
 PLAN_DATASETS = ("subregions",)
 
 
@@ -62,9 +62,9 @@ def level2_digests(rundir):
 
 
 def test_every_level2_product_identical_at_two_and_three_ranks(level2_run, level2_run_n3):
-    """-n 2 with one task per coadd and template against -n 3 with each cut into row strips."""
+    """-n 2 with one task per coadd and template against -n 3 with each cut into tiles."""
     a, b = level2_digests(level2_run), level2_digests(level2_run_n3)
-    assert not list(level2_run_n3.glob("*/*/strips/*")) and not list(level2_run_n3.glob("*/*/strips"))
+    assert not list(level2_run_n3.glob("*/*/tiles/*")) and not list(level2_run_n3.glob("*/*/tiles"))
     assert set(a) == set(b)
     assert {k.split("/")[0] for k in a} >= set(PRODUCTS)
     assert [k for k in a if a[k] != b[k]] == []
@@ -72,11 +72,11 @@ def test_every_level2_product_identical_at_two_and_three_ranks(level2_run, level
 
 def test_sigkill_at_every_level2_stage_then_resume_is_bit_identical(level2_run, tmp_path):
     """A rank is SIGKILLed right after the first task of each stage (calexp ... diaforced) has written its
-    outputs (the journal has not recorded them), and after the task that assembles a coadd from its row
-    strips has removed them; each rerun resumes, the last completes. The coadds and templates are cut into
-    strips here (LEVEL2_STRIPS_TOML) and the products are the one-task run's."""
+    outputs (the journal has not recorded them), and after the task that assembles a coadd from its tiles
+    has removed them; each rerun resumes, the last completes. The coadds and templates are cut into tiles
+    here (LEVEL2_TILES_TOML) and the products are the one-task run's."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text(LEVEL2_STRIPS_TOML)
+    cfg.write_text(LEVEL2_TILES_TOML)
     run = tmp_path / "run"
     stages = ("calexp", "coadd", "objects", "forced", "template", "diffim", "associate", "diaforced")
     kills = [s + "/" for s in stages] + ["coadd/g/1-1$"]
@@ -90,7 +90,7 @@ def test_sigkill_at_every_level2_stage_then_resume_is_bit_identical(level2_run, 
     r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming:" in r.stdout
-    assert not list(run.glob("*/*/strips/*"))
+    assert not list(run.glob("*/*/tiles/*"))
     want, got = level2_digests(level2_run), level2_digests(run)
     assert set(got) == set(want)
     assert [k for k in want if want[k] != got[k]] == []

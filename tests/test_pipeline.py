@@ -120,13 +120,13 @@ def test_data_model_doc_names_every_layout_path():
         layout.instcat: ("NNNNNNNN",), layout.ingest_receipt: ("STEP",), layout.template: ("B", "I", "J"),
         layout.diffim: ("NNNNNNNN", "B"), layout.diffim_fits: ("NNNNNNNN", "B"), layout.association: ("I", "J"),
         layout.dia_forced: ("NNNNNNNN", "B"), layout.lensphot: ("NNNNNNNN", "B")}
-    assert "`coadd/B/strips/patch-I-J-sK.h5`" in text and layout.strip_of(layout.coadd("B", 1, 2), 3) == \
-        "coadd/B/strips/patch-1-2-s003.h5"
+    assert "`coadd/B/tiles/patch-I-J-tK.h5`" in text and layout.tile_of(layout.coadd("B", 1, 2), 3) == \
+        "coadd/B/tiles/patch-1-2-t0003.h5"
     for fn, args in documented.items():
         assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
     assert funcs - {f.__name__ for f in documented} == {"visit_key", "chunk_key", "patch_key", "task_id",
-                                                        "split_task_id", "path", "eimage_fits", "strip_of"}
+                                                        "split_task_id", "path", "eimage_fits", "tile_of"}
 
 
 def _template(fn, args):

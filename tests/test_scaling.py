@@ -128,7 +128,7 @@ def _measured(tmp_path, sensor=(400, 400), seconds_per_cost=2.0):
     from twinkles_hpc.pipeline.setup import plan, select_cadence
     cfg = config.load(os.path.join(ROOT, "jobs", "demo.toml"))
     cfg = scaling.model_config(cfg, sensor, {"max_visits": 12})
-    cfg.coadd.task_visits = 0.002               # coadds and templates in row strips, then assembled
+    cfg.coadd.task_visits = 0.002               # coadds and templates in tiles, then assembled
     visits = select_cadence(cfg)
     _, planned = plan(cfg, None, visits=visits)
     records = [{"task": t.id, "kind": t.kind, "rank": 1, "start": 0.0, "end": seconds_per_cost * t.cost,
@@ -146,7 +146,7 @@ def test_modelled_durations_follow_the_measured_rate_and_the_sensor_area(tmp_pat
     assert rates["calexp"].pixel_factor == 1.0 and rates["ingest/ForcedSource"].pixel_factor == 2.0
     model, missing = scaling.model_tasks(run, 30, sensor=(800, 400), rates=rates)
     assert missing == [] and sum(t.kind == "visit" for t in model) == 30
-    assert {"coadd/assemble", "template/assemble"} <= set(rates) and any("/s0" in t.id for t in model)
+    assert {"coadd/assemble", "template/assemble"} <= set(rates) and any("/t0" in t.id for t in model)
     for t in model:
         c = t.kind if t.kind != "ingest" else f"ingest/{t.id.split('/')[1]}"
         if c in scaling.PER_TASK_CLASSES:       # its measured seconds, whatever the visits, x the area

@@ -15,6 +15,8 @@ planes; a calibrated one has calib_ok = True. Downstream stages skip the failed 
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 from dataclasses import dataclass, field
 
@@ -253,6 +255,10 @@ def calibrate_visit(eimage_path, refcat, out_path, config=None, storage=None):
         write_planes(fh, planes, storage=storage)
         for k, v in meta.items():
             fh.attrs[k] = v
+        if planes:
+            from twinkles_hpc.level2.coadd import sky_variance
+            with contextlib.suppress(ValueError):           # no usable pixel: the coadd says so, naming the file
+                fh.attrs["sky_variance"] = sky_variance(fh, out_path)
     return meta
 
 

@@ -160,7 +160,7 @@ class CalexpInfo:
 SKY_ROWS, SKY_COL_STEP = 64, 4
 
 
-def _sky_variance(f, path):
+def sky_variance(f, path):
     """Median of the variance over usable pixels (no SAT, CR, EDGE, NO_DATA, BAD) of about SKY_ROWS evenly
     spaced rows, every SKY_COL_STEP-th column (one strided read): the sky (+ read noise) variance, sources
     being a small minority of the pixels."""
@@ -187,7 +187,8 @@ def read_calexp_info(path):
         psf = psf.decode() if isinstance(psf, bytes) else str(psf)
         ap_corr = float(f.attrs.get("ap_corr", np.nan))
         shape = tuple(f["image"].shape)
-        sky = _sky_variance(f, path)
+        # the calexp task stores it (the same function on the same stored planes); older calexps do not
+        sky = float(f.attrs["sky_variance"]) if "sky_variance" in f.attrs else sky_variance(f, path)
     scale = float(scale)
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"{path}: flux_njy_per_electron must be finite and > 0, got {scale!r}")
@@ -254,9 +255,9 @@ def _paste(dst, sub, x0, y0, storage=None):
         dst[k][y0:y0 + a.shape[0], x0:x0 + a.shape[1]] = a
 
 
-def coadd_plan(infos, patch, config, *, out=None, rows=None):
+def coadd_plan(infos, patch, config, *, out=None, box=None):
     """(indices of the inputs overlapping the patch, the sub-boxes in patch pixels) for coadd_patch; with
-    rows = (y0, ny), the sub-boxes cover only those patch rows (coadd_strip)."""
+    box = (x0, y0, nx, ny) in patch pixels, the sub-boxes cover only that box (coadd_tile)."""
     from astropy.wcs.utils import proj_plane_pixel_area
 
     dst_wcs = patch.tract_wcs
@@ -267,8 +268,8 @@ def coadd_plan(infos, patch, config, *, out=None, rows=None):
     reserved += coaddpsf.n_nodes(patch.shape, config.psf_grid_step) * coaddpsf.NODE_BYTES    # the PSF grid
     if out is None:
         reserved += patch.bbox[2] * patch.bbox[3] * OUTPUT_BYTES // 2   # the patch-sized result
-    y0, ny = (0, patch.bbox[3]) if rows is None else rows
-    subs = plan_subregions((0, y0, patch.bbox[2], ny), max(len(used), 1), config.memory_per_rank,
+    subs = plan_subregions((0, 0, patch.bbox[2], patch.bbox[3]) if box is None else box, max(len(used), 1),
+                           config.memory_per_rank,
                            src_pixels_per_pixel=ratio, reserved_bytes=reserved)
     return used, subs
 
@@ -406,80 +407,87 @@ def _write(comm, rank, size, subs, mine, compute, patch, out, attrs, psf=None, s
 
 
 
-# -- a patch coadded in row strips by separate tasks, then assembled ---------------------------------------
-#: The strip files' psf_sums datasets.
-PSF_SUMS = ("acc", "total", "inv_ap", "count")
+# -- a patch coadded in tiles by separate tasks, then assembled ---------------------------------------------
+def tiles(shape, n):
+    """At least `n` near-square tiles (x0, y0, nx, ny) of a patch of `shape` (ny, nx) pixels, in row-major
+    order, as equal as whole pixels allow (fewer when the patch has fewer pixels). Square tiles keep what
+    each input's rotated footprint must read small (a row strip of a rotated input reads a bounding box
+    far larger than itself)."""
+    ny, nx = (int(v) for v in shape)
+    n = max(1, min(int(n), nx * ny))
+    tx = max(1, min(nx, int(np.ceil(np.sqrt(n * nx / ny)))))
+    ty = max(1, min(ny, -(-n // tx)))
+    xs = [k * nx // tx for k in range(tx + 1)]
+    ys = [k * ny // ty for k in range(ty + 1)]
+    return [(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(ty) for i in range(tx)]
 
 
-def strips(patch_rows, n, step):
-    """`n` row strips (y0, ny) covering a patch `patch_rows` tall, cut at multiples of `step` (the coadd
-    PSF's cells: each grid node lies in one strip) and as equal as the cells allow; fewer when the patch
-    has fewer than `n` rows of cells."""
-    cells = -(-int(patch_rows) // int(step))
-    n = max(1, min(int(n), cells))
-    cuts = [min((k * cells // n) * step, patch_rows) for k in range(n + 1)]
-    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
-
-
-def coadd_strip(inputs, patch, config, rows, out, storage=None):
-    """Coadd the patch rows `rows` = (y0, ny) (a strip of `strips`) of `patch` from the calexps `inputs`
-    into the HDF5 file `out`: the planes of those rows as the patch's file will store them (Storage.planes,
-    uncompressed), the coadd PSF's sums at the strip's grid nodes (coaddpsf.psf_sums, group psf_sums; none
-    when an input has no PSF model), the sub-regions (patch pixels) and the patch file's attributes.
-    assemble_strips joins the strips into the file coadd_patch would have written, bit for bit (a pixel's
-    value does not depend on the sub-region it was computed in)."""
+def coadd_tile(inputs, patch, config, box, out, storage=None):
+    """Coadd the box (x0, y0, nx, ny) (patch pixels, one of `tiles`) of `patch` from the calexps `inputs`
+    into the HDF5 file `out`: the planes of the box as the patch's file will store them (Storage.planes,
+    uncompressed), the coadd PSF's sums at the grid nodes whose cells start in the box (coaddpsf.psf_sums,
+    group psf_sums; none when an input has no PSF model), the sub-regions (patch pixels) and the patch
+    file's attributes. assemble_tiles joins the tiles into the file coadd_patch would have written, bit
+    for bit (a pixel's value does not depend on the sub-region it was computed in)."""
     infos = [read_calexp_info(os.fspath(p)) for p in inputs]
-    used, subs = coadd_plan(infos, patch, config, out=out, rows=rows)
+    used, subs = coadd_plan(infos, patch, config, out=out, box=box)
     infos = [infos[i] for i in used]
     weights = input_weights(infos)
     px0, py0 = patch.bbox[:2]
-    sums = coaddpsf.psf_sums(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step, rows=rows)
+    sums = coaddpsf.psf_sums(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step, box=box)
     ws = Workspace()
-    y0, ny = rows
+    bx, by, bw, bh = box
     with atomic_h5(out) as f:
-        ds = {k: f.create_dataset(k, shape=(ny, patch.bbox[2]), dtype=dt) for k, dt in PLANES.items()}
+        ds = {k: f.create_dataset(k, shape=(bh, bw), dtype=dt) for k, dt in PLANES.items()}
         for x, y, nx_, ny_ in subs:
             sub = coadd_subregion(infos, patch.tract_wcs, (px0 + x, py0 + y, nx_, ny_), config, ws, weights)
-            _paste(ds, sub, x, y - y0, storage)
+            _paste(ds, sub, x - bx, y - by, storage)
         f.create_dataset("subregions", data=np.array(subs, dtype=np.int64).reshape(-1, 4))
         if sums is not None:
             g = f.create_group("psf_sums")
-            for k in PSF_SUMS:
+            for k in coaddpsf.SUMS + ("index",):
                 g.create_dataset(k, data=sums[k])
-            g.attrs["n_x"] = sums["n_x"]
+            g.attrs["n_x"], g.attrs["n_y"] = sums["n_x"], sums["n_y"]
         for key, v in _attrs(patch, config, infos).items():
             f.attrs[key] = v
-        f.attrs["rows"] = list(rows)
+        f.attrs["box"] = list(box)
     return out
 
 
-def assemble_strips(parts, patch, out, storage=None):
-    """Join the strip files `parts` of coadd_strip (in row order, covering the patch) into the patch's
-    coadd file `out`: the planes stored as `storage` says (already quantised by the strips), the coadd PSF
-    from the strips' sums, the sub-regions of all strips, the attributes. Each chunk row of the output is
-    compressed once (the chunk cache holds a strip boundary's chunks until both strips have filled them)."""
+def assemble_tiles(parts, patch, out, storage=None):
+    """Join the tile files `parts` of coadd_tile (in row-major order, covering the patch once) into the
+    patch's coadd file `out`: the planes stored as `storage` says (already quantised by the tiles), the
+    coadd PSF from the tiles' sums, the sub-regions of all tiles, the attributes. The chunk cache holds a
+    row of tiles and the chunk rows they share with the next, so each chunk is compressed once."""
     ny, nx = patch.shape
     kw = storage.lossless().dataset_kw(patch.shape) if storage is not None else {}
-    cache = 2 * nx * (kw.get("chunks") or (1, 1))[0] * 4 + (1 << 20)
-    with atomic_h5(out, rdcc_nbytes=cache, rdcc_nslots=10007) as f:
+    chunk_rows = (kw.get("chunks") or (1, 1))[0]
+    covered = np.zeros(patch.shape, bool)
+    subs, sums, attrs = [], [], None
+    boxes = []
+    for part in parts:                     # one file open at a time: a patch may have thousands of tiles
+        with open_read(part) as pf:
+            boxes.append(tuple(int(v) for v in pf.attrs["box"]))
+    height = max((b[3] for b in boxes), default=1)
+    cache = 4 * nx * (height + 2 * chunk_rows) + (1 << 20)
+    with atomic_h5(out, rdcc_nbytes=cache, rdcc_nslots=100_003) as f:
         ds = {k: f.create_dataset(k, shape=patch.shape, dtype=dt, **kw) for k, dt in PLANES.items()}
-        subs, sums, attrs, y = [], [], None, 0
-        for part in parts:
+        for part, (x0, y0, w, h) in zip(parts, boxes):
+            if covered[y0:y0 + h, x0:x0 + w].any() or x0 + w > nx or y0 + h > ny:
+                raise ValueError(f"{part}: tile {x0},{y0} {w}x{h} overlaps another or leaves the patch")
+            covered[y0:y0 + h, x0:x0 + w] = True
             with open_read(part) as pf:
-                y0, n = (int(v) for v in pf.attrs["rows"])
-                if y0 != y:
-                    raise ValueError(f"{part}: rows {y0}..{y0 + n} do not follow row {y} of the patch")
                 for k in PLANES:
-                    ds[k][y0:y0 + n] = pf[k][...]
+                    ds[k][y0:y0 + h, x0:x0 + w] = pf[k][...]
                 subs.append(pf["subregions"][...])
-                sums.append({k: pf["psf_sums"][k][...] for k in PSF_SUMS} | {"n_x": int(pf["psf_sums"].attrs["n_x"])}
-                            if "psf_sums" in pf else None)
-                attrs = attrs or {k: v for k, v in pf.attrs.items() if k != "rows"}
-                y = y0 + n
-        if y != ny:
-            raise ValueError(f"the strips cover rows 0..{y} of a patch {ny} rows tall")
+                g = pf.get("psf_sums")
+                sums.append(None if g is None else {**{k: g[k][...] for k in coaddpsf.SUMS + ("index",)},
+                                                    "n_x": int(g.attrs["n_x"]), "n_y": int(g.attrs["n_y"])})
+                attrs = attrs or {k: v for k, v in pf.attrs.items() if k != "box"}
+        if not covered.all():
+            raise ValueError(f"the tiles leave {int((~covered).sum())} pixels of the patch uncovered")
         f.create_dataset("subregions", data=np.concatenate(subs).reshape(-1, 4))
-        for k, a in (coaddpsf.psf_planes(coaddpsf.concat_sums(sums)) or {}).items():
+        for k, a in (coaddpsf.psf_planes(coaddpsf.place_sums(sums)) or {}).items():
             f.create_dataset(k, data=a)
         for key, v in attrs.items():
             f.attrs[key] = v

@@ -67,19 +67,24 @@ def coadd_psf(infos, weights, tract_wcs, patch_bbox, step):
     return psf_planes(psf_sums(infos, weights, tract_wcs, patch_bbox, step))
 
 
-def psf_sums(infos, weights, tract_wcs, patch_bbox, step, rows=None):
-    """The sums behind coadd_psf at the grid nodes of the patch whose cells start in the patch rows
-    `rows` = (y0, ny) (all when None; y0 a multiple of `step`, so a patch cut into row strips at multiples
-    of `step` has each node in exactly one strip): {"acc" (n, N_BINS, 4), "total", "inv_ap", "count" (n,),
-    "n_x"}, n nodes in row-major order, or None if an input has no PSF model. Each node's sums are over the
-    inputs in their order whatever the rows, so the sums of the strips, concatenated, are the patch's."""
+def psf_sums(infos, weights, tract_wcs, patch_bbox, step, box=None):
+    """The sums behind coadd_psf at the grid nodes of the patch whose cells start inside `box` = (x0, y0,
+    nx, ny) in patch pixels (all when None: a patch cut into tiles anywhere has each node in exactly one
+    tile): {"acc" (n, N_BINS, 4), "total", "inv_ap", "count" (n,), "index" (n,) the nodes' row-major
+    indices in the patch's grid, "n_x", "n_y" the grid's shape}, or None if an input has no PSF model.
+    Each node's sums are over the inputs in their order whatever the box, so the tiles' sums, placed at
+    their indices (place_sums), are the patch's."""
     if not infos or any(not c.psf for c in infos):
         return None
     x0, y0, nx, ny = patch_bbox
     gx, gy = grid_nodes((ny, nx), step)
-    if rows is not None:
-        gy = gy[(gy >= rows[0]) & (gy < rows[0] + rows[1])]
-    X, Y = (a.ravel() + o for a, o in zip(np.meshgrid(gx, gy), (x0, y0)))
+    ix, iy = np.arange(len(gx)), np.arange(len(gy))
+    if box is not None:
+        bx, by, bw, bh = box
+        ix = ix[(ix * step >= bx) & (ix * step < bx + bw)]
+        iy = iy[(iy * step >= by) & (iy * step < by + bh)]
+    index = (iy[:, None] * len(gx) + ix[None, :]).ravel()
+    X, Y = (a.ravel() + o for a, o in zip(np.meshgrid(gx[ix], gy[iy]), (x0, y0)))
     n = X.size
     acc = np.zeros((n, N_BINS, 4))
     total = np.zeros(n)
@@ -109,15 +114,29 @@ def psf_sums(infos, weights, tract_wcs, patch_bbox, step, rows=None):
         total[idx] += wk
         inv_ap[idx] += wk / info.ap_corr
         count[idx] += 1
-    return {"acc": acc, "total": total, "inv_ap": inv_ap, "count": count, "n_x": len(gx)}
+    return {"acc": acc, "total": total, "inv_ap": inv_ap, "count": count, "index": index, "n_x": len(gx),
+            "n_y": len(gy)}
 
 
-def concat_sums(parts):
-    """psf_sums of row strips (in row order) joined into the patch's; None if any is None."""
+#: The per-node arrays of psf_sums.
+SUMS = ("acc", "total", "inv_ap", "count")
+
+
+def place_sums(parts):
+    """psf_sums of tiles joined into the patch's (each node from the tile that holds it); None if any part
+    is None or a node is in no tile."""
     if not parts or any(p is None for p in parts):
         return None
-    out = {k: np.concatenate([p[k] for p in parts]) for k in ("acc", "total", "inv_ap", "count")}
-    out["n_x"] = parts[0]["n_x"]
+    n_x, n_y = parts[0]["n_x"], parts[0]["n_y"]
+    out = {k: np.zeros((n_x * n_y,) + parts[0][k].shape[1:], parts[0][k].dtype) for k in SUMS}
+    seen = np.zeros(n_x * n_y, bool)
+    for p in parts:
+        for k in SUMS:
+            out[k][p["index"]] = p[k]
+        seen[p["index"]] = True
+    if not seen.all():
+        return None
+    out.update(n_x=n_x, n_y=n_y)
     return out
 
 
@@ -126,7 +145,7 @@ def psf_planes(sums):
     some node uses, normalised per node."""
     if sums is None:
         return None
-    acc, total, inv_ap, count = sums["acc"], sums["total"], sums["inv_ap"], sums["count"]
+    acc, total, inv_ap, count = (sums[k] for k in SUMS)
     n_x = sums["n_x"]
     used = np.flatnonzero(acc[:, :, 0].any(0))
     acc = acc[:, used]

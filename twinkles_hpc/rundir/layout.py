@@ -106,11 +106,11 @@ def coadd(band, i, j):
 COADD_GLOB = os.path.join("coadd", "*", "patch-*.h5")
 
 
-def strip_of(patch_file, k):
-    """Row strip `k` of a coadd or template patch file (relpath) coadded by a task of its own
-    ([coadd] task_visits): `strips/patch-I-J-sK.h5` beside it, removed once the patch's file is assembled."""
+def tile_of(patch_file, k):
+    """Tile `k` of a coadd or template patch file (relpath) coadded by a task of its own ([coadd]
+    task_visits): `tiles/patch-I-J-tK.h5` beside it, removed once the patch's file is assembled."""
     folder, name = os.path.split(patch_file)
-    return os.path.join(folder, "strips", f"{name[:-len('.h5')]}-s{int(k):03d}.h5")
+    return os.path.join(folder, "tiles", f"{name[:-len('.h5')]}-t{int(k):04d}.h5")
 
 
 def detection_coadd(i, j):

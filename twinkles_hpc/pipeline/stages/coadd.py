@@ -39,7 +39,7 @@ class CoaddSection(CoaddConfig, Switch):
                              lo=0)
     task_visits: float = opt(4.0, "full-sensor visits",
                              "Most work of one coadd or template task: patch pixels x inputs / 16.3 Mpx (a full "
-                             "sensor). A patch whose stack is larger is coadded in row strips by tasks of their "
+                             "sensor). A patch whose stack is larger is coadded in tiles by tasks of their "
                              "own, then assembled by the patch's task (bit-identical), so that no task holds a "
                              "run of thousands of ranks back (docs/scaling.md). 0: one task per patch.", lo=0.0)
 
@@ -90,58 +90,63 @@ def make_skymap(cfg, visits, footprints=None):
                                   overlap=cfg.coadd.patch_overlap)
 
 
-#: Predicted cost of assembling a patch from its strips, per full sensor of patch pixels (coadd cost units).
+#: Predicted cost of assembling a patch from its tiles, per full sensor of patch pixels (coadd cost units).
 ASSEMBLE_COST = 0.5
+#: Predicted cost a tile task pays per input beyond its pixels (coadd cost units, about 4 s each here):
+#: reading the calexp's header, WCS and PSF model (level2.coadd.read_calexp_info, 2.7 ms a calexp).
+TILE_INPUT_COST = 0.0007
 
 
 def patch_tasks(stage, cfg, key, cost, deps, sky_patch, **params):
     """The tasks of one patch's coadd (or template) of predicted `cost`: one task `key`, or, when the cost
-    exceeds [coadd] task_visits, a task `key/sNNN` per row strip (level2.coadd.strips, cut at the PSF grid's
-    cells; params strip and rows) and the task `key` that assembles them (params step = "assemble" and
-    strips), which the later stages wait for as they would for the one task."""
+    exceeds [coadd] task_visits, a task `key/tNNNN` per tile (level2.coadd.tiles; params tile and box;
+    each tile's cost its share of the pixels plus TILE_INPUT_COST per input, at most task_visits where the
+    inputs allow, else with the inputs costing no more than the pixels) and the task `key` that assembles
+    them (params step = "assemble" and tiles), which the later stages wait for as for the one task."""
+    from twinkles_hpc.level2.coadd import tiles
     C = cfg.coadd
     _, _, nx, ny = sky_patch.bbox
-    n = 1 if C.task_visits <= 0 else int(np.ceil(cost / C.task_visits))
-    from twinkles_hpc.level2.coadd import strips
-    rows = strips(ny, n, C.psf_grid_step) if n > 1 else [(0, ny)]
-    if len(rows) == 1:
+    fixed = TILE_INPUT_COST * len(params["visit_ids"])
+    n = 1 if C.task_visits <= 0 else int(np.ceil(cost / max(C.task_visits - fixed, fixed)))
+    boxes = tiles((ny, nx), n)
+    if len(boxes) == 1:
         return [stage.task(key, cost, deps=deps, **params)]
-    parts = [stage.task(f"{key}/s{k:03d}", cost * r[1] / ny, deps=deps, strip=k, rows=list(r), **params)
-             for k, r in enumerate(rows)]
+    parts = [stage.task(f"{key}/t{k:04d}", cost * b[2] * b[3] / (nx * ny) + fixed, deps=deps, tile=k, box=list(b),
+                        **params) for k, b in enumerate(boxes)]
     return parts + [stage.task(key, ASSEMBLE_COST * nx * ny / FULL_SENSOR_PIXELS, deps=parts, step="assemble",
-                               strips=len(rows), **params)]
+                               tiles=len(boxes), **params)]
 
 
 def run_patch_task(ctx, task, rel, inputs, extra_attrs):
     """Run a task of patch_tasks writing the patch file `rel` (coadd or template) from the calexps
-    `inputs`: a strip (to layout.strip_of), the assembly of the strips (which it then removes, recording
+    `inputs`: a tile (to layout.tile_of), the assembly of the tiles (which it then removes, recording
     them as journal.REMOVED), or the whole patch in one task. `extra_attrs` are added to the patch file.
     Returns the task's {relpath: bytes}."""
-    from twinkles_hpc.level2.coadd import assemble_strips, coadd_patch, coadd_strip
+    from twinkles_hpc.level2.coadd import assemble_tiles, coadd_patch, coadd_tile
     from twinkles_hpc.parallel.journal import REMOVED
     p, patch = task.params, ctx.skymap.patch(*tuple(task.params["patch"]))
-    if "rows" in p:
-        srel = layout.strip_of(rel, p["strip"])
-        coadd_strip(inputs, patch, ctx.cfg.coadd, tuple(p["rows"]), ctx.path(srel), ctx.storage)
-        return {srel: os.path.getsize(ctx.path(srel))}
+    if "box" in p:
+        trel = layout.tile_of(rel, p["tile"])
+        coadd_tile(inputs, patch, ctx.cfg.coadd, tuple(p["box"]), ctx.path(trel), ctx.storage)
+        return {trel: os.path.getsize(ctx.path(trel))}
     out = ctx.path(rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     part = f"{out}.tmp-{os.getpid()}"     # complete but unnamed until the run's own attributes are added
     if p.get("step") == "assemble":
-        srels = [layout.strip_of(rel, k) for k in range(p["strips"])]
-        assemble_strips([ctx.path(r) for r in srels], patch, part, ctx.storage)
+        trels = [layout.tile_of(rel, k) for k in range(p["tiles"])]
+        assemble_tiles([ctx.path(r) for r in trels], patch, part, ctx.storage)
     else:
-        srels = []
+        trels = []
         coadd_patch(inputs, patch, ctx.cfg.coadd, out=part, storage=ctx.storage)
     with h5py.File(part, "r+", locking=False) as fh:
         fh.attrs.update(extra_attrs)
     commit(part, out)
-    for r in srels:
+    for r in trels:
         os.remove(ctx.path(r))
-    if srels:
+    if trels:
         with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(ctx.path(srels[0])))
-    return {rel: os.path.getsize(out), **{r: REMOVED for r in srels}}
+            os.rmdir(os.path.dirname(ctx.path(trels[0])))
+    return {rel: os.path.getsize(out), **{r: REMOVED for r in trels}}
 
 
 class CoaddStage(Stage):
@@ -189,7 +194,7 @@ class CoaddStage(Stage):
         return tasks
 
     def run(self, ctx, task, should_stop):
-        """Coadd one patch in one band (or one row strip of it, or assemble its strips: patch_tasks) on this
+        """Coadd one patch in one band (or one tile of it, or assemble its tiles: patch_tasks) on this
         rank alone; the budget bounds its peak memory."""
         from twinkles_hpc.level2.calibrate import calexp_ok
         p = task.params

@@ -127,9 +127,9 @@ class TemplateStage(Stage):
 
     def run(self, ctx, task, should_stop):
         """Keep the best-seeing calibrated calexps (measured PSF FWHM), at most max_visits; coadd them (or
-        one row strip of them, or assemble the strips: coadd.patch_tasks, each task making the same choice).
+        one tile of them, or assemble the tiles: coadd.patch_tasks, each task making the same choice).
         With fewer than min_visits the template is recorded as not made (attributes ok = False and reason;
-        strips write nothing) and the difference imaging skips its visits."""
+        tiles write nothing) and the difference imaging skips its visits."""
         T, p = ctx.cfg.template, task.params
         band, year, index = p["band"], p["year"], tuple(p["patch"])
         rel = layout.template(band, *index, year=year)
@@ -143,7 +143,7 @@ class TemplateStage(Stage):
                  "visit_ids": [int(p["visit_ids"][k]) for k in chosen],
                  "fwhm_arcsec": [float(fwhm[k]) for k in chosen]}
         if len(chosen) < T.min_visits:
-            if "rows" in p:
+            if "box" in p:
                 return {}
             reason = (f"{len(chosen)} usable calexp(s) of {len(paths)} candidates overlap the patch "
                       f"(template.min_visits = {T.min_visits})")
