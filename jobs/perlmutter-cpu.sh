@@ -10,6 +10,7 @@
 #SBATCH --time=01:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --output=twinkles-%j.out
-SRUN_ARGS="-n 256 -c 2 --cpu-bind=cores"
+# 128 ranks a node (sbatch -N sets the nodes); RANKS overrides (the deferred ingest job runs with RANKS=2)
+SRUN_ARGS="-n ${RANKS:-$(( ${SLURM_NNODES:-2} * 128 ))} -c 2 --cpu-bind=cores"
 JOB_SCRIPT=jobs/perlmutter-cpu.sh
 source "${SLURM_SUBMIT_DIR:-.}/jobs/perlmutter-run.sh"

@@ -31,7 +31,10 @@ case "${TWINKLES_RUNNER:-venv}" in
     exit 2 ;;
 esac
 
-srun $SRUN_ARGS "${TWINKLES[@]}" run "$CONFIG" -o "$RUNDIR" &
+# RUN_ARGS="--defer ingest": the processing only; once it is complete, a job of DEFERRED_NODES nodes (default
+# 1) runs the same command with 2 ranks and without RUN_ARGS, which does the deferred stages (the ingest
+# has one writer; docs/perlmutter.md)
+srun $SRUN_ARGS "${TWINKLES[@]}" run "$CONFIG" -o "$RUNDIR" ${RUN_ARGS:-} &
 SRUN=$!
 trap 'kill -USR1 $SRUN' USR1 TERM
 wait $SRUN; rc=$?
@@ -40,6 +43,10 @@ while kill -0 $SRUN 2>/dev/null; do wait $SRUN; rc=$?; done   # `wait` returns e
 if [ "$rc" -eq 75 ] && [ "${RESUBMIT_COUNT:-0}" -lt "$MAX_RESUBMITS" ]; then
   echo "checkpointed: resubmitting ($(( ${RESUBMIT_COUNT:-0} + 1 ))/$MAX_RESUBMITS)"
   RESUBMIT_COUNT=$(( ${RESUBMIT_COUNT:-0} + 1 )) sbatch --export=ALL,RESUBMIT_COUNT "$JOB_SCRIPT"
+fi
+if [ "$rc" -eq 0 ] && [[ "${RUN_ARGS:-}" == *--defer* ]]; then
+  echo "processing complete: submitting the deferred stages on ${DEFERRED_NODES:-1} node(s)"
+  sbatch -N "${DEFERRED_NODES:-1}" --export=ALL,RUN_ARGS=,RESUBMIT_COUNT=0,RANKS=2 "$JOB_SCRIPT"
 fi
 "${TWINKLES[@]}" status "$RUNDIR"
 exit "$rc"

@@ -168,6 +168,31 @@ def test_sigkill_mid_ingest_then_rerun_gives_the_same_database(level2_run, run_d
     e.dispose()
 
 
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+def test_deferred_ingest_runs_in_a_later_job_with_the_same_database(level2_run, run_db, tmp_path):
+    """`run --defer ingest` leaves the database for a later run of the same command (a job of its own): the
+    first run ends complete without it, the second does only the ingest, and the database is the one-job
+    run's. A stage the run does not enable is one line, exit 2."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(LEVEL2_TOML)
+    run = tmp_path / "run"
+    linked_copy(level2_run, run)                      # every product done; the database gone
+    r = cli("run", cfg, "-o", run, "--defer", "ingest", mpi=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "deferred: 9 task(s) of ingest" in r.stdout and "ingest deferred" in r.stdout
+    assert not (run / db.SQLITE_NAME).exists()
+    st = json.loads(cli("status", run, "--json", check=True).stdout)
+    assert not st["complete"] and st["tasks"]["ingest"]["done"] == 0
+    r = cli("run", cfg, "-o", run, mpi=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming:" in r.stdout and "9 to run" in r.stdout
+    e = db.connect(rundir=run)
+    assert all_tables(e) == all_tables(run_db)
+    e.dispose()
+    r = cli("run", cfg, "-o", run, "--defer", "lensmodel")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--defer: stage: expected stages this run" in r.stderr
+
+
 # ---- light curves -----------------------------------------------------------------------------------------
 
 def bright_isolated_stars(engine, lo=17.0, hi=20.5):

@@ -94,12 +94,17 @@ def cmd_run(args):
                 print(f"[twinkles-hpc] verify: {len(redo)} task(s) redone (the damaged ones and all downstream "
                       "of them)", flush=True)
                 done = {t: o for t, o in done.items() if t not in redo}
-            setup = ("ok", cfg, visits, tasks, sorted(done))
+            tasks, deferred = _defer(args, cfg, tasks)
+            setup = ("ok", cfg, visits, tasks, sorted(done), sorted({t.kind for t in deferred}))
             n_pending = len([t for t in tasks if t.id not in done])
             per_band = ", ".join(f"{b} {int((visits['band'] == b).sum())}" for b in cfg.cadence.bands)
             print(f"[twinkles-hpc] {cfg.run.name}: {len(visits)} visits ({per_band}), "
                   f"{cfg.sensor.nx}x{cfg.sensor.ny} pixels, {comm.size} rank(s) "
                   f"({max(comm.size - 1, 1)} worker(s)) -> {rundir}", flush=True)
+            if deferred:
+                left = len([t for t in deferred if t.id not in done])
+                print(f"[twinkles-hpc] deferred: {left} task(s) of {', '.join(setup[5])} left for a later run "
+                      "of the same command without --defer", flush=True)
             if done:
                 print(f"[twinkles-hpc] resuming: {len(done)} task(s) done, {n_pending} to run"
                       + (f", {len(lost)} redone (outputs missing)" if lost else "")
@@ -117,7 +122,7 @@ def cmd_run(args):
                 lock.release()
             _err(setup[1])
         return setup[2]
-    _, cfg, visits, tasks, done = setup
+    _, cfg, visits, tasks, done, deferred_kinds = setup
     def log(m):
         print(f"[twinkles-hpc] rank {comm.rank}: {m}", flush=True)
     ctx = RunContext(cfg, rundir, visits, log=log)
@@ -133,16 +138,34 @@ def cmd_run(args):
         _abort(comm, "running tasks")
     if comm.rank == 0:
         if status == "complete":
-            registry.finalise(ctx)
+            registry.finalise(ctx, skip=deferred_kinds)
             cpu, wall = engine.scheduler_cpu
             role = "scheduler" if comm.size > 1 else "rank 0"
             print(f"[twinkles-hpc] done in {time.time() - t0:.1f} s: {len(tasks)} tasks; {role} used "
-                  f"{cpu:.2f} CPU-s over {wall:.1f} s; outputs in {rundir}", flush=True)
+                  f"{cpu:.2f} CPU-s over {wall:.1f} s; outputs in {rundir}"
+                  + (f"; {', '.join(deferred_kinds)} deferred" if deferred_kinds else ""), flush=True)
         else:
             print(f"[twinkles-hpc] interrupted after {time.time() - t0:.1f} s; checkpoint written. "
                   f"Resubmit the same command to resume (exit code {EXIT_RESUBMIT}).", flush=True)
         lock.release()
     return 0 if status == "complete" else EXIT_RESUBMIT
+
+
+def _defer(args, cfg, tasks):
+    """(the tasks to run, the deferred ones): `--defer STAGE,...` leaves the tasks of those stages, and
+    every task downstream of them, for a later run of the same command without it (the ingest in a job of
+    its own, off the processing job's critical path: docs/scaling.md)."""
+    from twinkles_hpc.pipeline import registry
+    from twinkles_hpc.pipeline.stage import downstream
+    names = [n.strip() for n in (getattr(args, "defer", None) or "").split(",") if n.strip()]
+    if not names:
+        return tasks, []
+    enabled = [s.name for s in registry.enabled_stages(cfg)]
+    bad = [n for n in names if n not in enabled]
+    if bad:
+        raise InputError("--defer", "stage", f"stages this run enables ({', '.join(enabled)})", bad[0])
+    later = downstream(tasks, [t.id for t in tasks if t.kind in names])
+    return [t for t in tasks if t.id not in later], [t for t in tasks if t.id in later]
 
 
 # -- status ----------------------------------------------------------------------------------------
@@ -499,6 +522,10 @@ def build_parser():
     r.add_argument("-o", "--output", required=True, help="run directory (created, or resumed)")
     r.add_argument("--progress-interval", type=float, default=5.0, metavar="S",
                    help="seconds between progress lines (default 5)")
+    r.add_argument("--defer", metavar="STAGE[,STAGE]", default="",
+                   help="leave the tasks of these stages (and all downstream of them) for a later run of the "
+                   "same command without --defer, e.g. --defer ingest: the database in a small job of its own "
+                   "after the processing (docs/scaling.md)")
     r.add_argument("--verify", action="store_true", help="on a resume, read every output the journal records "
                    "and compare its checksum: a damaged one is redone with every task downstream of it "
                    "(a resume always checks that the outputs exist with their recorded sizes)")

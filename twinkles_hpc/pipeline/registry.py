@@ -85,6 +85,8 @@ def before_run(ctx):
         s.before_run(ctx)
 
 
-def finalise(ctx):
+def finalise(ctx, skip=()):
+    """Each enabled stage's finalise, but those of the stages in `skip` (deferred: they did not run)."""
     for s in enabled_stages(ctx.cfg):
-        s.finalise(ctx)
+        if s.name not in skip:
+            s.finalise(ctx)
