@@ -323,3 +323,58 @@ def test_visit_without_calibration_has_no_rows(tmp_path):
         rows = lensphot.photometer_visit([(1, true_scene(), (0, 0))], {"visit_id": 5, "band": "u", "mjd": 1.0},
                                          fh, None, {})
     assert rows.dtype == lensphot.FORCED_DTYPE and len(rows) == 0
+
+
+def test_stage_shares_joined_equal_one_task(tmp_path):
+    """The lensmodel stage's candidates shared among two tasks (the k-th in lensCandidateId order to task k
+    mod 2) and joined by a third give the scenes.h5 of one task, bit for bit; the shares are removed and
+    recorded as such; a candidate off the tract is logged, not fitted."""
+    from types import SimpleNamespace
+
+    import h5py
+    from twinkles_hpc.parallel.journal import REMOVED
+    from twinkles_hpc.pipeline.stages.lensmodel import STAGE
+    from twinkles_hpc.rundir import layout
+    from twinkles_hpc.rundir.task import Task
+    from twinkles_hpc.store.tables import write_table
+
+    ra, dec = image_radec()
+    cand = np.zeros(3, [("lensCandidateId", "i8"), ("ra", "f8"), ("decl", "f8")])
+    cand["lensCandidateId"], cand["ra"], cand["decl"] = [30, 10, 20], [RA0, RA0, RA0 + 1.0], [DEC0, DEC0, DEC0]
+    members = np.zeros(5, [("lensCandidateId", "i8"), ("diaObjectId", "i8")])
+    members["lensCandidateId"], members["diaObjectId"] = [10, 10, 30, 30, 20], [1, 2, 1, 2, 3]
+    dobj = np.zeros(3, [("diaObjectId", "i8"), ("ra", "f8"), ("decl", "f8")])
+    dobj["diaObjectId"], dobj["ra"], dobj["decl"] = [1, 2, 3], [ra[0], ra[1], RA0 + 1.0], [dec[0], dec[1], DEC0]
+
+    def context(d):
+        for b in "gri":
+            (d / "coadd" / b).mkdir(parents=True)
+            write_coadd(d / layout.coadd(b, 0, 0), b, FixedPSF(3.5), np.random.default_rng(ord(b)))
+        for rel, tables in ((layout.LENS_CANDIDATES, {"candidates": cand, "members": members}),
+                            (layout.DIA_OBJECT, {"dia_object": dobj})):
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(d / rel, "w") as fh:
+                for name, t in tables.items():
+                    write_table(fh, name, t)
+        sky = SimpleNamespace(wcs=wcs_at(RA0, DEC0), patches=[SimpleNamespace(index=(0, 0), inner_bbox=(0, 0, N, N))])
+        cfg = SimpleNamespace(cadence=SimpleNamespace(bands="gri"), objects=SimpleNamespace(enabled=False),
+                              sensor=SimpleNamespace(pixel_scale=SCALE))
+        return SimpleNamespace(path=lambda rel: str(d / rel), skymap=sky, cfg=cfg, log_line=lambda m: None)
+
+    one = context(tmp_path / "one")
+    assert STAGE.run(one, Task("lensmodel", "lensmodel"), lambda: False) == {
+        layout.LENS_SCENES: (tmp_path / "one" / layout.LENS_SCENES).stat().st_size}
+    two = context(tmp_path / "two")
+    for k in range(2):
+        out = STAGE.run(two, Task(f"lensmodel/s{k:03d}", "lensmodel", params={"share": k, "shares": 2}), None)
+        assert list(out) == [layout.lens_scenes_share(k)]
+    out = STAGE.run(two, Task("lensmodel", "lensmodel", params={"step": "merge", "shares": 2}), None)
+    assert out[layout.lens_scenes_share(0)] == out[layout.lens_scenes_share(1)] == REMOVED
+    assert not list((tmp_path / "two" / "lenses").glob("scenes-s*.h5"))
+    with h5py.File(tmp_path / "one" / layout.LENS_SCENES, "r") as a, \
+            h5py.File(tmp_path / "two" / layout.LENS_SCENES, "r") as b:
+        assert sorted(a) == sorted(b) == ["images", "neighbours", "systems"]
+        for k in a:
+            assert a[k][...].tobytes() == b[k][...].tobytes(), k
+        assert list(a["systems"]["lensSystemId"]) == [10, 30] and len(a["images"]) == 8
+        assert a.attrs["log"] == b.attrs["log"] and '"20": "off the tract"' in a.attrs["log"]

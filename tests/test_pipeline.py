@@ -122,11 +122,13 @@ def test_data_model_doc_names_every_layout_path():
         layout.dia_forced: ("NNNNNNNN", "B"), layout.lensphot: ("NNNNNNNN", "B")}
     assert "`coadd/B/tiles/patch-I-J-tK.h5`" in text and layout.tile_of(layout.coadd("B", 1, 2), 3) == \
         "coadd/B/tiles/patch-1-2-t0003.h5"
+    assert "`lenses/scenes-sKKK.h5`" in text and layout.lens_scenes_share(4) == "lenses/scenes-s004.h5"
     for fn, args in documented.items():
         assert f"`{_template(fn, args)}`" in text, f"docs/data-model.md does not name {_template(fn, args)}"
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
     assert funcs - {f.__name__ for f in documented} == {"visit_key", "chunk_key", "patch_key", "task_id",
-                                                        "split_task_id", "path", "eimage_fits", "tile_of"}
+                                                        "split_task_id", "path", "eimage_fits", "tile_of",
+                                                        "lens_scenes_share"}
 
 
 def _template(fn, args):

@@ -129,6 +129,7 @@ def _measured(tmp_path, sensor=(400, 400), seconds_per_cost=2.0):
     cfg = config.load(os.path.join(ROOT, "jobs", "demo.toml"))
     cfg = scaling.model_config(cfg, sensor, {"max_visits": 12})
     cfg.coadd.task_visits = 0.002               # coadds and templates in tiles, then assembled
+    cfg.lensmodel.tasks = 2                     # the lens candidates in two shares, then joined
     visits = select_cadence(cfg)
     _, planned = plan(cfg, None, visits=visits)
     records = [{"task": t.id, "kind": t.kind, "rank": 1, "start": 0.0, "end": seconds_per_cost * t.cost,
@@ -140,19 +141,16 @@ def _measured(tmp_path, sensor=(400, 400), seconds_per_cost=2.0):
 def test_modelled_durations_follow_the_measured_rate_and_the_sensor_area(tmp_path):
     run = _measured(tmp_path)
     rates = scaling.class_rates(run, (800, 400))
-    by_cost = {c: r for c, r in rates.items() if c not in scaling.PER_TASK_CLASSES}
-    assert all(r.rate == pytest.approx(2.0) and np.allclose(r.spread, 1.0) for r in by_cost.values())
+    assert all(r.rate == pytest.approx(2.0) and np.allclose(r.spread, 1.0) for r in rates.values())
     # per-visit stages carry the pixels in their predicted cost; the ingest steps' costs do not
     assert rates["calexp"].pixel_factor == 1.0 and rates["ingest/ForcedSource"].pixel_factor == 2.0
     model, missing = scaling.model_tasks(run, 30, sensor=(800, 400), rates=rates)
     assert missing == [] and sum(t.kind == "visit" for t in model) == 30
     assert {"coadd/assemble", "template/assemble"} <= set(rates) and any("/t0" in t.id for t in model)
+    assert rates["lensmodel"].pixel_factor == rates["lensmodel/merge"].pixel_factor == 1.0    # cost: the area
     for t in model:
         c = t.kind if t.kind != "ingest" else f"ingest/{t.id.split('/')[1]}"
-        if c in scaling.PER_TASK_CLASSES:       # its measured seconds, whatever the visits, x the area
-            assert t.seconds == pytest.approx(2.0 * run.planned[t.id].cost * 2.0)
-        else:
-            assert t.seconds == pytest.approx(2.0 * t.cost * rates[c].pixel_factor)
+        assert t.seconds == pytest.approx(2.0 * t.cost * rates[c].pixel_factor)
 
 
 def test_a_study_has_a_row_per_machine_order_and_ranks(tmp_path):

@@ -220,13 +220,6 @@ def resize_cadence(visits, n_visits):
     return out[np.lexsort((out["visit_id"], out["mjd"]))]
 
 
-#: Classes whose predicted cost grows with the visits but whose work does not: the model takes their
-#: measured seconds per task, times the sensor's area ratio (their work grows with the sources on it).
-PER_TASK_CLASSES = {
-    "lensmodel": "fits the candidates' scene models on the coadds, whatever the number of visits",
-}
-
-
 @dataclass
 class ClassRate:
     """Seconds per unit of predicted cost of one task class, the spread of its measured tasks around it,
@@ -258,9 +251,6 @@ def class_rates(run, sensor=FULL_SENSOR):
     rates = {}
     for c, rows in groups.items():
         sec, cost, nbytes = (np.array(x) for x in zip(*rows))
-        if c in PER_TASK_CLASSES:
-            rates[c] = ClassRate(0.0, sec, float(nbytes.mean()), area)
-            continue
         if cost.sum() > 0 and np.all(cost > 0):
             rate = sec.sum() / cost.sum()
             spread = sec / cost / rate if rate > 0 else np.ones_like(sec)

@@ -158,6 +158,12 @@ LENS_CANDIDATES = os.path.join("lenses", "candidates.h5")   # lensed-quasar cand
 LENS_SCENES = os.path.join("lenses", "scenes.h5")   # their scene models: LensedImage (stage lensmodel)
 
 
+def lens_scenes_share(k):
+    """The scene models of share `k` of the candidates ([lensmodel] tasks > 1), joined into LENS_SCENES
+    and removed by the stage's last task."""
+    return os.path.join("lenses", f"scenes-s{int(k):03d}.h5")
+
+
 def lensphot(visit_id, band):
     """A visit's fluxes of the lensed images (stage lensphot)."""
     return _per_visit("lensphot", visit_id, band)
