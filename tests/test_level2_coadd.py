@@ -360,7 +360,7 @@ def test_tiles_assembled_equal_the_one_task_coadd(tmp_path):
     every plane (quantised and compressed by [store]), the coadd PSF grid, the attributes; only the
     sub-region plan differs. A PSF cell cut by a tile boundary is summed by the tile holding its first
     pixel; overlapping or missing tiles are refused."""
-    from twinkles_hpc.level2.coadd import assemble_tiles, coadd_tile, tiles
+    from twinkles_hpc.level2.coadd import assemble_tiles, coadd_tile, read_inputs, tiles, write_inputs
     from twinkles_hpc.store.tables import Storage
     paths, _, _, _ = mixture_calexps(tmp_path, 4)
     patch = skymap_for(paths, patch_size=400).patch(0, 0)
@@ -371,7 +371,10 @@ def test_tiles_assembled_equal_the_one_task_coadd(tmp_path):
     assert len(boxes) == 6 and sum(w * h for _, _, w, h in boxes) == patch.shape[0] * patch.shape[1]
     assert any(x % 25 or y % 25 for x, y, _, _ in boxes[1:])  # cut inside PSF cells
     assert tiles((10, 7), 1) == [(0, 0, 7, 10)] and len(tiles((2, 2), 100)) == 4
-    parts = [coadd_tile(paths, patch, config, b, tmp_path / f"t{k}.h5", storage) for k, b in enumerate(boxes)]
+    write_inputs(tmp_path / "inputs.h5", [read_calexp_info(p) for p in paths], tmp_path, {"band": "r"})
+    infos, attrs = read_inputs(tmp_path / "inputs.h5", tmp_path)
+    assert attrs == {"band": "r"} and [c.path for c in infos] == [str(p) for p in paths]
+    parts = [coadd_tile(infos, patch, config, b, tmp_path / f"t{k}.h5", storage) for k, b in enumerate(boxes)]
     joined = assemble_tiles(parts, patch, tmp_path / "joined.h5", storage)
     with h5py.File(whole, "r") as a, h5py.File(joined, "r") as b:
         assert set(a) == set(b) and "psf_weight" in a
@@ -408,3 +411,36 @@ def test_clipping_spares_sources_detected_in_most_inputs():
     res = combine_warps(img, var, mask, np.ones(3), weights, cfg)
     assert res["image"][0, 0] == pytest.approx((1000 + 2040 + 1100) / 3.5, rel=1e-6)
     assert res["variance"][0, 0] == pytest.approx(100 * (1 + 4 + 0.25) / 3.5 ** 2, rel=1e-6)
+
+
+def test_a_patch_not_made_through_tiles(tmp_path):
+    """A template that cannot be made ([template] min_visits) and whose patch is cut into tiles: the inputs
+    task records the reason, the tiles write nothing, the assembly writes the not-made file with the
+    template's attributes and removes the inputs file."""
+    from types import SimpleNamespace
+
+    from twinkles_hpc.parallel.journal import REMOVED
+    from twinkles_hpc.pipeline.stages.coadd import run_patch_task
+    from twinkles_hpc.rundir import layout
+    from twinkles_hpc.rundir.task import Task
+    ctx = SimpleNamespace(path=lambda rel: str(tmp_path / rel), rundir=str(tmp_path), storage=None, caches={},
+                          skymap=SimpleNamespace(patch=lambda i, j: None), log_line=lambda m: None,
+                          cfg=SimpleNamespace(coadd=CoaddConfig()))
+    rel = layout.template("r", 0, 0)
+    calls = []
+
+    def choose():
+        calls.append(1)
+        return [], {"band": "r", "visit_ids": [], "ok": True, "reason": ""}, "1 usable calexp(s) of 2 candidates"
+    params = {"patch": (0, 0)}
+    irel = layout.tile_of(rel, "inputs")
+    assert run_patch_task(ctx, Task("template/r/0-0/inputs", "template", params={**params, "step": "inputs"}),
+                          rel, choose) == {irel: (tmp_path / irel).stat().st_size}
+    tile = Task("template/r/0-0/t0000", "template", params={**params, "tile": 0, "box": [0, 0, 10, 10]})
+    assert run_patch_task(ctx, tile, rel, choose) == {}
+    out = run_patch_task(ctx, Task("template/r/0-0", "template", params={**params, "step": "assemble", "tiles": 2}),
+                         rel, choose)
+    assert out == {rel: (tmp_path / rel).stat().st_size, irel: REMOVED} and calls == [1]
+    with h5py.File(tmp_path / rel, "r") as f:
+        assert not f.attrs["ok"] and f.attrs["reason"].startswith("1 usable") and list(f) == []
+    assert not (tmp_path / "template" / "r" / "tiles").exists()

@@ -12,6 +12,7 @@ A pixel's value does not depend on the sub-region it was computed in (the warp's
 in tract pixels and the combination is per pixel), so the coadd is bit-identical whatever the budget and
 the number of ranks.
 """
+import json
 import os
 from dataclasses import dataclass
 
@@ -422,14 +423,36 @@ def tiles(shape, n):
     return [(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(ty) for i in range(tx)]
 
 
-def coadd_tile(inputs, patch, config, box, out, storage=None):
-    """Coadd the box (x0, y0, nx, ny) (patch pixels, one of `tiles`) of `patch` from the calexps `inputs`
-    into the HDF5 file `out`: the planes of the box as the patch's file will store them (Storage.planes,
-    uncompressed), the coadd PSF's sums at the grid nodes whose cells start in the box (coaddpsf.psf_sums,
-    group psf_sums; none when an input has no PSF model), the sub-regions (patch pixels) and the patch
-    file's attributes. assemble_tiles joins the tiles into the file coadd_patch would have written, bit
-    for bit (a pixel's value does not depend on the sub-region it was computed in)."""
-    infos = [read_calexp_info(os.fspath(p)) for p in inputs]
+def write_inputs(path, infos, root, attrs):
+    """Record what the coadd needs of each input (CalexpInfo.meta, the paths relative to `root`) and the
+    JSON-able dict `attrs` in the HDF5 file `path` (atomic), for the tiles of one patch (read_inputs)."""
+    meta = [list(c.meta()) for c in infos]
+    for m in meta:
+        m[0] = os.path.relpath(m[0], root)
+    with atomic_h5(path) as f:
+        f.create_dataset("inputs", data=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        f.attrs["attrs"] = json.dumps(attrs, sort_keys=True)
+    return path
+
+
+def read_inputs(path, root, infos=True):
+    """(CalexpInfo list, or None when infos=False; attrs) of write_inputs's file, paths under `root`."""
+    with open_read(path) as f:
+        attrs = json.loads(f.attrs["attrs"])
+        if not infos:
+            return None, attrs
+        meta = json.loads(f["inputs"][...].tobytes())
+    return [CalexpInfo(os.path.join(root, m[0]), tuple(m[1]), *m[2:]) for m in meta], attrs
+
+
+def coadd_tile(infos, patch, config, box, out, storage=None):
+    """Coadd the box (x0, y0, nx, ny) (patch pixels, one of `tiles`) of `patch` from the calexps `infos`
+    (CalexpInfo, e.g. read_inputs) into the HDF5 file `out`: the planes of the box as the patch's file will
+    store them (Storage.planes, uncompressed), the coadd PSF's sums at the grid nodes whose cells start in
+    the box (coaddpsf.psf_sums, group psf_sums; none when an input has no PSF model), the sub-regions
+    (patch pixels) and the patch file's attributes. assemble_tiles joins the tiles into the file
+    coadd_patch would have written, bit for bit (a pixel's value does not depend on the sub-region it was
+    computed in)."""
     used, subs = coadd_plan(infos, patch, config, out=out, box=box)
     infos = [infos[i] for i in used]
     weights = input_weights(infos)

@@ -108,9 +108,11 @@ COADD_GLOB = os.path.join("coadd", "*", "patch-*.h5")
 
 def tile_of(patch_file, k):
     """Tile `k` of a coadd or template patch file (relpath) coadded by a task of its own ([coadd]
-    task_visits): `tiles/patch-I-J-tK.h5` beside it, removed once the patch's file is assembled."""
+    task_visits): `tiles/patch-I-J-tK.h5` beside it, or with k = "inputs" `tiles/patch-I-J-inputs.h5`
+    (what the tiles read of their inputs); removed once the patch's file is assembled."""
     folder, name = os.path.split(patch_file)
-    return os.path.join(folder, "tiles", f"{name[:-len('.h5')]}-t{int(k):04d}.h5")
+    suffix = "inputs" if k == "inputs" else f"t{int(k):04d}"
+    return os.path.join(folder, "tiles", f"{name[:-len('.h5')]}-{suffix}.h5")
 
 
 def detection_coadd(i, j):

@@ -15,7 +15,7 @@ from twinkles_hpc.errors import InputError
 from twinkles_hpc.level2.coadd import CoaddConfig
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
 from twinkles_hpc.rundir import layout
-from twinkles_hpc.store.atomic import commit
+from twinkles_hpc.store.atomic import atomic_h5, commit
 
 #: Pointing and rotator errors within this many sigma are covered by a footprint's margin.
 POINTING_SIGMAS = 5.0
@@ -92,61 +92,97 @@ def make_skymap(cfg, visits, footprints=None):
 
 #: Predicted cost of assembling a patch from its tiles, per full sensor of patch pixels (coadd cost units).
 ASSEMBLE_COST = 0.5
-#: Predicted cost a tile task pays per input beyond its pixels (coadd cost units, about 4 s each here):
-#: reading the calexp's header, WCS and PSF model (level2.coadd.read_calexp_info, 2.7 ms a calexp).
-TILE_INPUT_COST = 0.0007
+#: Predicted costs per input (coadd cost units, about 4 s each here): the inputs task reads a calexp's
+#: header, sky variance and PSF model (level2.coadd.read_calexp_info, 2.7 ms); a tile rebuilds its WCS and
+#: PSF model from the inputs file (1.4 ms; a rank keeps the last patch's, for its next tile of that patch).
+INPUTS_COST, TILE_INPUT_COST = 0.0007, 0.00035
 
 
 def patch_tasks(stage, cfg, key, cost, deps, sky_patch, **params):
     """The tasks of one patch's coadd (or template) of predicted `cost`: one task `key`, or, when the cost
-    exceeds [coadd] task_visits, a task `key/tNNNN` per tile (level2.coadd.tiles; params tile and box;
-    each tile's cost its share of the pixels plus TILE_INPUT_COST per input, at most task_visits where the
-    inputs allow, else with the inputs costing no more than the pixels) and the task `key` that assembles
-    them (params step = "assemble" and tiles), which the later stages wait for as for the one task."""
+    exceeds [coadd] task_visits, three kinds:
+    - `key/inputs` (param step = "inputs"), after the calexps: chooses the inputs and records what the
+      coadd needs of each (level2.coadd.write_inputs), once;
+    - `key/tNNNN` per tile (level2.coadd.tiles; params tile and box), after the inputs task alone (the
+      graph has inputs + tiles edges, not inputs x tiles): each tile's cost its share of the pixels plus
+      TILE_INPUT_COST per input, at most task_visits where the inputs allow, else with the inputs costing
+      no more than the pixels;
+    - `key` (param step = "assemble"), after the tiles: the patch's file, which the later stages wait for
+      as for the one task."""
     from twinkles_hpc.level2.coadd import tiles
     C = cfg.coadd
     _, _, nx, ny = sky_patch.bbox
-    fixed = TILE_INPUT_COST * len(params["visit_ids"])
+    n_in = len(params["visit_ids"])
+    fixed = TILE_INPUT_COST * n_in
     n = 1 if C.task_visits <= 0 else int(np.ceil(cost / max(C.task_visits - fixed, fixed)))
     boxes = tiles((ny, nx), n)
     if len(boxes) == 1:
         return [stage.task(key, cost, deps=deps, **params)]
-    parts = [stage.task(f"{key}/t{k:04d}", cost * b[2] * b[3] / (nx * ny) + fixed, deps=deps, tile=k, box=list(b),
-                        **params) for k, b in enumerate(boxes)]
-    return parts + [stage.task(key, ASSEMBLE_COST * nx * ny / FULL_SENSOR_PIXELS, deps=parts, step="assemble",
-                               tiles=len(boxes), **params)]
+    first = stage.task(f"{key}/inputs", INPUTS_COST * n_in, deps=deps, step="inputs", **params)
+    parts = [stage.task(f"{key}/t{k:04d}", cost * b[2] * b[3] / (nx * ny) + fixed, deps=[first], tile=k,
+                        box=list(b), **params) for k, b in enumerate(boxes)]
+    return [first] + parts + [stage.task(key, ASSEMBLE_COST * nx * ny / FULL_SENSOR_PIXELS, deps=parts,
+                                         step="assemble", tiles=len(boxes), **params)]
 
 
-def run_patch_task(ctx, task, rel, inputs, extra_attrs):
-    """Run a task of patch_tasks writing the patch file `rel` (coadd or template) from the calexps
-    `inputs`: a tile (to layout.tile_of), the assembly of the tiles (which it then removes, recording
-    them as journal.REMOVED), or the whole patch in one task. `extra_attrs` are added to the patch file.
-    Returns the task's {relpath: bytes}."""
-    from twinkles_hpc.level2.coadd import assemble_tiles, coadd_patch, coadd_tile
+def run_patch_task(ctx, task, rel, choose):
+    """Run a task of patch_tasks writing the patch file `rel` (coadd or template). `choose()` -> (calexp
+    paths, attributes for the patch file, None or why the patch is not made): called by the one task and
+    the inputs task only. A tile reads the inputs file and writes its file (layout.tile_of); the assembly
+    joins the tiles and removes them and the inputs file (recorded as journal.REMOVED). A patch that is
+    not made gets a file with its attributes and no planes, its tiles write nothing. Returns the task's
+    {relpath: bytes}."""
+    from twinkles_hpc.level2.coadd import (assemble_tiles, coadd_patch, coadd_tile, read_calexp_info,
+                                           read_inputs, write_inputs)
     from twinkles_hpc.parallel.journal import REMOVED
     p, patch = task.params, ctx.skymap.patch(*tuple(task.params["patch"]))
+    irel = layout.tile_of(rel, "inputs")
+    step = p.get("step")
+    if step == "inputs":
+        paths, attrs, reason = choose()
+        infos = [] if reason else [read_calexp_info(q) for q in paths]
+        write_inputs(ctx.path(irel), infos, ctx.rundir, {"attrs": attrs, "reason": reason or ""})
+        return {irel: os.path.getsize(ctx.path(irel))}
     if "box" in p:
+        cached = ctx.caches.get("tile_inputs")
+        if cached is None or cached[0] != irel:        # the next tile on this rank is often the same patch's
+            ctx.caches["tile_inputs"] = None            # one patch's inputs held at a time
+            cached = ctx.caches["tile_inputs"] = (irel, *read_inputs(ctx.path(irel), ctx.rundir))
+        _, infos, rec = cached
+        if rec["reason"]:
+            return {}
         trel = layout.tile_of(rel, p["tile"])
-        coadd_tile(inputs, patch, ctx.cfg.coadd, tuple(p["box"]), ctx.path(trel), ctx.storage)
+        coadd_tile(infos, patch, ctx.cfg.coadd, tuple(p["box"]), ctx.path(trel), ctx.storage)
         return {trel: os.path.getsize(ctx.path(trel))}
     out = ctx.path(rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     part = f"{out}.tmp-{os.getpid()}"     # complete but unnamed until the run's own attributes are added
-    if p.get("step") == "assemble":
-        trels = [layout.tile_of(rel, k) for k in range(p["tiles"])]
-        assemble_tiles([ctx.path(r) for r in trels], patch, part, ctx.storage)
+    removed = []
+    if step == "assemble":
+        _, rec = read_inputs(ctx.path(irel), ctx.rundir, infos=False)
+        attrs, reason = rec["attrs"], rec["reason"] or None
+        removed = [irel] + ([] if reason else [layout.tile_of(rel, k) for k in range(p["tiles"])])
+        if not reason:
+            assemble_tiles([ctx.path(r) for r in removed[1:]], patch, part, ctx.storage)
     else:
-        trels = []
-        coadd_patch(inputs, patch, ctx.cfg.coadd, out=part, storage=ctx.storage)
-    with h5py.File(part, "r+", locking=False) as fh:
-        fh.attrs.update(extra_attrs)
-    commit(part, out)
-    for r in trels:
+        paths, attrs, reason = choose()
+        if not reason:
+            coadd_patch(paths, patch, ctx.cfg.coadd, out=part, storage=ctx.storage)
+    if reason:
+        with atomic_h5(out) as fh:
+            fh.attrs.update(attrs)
+            fh.attrs["ok"], fh.attrs["reason"] = False, reason
+        ctx.log_line(f"{task.id}: not made: {reason}")
+    else:
+        with h5py.File(part, "r+", locking=False) as fh:
+            fh.attrs.update(attrs)
+        commit(part, out)
+    for r in removed:
         os.remove(ctx.path(r))
-    if trels:
+    if removed:
         with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(ctx.path(trels[0])))
-    return {rel: os.path.getsize(out), **{r: REMOVED for r in trels}}
+            os.rmdir(os.path.dirname(ctx.path(removed[0])))
+    return {rel: os.path.getsize(out), **{r: REMOVED for r in removed}}
 
 
 class CoaddStage(Stage):
@@ -194,16 +230,17 @@ class CoaddStage(Stage):
         return tasks
 
     def run(self, ctx, task, should_stop):
-        """Coadd one patch in one band (or one tile of it, or assemble its tiles: patch_tasks) on this
-        rank alone; the budget bounds its peak memory."""
-        from twinkles_hpc.level2.calibrate import calexp_ok
+        """Coadd one patch in one band (or its inputs, one tile of it, or assemble its tiles: patch_tasks) on
+        this rank alone; the budget bounds its peak memory."""
         p = task.params
         band = p["band"]
-        inputs = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
-        if p.get("step") != "assemble":
-            inputs = [q for q in inputs if calexp_ok(q)]           # failed calibrations left out
-        skymap = json.dumps(ctx.skymap.to_dict(), sort_keys=True)
-        return run_patch_task(ctx, task, layout.coadd(band, *p["patch"]), inputs, {"band": band, "skymap": skymap})
+
+        def choose():
+            from twinkles_hpc.level2.calibrate import calexp_ok
+            paths = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
+            return ([q for q in paths if calexp_ok(q)],             # failed calibrations left out
+                    {"band": band, "skymap": json.dumps(ctx.skymap.to_dict(), sort_keys=True)}, None)
+        return run_patch_task(ctx, task, layout.coadd(band, *p["patch"]), choose)
 
 
 STAGE = CoaddStage()

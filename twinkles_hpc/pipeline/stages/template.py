@@ -3,7 +3,6 @@ from the best-seeing calexps, built by the memory-bounded coadd; the difference 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +12,7 @@ from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
 from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, patch_tasks, run_patch_task, visit_patches
 from twinkles_hpc.rundir import layout
-from twinkles_hpc.store.atomic import atomic_h5, open_read
+from twinkles_hpc.store.atomic import open_read
 
 #: Days of a data-release year (the yearly templates' unit of time).
 YEAR_DAYS = 365.25
@@ -127,32 +126,27 @@ class TemplateStage(Stage):
 
     def run(self, ctx, task, should_stop):
         """Keep the best-seeing calibrated calexps (measured PSF FWHM), at most max_visits; coadd them (or
-        one tile of them, or assemble the tiles: coadd.patch_tasks, each task making the same choice).
-        With fewer than min_visits the template is recorded as not made (attributes ok = False and reason;
-        tiles write nothing) and the difference imaging skips its visits."""
+        choose them once for the tiles, one tile, or assemble the tiles: coadd.patch_tasks). With fewer than
+        min_visits the template is recorded as not made (attributes ok = False and reason) and the
+        difference imaging skips its visits."""
         T, p = ctx.cfg.template, task.params
         band, year, index = p["band"], p["year"], tuple(p["patch"])
-        rel = layout.template(band, *index, year=year)
-        paths = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
-        fwhm = np.array([measured_fwhm_px(q) for q in paths]) * ctx.cfg.sensor.pixel_scale
-        good = np.isfinite(fwhm) & ((fwhm <= T.fwhm_max) if T.fwhm_max > 0 else True)
-        order = [k for k in np.lexsort((np.array(p["visit_ids"]), fwhm)) if good[k]][:T.max_visits]
-        chosen = sorted(order)
-        attrs = {"band": band, "year": -1 if year is None else int(year), "mode": T.mode,
-                 "skymap": json.dumps(ctx.skymap.to_dict(), sort_keys=True),
-                 "visit_ids": [int(p["visit_ids"][k]) for k in chosen],
-                 "fwhm_arcsec": [float(fwhm[k]) for k in chosen]}
-        if len(chosen) < T.min_visits:
-            if "box" in p:
-                return {}
-            reason = (f"{len(chosen)} usable calexp(s) of {len(paths)} candidates overlap the patch "
-                      f"(template.min_visits = {T.min_visits})")
-            with atomic_h5(ctx.path(rel)) as fh:
-                fh.attrs.update(attrs)
-                fh.attrs["ok"], fh.attrs["reason"] = False, reason
-            ctx.log_line(f"template {task.id}: not made: {reason}")
-            return {rel: os.path.getsize(ctx.path(rel))}
-        return run_patch_task(ctx, task, rel, [paths[k] for k in chosen], {**attrs, "ok": True, "reason": ""})
+
+        def choose():
+            paths = [ctx.path(layout.calexp(v, band)) for v in p["visit_ids"]]
+            fwhm = np.array([measured_fwhm_px(q) for q in paths]) * ctx.cfg.sensor.pixel_scale
+            good = np.isfinite(fwhm) & ((fwhm <= T.fwhm_max) if T.fwhm_max > 0 else True)
+            chosen = sorted([k for k in np.lexsort((np.array(p["visit_ids"]), fwhm)) if good[k]][:T.max_visits])
+            attrs = {"band": band, "year": -1 if year is None else int(year), "mode": T.mode,
+                     "skymap": json.dumps(ctx.skymap.to_dict(), sort_keys=True),
+                     "visit_ids": [int(p["visit_ids"][k]) for k in chosen],
+                     "fwhm_arcsec": [float(fwhm[k]) for k in chosen], "ok": True, "reason": ""}
+            reason = None
+            if len(chosen) < T.min_visits:
+                reason = (f"{len(chosen)} usable calexp(s) of {len(paths)} candidates overlap the patch "
+                          f"(template.min_visits = {T.min_visits})")
+            return [paths[k] for k in chosen], attrs, reason
+        return run_patch_task(ctx, task, layout.template(band, *index, year=year), choose)
 
 
 def template_key(band, year, i, j):
