@@ -18,7 +18,7 @@ def graph():
 
 
 def test_scheduler_longest_first_after_dependencies():
-    s = Scheduler(graph(), done_ids=[])
+    s = Scheduler(graph(), done_ids=[], order="longest")
     assert [t.id for t in [s.pop()]] == ["sky"] and not s.ready
     s.complete("sky")
     order = []
@@ -28,6 +28,23 @@ def test_scheduler_longest_first_after_dependencies():
         s.complete(t.id)
     assert order == ["v1", "v3", "v0", "v2"]        # costs 9, 5, 3, 1
     assert not s.pending
+
+
+def test_scheduler_critical_path_first():
+    """The default order: the ready task with the most predicted work waiting behind it, its own cost
+    included (chain_costs), goes first; here a cheap visit whose calexp is the costliest task."""
+    tasks = graph() + [Task("c2", "calexp", 20.0, deps=("v2",))]
+    from twinkles_hpc.parallel.engine import chain_costs
+    assert chain_costs(tasks) == {"sky": 22.0, "v0": 3.0, "v1": 9.0, "v2": 21.0, "v3": 5.0, "c2": 20.0}
+    s = Scheduler(tasks, done_ids=["sky"])
+    order = []
+    while s.ready:
+        t = s.pop()
+        order.append(t.id)
+        s.complete(t.id)
+    assert order == ["v2", "c2", "v1", "v3", "v0"]
+    with pytest.raises(ValueError, match="order"):
+        Scheduler(tasks, [], order="fifo")
 
 
 def test_scheduler_skips_done_tasks():

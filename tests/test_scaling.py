@@ -43,6 +43,15 @@ def test_longest_first_beats_fifo_on_a_skewed_set():
     assert simulate(wrong, 3, ZERO, "longest").wall_s == pytest.approx(12.0)
 
 
+def test_critical_path_first_starts_the_chain_that_holds_the_run_back():
+    """A cheap task heading a long chain against costlier independent tasks, on 2 workers: longest first
+    starts the chain last; critical path first (the engine's order) starts it at once."""
+    ts = [SimTask("a", "k", 1.0, (), 1.0), SimTask("b", "k", 6.0, ("a",), 6.0),
+          *[SimTask(f"x{i}", "k", 3.0, (), 3.0) for i in range(4)]]
+    walls = {o: simulate(ts, 3, ZERO, o).wall_s for o in ("critical", "longest")}
+    assert walls == pytest.approx({"critical": 10.0, "longest": 13.0})
+
+
 def test_overheads_are_counted_where_the_engine_spends_them():
     oh = Overheads(dispatch_s=0.01, report_s=0.02, report_s_per_byte=1e-9, rank0_s=0.001, commit_s=0.005,
                    start_s=0.1, end_s=0.2)
@@ -74,8 +83,8 @@ def test_replay_of_an_engine_run_gives_its_wall_time(tmp_path):
     run_simulated(rundir, 3, 60, 0.04, pairs=True)
     run = scaling.load_run(rundir, planned=graph)
     assert run.ranks == 4 and len(run.records) == 60
-    (longest,) = scaling.check(run, scaling.replay_tasks(run), run, ("longest",))
-    assert abs(longest["error"]) < 0.10, longest
+    (replay,) = scaling.check(run, scaling.replay_tasks(run), run)      # in the order the engine ran
+    assert run.order == replay["order"] == "critical" and abs(replay["error"]) < 0.10, replay
     assert run.overheads.dispatch_s < 0.02 and run.overheads.report_s < 0.02
 
 

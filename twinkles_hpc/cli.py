@@ -444,8 +444,9 @@ def cmd_scaling(args):
     (twinkles_hpc/scaling.py, docs/scaling.md)."""
     from twinkles_hpc import scaling
     from twinkles_hpc.pipeline.registry import BY_NAME
+    from twinkles_hpc.parallel.simulate import ORDERS
     machines = [scaling.MACHINES[m] for m in _scaling_list(args.machine, "--machine", scaling.MACHINES)]
-    orders = _scaling_list(args.order, "--order", ("longest", "fifo"))
+    orders = _scaling_list(args.order, "--order", ORDERS)
     split = _scaling_list(args.split, "--split", BY_NAME) if args.split else ()
     without = _scaling_list(args.without, "--without", BY_NAME) if args.without else ()
     try:
@@ -472,10 +473,10 @@ def cmd_scaling(args):
     if args.like:
         other = scaling.load_run(os.path.abspath(args.like), rank0_s=rank0_s)
         tasks, missing = scaling.like_tasks(run, other, args.seed)
-        out["checks"] = scaling.check(run, tasks, other, orders)
+        out["checks"] = scaling.check(run, tasks, other)            # in the order each run ran in
         out["unmeasured"] = missing
     else:
-        out["checks"] = scaling.check(run, scaling.replay_tasks(run), run, orders)
+        out["checks"] = scaling.check(run, scaling.replay_tasks(run), run)
     for c in out["checks"]:
         lines.append(f"{'modelled' if args.like else 'replayed'} {c['run']} at -n {c['ranks']} ({c['order']}): "
                      f"{c['predicted_s']:.1f} s against {c['measured_s']:.1f} s measured ({100 * c['error']:+.1f}%)"
@@ -745,8 +746,10 @@ def build_parser():
                     "visits at each rank count")
     sc.add_argument("--machine", default="here", metavar="M,...", help="per-core speed of: here, haswell, knl, "
                     "perlmutter (default here; docs/scaling.md)")
-    sc.add_argument("--order", default="longest", metavar="O,...", help="ready order: longest (the engine's: "
-                    "largest predicted cost first), fifo, or longest,fifo (default longest)")
+    sc.add_argument("--order", default="critical", metavar="O,...", help="ready orders of the modelled runs: "
+                    "critical (the engine's: the task heading the costliest chain of predicted work first), "
+                    "longest (the largest predicted cost first), fifo, or a list (default critical); the replay "
+                    "uses the order the measured run ran in")
     sc.add_argument("--sensor", default="4000x4072", metavar="NXxNY", help="sensor of the modelled run "
                     "(default 4000x4072)")
     sc.add_argument("--opsim", metavar="FILE", help="base cadence of the modelled run: one visit per night and "

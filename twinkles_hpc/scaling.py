@@ -65,6 +65,7 @@ class MeasuredRun:
     wall_s: float           # engine wall time, summed over the sessions that ran tasks
     sessions: int
     overheads: Overheads
+    order: str = "longest"  # the engine's order in its first session (runs from before it was recorded: longest)
 
     @property
     def pixels(self):
@@ -115,7 +116,8 @@ def load_run(rundir, rank0_s=None, commit_s=None, planned=None):
                            rank0_s=defaults.rank0_s if rank0_s is None else rank0_s,
                            commit_s=defaults.commit_s if commit_s is None else commit_s)
     return MeasuredRun(rundir, cfg, visits, planned, recs, int(sessions[0][0]["ranks"]),
-                       sum(float(e["wall_s"]) for _, e in sessions), len(sessions), oh)
+                       sum(float(e["wall_s"]) for _, e in sessions), len(sessions), oh,
+                       str(sessions[0][0].get("order", "longest")))
 
 
 def measure_overheads(records, done, planned, session, rank0_s, commit_s):
@@ -395,10 +397,11 @@ def study(run, ranks, machines, orders, *, n_visits=None, weak=False, sensor=FUL
     return rows, notes
 
 
-def check(run, tasks, measured, orders=("longest", "fifo")):
+def check(run, tasks, measured, orders=None):
     """[{order, ranks, measured_s, predicted_s, error, work_ratio, normalised_error}]: `tasks` (a replay, or
     another run's graph with this run's durations) simulated at the rank count of `measured` (a MeasuredRun)
-    with `run`'s overheads on this machine, against the wall time measured. work_ratio: the measured run's
+    with `run`'s overheads on this machine, in each of `orders` (default: the order `measured` ran in),
+    against the wall time measured. work_ratio: the measured run's
     task seconds over the modelled ones (1 for a replay; on a shared machine it also carries the load of
     other processes during either run); normalised_error: the error with the durations scaled by it, which
     leaves the schedule and the overheads to the test."""
@@ -406,7 +409,7 @@ def check(run, tasks, measured, orders=("longest", "fifo")):
     ratio = measured_work / max(sum(t.seconds for t in tasks), 1e-12)
     scaled = [replace(t, seconds=t.seconds * ratio) for t in tasks]
     out = []
-    for order in orders:
+    for order in orders or [measured.order]:
         res = simulate(tasks, measured.ranks, run.overheads, order)
         norm = simulate(scaled, measured.ranks, run.overheads, order)
         out.append({"run": measured.rundir, "order": order, "ranks": measured.ranks,

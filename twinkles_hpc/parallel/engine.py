@@ -1,7 +1,7 @@
 """Rank 0 schedules, workers compute.
 
-Rank 0 keeps the task graph, hands the ready task with the largest predicted cost to the next idle
-worker (longest-processing-time first), records completions in the journal and the per-task trace,
+Rank 0 keeps the task graph, hands the ready task that heads the costliest chain of predicted work to
+the next idle worker (critical path first; ORDERS), records completions in the journal and the per-task trace,
 and prints progress. Its cost per completion does not grow with the graph or the number of ranks
 (dependency counters, a ready heap, a queue of idle workers), and the completions of up to
 COMMIT_INTERVAL share one journal write and one fsync (group commit, journal.py), made before any task
@@ -152,15 +152,58 @@ def _hms(s):
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def chain_costs(tasks):
+    """{task id: its predicted cost plus that of the costliest chain of tasks that depend on it}: how much
+    predicted work must follow, one task after another, once it starts (the "bottom level" of list
+    scheduling). Ordering ready tasks by it starts first what holds the most of the run back."""
+    by_id = {t.id: t for t in tasks}
+    dependants = {}
+    for t in tasks:
+        for d in set(t.deps):
+            dependants.setdefault(d, []).append(t.id)
+    out, stack, open_ = {}, [], set()
+    for root in by_id:                      # iterative post-order: graphs of 10^5 tasks, no recursion
+        if root in out:
+            continue
+        stack.append((root, False))
+        while stack:
+            tid, expanded = stack.pop()
+            if tid in out:
+                continue
+            users = dependants.get(tid, ())
+            if expanded:
+                out[tid] = by_id[tid].cost + max((out[u] for u in users), default=0.0)
+                open_.discard(tid)
+                continue
+            if tid in open_:                # reached again from its own dependants
+                raise ValueError(f"the task graph has a cycle through {tid}: it cannot progress")
+            open_.add(tid)
+            stack.append((tid, True))
+            stack.extend((u, False) for u in users if u not in out)
+    return out
+
+
+#: Orders of the ready tasks: "critical" (the default: the largest chain_costs first, the task behind which
+#: the most predicted work waits), "longest" (the largest predicted cost first, longest-processing-time),
+#: and "fifo" (the first ready first; scaling studies only).
+ORDERS = ("critical", "longest", "fifo")
+DEFAULT_ORDER = "critical"
+
+
 class Scheduler:
-    """The task graph's bookkeeping: what is pending, ready (a max-heap on cost) and done.
+    """The task graph's bookkeeping: what is pending, ready (a max-heap on the order's key: chain_costs or
+    the cost) and done.
 
     Each pending task counts the dependencies it still waits for, and each task lists the pending tasks that
     wait for it: a completion costs the number of its dependants plus a heap push per task made ready,
     whatever the size of the graph."""
 
-    def __init__(self, tasks, done_ids):
+    def __init__(self, tasks, done_ids, order=DEFAULT_ORDER):
+        if order not in ORDERS[:2]:
+            raise ValueError(f"order must be one of {ORDERS[:2]}, not {order!r}")
         self.tasks = {t.id: t for t in tasks}
+        self.order = order
+        self.key = chain_costs(tasks) if order == "critical" else {t.id: t.cost for t in tasks}
         self.done = set(done_ids) & set(self.tasks)
         self.pending = {tid for tid in self.tasks if tid not in self.done}
         self.n_waiting = {}         # pending task id -> how many of its dependencies are not done
@@ -171,11 +214,11 @@ class Scheduler:
                 self.n_waiting[tid] = len(waits)
                 for d in waits:
                     self.dependants.setdefault(d, []).append(tid)
-        self.ready = [(-self.tasks[tid].cost, tid) for tid in self.pending if not self.n_waiting[tid]]
+        self.ready = [(-self.key[tid], tid) for tid in self.pending if not self.n_waiting[tid]]
         heapq.heapify(self.ready)
 
     def _push(self, tid):
-        heapq.heappush(self.ready, (-self.tasks[tid].cost, tid))
+        heapq.heappush(self.ready, (-self.key[tid], tid))
 
     def peek(self):
         """The id of the task `pop` would return."""
@@ -207,10 +250,12 @@ class Scheduler:
 class Engine:
     """Runs a list of Tasks over `comm` with `execute(task, should_stop) -> {relpath: bytes}`."""
 
-    def __init__(self, comm, rundir, execute, journal, *, out=sys.stdout, progress_interval=2.0, stop=None):
+    def __init__(self, comm, rundir, execute, journal, *, out=sys.stdout, progress_interval=2.0, stop=None,
+                 order=DEFAULT_ORDER):
         """stop: a StopFlag already installed (the command line installs one before the set-up); None: one
-        is installed here."""
+        is installed here. order: of the ready tasks (ORDERS; "fifo" is for the scaling model only)."""
         self.comm, self.rundir, self.execute, self.journal = comm, rundir, execute, journal
+        self.order = order
         self.out, self.progress_interval = out, progress_interval
         self.stop = stop if stop is not None else StopFlag().install()
         self.trace_path = os.path.join(rundir, layout.TRACE)
@@ -254,10 +299,10 @@ class Engine:
         if self.comm.rank != 0:
             self._worker()
             return self.comm.bcast(None, root=0)
-        sched = Scheduler(tasks, done_ids)
+        sched = Scheduler(tasks, done_ids, self.order)
         prog = Progress(sched.remaining_cost(), len(sched.tasks), len(sched.done), self.out,
                         self.progress_interval)
-        self.journal.append("start", ranks=self.comm.size, pending=len(sched.pending))
+        self.journal.append("start", ranks=self.comm.size, pending=len(sched.pending), order=self.order)
         cpu0, wall0 = time.process_time(), time.time()
         status = self._serial(sched, prog) if self.comm.size == 1 else self._schedule(sched, prog)
         self.scheduler_cpu = (time.process_time() - cpu0, time.time() - wall0)

@@ -4,8 +4,10 @@ The model follows parallel/engine.py step by step, with time taken from the task
 measured overheads (`Overheads`) instead of a clock:
 - rank 0 schedules and computes nothing when there are workers; it is one server that handles one
   message at a time, `rank0_s` of its time per completion;
-- a worker that reports a completion is handed the ready task with the largest predicted `cost` at once
-  (ties by task id, as the engine's heap), or the one that became ready first (`order="fifo"`);
+- a worker that reports a completion is handed at once the ready task first in the engine's order
+  (`order="critical"`, the engine's default: the largest chain_costs, the predicted work that waits
+  behind it; `"longest"`: the largest predicted `cost`; ties by task id, as the engine's heap), or the
+  one that became ready first (`order="fifo"`);
 - a task starts `dispatch_s` after rank 0 sent it, and its completion reaches rank 0 `report_s` +
   `report_s_per_byte` x its output bytes after it ended (the worker checksums its outputs, builds the trace
   record and sends them);
@@ -24,7 +26,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from twinkles_hpc.parallel.engine import COMMIT_INTERVAL, GROUP_MAX
+from twinkles_hpc.parallel.engine import COMMIT_INTERVAL, DEFAULT_ORDER, GROUP_MAX, ORDERS, chain_costs
 
 
 @dataclass
@@ -95,21 +97,20 @@ class Result:
                 "tasks": self.n_tasks, "commits": self.commits}
 
 
-ORDERS = ("longest", "fifo")
-
-
 class _Ready:
-    """The ready tasks: a max-heap on cost (ties: smallest id), or first in, first out."""
+    """The ready tasks: a max-heap on cost (ties: smallest id), on the predicted cost of the longest chain a
+    task starts (`critical`: engine.chain_costs), or first in, first out."""
 
-    def __init__(self, order):
+    def __init__(self, order, key=None):
         self.fifo = order == "fifo"
+        self.key = key
         self.items = deque() if self.fifo else []
 
     def push(self, task):
         if self.fifo:
             self.items.append(task.id)
         else:
-            heapq.heappush(self.items, (-task.cost, task.id))
+            heapq.heappush(self.items, (-(self.key[task.id] if self.key else task.cost), task.id))
 
     def peek(self):
         return self.items[0] if self.fifo else self.items[0][1]
@@ -136,7 +137,7 @@ def _graph(tasks):
     return by_id, waiting, dependants
 
 
-def simulate(tasks, ranks, overheads=None, order="longest", record=False):
+def simulate(tasks, ranks, overheads=None, order=DEFAULT_ORDER, record=False):
     """Simulate the engine running `tasks` (SimTask list, in graph order) on `ranks` ranks; returns a
     Result (with per-task records (id, rank, start, end) when `record`)."""
     if order not in ORDERS:
@@ -145,7 +146,7 @@ def simulate(tasks, ranks, overheads=None, order="longest", record=False):
         raise ValueError(f"ranks must be >= 1, not {ranks}")
     oh = overheads or Overheads()
     by_id, waiting, dependants = _graph(tasks)
-    ready = _Ready(order)
+    ready = _Ready(order, chain_costs(tasks) if order == "critical" else None)
     for t in tasks:
         if not waiting[t.id]:
             ready.push(t)
