@@ -176,3 +176,21 @@ def test_every_table_has_an_ingest_step_in_the_demo():
     for s in registry.STAGES:
         if s.tables:
             assert type(s).ingest_steps is not Stage.ingest_steps and type(s).ingest is not Stage.ingest, s.name
+
+
+def test_tiles_leave_the_later_stages_graph_unchanged(tmp_path):
+    """With the coadds and templates in tiles ([coadd] task_visits), the Objects, difference and scene-model
+    tasks wait for the tasks that write the patches' files, with the costs of one task per patch."""
+    from conftest import LEVEL2_TILES_TOML, LEVEL2_TOML
+
+    from twinkles_hpc import config
+    from twinkles_hpc.pipeline.setup import plan
+    graphs = []
+    for name, text in (("one", LEVEL2_TOML), ("tiles", LEVEL2_TILES_TOML)):
+        (tmp_path / f"{name}.toml").write_text(text)
+        graphs.append({t.id: t for t in plan(config.load(tmp_path / f"{name}.toml"), tmp_path / name)[1]})
+    one, tiles = graphs
+    assert any(t.params.get("step") == "assemble" for t in tiles.values())
+    for tid, t in one.items():
+        if t.kind in ("objects", "diffim", "forced", "associate"):
+            assert (tiles[tid].deps, tiles[tid].cost) == (t.deps, t.cost), tid

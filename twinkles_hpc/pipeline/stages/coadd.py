@@ -125,6 +125,12 @@ def patch_tasks(stage, cfg, key, cost, deps, sky_patch, **params):
                                          step="assemble", tiles=len(boxes), **params)]
 
 
+def patch_file_tasks(tasks):
+    """{key: task} of the tasks among a coadd or template stage's `tasks` ({key: Task}) that write a patch's
+    file: the one task of a patch, or the task that assembles its tiles (not the tiles, not the inputs)."""
+    return {k: t for k, t in tasks.items() if "box" not in t.params and t.params.get("step") != "inputs"}
+
+
 def run_patch_task(ctx, task, rel, choose):
     """Run a task of patch_tasks writing the patch file `rel` (coadd or template). `choose()` -> (calexp
     paths, attributes for the patch file, None or why the patch is not made): called by the one task and

@@ -10,7 +10,7 @@ import numpy as np
 
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage, Switch
-from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS
+from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, patch_file_tasks
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 from twinkles_hpc.store.tables import read_table, write_table
@@ -46,9 +46,8 @@ class LensmodelStage(Stage):
         ([lensmodel] tasks), `lensmodel/sNNN` for each share of the candidates and `lensmodel` joining them
         (param step = "merge"). Cost: the sensor's area in full sensors (the candidates grow with it)."""
         deps = [up.get("lenses", None, for_task=layout.task_id(self.name))]
-        for stage in ("coadd", "objects"):
-            tasks = up.tasks(stage)
-            deps += [tasks[k] for k in sorted(tasks) if "box" not in tasks[k].params]   # patches, not tiles
+        for tasks in (patch_file_tasks(up.tasks("coadd")), up.tasks("objects")):
+            deps += [tasks[k] for k in sorted(tasks)]
         n = n_tasks(ctx.cfg)
         area = ctx.cfg.sensor.nx * ctx.cfg.sensor.ny / FULL_SENSOR_PIXELS
         if n == 1:

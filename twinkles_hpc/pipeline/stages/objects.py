@@ -8,6 +8,7 @@ import numpy as np
 
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import AMORTISED, Stage
+from twinkles_hpc.pipeline.stages.coadd import FULL_SENSOR_PIXELS, patch_file_tasks
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import atomic_h5, open_read
 from twinkles_hpc.store.tables import write_table
@@ -35,12 +36,13 @@ class ObjectsStage(Stage):
         """One `objects/I-J` task per patch with a coadd in any band, after that patch's coadd tasks;
         cost = patch pixels x bands / 16.3 Mpix."""
         by_patch = {}
-        for t in up.tasks("coadd").values():
+        for t in patch_file_tasks(up.tasks("coadd")).values():
             by_patch.setdefault(tuple(t.params["patch"]), []).append(t)
         tasks = []
         for (i, j), ts in sorted(by_patch.items()):
             bands = {t.params["band"]: t for t in ts}
-            cost = ts[0].cost / max(len(ts[0].params["visit_ids"]), 1) * len(bands)
+            _, _, nx, ny = ctx.skymap.patch(i, j).bbox
+            cost = nx * ny * len(bands) / FULL_SENSOR_PIXELS
             tasks.append(self.task(layout.patch_key(i, j), cost, deps=[bands[b] for b in sorted(bands)],
                                    patch=(i, j), bands=sorted(bands)))
         return tasks
