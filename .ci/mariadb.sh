@@ -9,13 +9,17 @@
 # mariadbd in the background on a unix socket there (no TCP), and creates the database and user
 # `twinkles_test`. The connection info (socket, database, user, password) goes to the option file
 # $DIR/client.cnf (mode 600, [client] section); stdout carries only the `export` lines that name it,
-# every progress message goes to stderr, and the password is never printed.
+# every progress message goes to stderr, and the password is never printed. The server accepts LOAD DATA
+# LOCAL INFILE (the bulk path of store/db.py's ingest); its InnoDB buffer pool is
+# $TWINKLES_MARIADB_BUFFER_POOL (default 64M; `twinkles-hpc bench ingest` at scale may want more), applied
+# when the server starts.
 set -euo pipefail
 
 DIR=${TWINKLES_MARIADB_DIR:-/tmp/twinkles-mariadb-$(id -u)}
 SOCK=$DIR/mysqld.sock
 CNF=$DIR/client.cnf
 DB=twinkles_test
+BUFFER_POOL=${TWINKLES_MARIADB_BUFFER_POOL:-64M}
 ME=$(id -un)
 say() { echo "[mariadb.sh] $*" >&2; }
 admin() { mariadb-admin --no-defaults --socket="$SOCK" --user="$ME" "$@"; }
@@ -62,7 +66,7 @@ else
     # setsid + closed descriptors: the server outlives this script and holds no pipe of the caller
     setsid mariadbd --no-defaults --user="$ME" --datadir="$DIR/data" --socket="$SOCK" \
         --pid-file="$DIR/mysqld.pid" --log-error="$DIR/error.log" --skip-networking \
-        --character-set-server=utf8mb4 --innodb-buffer-pool-size=64M \
+        --character-set-server=utf8mb4 --innodb-buffer-pool-size="$BUFFER_POOL" --local-infile=1 \
         --innodb-flush-log-at-trx-commit=2 </dev/null >/dev/null 2>&1 &
     for _ in $(seq 120); do alive && break; sleep 0.25; done
     alive || { say "error: the server did not start"; tail -20 "$DIR/error.log" >&2; exit 1; }

@@ -204,7 +204,8 @@ def test_exception_between_batches_rolls_back(engine, monkeypatch):
     monkeypatch.setattr(db, "_insert_batch", failing)
     with pytest.raises(RuntimeError, match="injected"):
         db.ingest(engine, "ForcedSource", fs, batch_size=60)
-    assert calls[0] == 10 and calls[1] == 60               # rows were written before the failure...
+    sent = np.lexsort((fs["ccdVisitId"], fs["objectId"]))  # batches go in key order; fs[:50] is present
+    assert calls == [np.sum(sent[:60] >= 50), np.sum(sent[60:120] >= 50)] and min(calls) > 0   # rows written...
     assert dump(engine, "ForcedSource") == before          # ...and rolled back
     monkeypatch.undo()
     assert db.ingest(engine, "ForcedSource", fs, batch_size=60) == 150
@@ -237,6 +238,121 @@ def test_killed_ingest_leaves_database_consistent(engine, tmp_path):
     assert r.returncode == 3, r.stderr
     assert dump(engine, "ForcedSource") == before
     assert db.ingest(engine, "ForcedSource", fs) == 170
+
+
+# ---- the bulk path: LOAD DATA LOCAL INFILE (MySQL/MariaDB) ---------------------------------------------
+
+ODD = ["a,b", 'say "hi"', "2\nlines", "t\tab", "back\\sl", "NULL", "", "\\N", "é€"]   # 8 characters at most
+
+
+def awkward(n=45, seed=5):
+    """CcdVisit and Object rows whose strings, NULLs, booleans and doubles a CSV file could get wrong, and
+    ForcedSource rows in no key order with a repeated key (the first row of a key is the one kept)."""
+    rng = np.random.default_rng(seed)
+    ccd, obj, fs = synthetic(n_visits=n, n_objects=6, seed=seed)
+    ccd = dict(ccd, raftName=np.array([ODD[i % len(ODD)] for i in range(n)], dtype=object),
+               ccdName=np.ma.masked_array([ODD[-1 - i % len(ODD)] for i in range(n)], mask=np.arange(n) % 4 == 0),
+               obsStart=np.where(np.arange(n) % 5 == 0, np.nan,
+                                 rng.normal(0, 1, n) * 10.0 ** rng.integers(-300, 300, n)),
+               zenithDistance=np.array([5e-324, -0.0, 1 / 3, 2.0 ** 60, np.inf] * (n // 5)),
+               xSize=np.arange(n) - 2 ** 31)
+    obj = dict(obj, shape_flag=np.ma.masked_array(np.arange(6) % 2 == 0, mask=[0, 0, 1, 0, 0, 1]),
+               parentObjectId=np.ma.masked_array([0, 7, 7, 0, 14, 0], mask=[1, 0, 0, 1, 0, 1]))
+    fs = np.concatenate([fs, fs[:3]])
+    fs["psFlux"][-3:] = -1.0                                # repeated keys with other values: skipped
+    return ccd, obj, fs
+
+
+def load_awkward(engine, data, bulk):
+    ccd, obj, fs = data
+    return (db.ingest(engine, "CcdVisit", ccd, bulk=bulk), db.ingest(engine, "Object", obj, bulk=bulk),
+            db.ingest(engine, "ForcedSource", fs, batch_size=64, bulk=bulk))
+
+
+def recreate(engine):
+    schema.metadata.drop_all(engine)
+    db.create_schema(engine)
+
+
+def test_bulk_path_equals_insert_path(mariadb_engine, monkeypatch):
+    data = awkward()
+    tables = ("CcdVisit", "Object", "ForcedSource")
+    got = {}
+    for bulk in (False, True):
+        recreate(mariadb_engine)
+        assert load_awkward(mariadb_engine, data, bulk) == (45, 6, 270)
+        got[bulk] = {t: dump(mariadb_engine, t) for t in tables}
+        assert load_awkward(mariadb_engine, data, bulk) == (0, 0, 0)      # the same rows twice: nothing new
+        assert {t: dump(mariadb_engine, t) for t in tables} == got[bulk]
+    assert got[True] == got[False]
+    raft = {r.ccdVisitId: r.raftName for r in got[True]["CcdVisit"]}
+    assert [raft[v] for v in data[0]["ccdVisitId"]] == list(data[0]["raftName"])
+    assert all(r.psFlux != -1.0 for r in got[True]["ForcedSource"])
+    # the automatic choice: LOAD DATA from BULK_MIN_ROWS rows a call; a partial table is completed
+    recreate(mariadb_engine)
+    fs = data[2]
+    assert db.ingest(mariadb_engine, "ForcedSource", fs[:100], bulk=False) == 100
+    loads = []
+    real = db._load_batch
+    monkeypatch.setattr(db, "_load_batch", lambda *a: loads.append(a[-1] - a[-2]) or real(*a))
+    monkeypatch.setattr(db, "BULK_MIN_ROWS", 200)
+    assert db.ingest(mariadb_engine, "ForcedSource", fs[:100]) == 0 and loads == []
+    assert db.ingest(mariadb_engine, "ForcedSource", fs, batch_size=100) == 170 and loads == [100, 100, 73]
+    assert dump(mariadb_engine, "ForcedSource") == got[False]["ForcedSource"]
+
+
+def test_bulk_path_validates_and_rolls_back(mariadb_engine, sqlite_engine, monkeypatch):
+    ccd, obj, fs = awkward()
+    bad = dict(ccd, expMidpt=ccd["expMidpt"].copy())
+    bad["expMidpt"][-1] = np.nan
+    with pytest.raises(InputError, match="expMidpt.*NOT NULL"):
+        db.ingest(mariadb_engine, "CcdVisit", bad, bulk=True, batch_size=8)
+    with pytest.raises(InputError, match="filterName: expected at most 1 characters"):
+        db.ingest(mariadb_engine, "CcdVisit", dict(ccd, filterName=np.full(45, "rr")), bulk=True)
+    with pytest.raises(InputError, match="bulk: expected a MySQL/MariaDB database"):
+        db.ingest(sqlite_engine, "ForcedSource", fs, bulk=True)
+    assert count(mariadb_engine, "CcdVisit") == 0 and count(sqlite_engine, "ForcedSource") == 0
+    db.ingest(mariadb_engine, "ForcedSource", fs[:50], bulk=True)
+    before = dump(mariadb_engine, "ForcedSource")
+    real, calls = db._load_batch, []
+
+    def failing(*args):
+        calls.append(real(*args))                          # batch 1 reaches the database, then we crash
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return calls[-1]
+    monkeypatch.setattr(db, "_load_batch", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        db.ingest(mariadb_engine, "ForcedSource", fs, batch_size=100, bulk=True)
+    assert calls[0] > 0 and dump(mariadb_engine, "ForcedSource") == before
+    monkeypatch.undo()
+    assert db.ingest(mariadb_engine, "ForcedSource", fs, bulk=True) == 220
+
+
+def test_bulk_path_falls_back_where_local_infile_is_refused(mariadb_engine, monkeypatch):
+    fs = awkward()[2]
+    monkeypatch.setattr(db, "BULK_MIN_ROWS", 10)
+    e = db.connect("mysql+pymysql://localhost", connect_args={"local_infile": False})
+    try:
+        with pytest.raises(InputError, match="LOAD DATA LOCAL INFILE"):
+            db.ingest(e, "ForcedSource", fs, bulk=True)
+        assert db.ingest(e, "ForcedSource", fs, batch_size=100) == 270     # INSERT, same transaction
+    finally:
+        e.dispose()
+    assert count(mariadb_engine, "ForcedSource") == 270
+
+
+def test_rows_are_sent_in_key_order_keeping_the_first_of_a_key(engine, monkeypatch):
+    fs = awkward()[2]
+    sent, real = [], db._insert_batch
+
+    def spy(conn, stmt, batch):
+        sent.extend((r["objectId"], r["ccdVisitId"]) for r in batch)
+        return real(conn, stmt, batch)
+    monkeypatch.setattr(db, "_insert_batch", spy)
+    assert db.ingest(engine, "ForcedSource", fs, batch_size=50, bulk=False) == 270
+    assert sent == sorted(sent) and len(sent) == 273
+    assert all(r.psFlux != -1.0 for r in dump(engine, "ForcedSource"))
 
 
 # ---- light curves -------------------------------------------------------------------------------------
