@@ -332,7 +332,7 @@ def cmd_timedelay(args):
 # -- bench -----------------------------------------------------------------------------------------
 #: Smallest value of each numeric `bench` option (the benchmarks' own sizes are far above).
 BENCH_MINIMA = {"nx": 64, "ny": 64, "stars": 1, "galaxies": 0, "repeat": 1, "seed": 0, "systems": 1,
-                "pycs3_systems": 0, "tasks": 1}
+                "pycs3_systems": 0, "tasks": 1, "visits_per_call": 1, "queries": 1, "batch_size": 1}
 
 
 def cmd_bench(args):
@@ -635,7 +635,7 @@ def build_parser():
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
     b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay", "engine",
-                                    "storage", "startup"],
+                                    "storage", "startup", "ingest"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
@@ -646,17 +646,20 @@ def build_parser():
                         "journal and trace under mpiexec at --ranks, and rank 0 alone against simulated workers; "
                         "storage: bytes per full-sensor visit of a run's products under each [store] option; "
                         "startup: seconds, modules and files opened starting each entry point (--help, imsim on "
-                        "the imsim scene as a catalogue, a worker of a run, per stage)")
+                        "the imsim scene as a catalogue, a worker of a run, per stage); ingest: a synthetic "
+                        "catalogue at --scale x Run 1.1 into SQLite and MySQL/MariaDB by INSERT and LOAD DATA: rows/s, "
+                        "size on disk, light-curve latency")
     b.add_argument("--rundir", help="run directory (bench visit, bench report, bench storage; bench engine: where "
-                   "the synthetic runs write their journals, default a temporary directory)")
+                   "the synthetic runs write their journals, bench ingest: where the SQLite database is written, "
+                   "default a temporary directory)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit, bench storage; default: the "
                    "first)")
     b.add_argument("--nx", type=int, default=4000, help="image width (default 4000; bench diffim: 4096)")
     b.add_argument("--ny", type=int, default=4072, help="image height (default 4072; bench diffim: 4096)")
     b.add_argument("--stars", type=int, default=2000, help="stars (default 2000; bench diffim: 20000 per 4096^2)")
     b.add_argument("--galaxies", type=int, default=5000)
-    b.add_argument("--seed", type=int, default=1, help="seed of the simulated scene (imsim, detect, forced) or "
-                   "light curves (timedelay)")
+    b.add_argument("--seed", type=int, default=1, help="seed of the simulated scene (imsim, detect, forced), "
+                   "light curves (timedelay) or catalogue (ingest)")
     b.add_argument("--systems", type=int, default=100, help="simulated doubles per case (bench timedelay)")
     b.add_argument("--opsim", metavar="FILE", default=None, help="cadence of the simulated light curves (bench "
                    "timedelay; default ../shared/data/twinkles_run1_opsim_visits.csv)")
@@ -670,6 +673,18 @@ def build_parser():
                    "sleeps, one run each (default 0,0.01)")
     b.add_argument("--simulated-workers", default="16,256,2048", metavar="N,...", help="bench engine: worker "
                    "counts of the ceiling runs (default 16,256,2048)")
+    b.add_argument("--scale", type=float, default=1.0, help="bench ingest: the catalogue as a multiple of Run 1.1 "
+                   "(1: 1120 CcdVisits, 41,653 Objects, 33.8 million ForcedSources; default 1)")
+    b.add_argument("--url", default=None, help="bench ingest: the MySQL/MariaDB database (its CcdVisit, Object and "
+                   "ForcedSource tables empty; default: the test server of $TWINKLES_TEST_DB_OPTION_FILE, if set)")
+    b.add_argument("--targets", default="sqlite,mysql-insert,mysql-bulk", help="bench ingest: what to time "
+                   "(default sqlite,mysql-insert,mysql-bulk; the MySQL ones need a server)")
+    b.add_argument("--visits-per-call", type=int, default=100, metavar="N", help="bench ingest: visits of a field "
+                   "per ForcedSource ingest call, at most (default 100; 1: one call per CcdVisit)")
+    b.add_argument("--queries", type=int, default=100, help="bench ingest: random Objects whose light curve is "
+                   "timed (default 100)")
+    b.add_argument("--batch-size", type=int, default=50_000, help="bench ingest: rows per INSERT or LOAD DATA "
+                   "statement (default 50000, as [ingest] batch_size)")
     b.add_argument("--repeat", type=int, default=3, help="timed repetitions (best and median reported)")
     b.add_argument("--no-galsim", action="store_true", help="skip the GalSim comparison")
     b.add_argument("--galsim-objects", type=int, default=None,
