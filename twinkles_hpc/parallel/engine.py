@@ -190,6 +190,12 @@ ORDERS = ("critical", "longest", "fifo")
 DEFAULT_ORDER = "critical"
 
 
+def priorities(tasks, order):
+    """{task id: the key the ready heap orders by, largest first}: chain_costs for "critical", the predicted
+    cost for "longest" (the engine's Scheduler and the scaling model's both use it)."""
+    return chain_costs(tasks) if order == "critical" else {t.id: t.cost for t in tasks}
+
+
 class Scheduler:
     """The task graph's bookkeeping: what is pending, ready (a max-heap on the order's key: chain_costs or
     the cost) and done.
@@ -203,7 +209,7 @@ class Scheduler:
             raise ValueError(f"order must be one of {ORDERS[:2]}, not {order!r}")
         self.tasks = {t.id: t for t in tasks}
         self.order = order
-        self.key = chain_costs(tasks) if order == "critical" else {t.id: t.cost for t in tasks}
+        self.key = priorities(tasks, order)
         self.done = set(done_ids) & set(self.tasks)
         self.pending = {tid for tid in self.tasks if tid not in self.done}
         self.n_waiting = {}         # pending task id -> how many of its dependencies are not done

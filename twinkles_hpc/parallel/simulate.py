@@ -26,7 +26,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from twinkles_hpc.parallel.engine import COMMIT_INTERVAL, DEFAULT_ORDER, GROUP_MAX, ORDERS, chain_costs
+from twinkles_hpc.parallel.engine import COMMIT_INTERVAL, DEFAULT_ORDER, GROUP_MAX, ORDERS, priorities
 
 
 @dataclass
@@ -98,8 +98,8 @@ class Result:
 
 
 class _Ready:
-    """The ready tasks: a max-heap on cost (ties: smallest id), on the predicted cost of the longest chain a
-    task starts (`critical`: engine.chain_costs), or first in, first out."""
+    """The ready tasks: a max-heap on `key` (engine.priorities of the order; ties: smallest id), or first in,
+    first out."""
 
     def __init__(self, order, key=None):
         self.fifo = order == "fifo"
@@ -110,7 +110,7 @@ class _Ready:
         if self.fifo:
             self.items.append(task.id)
         else:
-            heapq.heappush(self.items, (-(self.key[task.id] if self.key else task.cost), task.id))
+            heapq.heappush(self.items, (-self.key[task.id], task.id))
 
     def peek(self):
         return self.items[0] if self.fifo else self.items[0][1]
@@ -146,7 +146,7 @@ def simulate(tasks, ranks, overheads=None, order=DEFAULT_ORDER, record=False):
         raise ValueError(f"ranks must be >= 1, not {ranks}")
     oh = overheads or Overheads()
     by_id, waiting, dependants = _graph(tasks)
-    ready = _Ready(order, chain_costs(tasks) if order == "critical" else None)
+    ready = _Ready(order, None if order == "fifo" else priorities(tasks, order))
     for t in tasks:
         if not waiting[t.id]:
             ready.push(t)
