@@ -2,10 +2,12 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 from mpi4py import MPI
 
+from twinkles_hpc import steptimer
 from twinkles_hpc.errors import Interrupted, RunDirError
 from twinkles_hpc.parallel.engine import Engine, Scheduler, Task
 from twinkles_hpc.parallel.journal import Journal, file_checksums
@@ -103,6 +105,11 @@ def test_serial_engine_runs_all_in_order_and_traces(tmp_path):
 
     def execute(task, should_stop):
         ran.append(task.id)
+        if task.kind == "visit":                # a task whose code times its steps
+            with steptimer.step("spin"):
+                t0 = time.process_time()
+                while time.process_time() - t0 < 0.02:
+                    pass
         p = tmp_path / f"{task.id}.out"
         p.write_bytes(b"0" * 7)
         return {p.name: 7}
@@ -112,6 +119,11 @@ def test_serial_engine_runs_all_in_order_and_traces(tmp_path):
     trace = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
     assert [r["task"] for r in trace] == ran
     assert all(r["bytes"] == 7 and r["peak_rss_mb"] > 0 and r["end"] >= r["start"] for r in trace)
+    # CPU seconds of every task; the steps of those that time them, within the task's own
+    assert "steps" not in trace[0] and trace[0]["cpu"] < 0.02
+    for r in trace[1:]:
+        wall, cpu = r["steps"]["spin"]
+        assert 0.02 <= cpu <= r["cpu"] and wall <= r["end"] - r["start"] + 1e-3
     # a rerun resumes: nothing left to do
     done, _ = Journal(str(tmp_path)).completed()
     ran.clear()

@@ -635,7 +635,7 @@ def build_parser():
 
     b = sub.add_parser("bench", help="benchmarks against peer tools, side by side in one run")
     b.add_argument("what", choices=["imsim", "visit", "detect", "forced", "report", "diffim", "timedelay", "engine",
-                                    "storage", "startup", "ingest"],
+                                    "storage", "startup", "ingest", "chain"],
                    help="imsim: a full visit against GalSim; visit: one visit of an existing run with and "
                         "without its variable sources; detect: background + detection against sep; "
                         "forced: forced photometry against photutils, apertures against sep (--stars objects); "
@@ -648,8 +648,11 @@ def build_parser():
                         "startup: seconds, modules and files opened starting each entry point (--help, imsim on "
                         "the imsim scene as a catalogue, a worker of a run, per stage); ingest: a synthetic "
                         "catalogue at --scale x Run 1.1 into SQLite and MySQL/MariaDB by INSERT and LOAD DATA: rows/s, "
-                        "size on disk, light-curve latency")
-    b.add_argument("--rundir", help="run directory (bench visit, bench report, bench storage; bench engine: where "
+                        "size on disk, light-curve latency; chain: --visits full-sensor visits of --band through "
+                        "every stage in one process, CPU seconds per visit of each stage and its steps, sep's "
+                        "floor on the same image")
+    b.add_argument("--rundir", help="run directory (bench visit, bench report, bench storage; bench chain: where its "
+                   "campaign runs, kept, and reused when complete; bench engine: where "
                    "the synthetic runs write their journals, bench ingest: where the SQLite database is written, "
                    "default a temporary directory)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit, bench storage; default: the "
@@ -685,6 +688,10 @@ def build_parser():
                    "timed (default 100)")
     b.add_argument("--batch-size", type=int, default=50_000, help="bench ingest: rows per INSERT or LOAD DATA "
                    "statement (default 50000, as [ingest] batch_size)")
+    b.add_argument("--visits", type=int, default=8, help="bench chain: visits of the campaign (default 8)")
+    b.add_argument("--band", default="r", help="bench chain: the campaign's band (default r)")
+    b.add_argument("--store", default="default", help="bench chain: 'default' ([store] defaults: planes "
+                   "uncompressed) or 'demo' (gzip after quantising, as jobs/demo.toml)")
     b.add_argument("--repeat", type=int, default=3, help="timed repetitions (best and median reported)")
     b.add_argument("--no-galsim", action="store_true", help="skip the GalSim comparison")
     b.add_argument("--galsim-objects", type=int, default=None,

@@ -1,7 +1,7 @@
 """`twinkles-hpc bench ...`: measured speed against peer tools, side by side in one run.
 
 One module per benchmark (imsim, visit, detect, forced, report, diffim, timedelay, engine, storage, startup,
-ingest), each with `run(args)` that takes the `bench` subcommand's options and returns the lines to print;
+ingest, chain), each with `run(args)` that takes the `bench` subcommand's options and returns the lines to print;
 `common` times, describes the machine and records. Only the command line imports this package.
 """
 import importlib

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles_hpc import __version__, instrument
+from twinkles_hpc import __version__, instrument, steptimer
 from twinkles_hpc.errors import Interrupted
 from twinkles_hpc.imsim import cosmics as _cosmics
 from twinkles_hpc.imsim import noise as _noise
@@ -200,6 +200,7 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
     seams of twinkles_hpc.testing.faults).
     """
     sensor, im = cfg.sensor, cfg.visit
+    lap = steptimer.laps()
     true = true_pointing(spec, cfg)
     wcs = SensorWCS(true.ra, true.dec, true.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
     nominal = SensorWCS(spec.ra, spec.dec, spec.rot_sky_pos, sensor.nx, sensor.ny, sensor.pixel_scale)
@@ -207,6 +208,7 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
     if variables is None:
         variables, var_mags = _no_variables(), np.zeros(0)
     src, sel = select_sources(stars, galaxies, spec, wcs, variables, var_mags)
+    lap("select")
     n_chunks = max(1, -(-len(src) // im.chunk_objects))
     key = (cfg.run.seed, spec.visit_id, STAGE_NOISE)
     signature = json.dumps({"config": cfg.fingerprint(), "visit": spec.visit_id, "n_src": len(src),
@@ -232,6 +234,7 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
                 on_checkpoint(c + 1)
             if stop:
                 raise Interrupted(f"visit {spec.visit_id} checkpointed at chunk {c + 1}/{n_chunks}")
+    lap("render")
     sky_e = _noise.sky_electrons(spec.sky_brightness, spec.band, spec.exptime,
                                  pixel_scale=sensor.pixel_scale, dark_current=sensor.dark_current)
     crs, n_tracks = np.zeros(0, _cosmics.COSMIC_RAY_DTYPE), 0
@@ -244,6 +247,7 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
             n_sat += _cosmics.add_cosmic_rays(pixels, crs, sensor.full_well)
     else:
         pixels, n_sat = (image + sky_e).astype(np.float32), 0
+    lap("noise")
     meta = dict(visit_id=spec.visit_id, band=spec.band, mjd=spec.mjd, exptime=spec.exptime,
                 airmass=spec.airmass, fwhm_eff=spec.fwhm_eff, fwhm_geom=spec.fwhm_geom,
                 sky_brightness=spec.sky_brightness, rot_sky_pos=spec.rot_sky_pos, ra=spec.ra, dec=spec.dec,
@@ -255,6 +259,7 @@ def simulate_visit(spec: VisitSpec, stars, galaxies, cfg, out_path, ckpt_path, s
     meta.update(true_ra=true.ra, true_dec=true.dec, true_rot_sky_pos=true.rot_sky_pos,
                 true_wcs=wcs.header_string())
     written = write_eimage(out_path, pixels, meta, nominal, psf, im.compression, cosmic_rays=crs)
+    lap("write")
     if instcat_path:
         from twinkles_hpc.imsim.instcat_write import write_visit_catalog
         v = sel["variables"]

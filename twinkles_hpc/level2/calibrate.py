@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from twinkles_hpc import options
+from twinkles_hpc import options, steptimer
 from twinkles_hpc.level2 import CalibrationError
 from twinkles_hpc.level2 import detect as _detect
 from twinkles_hpc.level2 import photometry as _phot
@@ -102,28 +102,34 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     """Calibrate pixels with their camera attributes; returns (planes dict: image, variance, mask,
     background and the `sources` table (source_table), metadata dict)."""
     c = CalibrateConfig() if config is None else config
+    lap = steptimer.laps()
     band = str(attrs["band"])
     gain, rn = float(attrs.get("gain", 1.0)), float(attrs["read_noise"])
     image = np.asarray(image, dtype=np.float32)
     mask = _saturation_mask(image, float(attrs["full_well"]), c.edge_margin)
+    lap("saturation")
     bg = estimate_background(image, mask=(mask & SAT) > 0, config=c.background)
     background = bg.image(image.shape)
     sub = np.ascontiguousarray(image - background, dtype=np.float32)
+    lap("background")
     n_cr = 0
     if c.repair_cosmic_rays:
         raw_var = (np.maximum(image, 0.0) / gain + rn ** 2).astype(np.float32)
         n_cr, _ = find_cosmic_rays(sub, raw_var, mask, c.cosmic_rays, cr_bit=CR, skip_bits=SAT)
         del raw_var
+        lap("cosmic_rays")
     # the noise of the repaired pixels: a cosmic ray's charge is not in the variance of what replaced it
     variance = (np.maximum(sub + background, 0.0) / gain + rn ** 2).astype(np.float32)
     # weights that do not contain the sources (background + read noise) keep the fits unbiased
     bg_var = (np.maximum(background, 0.0) / gain + rn ** 2).astype(np.float32)
+    lap("variance")
     cat, labels = detect(sub, variance, threshold=c.detect_threshold, kernel_fwhm_px=c.detect_fwhm_px,
                          mask=(mask & SAT) > 0)
     mask[labels > 0] |= DETECTED
     leaves = cat[~np.isin(cat["id"], cat["parent"][cat["parent"] > 0])] if len(cat) else cat
     good = (leaves["flags"] == 0) & (leaves["flux"] > c.astrom_min_snr * leaves["flux_err"])
     det = leaves[good]
+    lap("detection")
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -131,6 +137,7 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     wcs, ainfo = calibrate_astrometry(det["x"], det["y"], wcs0, refcat["ra"], refcat["dec"])
     stars = det[ainfo["i_det"]]
     ref = refcat[ainfo["i_ref"]]
+    lap("astrometry")
     # PSF stars: matched reference stars, bright, isolated from every other detection, unsaturated
     others = np.column_stack([leaves["x"], leaves["y"]])
     from scipy.spatial import cKDTree
@@ -141,10 +148,12 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     # the variation across the sensor is as detailed as the number of stars allows (3 per coefficient)
     order = next((o for o in range(c.psf_order, -1, -1) if len(psf_idx) >= 3 * (o + 1) * (o + 2) // 2), 0)
     psf, pinfo = estimate_psf(sub, bg_var, stars["x"][psf_idx], stars["y"][psf_idx], order=order)
+    lap("psf")
     # PSF photometry of every detection in one kernel call (the source table's fluxes); the matched stars'
     # rows give the aperture correction and the zero point in this band
     phot_all = _phot.forced_photometry(sub, variance, mask, leaves["x"], leaves["y"], psf,
                                          ap_radii=(c.ap_corr_radius,))
+    lap("photometry")
     i_star = np.flatnonzero(good)[ainfo["i_det"]]              # matched stars as rows of `leaves`
     phot = phot_all[i_star]
     ap = phot[f"ap_flux_{_phot._radius_name(c.ap_corr_radius)}"]
@@ -161,6 +170,7 @@ def calibrate_exposure(image, attrs, refcat, config=None):
                                   min_snr=c.zp_min_snr)
     # the zero point refers to total (aperture-corrected) flux: its error includes the correction's
     zp_err = float(np.hypot(zp_err, 1.0857 * ap_corr_err / ap_corr))
+    lap("zero_point")
     meta = {k: attrs[k] for k in CAMERA_ATTRS if k in attrs}
     meta.update(wcs=wcs.to_header_string(relax=True), psf=json.dumps(psf.to_dict()), zero_point=zp,
                 zero_point_err=zp_err, n_zero_point=n_zp, ap_corr=ap_corr, ap_corr_err=ap_corr_err,
@@ -171,6 +181,7 @@ def calibrate_exposure(image, attrs, refcat, config=None):
                 n_cosmic_ray_pixels=n_cr, calib_ok=True)
     sources = source_table(leaves, phot_all, psf, wcs, mask, ap_corr * meta["flux_njy_per_electron"],
                            i_star, i_star[psf_idx])
+    lap("source_table")
     planes = {"image": sub.astype(np.float32), "variance": variance, "mask": mask,
               "background": np.asarray(bg.mesh, dtype=np.float32), "sources": sources}
     return planes, meta
@@ -241,7 +252,7 @@ def calibrate_visit(eimage_path, refcat, out_path, config=None, storage=None):
     """eimage file -> calexp file (atomic). Returns the calexp metadata (calib_ok False and calib_failure
     the reason when the visit cannot be calibrated: the file then has no pixel planes and no sources).
     storage: how the planes are stored (store.tables.Storage; None: every bit, uncompressed)."""
-    with open_read(eimage_path) as fh:
+    with steptimer.step("read"), open_read(eimage_path) as fh:
         image = fh["image"][...]
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()
                  if k in CAMERA_ATTRS + ("wcs",)}
@@ -251,7 +262,7 @@ def calibrate_visit(eimage_path, refcat, out_path, config=None, storage=None):
         planes = {}
         meta = {k: attrs[k] for k in CAMERA_ATTRS if k in attrs}
         meta.update(calib_ok=False, calib_failure=" ".join(str(exc).split()) or type(exc).__name__)
-    with atomic_h5(out_path) as fh:
+    with steptimer.step("write"), atomic_h5(out_path) as fh:
         write_planes(fh, planes, storage=storage)
         for k, v in meta.items():
             fh.attrs[k] = v

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twinkles_hpc import mpiwait, options
+from twinkles_hpc import mpiwait, options, steptimer
 from twinkles_hpc.level2 import coaddpsf
 from twinkles_hpc.level2.masks import BAD, CR, DETECTED, EDGE, NO_DATA, SAT
 from twinkles_hpc.level2.warp import KERNELS, SOURCE_MARGIN, combine_stack, source_bbox, warp_into
@@ -237,14 +237,17 @@ def coadd_subregion(infos, dst_wcs, box, config, workspace=None, weights=None):
     stack = (ws.array("image", shape, np.float32), ws.array("variance", shape, np.float32),
              ws.array("mask", shape, np.uint16))
     for slot, (i, sb) in enumerate(used):
-        src = _read_hyperslab(infos[i].path, sb, ws)
-        warp_into(*src, infos[i].wcs, dst_wcs, box, tuple(s[slot] for s in stack), kernel=config.kernel,
-                  src_origin=sb[:2], mask_weight=config.mask_weight)
+        with steptimer.step("read"):
+            src = _read_hyperslab(infos[i].path, sb, ws)
+        with steptimer.step("warp"):
+            warp_into(*src, infos[i].wcs, dst_wcs, box, tuple(s[slot] for s in stack), kernel=config.kernel,
+                      src_origin=sb[:2], mask_weight=config.mask_weight)
         del src                                           # a larger next hyperslab replaces, not adds
     scales = [infos[i].flux_njy_per_electron for i, _ in used]
     weights = input_weights(infos) if weights is None else np.asarray(weights)
     out = {k: ws.array(f"out_{k}", (ny, nx), dt) for k, dt in PLANES.items()}
-    return combine_warps(*stack, scales, weights[[i for i, _ in used]], config, out=out)
+    with steptimer.step("combine"):
+        return combine_warps(*stack, scales, weights[[i for i, _ in used]], config, out=out)
 
 
 def _paste(dst, sub, x0, y0, storage=None):
@@ -323,8 +326,9 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None, storage=None
     infos = [infos[i] for i in used]
     px0, py0 = patch.bbox[:2]
     weights = input_weights(infos)
-    psf = (coaddpsf.coadd_psf(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step)
-           if rank == 0 else None)
+    with steptimer.step("psf"):
+        psf = (coaddpsf.coadd_psf(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step)
+               if rank == 0 else None)
 
     ws = Workspace()
 
@@ -457,7 +461,8 @@ def coadd_tile(infos, patch, config, box, out, storage=None):
     infos = [infos[i] for i in used]
     weights = input_weights(infos)
     px0, py0 = patch.bbox[:2]
-    sums = coaddpsf.psf_sums(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step, box=box)
+    with steptimer.step("psf"):
+        sums = coaddpsf.psf_sums(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step, box=box)
     ws = Workspace()
     bx, by, bw, bh = box
     with atomic_h5(out) as f:

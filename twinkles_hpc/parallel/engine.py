@@ -32,6 +32,7 @@ import time
 import traceback
 from collections import deque
 
+from twinkles_hpc import steptimer
 from twinkles_hpc.errors import Interrupted
 from twinkles_hpc.mpiwait import Backoff, poll_recv
 from twinkles_hpc.parallel.journal import file_checksums
@@ -111,13 +112,16 @@ def run_task(execute, task, rank, should_stop):
     _release_freed_memory()
     _peak_rss_reset()
     start_rss = _rss_mb("VmRSS")
-    start = time.time()
-    outputs = execute(task, should_stop) or {}
-    end = time.time()
+    start, cpu0 = time.time(), time.process_time()
+    with steptimer.recording() as steps:
+        outputs = execute(task, should_stop) or {}
+    end, cpu = time.time(), time.process_time() - cpu0
     rec = {"task": task.id, "kind": task.kind, "rank": rank, "host": socket.gethostname(),
-           "pid": os.getpid(), "start": round(start, 4), "end": round(end, 4),
+           "pid": os.getpid(), "start": round(start, 4), "end": round(end, 4), "cpu": round(cpu, 4),
            "bytes": int(sum(max(v, 0) for v in outputs.values())), "peak_rss_mb": round(_rss_mb(), 1),
            "start_rss_mb": round(start_rss, 1)}
+    if steps:
+        rec["steps"] = steptimer.rounded(steps)
     return outputs, rec
 
 

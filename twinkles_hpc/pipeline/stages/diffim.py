@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from twinkles_hpc import steptimer
 from twinkles_hpc.options import opt
 from twinkles_hpc.pipeline.stage import PER_VISIT, Stage, Switch
 from twinkles_hpc.pipeline.stages.coadd import visit_patches
@@ -117,8 +118,9 @@ class DiffimStage(Stage):
             planes = {"dia_source": np.zeros(0, DIA_SOURCE_DTYPE)}
             attrs.update(diffim_ok=False, diffim_failure=str(exc))
             ctx.log_line(f"visit {vid} ({band}): no difference image: {exc}")
-        planes = ctx.storage.planes(planes)         # the FITS export gets the stored pixels too
-        with atomic_h5(out) as fh:
+        with steptimer.step("write"):
+            planes = ctx.storage.planes(planes)     # the FITS export gets the stored pixels too
+        with steptimer.step("write"), atomic_h5(out) as fh:
             write_planes(fh, planes, compress=("mask",), storage=ctx.storage.lossless())
             fh.attrs.update(attrs)
         written = {rel: os.path.getsize(out)}
@@ -160,6 +162,7 @@ def difference_visit(ctx, visit, params):
     from twinkles_hpc.timedomain.diffim import subtract_images
     from twinkles_hpc.timedomain.template import kernel_candidates, resample_template, wcs_of
     D, vid, band = ctx.cfg.diffim, int(visit["visit_id"]), str(visit["band"])
+    lap = steptimer.laps()
     calexp = ctx.path(layout.calexp(vid, band))
     with open_read(calexp) as fh:
         a = attrs_dict(fh)
@@ -167,6 +170,7 @@ def difference_visit(ctx, visit, params):
             raise DiffimSkip("the calibration failed")
         image, variance, mask = (fh[k][...] for k in ("image", "variance", "mask"))
         sources = fh["sources"][...]
+    lap("read")
     year = params["year"]
     paths = [ctx.path(layout.template(band, *p, year=year)) for p in sorted(tuple(p) for p in params["patches"])]
     made = [p for p in paths if template_ok(p)]
@@ -176,6 +180,7 @@ def difference_visit(ctx, visit, params):
                          f"the template of {which} was not made ({_reason(paths[0])})")
     wcs, njy = wcs_of(a), float(a["flux_njy_per_electron"])
     tmpl = resample_template(made, wcs, image.shape, njy)
+    lap("template")
     coverage = float(np.isfinite(tmpl.image).mean())
     if coverage < D.min_coverage:
         raise DiffimSkip(f"the template covers {coverage:.0%} of the sensor (diffim.min_coverage "
@@ -196,18 +201,22 @@ def difference_visit(ctx, visit, params):
                               science_psf=science_psf_stamp(psf, cx, cy, fwhm_sci), config=D)
     except ValueError as exc:
         raise DiffimSkip(f"the subtraction failed: {exc}") from None
+    lap("subtract")
     res.summary["psf_centre"] = [cx, cy]
     more = {"wcs": a["wcs"], "psf_model": a["psf"], "flux_njy_per_electron": njy, "ap_corr": float(a["ap_corr"]),
             "template_patches": [os.path.relpath(p, ctx.rundir) for p in tmpl.patches]}
     dpsf = dia.difference_psf(res.summary["direction"], res.psf, psf, (cx, cy))
     sky = dia.subtract_background(res.image, res.variance, res.mask, D.background_mesh) if D.background_mesh else 0.0
+    lap("residual_sky")
     filt = dia.detection_filter_fwhm(dpsf, res.summary["direction"] == "preconvolved")
     scale, lambda2 = dia.noise_scale(res.image, res.variance, res.mask, filt)
     res.variance *= np.float32(scale ** 2)
     err_scale = dia.flux_error_scale(res.image, res.variance, res.mask, dpsf,
                                      (ctx.cfg.run.seed, vid, DIFFIM_ERROR_KEY))
+    lap("noise")
     det = dia.detect_dia_sources(res.image, res.variance, res.mask, dpsf, threshold=D.detection_threshold,
                                  min_npix=D.detection_min_npix, filter_fwhm=filt, err_scale=err_scale)
+    lap("detection")
     rows = np.zeros(len(det), DIA_SOURCE_DTYPE)
     rows["diaSourceId"] = vid * DIA_SOURCE_ID_STRIDE + det["id"]
     rows["ccdVisitId"], rows["filterName"], rows["midPointTai"] = vid, band, float(visit["mjd"])
