@@ -9,12 +9,13 @@ photometry and convolution analytic, and `components_at(x, y)` is the interface 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from twinkles_hpc import _psffit
 from twinkles_hpc.level2 import CalibrationError
+
 
 class _Fit:
     """The result of _lsq: x (parameters), cost (0.5 sum r^2), nfev, iterations, converged."""
@@ -23,78 +24,92 @@ class _Fit:
         self.x, self.cost, self.nfev, self.nit, self.converged = x, cost, nfev, nit, converged
 
 
-def _normal_matrix(J, r):
-    """J^T J and J^T r with a fixed order of summation (row by row), whatever the arrays' alignment."""
-    return (J[:, :, None] * J[:, None, :]).sum(axis=0), (J * r[:, None]).sum(axis=0)
-
-
-def _cholesky_solve(A, b):
-    """Solve A x = b for a small symmetric positive-definite A in plain Python arithmetic (no BLAS);
-    None if A is not positive definite."""
-    n = len(b)
-    A = A.tolist()
-    L = [[0.0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1):
-            v = A[i][j] - sum(L[i][k] * L[j][k] for k in range(j))
-            if i == j:
-                if not v > 0.0:
-                    return None
-                L[i][i] = math.sqrt(v)
-            else:
-                L[i][j] = v / L[j][j]
-    y = [0.0] * n
-    for i in range(n):
-        y[i] = (b[i] - sum(L[i][k] * y[k] for k in range(i))) / L[i][i]
-    x = [0.0] * n
-    for i in reversed(range(n)):
-        x[i] = (y[i] - sum(L[k][i] * x[k] for k in range(i + 1, n))) / L[i][i]
-    return np.array(x)
-
-
-def _lsq(fun, p0, max_nfev, *, ftol=1e-12, xtol=1e-10):
-    """Levenberg-Marquardt minimisation of 0.5 |fun(p)|^2 from p0: forward-difference Jacobian, damping
-    scaled by the running maximum of diag(J^T J) as in MINPACK. Written so that the result is
-    bit-reproducible: every sum has a fixed order and the linear solve is plain Python. Library solvers
-    were not: MINPACK (scipy least_squares "lm") gave results varying in the last bits between
-    processes with the heap's contents (MALLOC_PERTURB_), and the mixture fit's near-degeneracies
-    amplify that to ~1e-3 in a star's flux, which would break the calexps' bit-identical guarantee."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        p = np.array(p0, dtype=np.float64)
-        r = fun(p)
-        cost = 0.5 * float((r * r).sum())
-        nfev, lam, nit, d = 1, 1e-3, 0, np.zeros(p.size)
+def _lsq(evaluate, p0, max_nfev, *, ftol=1e-12, xtol=1e-10):
+    """Levenberg-Marquardt minimisation of 0.5 |r(p)|^2 from p0, with evaluate(p, jacobian) -> (cost, r, J)
+    (J = dr/dp when `jacobian`, analytic). Damping scaled by the running maximum of diag(J^T J) as in
+    MINPACK; a Jacobian counts as len(p) evaluations against max_nfev (the budget of a forward-difference
+    Jacobian). Bit-reproducible: the normal equations and the Cholesky solve are fixed-order loops
+    (twinkles_hpc._psffit). Library solvers were not: MINPACK (scipy least_squares "lm") gave results
+    varying in the last bits between processes with the heap's contents (MALLOC_PERTURB_), and the mixture
+    fit's near-degeneracies amplify that to ~1e-3 in a star's flux, which would break the calexps'
+    bit-identical guarantee."""
+    p = np.array(p0, dtype=np.float64)
+    cost, r, J = evaluate(p, True)
+    n = p.size
+    A, g, step = np.empty((n, n)), np.empty(n), np.empty(n)
+    nfev, lam, nit, d = 1 + n, 1e-3, 0, np.zeros(n)
+    while nfev < max_nfev:
+        nit += 1
+        _psffit.normal_equations(J, r, A, g)
+        d = np.maximum(d, np.maximum(np.diag(A), 1e-30))
         while nfev < max_nfev:
-            nit += 1
-            J = np.empty((r.size, p.size))
-            for i in range(p.size):
-                q = p.copy()
-                q[i] += 1.5e-8 * max(abs(p[i]), 1.0)
-                J[:, i] = (fun(q) - r) / (q[i] - p[i])
-            nfev += p.size
-            A, g = _normal_matrix(J, r)
-            d = np.maximum(d, np.maximum(np.diag(A), 1e-30))
-            while nfev < max_nfev:
-                step = _cholesky_solve(A + lam * np.diag(d), -g)
-                if step is None:
-                    lam *= 4.0
-                    continue
-                q = p + step
-                rq = fun(q)
-                nfev += 1
-                cq = 0.5 * float((rq * rq).sum()) if np.all(np.isfinite(rq)) else np.inf
-                if cq < cost:
-                    small = (cost - cq <= ftol * cost) or bool(np.all(np.abs(step) <= xtol * (np.abs(p) + xtol)))
-                    p, r, cost, lam = q, rq, cq, max(lam / 3.0, 1e-15)
-                    if small:
-                        return _Fit(p, cost, nfev, nit, True)
-                    break
+            if not _psffit.damped_solve(A, d, lam, g, step):
                 lam *= 4.0
-                if lam > 1e16:
-                    return _Fit(p, cost, nfev, nit, True)       # no damped step decreases the cost
+                continue
+            q = p + step
+            cq, rq, _ = evaluate(q, False)
+            nfev += 1
+            if not np.isfinite(cq):
+                cq = np.inf
+            if cq < cost:
+                small = (cost - cq <= ftol * cost) or bool(np.all(np.abs(step) <= xtol * (np.abs(p) + xtol)))
+                p, cost, lam = q, cq, max(lam / 3.0, 1e-15)
+                if small:
+                    return _Fit(p, cost, nfev, nit, True)
+                cost, r, J = evaluate(p, True)
+                nfev += n
+                break
+            lam *= 4.0
+            if lam > 1e16:
+                return _Fit(p, cost, nfev, nit, True)       # no damped step decreases the cost
     return _Fit(p, cost, nfev, nit, False)
 
+
+class _Stamps:
+    """Star stamps for the mixture fits, as the kernel takes them: pixel offsets from each stamp's nominal
+    centre (dx, dy), values and 1/sigma weights, flattened one stamp after another (offsets)."""
+
+    def __init__(self, stamps):
+        sizes = [st[0].size for st in stamps]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.data = np.concatenate([st[0].ravel() for st in stamps]).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            self.wt = np.concatenate([1.0 / np.sqrt(st[1].ravel()) for st in stamps]).astype(np.float64)
+        self.dx = np.concatenate([st[2].ravel() for st in stamps]).astype(np.float64)
+        self.dy = np.concatenate([st[3].ravel() for st in stamps]).astype(np.float64)
+        self.n = len(stamps)
+
+    def one(self, i):
+        """Stamp i alone."""
+        sl = slice(self.offsets[i], self.offsets[i + 1])
+        out = _Stamps.__new__(_Stamps)
+        out.offsets = np.array([0, sl.stop - sl.start], np.int64)
+        out.data, out.wt, out.dx, out.dy = self.data[sl], self.wt[sl], self.dx[sl], self.dy[sl]
+        out.n = 1
+        return out
+
+    def evaluator(self, P, cols, K):
+        """evaluate(p, jacobian) for _lsq: the stamps' residuals with the columns `cols` of the parameter
+        rows P (one per stamp, NP wide; copied) set to p, the same p in every row."""
+        P = np.array(P, dtype=np.float64, order="C")
+        cols = np.asarray(cols, dtype=np.int64)
+        r = np.empty(self.data.size)
+        J = np.empty((self.data.size, cols.size))
+        empty = np.empty((0, cols.size))
+
+        def evaluate(p, jacobian):
+            P[:, cols] = p
+            rr = np.empty_like(r) if not jacobian else r
+            cost = _psffit.residuals(P, self.dx, self.dy, self.data, self.wt, self.offsets, K, cols, rr,
+                                     J if jacobian else empty, jacobian)
+            return cost, rr, (J if jacobian else None)
+        return evaluate
+
+
 K_COMPONENTS = 3
+#: Evaluation budget of each star's first, all-parameter fit in estimate_psf (a Jacobian counts as one per
+#: parameter): most stars converge within 200; the rest only feed a median.
+INITIAL_NFEV = 500
 STAMP_RADIUS = 15            # pixels: stamps are (2R+1)^2, wide enough to constrain the wing
 
 
@@ -178,35 +193,40 @@ def _rel_sizes(q):
     return np.concatenate([[1.0], np.cumprod(1.0 + np.exp(q))])
 
 
-def _model(p, dx, dy, K):
-    """Stamp model: flux, centre offset, log sigma, e1, e2, K-1 log size ratios, K-1 weight logits."""
-    flux, x0, y0, lsig, e1, e2 = p[:6]
-    rel = _rel_sizes(p[6:6 + K - 1])
-    wl = np.concatenate([[0.0], p[5 + K:5 + 2 * K - 1]])
-    w = np.exp(wl) / np.exp(wl).sum()
-    sig = np.exp(min(lsig, 5.0))
-    e = np.hypot(e1, e2)
-    if e > 0.9:                  # keep the covariance positive definite while the fit explores
-        e1, e2 = e1 * 0.9 / e, e2 * 0.9 / e
-    norm = 1.0 / np.sqrt(1.0 - e1 ** 2 - e2 ** 2)
-    X, Y = dx - x0, dy - y0
-    out = np.zeros_like(dx, dtype=np.float64)
-    for k in range(K):
-        s2 = (sig * rel[k]) ** 2
-        a, b, c = (1 + e1) * norm * s2, e2 * norm * s2, (1 - e1) * norm * s2
-        det = a * c - b * b
-        q = (c * X * X - 2 * b * X * Y + a * Y * Y) / det
-        out += w[k] * np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(det))
-    return flux * out
+def _n_params(K):
+    """Parameters of one star: flux, centre, log sigma, e1, e2, K-1 log size increments, K-1 weight logits
+    (the kernel's order, ext/_psffit.pyx)."""
+    return 6 + 2 * (K - 1)
 
 
-def fit_star(stamp, var, dx, dy, K=K_COMPONENTS, p0=None):
-    """Least-squares fit of one star stamp; returns the parameter vector."""
-    if p0 is None:
-        f = stamp.sum()
-        p0 = np.concatenate([[f, 0.0, 0.0, np.log(1.3), 0.0, 0.0], np.log([0.8, 1.2][:K - 1]),
-                             np.log([0.3, 0.05][:K - 1])])
-    res = _lsq(lambda p: ((_model(p, dx, dy, K) - stamp) / np.sqrt(var)).ravel(), p0, max_nfev=2000)
+def _start(stamp, K):
+    """Where a star's fit starts: its flux, the centre, a 1.3 px core, round, the usual wings."""
+    return np.concatenate([[stamp.sum(), 0.0, 0.0, np.log(1.3), 0.0, 0.0], np.log([0.8, 1.2][:K - 1]),
+                           np.log([0.3, 0.05][:K - 1])])
+
+
+def _errors(evaluate, p):
+    """1-sigma errors of the parameters p at a fit's minimum: the diagonal of (J^T J)^-1, scaled by the
+    reduced chi^2 when the model fits worse than the noise says (inf where J^T J is singular)."""
+    cost, r, J = evaluate(np.asarray(p, np.float64), True)
+    dof = max(r.size - p.size, 1)
+    A, g = np.empty((p.size, p.size)), np.empty(p.size)
+    _psffit.normal_equations(J, r, A, g)
+    with np.errstate(all="ignore"):
+        try:
+            cov = np.linalg.inv(A)
+        except np.linalg.LinAlgError:
+            return np.full(p.size, np.inf)
+        return np.sqrt(np.abs(np.diag(cov)) * max(2.0 * cost / dof, 1.0))
+
+
+def fit_star(stamp, var, dx, dy, K=K_COMPONENTS, p0=None, max_nfev=2000):
+    """Least-squares fit of one star stamp; returns (parameter vector, _Fit)."""
+    if not 1 <= K <= 3:
+        raise ValueError(f"fit_star: K = {K} components, expected 1 to 3")
+    p0 = _start(stamp, K) if p0 is None else p0
+    one = _Stamps([(stamp, var, dx, dy)])
+    res = _lsq(one.evaluator(np.asarray(p0, np.float64)[None, :], np.arange(_n_params(K)), K), p0, max_nfev=max_nfev)
     return res.x, res
 
 
@@ -224,28 +244,32 @@ def estimate_psf(image, variance, x, y, *, nx=None, ny=None, order=1, K=K_COMPON
     if len(x) < 3 * (order + 1) * (order + 2) // 2:
         raise CalibrationError(f"estimate_psf: {len(x)} usable stars, need at least "
                          f"{3 * (order + 1) * (order + 2) // 2} for an order-{order} model")
-    stamps = [_stamp(image, variance, xi, yi) for xi, yi in zip(x, y)]
-    P = np.array([fit_star(*st, K=K)[0] for st in stamps])
+    raw = [_stamp(image, variance, xi, yi) for xi, yi in zip(x, y)]
+    stamps = _Stamps(raw)
+    # each star on its own, every parameter free: a start for the joint fits below, whose shape is the median
+    # of these (a few stars whose components trade against each other stop at the evaluation budget)
+    P = np.array([fit_star(*st, K=K, max_nfev=INITIAL_NFEV)[0] for st in raw])
     shape = np.median(P[:, 6:], axis=0)
     per = P[:, :6]
+    star_cols, shape_cols = np.arange(6), np.arange(6, _n_params(K))
     # alternate: per-star (flux, centre, size, ellipticity) with the shape fixed, then the global
     # shape (relative sizes and weights of the components) with every star's parameters fixed
     for _ in range(3):
-        per = np.array([_lsq(
-            lambda q, st=st: ((_model(np.concatenate([q, shape]), st[2], st[3], K) - st[0])
-                              / np.sqrt(st[1])).ravel(), p0, max_nfev=500).x
-            for st, p0 in zip(stamps, per)])
-        shape = _lsq(
-            lambda sh: np.concatenate([((_model(np.concatenate([q, sh]), st[2], st[3], K) - st[0])
-                                        / np.sqrt(st[1])).ravel() for st, q in zip(stamps, per)]),
-            shape, max_nfev=200).x
+        per = np.array([_lsq(stamps.one(i).evaluator(np.concatenate([q, shape])[None, :], star_cols, K), q,
+                             max_nfev=500).x for i, q in enumerate(per)])
+        shape = _lsq(stamps.evaluator(np.column_stack([per, np.broadcast_to(shape, (len(per), shape.size))]),
+                                      shape_cols, K), shape, max_nfev=200).x
+    # each star's own errors on (log sigma, e1, e2): a faint star's measurement scatters more than a
+    # bright one's, so the clipping below widens by it (in quadrature) rather than rejecting faint stars
+    err = np.array([_errors(stamps.one(i).evaluator(np.concatenate([q, shape])[None, :], star_cols, K), q)[3:6]
+                    for i, q in enumerate(per)])
     T = _poly_terms(x, y, order, nx, ny)
     keep = np.ones(len(x), bool)
     for _ in range(3):
         coefs = [np.linalg.lstsq(T[keep], per[keep, j], rcond=None)[0] for j in (3, 4, 5)]
         r = np.column_stack([per[:, j] - T @ c for j, c in zip((3, 4, 5), coefs)])
         s = 1.4826 * np.median(np.abs(r[keep]), axis=0) + 1e-12
-        keep = np.all(np.abs(r) < clip * s, axis=1)
+        keep = np.all(np.abs(r) < clip * np.hypot(s, err), axis=1)
     rel = _rel_sizes(shape[:K - 1])
     wl = np.concatenate([[0.0], shape[K - 1:]])
     w = np.exp(wl) / np.exp(wl).sum()

@@ -1,0 +1,82 @@
+"""The PSF fit's kernels (ext/_psffit.pyx): the mixture model against an independent evaluation, its analytic
+derivatives against finite differences (also where the fit's caps on size and ellipticity act), the normal
+equations and the damped Cholesky solve, and the fit's reproducibility."""
+import numpy as np
+import pytest
+
+from twinkles_hpc import _psffit
+from twinkles_hpc.level2 import psf as P
+
+
+def model(p, dx, dy, K=3):
+    """The stamp model written out from the documented parameterisation (ext/_psffit.pyx)."""
+    flux, x0, y0, lsig, e1, e2 = p[:6]
+    rel = np.concatenate([[1.0], np.cumprod(1 + np.exp(p[6:6 + K - 1]))])
+    wl = np.concatenate([[0.0], p[5 + K:5 + 2 * K - 1]])
+    w = np.exp(wl) / np.exp(wl).sum()
+    sig = np.exp(min(lsig, 5.0))
+    e = np.hypot(e1, e2)
+    if e > 0.9:
+        e1, e2 = e1 * 0.9 / e, e2 * 0.9 / e
+    n = 1 / np.sqrt(1 - e1 ** 2 - e2 ** 2)
+    X, Y = dx - x0, dy - y0
+    u = n * ((1 - e1) * X * X - 2 * e2 * X * Y + (1 + e1) * Y * Y)
+    return flux * sum(w[k] * np.exp(-u / (2 * (sig * rel[k]) ** 2)) / (2 * np.pi * (sig * rel[k]) ** 2)
+                      for k in range(K))
+
+
+@pytest.fixture
+def stamp():
+    rng = np.random.default_rng(5)
+    dy, dx = np.mgrid[-15:16, -15:16].astype(float) + 0.3
+    p = np.array([5e4, 0.2, -0.1, np.log(1.6), 0.08, -0.05, np.log(0.7), np.log(1.1), np.log(0.4), np.log(0.06)])
+    var = 900.0 + model(p, dx, dy)
+    data = model(p, dx, dy) + rng.normal(0, np.sqrt(var))
+    return p, (data, var, dx, dy)
+
+
+@pytest.mark.parametrize("shift", [np.zeros(10),
+                                   np.array([0, .3, -.2, .2, .9, .6, .1, -.2, .3, -.4]),      # |e| capped
+                                   np.array([0, 0, 0, 4.5, 0, 0, 0, 0, 0, 0])])              # sigma capped
+def test_residuals_and_analytic_jacobian(stamp, shift):
+    p, st = stamp
+    q = p + shift
+    ev = P._Stamps([st]).evaluator(q[None, :], np.arange(10), 3)
+    cost, r, J = ev(q.copy(), True)
+    r, J = r.copy(), J.copy()
+    ref = ((model(q, st[2], st[3]) - st[0]) / np.sqrt(st[1])).ravel()
+    assert np.allclose(r, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    assert cost == pytest.approx(0.5 * (ref ** 2).sum(), rel=1e-12)
+    for j in range(10):
+        h = 1e-6 * max(abs(q[j]), 1.0)
+        up, dn = q.copy(), q.copy()
+        up[j] += h
+        dn[j] -= h
+        num = (ev(up, False)[1] - ev(dn, False)[1]) / (2 * h)
+        scale = np.abs(num).max() + np.abs(J[:, j]).max()
+        roundoff = 1e-13 * np.abs(st[0] / np.sqrt(st[1])).max() / h       # of the central difference
+        assert np.abs(J[:, j] - num).max() <= 2e-5 * scale + roundoff, j
+
+
+def test_normal_equations_and_damped_solve():
+    rng = np.random.default_rng(2)
+    J, r = rng.normal(size=(300, 6)), rng.normal(size=300)
+    A, g = np.empty((6, 6)), np.empty(6)
+    _psffit.normal_equations(J, r, A, g)
+    assert np.allclose(A, J.T @ J) and np.allclose(g, J.T @ r) and np.array_equal(A, A.T)
+    d, x = np.diag(A).copy(), np.empty(6)
+    assert _psffit.damped_solve(A, d, 0.1, g, x)
+    assert np.allclose(x, np.linalg.solve(A + 0.1 * np.diag(d), -g))
+    x0 = x.copy()
+    assert not _psffit.damped_solve(-A, d, 0.0, g, x) and np.array_equal(x, x0)    # not positive definite
+
+
+def test_star_fit_recovers_the_star_and_repeats_bit_for_bit(stamp):
+    p, st = stamp
+    a, fit = P.fit_star(*st)
+    b, _ = P.fit_star(*st)
+    assert fit.converged and np.array_equal(a, b)
+    assert a[0] == pytest.approx(p[0], rel=0.01)                     # flux
+    assert np.hypot(a[1] - p[1], a[2] - p[2]) < 0.05                  # centre, px (S/N 170: 0.01 per axis)
+    # the ellipticity (the sizes and weights of the components trade against each other)
+    assert np.hypot(a[4] - p[4], a[5] - p[5]) < 0.03
