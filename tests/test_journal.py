@@ -72,11 +72,11 @@ def test_an_output_rewritten_by_a_later_task(tmp_path):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "e.h5").write_bytes(b"x" * 100)
     j = Journal(str(tmp_path))
-    j.append("done", task="visit/1", outputs={"v/e.h5": 100}, checksums=file_checksums(str(tmp_path), ["v/e.h5"]))
+    j.append("done", task="visit/1", outputs={"v/e.h5": 100}, checksums=file_checksums(str(tmp_path), {"v/e.h5": 100}))
     (tmp_path / "v" / "c.h5").write_bytes(b"c" * 50)
     (tmp_path / "v" / "e.h5").write_bytes(b"y" * 10)                     # the calexp task rewrote it
     j.append("done", task="calexp/1", outputs={"v/c.h5": 50, "v/e.h5": 10},
-             checksums=file_checksums(str(tmp_path), ["v/c.h5", "v/e.h5"]))
+             checksums=file_checksums(str(tmp_path), {"v/c.h5": 50, "v/e.h5": 10}))
     j = Journal(str(tmp_path))
     done, lost = j.completed()
     assert sorted(done) == ["calexp/1", "visit/1"] and lost == []

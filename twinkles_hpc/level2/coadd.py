@@ -278,6 +278,13 @@ def coadd_plan(infos, patch, config, *, out=None, box=None):
     return used, subs
 
 
+def _planned(infos, patch, config, out, box=None):
+    """(the inputs overlapping the patch, the sub-boxes of coadd_plan, their input_weights)."""
+    used, subs = coadd_plan(infos, patch, config, out=out, box=box)
+    infos = [infos[i] for i in used]
+    return infos, subs, input_weights(infos)
+
+
 def _attrs(patch, config, infos):
     return {"wcs": patch.wcs.to_header_string(), "tract": patch.tract, "patch": list(patch.index),
             "bbox": list(patch.bbox), "inner_bbox": list(patch.inner_bbox), "unit": "nJy per pixel",
@@ -322,10 +329,8 @@ def coadd_patch(inputs, patch, config=None, *, out=None, comm=None, storage=None
         if isinstance(meta, Exception):
             raise meta
         infos = [CalexpInfo(*m) for m in meta]
-    used, subs = coadd_plan(infos, patch, config, out=out)
-    infos = [infos[i] for i in used]
+    infos, subs, weights = _planned(infos, patch, config, out)
     px0, py0 = patch.bbox[:2]
-    weights = input_weights(infos)
     with steptimer.step("psf"):
         psf = (coaddpsf.coadd_psf(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step)
                if rank == 0 else None)
@@ -457,9 +462,7 @@ def coadd_tile(infos, patch, config, box, out, storage=None):
     (patch pixels) and the patch file's attributes. assemble_tiles joins the tiles into the file
     coadd_patch would have written, bit for bit (a pixel's value does not depend on the sub-region it was
     computed in)."""
-    used, subs = coadd_plan(infos, patch, config, out=out, box=box)
-    infos = [infos[i] for i in used]
-    weights = input_weights(infos)
+    infos, subs, weights = _planned(infos, patch, config, out, box)
     px0, py0 = patch.bbox[:2]
     with steptimer.step("psf"):
         sums = coaddpsf.psf_sums(infos, weights, patch.tract_wcs, patch.bbox, config.psf_grid_step, box=box)

@@ -42,8 +42,7 @@ def file_checksum(path):
 def file_checksums(rundir, outputs):
     """{relpath: checksum} of a task's outputs ({relpath: size}, paths relative to `rundir`), those it
     removed (size REMOVED) left out."""
-    sizes = outputs if isinstance(outputs, dict) else {}
-    return {rel: file_checksum(os.path.join(rundir, rel)) for rel in sorted(outputs) if sizes.get(rel) != REMOVED}
+    return {rel: file_checksum(os.path.join(rundir, rel)) for rel, size in sorted(outputs.items()) if size != REMOVED}
 
 
 def _as_recorded(path, size):
