@@ -80,3 +80,25 @@ def test_star_fit_recovers_the_star_and_repeats_bit_for_bit(stamp):
     assert np.hypot(a[1] - p[1], a[2] - p[2]) < 0.05                  # centre, px (S/N 170: 0.01 per axis)
     # the ellipticity (the sizes and weights of the components trade against each other)
     assert np.hypot(a[4] - p[4], a[5] - p[5]) < 0.03
+
+
+def test_field_polynomials_leave_out_runaway_fits_and_weigh_by_error():
+    """Stars whose fit ran away (ellipticity beyond 1 with no finite error; an error of 1e8) leave the spatial
+    model untouched; a noisy star (large error) counts less than a precise one; too few good stars is a
+    CalibrationError."""
+    rng = np.random.default_rng(3)
+    n = 40
+    x, y = rng.uniform(0, 2000, n), rng.uniform(0, 2000, n)
+    T = P._poly_terms(x, y, 1, 2000, 2000)
+    truth = np.array([[0.7, 0.02, -0.01], [0.01, -0.03, 0.0], [-0.02, 0.0, 0.02]])   # per field: terms
+    err = np.full((n, 3), 0.002)
+    fields = T @ truth.T + rng.normal(0, 0.002, (n, 3))
+    fields[5], err[5] = [2003.0, -4790.7, 3603.6], np.inf
+    fields[9], err[9] = [-1.5, 3.9, 0.13], 1e8
+    fields[12], err[12] = fields[12] + 0.5, 0.5            # imprecise and off: within its own error
+    coefs, keep = P._fit_fields(T, fields, err, 3.0, 1)
+    assert not keep[5] and not keep[9] and keep.sum() >= n - 5
+    for j in range(3):
+        assert np.allclose(coefs[j], truth[j], atol=0.004)
+    with pytest.raises(P.CalibrationError, match="stars with a converged fit"):
+        P._fit_fields(T[:6], fields[:6], err[:6], 3.0, 1)     # 5 good stars, 3 terms

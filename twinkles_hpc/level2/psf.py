@@ -230,11 +230,37 @@ def fit_star(stamp, var, dx, dy, K=K_COMPONENTS, p0=None, max_nfev=2000):
     return res.x, res
 
 
+def _fit_fields(T, fields, err, clip, order):
+    """The polynomials (coefficients on the terms T) of the stars' (log sigma, e1, e2) `fields` with their
+    errors `err` (n, 3), and which stars they keep: three rounds of weighted least squares, each star weighted
+    by 1 / sqrt(scatter^2 + its error^2) (equal weights at first; scatter: 1.4826 MAD of the kept stars'
+    residuals), keeping the stars within clip times that of every polynomial. A star whose fit ran away
+    (ellipticity >= 1, or no finite error) measures nothing and is left out; CalibrationError when fewer than
+    two stars per term remain."""
+    n_terms = T.shape[1]
+    good = np.isfinite(fields).all(1) & np.isfinite(err).all(1) & (np.hypot(fields[:, 1], fields[:, 2]) < 1.0)
+    if good.sum() < 2 * n_terms:
+        raise CalibrationError(f"estimate_psf: {int(good.sum())} of {len(fields)} stars with a converged fit, "
+                               f"need at least {2 * n_terms} for an order-{order} model")
+    keep, w = good.copy(), np.ones(fields.shape)
+    for _ in range(3):
+        coefs = [np.linalg.lstsq(T[keep] * w[keep, j, None], fields[keep, j] * w[keep, j], rcond=None)[0]
+                 for j in range(3)]
+        r = fields - np.column_stack([T @ c for c in coefs])
+        s = 1.4826 * np.median(np.abs(r[keep]), axis=0) + 1e-12
+        sigma = np.hypot(s, err)
+        keep = good & np.all(np.abs(r) < clip * sigma, axis=1)
+        w = 1.0 / sigma
+    return coefs, keep
+
+
 def estimate_psf(image, variance, x, y, *, nx=None, ny=None, order=1, K=K_COMPONENTS, clip=3.0):
     """Fit the MixturePSF to stars at (x, y) (bright, isolated, unsaturated; chosen by the caller).
 
     Global shape (weights, relative sizes) from a joint fit of the brightest stars' stacked profile;
-    then each star's size and ellipticity with the shape fixed, and the polynomials fitted with clipping.
+    then each star's size and ellipticity with the shape fixed, and the polynomials fitted to them, each
+    star weighted by its own error and the scatter about the fit, with clipping; stars whose fit ran away
+    are left out (CalibrationError when too few remain).
     """
     ny_, nx_ = image.shape
     nx, ny = nx or nx_, ny or ny_
@@ -264,12 +290,7 @@ def estimate_psf(image, variance, x, y, *, nx=None, ny=None, order=1, K=K_COMPON
     err = np.array([_errors(stamps.one(i).evaluator(np.concatenate([q, shape])[None, :], star_cols, K), q)[3:6]
                     for i, q in enumerate(per)])
     T = _poly_terms(x, y, order, nx, ny)
-    keep = np.ones(len(x), bool)
-    for _ in range(3):
-        coefs = [np.linalg.lstsq(T[keep], per[keep, j], rcond=None)[0] for j in (3, 4, 5)]
-        r = np.column_stack([per[:, j] - T @ c for j, c in zip((3, 4, 5), coefs)])
-        s = 1.4826 * np.median(np.abs(r[keep]), axis=0) + 1e-12
-        keep = np.all(np.abs(r) < clip * np.hypot(s, err), axis=1)
+    coefs, keep = _fit_fields(T, per[:, 3:6], err, clip, order)
     rel = _rel_sizes(shape[:K - 1])
     wl = np.concatenate([[0.0], shape[K - 1:]])
     w = np.exp(wl) / np.exp(wl).sum()
