@@ -144,7 +144,7 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     """
     cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
     cdef Py_ssize_t sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
-    cdef Py_ssize_t i, j, a, b, c, r, ix, iy, X, Y, c_lo, c_hi
+    cdef Py_ssize_t i, j, a, b, c, r, ix, iy, Y, c_lo, c_hi, rem
     cdef double inv_step = 1.0 / step, ty, tx, u, v, jac, fx, fy, acc, accv, wmax
     cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
     cdef double wx[6]
@@ -175,10 +175,14 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
                 ru[c] = gu[r, c] + ty * (gu[r + 1, c] - gu[r, c])
                 rv[c] = gv[r, c] + ty * (gv[r + 1, c] - gv[r, c])
                 rj[c] = gj[r, c] + ty * (gj[r + 1, c] - gj[r, c])
+            c = c_lo                                  # X = dx0 + i is rem pixels past node column c,
+            rem = dx0 - gx0 - c_lo * step             # stepped along the row (no division per pixel)
             for i in range(nx):
-                X = dx0 + i
-                c = (X - gx0) // step
-                tx = (X - gx0 - c * step) * inv_step
+                if rem == step:
+                    c += 1
+                    rem = 0
+                tx = rem * inv_step
+                rem += 1
                 u = ru[c] + tx * (ru[c + 1] - ru[c])
                 v = rv[c] + tx * (rv[c + 1] - rv[c])
                 fx = floor(u + 0.5)                  # round-off of an exact integer map (identity, shifts)
