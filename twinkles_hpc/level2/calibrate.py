@@ -98,6 +98,14 @@ def aperture_correction(ap, ap_err, psf, psf_err, *, clip=3.0, iters=5):
     return mean, mean_err
 
 
+def _poisson_variance(electrons, gain, read_noise):
+    """max(electrons, 0) / gain + read_noise^2 in float32, in place in `electrons` (a float32 array)."""
+    np.maximum(electrons, 0.0, out=electrons)
+    electrons /= gain
+    electrons += read_noise ** 2
+    return electrons
+
+
 def calibrate_exposure(image, attrs, refcat, config=None):
     """Calibrate pixels with their camera attributes; returns (planes dict: image, variance, mask,
     background and the `sources` table (source_table), metadata dict)."""
@@ -114,14 +122,14 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     lap("background")
     n_cr = 0
     if c.repair_cosmic_rays:
-        raw_var = (np.maximum(image, 0.0) / gain + rn ** 2).astype(np.float32)
+        raw_var = _poisson_variance(image.copy(), gain, rn)
         n_cr, _ = find_cosmic_rays(sub, raw_var, mask, c.cosmic_rays, cr_bit=CR, skip_bits=SAT)
         del raw_var
         lap("cosmic_rays")
     # the noise of the repaired pixels: a cosmic ray's charge is not in the variance of what replaced it
-    variance = (np.maximum(sub + background, 0.0) / gain + rn ** 2).astype(np.float32)
+    variance = _poisson_variance(np.add(sub, background), gain, rn)
     # weights that do not contain the sources (background + read noise) keep the fits unbiased
-    bg_var = (np.maximum(background, 0.0) / gain + rn ** 2).astype(np.float32)
+    bg_var = _poisson_variance(np.array(background, np.float32), gain, rn)
     lap("variance")
     cat, labels = detect(sub, variance, threshold=c.detect_threshold, kernel_fwhm_px=c.detect_fwhm_px,
                          mask=(mask & SAT) > 0)
