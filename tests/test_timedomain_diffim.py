@@ -328,7 +328,7 @@ def test_basis_sums_and_orthonormal_functions():
 
 def test_convolution_is_the_spatially_varying_kernel_at_every_pixel(round_result, monkeypatch):
     """The separable passes equal the direct sum of K(x, y) over each pixel's neighbours, and the column
-    strips (here 5 px wide: strips and 16-pixel blocks with remainders) change no bit."""
+    strips (here 5 px wide, all pixels outside the 16- or 32-pixel vector blocks) change no bit."""
     sol = round_result.kernel
     rng = np.random.default_rng(7)
     sub = KernelSolution(sol.basis, sol.coeffs + rng.normal(0, 0.02, sol.coeffs.shape), sol.order, (48, 56))
@@ -348,6 +348,61 @@ def test_convolution_is_the_spatially_varying_kernel_at_every_pixel(round_result
     assert np.array_equal(np.isnan(out), np.isnan(ref))
     assert np.nanmax(np.abs(out - ref)) < 1e-5 * np.nanmax(np.abs(ref))
     assert (mask[:h] == EDGE | NO_DATA).all() and (mask[h:-h, h:-h] == 0).all()
+
+
+def test_fit_stamps_are_the_valid_convolution_with_each_raw_basis_image():
+    b = diffim.make_basis(3.1, 4.2)
+    rng = np.random.default_rng(11)
+    patches = rng.normal(0.0, 1.0, (3, 2 * b.half + 9, 2 * b.half + 9))
+    out = np.full((3, b.pairs.shape[0] + 1, 81), np.nan)
+    convolve._convolve_stamps(patches, b, out)
+    assert np.isnan(out[:, -1]).all()                        # the row after the raw images is left alone
+    for k, (e, j) in enumerate(b.pairs):
+        raw = np.outer(b.functions[j], b.functions[e])       # [dv + half, du + half]
+        for n in range(3):
+            ref = fftconvolve(patches[n], raw, mode="valid").ravel()
+            assert np.abs(out[n, k] - ref).max() < 1e-12 * np.abs(ref).max()
+
+
+def test_box_erosion_of_the_usable_pixels():
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from twinkles_hpc.timedomain.kernel import _box_all
+    ok = np.random.default_rng(2).random((4, 25, 25)) > 0.01
+    rows = sliding_window_view(ok, 7, axis=2).all(-1)
+    assert np.array_equal(_box_all(ok, 7), sliding_window_view(rows, 7, axis=1).all(-1))
+
+
+@pytest.mark.parametrize("tol", [1e-5, 1e-2])
+def test_separable_stamp_within_its_tolerance(tol):
+    """The truncated SVD with trimmed ends (fewer taps than the SVD's support) stays within tol of the stamp."""
+    k = diffim.gaussian_psf(1.5, 1.1, 0.3, half=9)
+    phi = diffim.decorrelation_kernel(k, 1000.0, 100.0)[0]
+    for stamp in (phi, k * k / (k * k).sum()):
+        xf, yf, terms = convolve._svd_terms(stamp, tol)
+        assert np.linalg.norm(np.einsum("ra,rb->ab", yf, xf) - stamp) <= tol * np.linalg.norm(stamp)
+        assert (xf == 0).any() and (yf == 0).any()
+
+
+def test_difference_flags_and_finishes():
+    rng = np.random.default_rng(4)
+    a, b = (rng.normal(0, 1, (6, 9)).astype(np.float32) for _ in range(2))
+    va, vb = np.ones((6, 9), np.float32), np.full((6, 9), 2.0, np.float32)
+    b[1, 2], va[3, 4], vb[5, 0] = np.nan, np.inf, np.nan
+    bg = np.array([[0.5, 0.25], [-0.5, 0.0]])                  # 0.5 + 0.25 x - 0.5 y (scaled position)
+    mask = np.zeros((6, 9), np.uint16)
+    plane = convolve.padded_plane((6, 9), 2)
+    invalid = convolve.difference(a, b, va, vb, mask, plane, add=bg)
+    assert np.array_equal(np.argwhere(invalid), [[1, 2], [3, 4], [5, 0]])
+    assert np.array_equal(mask != 0, invalid) and (mask[invalid] == NO_DATA).all()
+    expect = a - b
+    convolve._poly_op(expect, bg, 0)
+    inside = plane[2:-2, 2:-2]
+    assert inside[1, 2] == 0 and (plane[:2] == 0).all()
+    assert np.array_equal(inside[~np.isnan(expect)], expect[~np.isnan(expect)])
+    image, variance = convolve.finish_difference(plane, va, vb, 0.5, 2.0, invalid)
+    assert np.isnan(image[invalid]).all() and np.isnan(variance[invalid]).all()
+    assert np.array_equal(variance[~invalid], (va * np.float32(0.5) + np.float32(2.0) * vb)[~invalid])
 
 
 def test_mask_bits_spread_over_the_kernel_footprint(round_result):

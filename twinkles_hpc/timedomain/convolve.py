@@ -3,11 +3,11 @@ kernel twinkles_hpc._diffim), its variance and mask, and the decorrelation of a 
 timedomain/diffim.py)."""
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import scipy.fft
 import scipy.linalg
-from numpy.lib.stride_tricks import sliding_window_view
 
 from twinkles_hpc import _diffim
 from twinkles_hpc.level2.masks import EDGE as MASK_EDGE
@@ -48,39 +48,53 @@ def _monomial_values(xs, ys, order):
     return np.stack([xs ** ex * ys ** ey for ex, ey in _monomials(order)], axis=-1)
 
 
-def _convolve_stamps(patches, basis):
-    """patches (n, P, P) -> (n, S, S, n_basis): the valid part (S = P - 2 half) of patch * B_k, by separable
-    passes over the raw basis (per Gaussian: x passes with its functions over their support, then y
-    passes), then the basis transform."""
-    n, size = patches.shape[0], patches.shape[1]
-    h2 = 2 * basis.half
-    s = size - h2
-    raw = np.empty((basis.pairs.shape[0], n, s, s))           # [k, n, x, y]
-    for funcs in basis.groups:
-        f = np.asarray(funcs)
-        lo, hi = int(basis.support[f, 0].min()), int(basis.support[f, 1].max())
-        taps = basis.functions[f, lo:hi + 1][:, ::-1].T       # window index t <-> tap b = hi - t
-        span = s + hi - lo
-        xs = sliding_window_view(patches[:, :, h2 - hi:h2 - hi + span], hi - lo + 1, axis=2) @ taps   # (n, P, S, i)
-        xt = np.ascontiguousarray(xs.transpose(0, 2, 3, 1))                                        # (n, S, i, P)
-        block = sliding_window_view(xt[..., h2 - hi:h2 - hi + span], hi - lo + 1, axis=3) @ taps    # (n, x, i, y, j)
-        for k in np.flatnonzero(np.isin(basis.pairs[:, 0], f)):
-            raw[k] = block[:, :, basis.pairs[k, 0] - f[0], :, basis.pairs[k, 1] - f[0]]
-    return np.tensordot(basis.transform, raw, (1, 0)).transpose(1, 3, 2, 0)
+def _convolve_stamps(patches, basis, out):
+    """patches (n, P, P) -> out[:, k] (out: (n, >= n_raw, S^2), float64 or float32): the valid part
+    (S = P - 2 half) of each patch convolved with raw basis image k (twinkles_hpc._diffim convolve_stamps:
+    separable passes over each function's support, in double precision)."""
+    size = patches.shape[1]
+    s = size - 2 * basis.half
+    funcs = np.ascontiguousarray(basis.functions, np.float64)
+    i32 = lambda a: np.ascontiguousarray(a, np.int32)  # noqa: E731
+    _diffim.convolve_stamps(np.ascontiguousarray(patches, np.float64), funcs, i32(basis.support[:, 0]),
+                            i32(basis.support[:, 1]), i32(basis.pairs[:, 0]), i32(basis.pairs[:, 1]), out,
+                            np.empty((funcs.shape[0], size, s)), np.empty(s * s))
 
 
 # ----------------------------------------------------------------------------------------- convolution
 def _svd_terms(kernel, tol):
-    """A kernel as its truncated SVD: the smallest singular values dropped while the Frobenius error stays
-    <= tol ||kernel||. Returns the term arrays of `_convolve`: x filters, y functions, one term each."""
+    """A kernel as its truncated SVD within a Frobenius error of tol ||kernel||: the smallest singular values
+    dropped while the error stays within it, then each vector's ends trimmed (the smaller end tap first)
+    within what the rank left of it, shared equally by the 2 rank vectors (a vector's trimmed taps times its
+    partner's norm stay below (tol ||kernel|| - rank error) / (2 rank)), so the convolution runs over fewer
+    taps; taps below SUPPORT_TOL of their vector's peak are zero too. Returns the term arrays of `_convolve`:
+    x filters, y functions, one term each."""
     u, sv, vt = np.linalg.svd(kernel)
     err2 = np.cumsum((sv * sv)[::-1])[::-1]            # err2[r]: squared error when keeping r terms
-    keep = max(1, int(np.count_nonzero(err2 > (tol * np.linalg.norm(kernel)) ** 2)))
+    budget = tol * np.linalg.norm(kernel)
+    keep = max(1, int(np.count_nonzero(err2 > budget ** 2)))
     r = np.arange(keep)
     xf, yf = vt[:keep].copy(), (u[:, :keep] * sv[:keep]).T
+    share = max(budget - (math.sqrt(err2[keep]) if keep < sv.size else 0.0), 0.0) / (2 * keep)
+    for k in range(keep):
+        _trim_ends(xf[k], share / max(np.linalg.norm(yf[k]), np.finfo(float).tiny))
+        _trim_ends(yf[k], share / max(np.linalg.norm(xf[k]), np.finfo(float).tiny))
     for f in (xf, yf):                                  # taps below SUPPORT_TOL of the peak: zero
         f[np.abs(f) < SUPPORT_TOL * np.abs(f).max()] = 0.0
     return xf, yf, dict(e=r, p=0 * r, j=r, q=0 * r, c=np.ones(keep))
+
+
+def _trim_ends(f, limit):
+    """Zero the end taps of the 1-D filter f (in place), the smaller end first, while the norm of the zeroed
+    taps stays <= limit; at least one tap is kept."""
+    lo, hi, dropped2 = 0, f.size - 1, 0.0
+    while lo < hi:
+        end = lo if abs(f[lo]) <= abs(f[hi]) else hi
+        if dropped2 + f[end] ** 2 > limit ** 2:
+            break
+        dropped2 += f[end] ** 2
+        f[end] = 0.0
+        lo, hi = (lo + 1, hi) if end == lo else (lo, hi - 1)
 
 
 def _kernel_terms(solution):
@@ -199,12 +213,13 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
     if ny <= 2 * h or nx <= 2 * h:
         raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
     img, var = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(variance, np.float32)
-    bad = ~np.isfinite(img)
-    bad |= ~np.isfinite(var)
     msk = None if mask is None else np.asarray(mask, np.uint16)
-    if bad.any():                                  # count as 0, flagged NO_DATA (copies, not the caller's)
-        img, var = np.where(bad, np.float32(0), img), np.where(bad, np.float32(0), var)
-        msk = np.where(bad, no_data_bit, 0).astype(np.uint16) | (0 if msk is None else msk)
+    if not (np.isfinite(img.sum()) and np.isfinite(var.sum())):   # finite sums: finite pixels (a quick look)
+        bad = ~np.isfinite(img)
+        bad |= ~np.isfinite(var)
+        if bad.any():                              # count as 0, flagged NO_DATA (copies, not the caller's)
+            img, var = np.where(bad, np.float32(0), img), np.where(bad, np.float32(0), var)
+            msk = np.where(bad, no_data_bit, 0).astype(np.uint16) | (0 if msk is None else msk)
     out = _convolve(img, xf, yf, terms)
     # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
     k2 = kernels[0] ** 2
@@ -273,25 +288,63 @@ def apply_stamp(image, stamp):
     shape (a view into the padded result). Every output pixel is computed; the image is padded by half the
     stamp's side."""
     h = stamp.shape[0] // 2
-    ny, nx = image.shape
-    grid = np.zeros((ny + 2 * h, nx + 2 * h), np.float32)
-    inner = grid[h:h + ny, h:h + nx]
+    grid = padded_plane(image.shape, h)
+    inner = grid[h:h + image.shape[0], h:h + image.shape[1]]
     inner[...] = image
     inner[~np.isfinite(inner)] = 0.0
+    return apply_stamp_padded(grid, stamp)[h:h + image.shape[0], h:h + image.shape[1]]
+
+
+def padded_plane(shape, pad):
+    """A zero float32 plane of `shape` padded by `pad` pixels on every side."""
+    return np.zeros((shape[0] + 2 * pad, shape[1] + 2 * pad), np.float32)
+
+
+def apply_stamp_padded(grid, stamp):
+    """`apply_stamp` of the inside of a `padded_plane` (padded by half the stamp's side, finite, its padding
+    zero): the convolved plane, of the same shape, its padding left unset."""
     xf, yf, terms = _svd_terms(stamp, STAMP_RANK_TOL)
     approx = np.einsum("ra,rb->ab", yf, xf)
     terms["c"] = terms["c"] * (float(stamp.sum()) / float(approx.sum()))
-    return _convolve(grid, xf, yf, terms)[h:h + ny, h:h + nx]
+    return _convolve(grid, xf, yf, terms)
 
 
-def _typical_variance(variance, valid):
-    """Median of the finite variance over valid pixels, on a 4 x 4 subsample (fast and deterministic). An
-    input's variance may be non-finite where the difference is still finite (the convolved image's pixels
-    with no data count as 0 and are flagged NO_DATA)."""
-    v = np.asarray(variance[::4, ::4], np.float64)[valid[::4, ::4]]
+def difference(a, b, va, vb, mask, out, *, add, div=None, no_data_bit=MASK_NO_DATA):
+    """out = (a - b + add(x, y)) / div(x, y), in float32 with the polynomials (coefficient grids [ey, ex]
+    of the scaled position, `_coeff_grid`, of one shape) in double precision as `_poly_op` rounds them,
+    0 where not finite; out is a float32 plane of a's shape, or padded by the same width on every side (a
+    `padded_plane`, filled inside). Returns `invalid` (bool): where that value, va or vb is not finite;
+    mask (uint16) gets no_data_bit there, in place."""
+    ny, nx = a.shape
+    deg = add.shape[0] - 1
+    invalid = np.empty((ny, nx), np.uint8)
+    f32 = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+    _diffim.difference(f32(a), f32(b), f32(va), f32(vb), np.ascontiguousarray(add, np.float64),
+                       np.zeros((0, deg + 1)) if div is None else np.ascontiguousarray(div, np.float64),
+                       _powers(nx, deg, np.float64), _powers(ny, deg, np.float64), out, (out.shape[0] - ny) // 2,
+                       invalid, mask, no_data_bit, np.empty((2, nx)))
+    return invalid.view(bool)
+
+
+def finish_difference(plane, va, vb, alpha, beta, invalid):
+    """The variance alpha va + beta vb (float32), and the difference (the inside of plane, of invalid's
+    shape or padded by the same width on every side): both NaN where invalid (plane in place)."""
+    ny, nx = invalid.shape
+    pad = (plane.shape[0] - ny) // 2
+    variance = np.empty((ny, nx), np.float32)
+    _diffim.finish_difference(plane, pad, variance, np.ascontiguousarray(va, np.float32),
+                              np.ascontiguousarray(vb, np.float32), alpha, beta, invalid.view(np.uint8))
+    return plane[pad:pad + ny, pad:pad + nx], variance
+
+
+def _typical_variance(variance, invalid):
+    """Median of the finite variance over the pixels not invalid, on a 4 x 4 subsample (fast and
+    deterministic). An input's variance may be non-finite where the difference is still finite (the
+    convolved image's pixels with no data count as 0 and are flagged NO_DATA)."""
+    v = np.asarray(variance[::4, ::4], np.float64)[~invalid[::4, ::4]]
     v = v[np.isfinite(v)]
     if v.size == 0:
-        v = np.asarray(variance, np.float64)[valid]
+        v = np.asarray(variance, np.float64)[~invalid]
         v = v[np.isfinite(v)]
     return float(np.median(v))
 

@@ -28,7 +28,8 @@ separable pairs with coefficients that are polynomials of the scaled position. T
 twinkles_hpc._diffim x-passes each input row with every x function (its taps limited to the function's
 support), folds the y dependence of the coefficients into per-row y filters, one per power of x, and adds
 each y-passed row times its power of x: the kernel is exact at every pixel, not constant over cells. It
-works in column strips whose x-passed rows stay in cache, 16 pixels at a time in vector registers.
+works in column strips whose x-passed rows stay in cache, 16 pixels at a time in vector registers (32 where
+the build targets AVX-512).
 Variance: V * K^2, with the amplitude sum K(x, y)^2 exact per pixel (a polynomial of twice the order) and
 the shape of K^2 that of the centre (its truncated SVD). Mask: each output pixel ORs the bits of the input
 pixels under the centre kernel's footprint (|K| >= mask_weight max |K|). The border the kernel cannot
@@ -54,7 +55,8 @@ import numpy as np
 from twinkles_hpc.level2.masks import EDGE as MASK_EDGE
 from twinkles_hpc.level2.masks import NO_DATA as MASK_NO_DATA
 from twinkles_hpc.timedomain.convolve import (_coeff_grid, _convolve_stamp, _monomials, _poly_op, _typical_variance,
-                                              apply_stamp, convolve_image, decorrelate, decorrelation_kernel)
+                                              apply_stamp_padded, convolve_image, decorrelate, decorrelation_kernel,
+                                              difference, finish_difference, padded_plane)
 from twinkles_hpc.timedomain.kernel import (DEFAULT_BAD_MASK_BITS, FWHM_PER_SIGMA, DiffimConfig, KernelSolution,
                                             _round_robin, fit_kernel, gaussian_psf, make_basis, measure_psf_moments,
                                             moments_fwhm)
@@ -171,45 +173,38 @@ def subtract_images(science, template, x, y, *, science_variance, template_varia
     mono = _monomials(sol.order)
     bg = _coeff_grid(sol.coeffs[-1], mono)
     ksum = _coeff_grid(sol.coeffs[0], mono)
-    ref32, vr = np.asarray(ref, np.float32), np.asarray(rvar, np.float32)
+    vr = np.asarray(rvar, np.float32)
+    mask = cm if rmask is None else cm | np.asarray(rmask, np.uint16)
+    h = sol.basis.half
+    decorrelated = cfg.decorrelate and direction != "preconvolved"
+    # the difference goes straight into the plane the decorrelation pads (by phi's half-side, 2 h)
+    diff = padded_plane(shape, 2 * h) if decorrelated else np.empty(shape, np.float32)
     if direction != "science":                                   # science - template * K - background
-        diff = np.subtract(ref32, cimg)
-        _poly_op(diff, -bg, 0)
+        invalid = difference(ref, cimg, vr, cv, mask, diff, add=-bg, no_data_bit=no_data_bit)
     else:                                                        # (science * K + background - template) / sum K
-        diff = np.subtract(cimg, ref32)
-        _poly_op(diff, bg, 0)
-        _poly_op(diff, ksum, 2)
         vr = vr.copy()
         for plane in (vr, cv, vr, cv):                           # variances / (sum K)^2
             _poly_op(plane, ksum, 2)
-    invalid = ~np.isfinite(diff)                                 # the border, and non-finite inputs
-    invalid |= ~np.isfinite(vr)
-    invalid |= ~np.isfinite(cv)
-    mask = cm if rmask is None else cm | np.asarray(rmask, np.uint16)
-    mask[invalid] |= no_data_bit
+        invalid = difference(cimg, ref, vr, cv, mask, diff, add=bg, div=ksum, no_data_bit=no_data_bit)
     kc = sol.kernel_image((shape[1] - 1) / 2, (shape[0] - 1) / 2)
-    s_r, s_c = _typical_variance(rvar, ~invalid), _typical_variance(cvar, ~invalid)
-    h = sol.basis.half
+    s_r, s_c = _typical_variance(rvar, invalid), _typical_variance(cvar, invalid)
     if direction == "template":
         matched = science_psf
     elif direction == "science":
         matched = _convolve_stamp(science_psf, kc / kc.sum(), science_psf.shape[0] // 2 + h)
     else:
         matched = _convolve_stamp(science_psf, science_psf, science_psf.shape[0] - 1)
-    if cfg.decorrelate and direction != "preconvolved":
-        phi, alpha, beta = decorrelation_kernel(kc, s_r, s_c)
-        diff = apply_stamp(diff, phi)
-        variance = np.multiply(vr, np.float32(alpha))
-        variance += np.float32(beta) * cv
+    if decorrelated:
+        phi, alpha, beta = decorrelation_kernel(kc, s_r, s_c, half=2 * h)
+        diff = apply_stamp_padded(diff, phi)
         psf = _convolve_stamp(matched, phi, matched.shape[0] // 2 + h)
     else:
-        variance = np.add(vr, cv)
+        alpha = beta = 1.0
         psf = matched
-    diff[invalid] = np.nan
-    variance[invalid] = np.nan
+    diff, variance = finish_difference(diff, vr, cv, alpha, beta, invalid)
     psf = (psf / psf.sum()).astype(np.float32)
     summary = dict(sol.summary, direction=direction, fwhm_science=fw["science"], fwhm_template=fw["template"],
-                   n_convolution_terms=n_sep, decorrelated=bool(cfg.decorrelate and direction != "preconvolved"),
+                   n_convolution_terms=n_sep, decorrelated=bool(decorrelated),
                    variance_reference=s_r,
                    variance_convolved=s_c)
     return DiffimResult(diff, variance, mask, psf, sol, summary)

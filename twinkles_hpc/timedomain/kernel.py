@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 import scipy.linalg
-from numpy.lib.stride_tricks import sliding_window_view
 
 from twinkles_hpc import options
 from twinkles_hpc.level2.masks import BAD as MASK_BAD
@@ -36,6 +35,9 @@ STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
 STAMP_CHUNK = 64
 #: The fit keeps its design matrix (stamp pixels x basis images) in double precision up to this size.
 DESIGN_BYTES = 256 * 2 ** 20
+#: Stamp half-side (pixels) of the PSF moments: enough for a weight of sigma 12 / 3.5 = 3.4 px; a wider PSF
+#: is measured again on stamps 2.5 x larger (level2.shapes).
+PSF_MOMENT_RADIUS = 12
 
 
 @dataclass
@@ -187,10 +189,8 @@ class KernelSolution:
 def measure_psf_moments(image, x, y, *, mask=None, bad_mask_bits=DEFAULT_BAD_MASK_BITS):
     """Median adaptive second moments (ixx, iyy, ixy; px^2) of the sources at (x, y) and how many were
     measured; NaNs and 0 if none could be."""
-    usable = np.isfinite(image)
-    if mask is not None:
-        usable &= (mask & bad_mask_bits) == 0
-    ixx, iyy, ixy, flag = adaptive_moments(image, x, y, usable=usable)
+    usable = None if mask is None else (mask & bad_mask_bits) == 0     # adaptive_moments skips non-finite pixels
+    ixx, iyy, ixy, flag = adaptive_moments(image, x, y, usable=usable, radius=PSF_MOMENT_RADIUS)
     ok = ~flag
     if not ok.any():
         return (math.nan, math.nan, math.nan), 0
@@ -225,9 +225,9 @@ def _cut(plane, ix, iy, half):
 
 
 def _stamps(image, variance, mask, reference, reference_variance, reference_mask, ix, iy, hs, h, bad_mask_bits):
-    """Stamps of the candidates at integer pixels (ix, iy): the image's patch (half-side hs + h) and its
-    variance, the reference's stamp (half-side hs) and its variance, NaN-free; the patch's usable pixels
-    and the stamp's usable pixels (its own, and the whole kernel window of the patch around them)."""
+    """Stamps of the candidates at integer pixels (ix, iy), NaN-free: the image's patch (half-side hs + h),
+    its variance on the stamp (half-side hs), the reference's stamp and its variance, and the stamp's usable
+    pixels (its own, and the whole kernel window of the patch around them)."""
     m = hs + h
     patch = _cut(image, ix, iy, m).astype(np.float64)
     vpatch = _cut(variance, ix, iy, m).astype(np.float64)
@@ -239,10 +239,20 @@ def _stamps(image, variance, mask, reference, reference_variance, reference_mask
         ok_c &= (_cut(mask, ix, iy, m) & bad_mask_bits) == 0
     if reference_mask is not None:
         ok &= (_cut(reference_mask, ix, iy, hs) & bad_mask_bits) == 0
-    rows = sliding_window_view(ok_c, 2 * h + 1, axis=2).all(-1)             # erosion by the kernel's box,
-    ok &= sliding_window_view(rows, 2 * h + 1, axis=1).all(-1)              # one axis at a time
-    return (np.where(ok_c, patch, 0.0), np.where(ok_c, vpatch, 0.0), np.where(ok, ref, 0.0),
+    ok &= _box_all(ok_c, 2 * h + 1)
+    inner = (slice(None), slice(h, h + 2 * hs + 1), slice(h, h + 2 * hs + 1))
+    return (np.where(ok_c, patch, 0.0), np.where(ok_c[inner], vpatch[inner], 0.0), np.where(ok, ref, 0.0),
             np.where(ok, vref, 1.0), ok)
+
+
+def _box_all(ok, width):
+    """ok (n, P, P) bool -> (n, P - width + 1, P - width + 1): whether every pixel of each width x width box is
+    True (the erosion by the box, from the summed-area table of the False pixels)."""
+    n, p = ok.shape[0], ok.shape[1]
+    table = np.zeros((n, p + 1, p + 1), np.int32)
+    np.cumsum(np.cumsum(~ok, axis=1, dtype=np.int32), axis=2, out=table[:, 1:, 1:])
+    w = width
+    return (table[:, w:, w:] - table[:, :-w, w:] - table[:, w:, :-w] + table[:, :-w, :-w]) == 0
 
 
 def _round_robin(ix, iy, shape, n_cells):
@@ -292,12 +302,14 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     ix, iy = ix[order], iy[order]
     good = np.zeros(ix.size, bool)
     c = CORE_HALF
-    n_examined = 0
+    n_examined, found = 0, []
     while n_examined < ix.size and good.sum() < n_max:
         sl = slice(n_examined, n_examined + STAMP_CHUNK)
-        ok = _stamps(*planes, ix[sl], iy[sl], hs, h, bad_mask_bits)[-1]
-        good[sl] = (ok[:, hs - c:hs + c + 1, hs - c:hs + c + 1].all((1, 2))
-                    & (ok.mean((1, 2)) >= MIN_USABLE_FRACTION))
+        st = _stamps(*planes, ix[sl], iy[sl], hs, h, bad_mask_bits)
+        ok = st[-1]
+        g = ok[:, hs - c:hs + c + 1, hs - c:hs + c + 1].all((1, 2)) & (ok.mean((1, 2)) >= MIN_USABLE_FRACTION)
+        good[sl] = g
+        found.append([a[g] for a in st])                        # the usable ones' stamps, cut once
         n_examined += ok.shape[0]
     n_usable = int(good.sum())
     n_terms_max = max(_n_terms(cfg.spatial_order), _n_terms(cfg.kernel_sum_order), _n_terms(cfg.background_order))
@@ -310,21 +322,19 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
         raise ValueError(f"too few usable kernel candidates: {n_usable} of {n_cand}, need {need} "
                          f"(spatial_order {cfg.spatial_order}, background_order {cfg.background_order})")
     keep = np.flatnonzero(good)[:n_max]
-    keep = keep[np.argsort(order[keep])]                        # the fitted ones in the caller's order
-    ix, iy = ix[keep], iy[keep]
-    n, s_pix, nb = ix.size, (2 * hs + 1) ** 2, basis.images.shape[0]
-    # the convolved basis, in double precision unless that exceeds DESIGN_BYTES (then float32, converted by chunks)
-    design = np.empty((n, s_pix, nb + 1), np.float64 if n * s_pix * (nb + 1) * 8 <= DESIGN_BYTES else np.float32)
-    ref, vref, vconv = (np.empty((n, s_pix)) for _ in range(3))
-    ok = np.empty((n, s_pix), bool)
-    for k in range(0, n, STAMP_CHUNK):
-        sl = slice(k, k + STAMP_CHUNK)
-        pt, vp, rf, vr, okk = _stamps(*planes, ix[sl], iy[sl], hs, h, bad_mask_bits)
-        cs = _convolve_stamps(pt, basis)
-        design[sl, :, :-1] = cs.reshape(cs.shape[0], s_pix, -1)
-        ref[sl], vref[sl], ok[sl] = rf.reshape(-1, s_pix), vr.reshape(-1, s_pix), okk.reshape(-1, s_pix)
-        vconv[sl] = vp[:, h:h + 2 * hs + 1, h:h + 2 * hs + 1].reshape(-1, s_pix)
-    design[:, :, -1] = 1.0
+    by_caller = np.argsort(order[keep])                         # the fitted ones in the caller's order
+    ix, iy = ix[keep][by_caller], iy[keep][by_caller]
+    patch, vconv, ref, vref, ok = (np.concatenate(a)[:keep.size][by_caller] for a in zip(*found))
+    n, s_pix, nb, n_raw = ix.size, (2 * hs + 1) ** 2, basis.images.shape[0], basis.pairs.shape[0]
+    # the convolved raw basis images and a constant (the background): double precision unless that exceeds
+    # DESIGN_BYTES (then float32)
+    design = np.empty((n, n_raw + 1, s_pix), np.float64 if n * s_pix * (n_raw + 1) * 8 <= DESIGN_BYTES else np.float32)
+    _convolve_stamps(patch, basis, design)
+    design[:, -1] = 1.0
+    ref, vref, vconv, ok = (a.reshape(n, s_pix) for a in (ref, vref, vconv, ok))
+    to_fit = np.zeros((nb + 1, n_raw + 1))                      # raw images -> basis images, background kept
+    to_fit[:nb, :n_raw] = basis.transform
+    to_fit[nb, n_raw] = 1.0
     n_pix = ok.sum(1)
     order = cfg.max_order
     p = _monomial_values(_scaled(ix, nx), _scaled(iy, ny), order)
@@ -343,15 +353,13 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
         noise = (vconv * w).sum(1)
         ridge = np.zeros(active.shape)
         ridge[1:nb] = cfg.kernel_ridge * float(noise[used].sum())
-        a, b = _normal_equations(design, ref, w, noise if cfg.noise_correction else 0.0 * noise, gram)
-        coeffs = _solve(a[used], b[used], p[used], active, ridge)
+        a, b, rr = _normal_equations(design, ref, w, to_fit)
+        a_fit = a - noise[:, None, None] * gram if cfg.noise_correction else a
+        coeffs = _solve(a_fit[used], b[used], p[used], active, ridge)
         it += 1
         local = p @ coeffs.T                                               # (n, nb + 1)
-        chi2 = np.empty(n)
-        for k in range(0, n, STAMP_CHUNK):
-            sl = slice(k, k + STAMP_CHUNK)
-            resid = ref[sl] - np.einsum("npk,nk->np", np.asarray(design[sl], np.float64), local[sl])
-            chi2[sl] = (resid * resid * w[sl]).sum(1)
+        # chi^2 = sum w (ref - design local)^2, from the stamp's normal equations
+        chi2 = rr - 2.0 * np.einsum("nk,nk->n", local, b) + np.einsum("nk,nkl,nl->n", local, a, local)
         kern = np.einsum("nk,kab->nab", local[:, :nb], basis.images)
         k2sum = (kern * kern).sum((1, 2))
         new = used
@@ -380,19 +388,21 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     return KernelSolution(basis, coeffs, order, tuple(shape), summary)
 
 
-def _normal_equations(design, ref, w, noise, gram):
-    """Per stamp: design^T W design less noise[n] gram (the expected contribution of the convolved
-    image's own noise), and design^T W ref."""
-    n, _, nk = design.shape
+def _normal_equations(design, ref, w, to_fit):
+    """Per stamp n, with D_n = to_fit @ design[n] (the fit's basis; design: (n, raw images + 1, pixels)) and
+    W_n the weights: D_n W_n D_n^T, D_n W_n ref_n and ref_n W_n ref_n. The products are formed in the
+    design's basis from sqrt(W_n) design[n], one stamp at a time (it stays in cache for BLAS's syrk), then
+    transformed."""
+    n, nk, s_pix = design.shape
     a, b = np.empty((n, nk, nk)), np.empty((n, nk))
-    for k in range(0, n, STAMP_CHUNK):
-        sl = slice(k, k + STAMP_CHUNK)
-        d = np.asarray(design[sl], np.float64)
-        dw = d * w[sl, :, None]
-        a[sl] = np.matmul(dw.transpose(0, 2, 1), d)
-        b[sl] = np.einsum("npk,np->nk", dw, ref[sl])
-    a -= noise[:, None, None] * gram
-    return a, b
+    sw = np.sqrt(w)
+    swr = sw * ref
+    buf = np.empty((nk, s_pix))
+    for k in range(n):
+        np.multiply(design[k], sw[k], out=buf)
+        np.matmul(buf, buf.T, out=a[k])
+        np.matmul(buf, swr[k], out=b[k])
+    return to_fit @ a @ to_fit.T, b @ to_fit.T, (swr * swr).sum(1)
 
 
 def _solve(a, b, p, active, ridge):
