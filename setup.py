@@ -7,6 +7,7 @@ kernel rounds exactly as the plain C order of operations says: the products are 
 build for the baseline x86-64 and one using the machine's widest vector instructions. The instruction set
 is the build machine's (-march=native) unless TWINKLES_HPC_MARCH names another (e.g. x86-64-v3 for a
 cluster whose login and compute nodes differ, or an empty value for the compiler's default); docs/cori.md.
+The kernels that can share a call among threads ([run] threads, off by default) are built with OpenMP.
 """
 import glob
 import os
@@ -17,6 +18,8 @@ from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MARCH = os.environ.get("TWINKLES_HPC_MARCH", "native").strip()
+#: the kernels with OpenMP loops (cython.parallel.prange)
+OPENMP = {"_warp"}
 
 
 def kernels():
@@ -28,7 +31,9 @@ def kernels():
             [os.path.relpath(pyx, HERE)],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"] + ([f"-march={MARCH}"] if MARCH else []),
+            extra_compile_args=(["-O3", "-fno-fast-math", "-ffp-contract=off"] + ([f"-march={MARCH}"] if MARCH else [])
+                                + (["-fopenmp"] if name in OPENMP else [])),
+            extra_link_args=["-fopenmp"] if name in OPENMP else [],
         ))
     return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,

@@ -7,6 +7,7 @@ twice here. Mask bits come in as arguments (level2/masks.py owns them). Both ker
 """
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.math cimport NAN, M_PI, cos, fabs, floor, isfinite, sin, sqrt
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, uint16_t
 
 cdef double SQRT3_2 = 0.8660254037844386          # sqrt(3) / 2
@@ -120,12 +121,99 @@ cdef inline double _dot6(const double *w, const float *p) noexcept nogil:
     return (w[0] * p[0] + w[1] * p[1]) + (w[2] * p[2] + w[3] * p[3]) + (w[4] * p[4] + w[5] * p[5])
 
 
+cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, ::1] src_var,
+                         const uint16_t[:, ::1] src_mask, Py_ssize_t sx0, Py_ssize_t sy0,
+                         const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
+                         Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
+                         float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
+                         double mask_weight, const double *table, double *buf) noexcept nogil:
+    """Output row j of `warp` (the arguments are warp's); buf: 3 (nc + 1) + 24 doubles of scratch (the row's
+    nodes, then the weights). Returns the row's pixels with data."""
+    cdef Py_ssize_t nx = out.shape[1], sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
+    cdef Py_ssize_t i, a, b, c, r, ix, iy, Y, c_lo, c_hi, rem
+    cdef double inv_step = 1.0 / step, ty, tx, u, v, jac, fx, fy, acc, accv, wmax
+    cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
+    cdef double *ru = buf
+    cdef double *rv = ru + (nc + 1)
+    cdef double *rj = rv + (nc + 1)
+    cdef double *wx = rj + (nc + 1)
+    cdef double *wy = wx + 6
+    cdef double *wx2 = wy + 6
+    cdef double *wy2 = wx2 + 6
+    cdef const float *p
+    cdef const float *pv
+    cdef const uint16_t *pm
+    cdef uint16_t m
+    cdef long long covered = 0
+    c_lo = (dx0 - gx0) // step
+    c_hi = (dx0 + nx - 1 - gx0) // step + 1
+    Y = dy0 + j
+    r = (Y - gy0) // step
+    ty = (Y - gy0 - r * step) * inv_step
+    for c in range(c_lo, c_hi + 1):          # the row's nodes, interpolated in y
+        ru[c] = gu[r, c] + ty * (gu[r + 1, c] - gu[r, c])
+        rv[c] = gv[r, c] + ty * (gv[r + 1, c] - gv[r, c])
+        rj[c] = gj[r, c] + ty * (gj[r + 1, c] - gj[r, c])
+    c = c_lo                                  # X = dx0 + i is rem pixels past node column c,
+    rem = dx0 - gx0 - c_lo * step             # stepped along the row (no division per pixel)
+    for i in range(nx):
+        if rem == step:
+            c += 1
+            rem = 0
+        tx = rem * inv_step
+        rem += 1
+        u = ru[c] + tx * (ru[c + 1] - ru[c])
+        v = rv[c] + tx * (rv[c + 1] - rv[c])
+        fx = floor(u + 0.5)                  # round-off of an exact integer map (identity, shifts)
+        if fabs(u - fx) < SNAP:
+            u = fx
+        fy = floor(v + 0.5)
+        if fabs(v - fy) < SNAP:
+            v = fy
+        if not (u >= ulo and u < uhi and v >= vlo and v < vhi):     # NaN fails too
+            out[j, i] = NAN
+            out_var[j, i] = NAN
+            out_mask[j, i] = no_data
+            continue
+        jac = rj[c] + tx * (rj[c + 1] - rj[c])
+        fx = floor(u)
+        fy = floor(v)
+        ix = <Py_ssize_t> fx - 2 - sx0
+        iy = <Py_ssize_t> fy - 2 - sy0
+        _lanczos3(u - fx, wx, table)
+        _lanczos3(v - fy, wy, table)
+        wmax = 0.0
+        for a in range(6):
+            wx2[a] = wx[a] * wx[a]
+            wy2[a] = wy[a] * wy[a]
+            if fabs(wx[a]) > wmax:
+                wmax = fabs(wx[a])
+        acc = 0.0
+        accv = 0.0
+        m = 0
+        for b in range(6):
+            p = &src[iy + b, ix]
+            pv = &src_var[iy + b, ix]
+            acc = acc + wy[b] * _dot6(wx, p)
+            accv = accv + wy2[b] * _dot6(wx2, pv)
+            if fabs(wy[b]) * wmax >= mask_weight:
+                pm = &src_mask[iy + b, ix]
+                for a in range(6):
+                    if fabs(wx[a] * wy[b]) >= mask_weight:
+                        m = m | pm[a]
+        out[j, i] = <float> (jac * acc)
+        out_var[j, i] = <float> (jac * jac * accv)
+        out_mask[j, i] = m
+        covered += 1
+    return covered
+
+
 def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:, ::1] src_mask,
          Py_ssize_t sx0, Py_ssize_t sy0,
          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
          float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
-         double mask_weight, bint quadratic):
+         double mask_weight, bint quadratic, int threads=1):
     """Lanczos-3 warp (see _lanczos3_exact for `quadratic`) of (src, src_var, src_mask) into (out, out_var,
     out_mask); returns the number of pixels with data.
 
@@ -141,92 +229,28 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     out = J sum w I, out_var = J^2 sum w^2 V (covariance ignored), out_mask = OR of the taps with
     |w| >= mask_weight (w = wx wy, the normalised separable weights). A pixel whose 6 x 6 footprint is
     not wholly inside src gets NaN, NaN, no_data (the NO_DATA mask bit).
+
+    threads > 1: the output rows are shared among that many OpenMP threads (each row is computed by one
+    thread in the same way, so the result is the same bits).
     """
-    cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
-    cdef Py_ssize_t sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
-    cdef Py_ssize_t i, j, a, b, c, r, ix, iy, Y, c_lo, c_hi, rem
-    cdef double inv_step = 1.0 / step, ty, tx, u, v, jac, fx, fy, acc, accv, wmax
-    cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
-    cdef double wx[6]
-    cdef double wy[6]
-    cdef double wx2[6]
-    cdef double wy2[6]
-    cdef const float *p
-    cdef const float *pv
-    cdef const uint16_t *pm
-    cdef uint16_t m
+    cdef Py_ssize_t ny = out.shape[0], nc = gu.shape[1], j, per = 3 * (nc + 1) + 24
     cdef long long covered = 0
     cdef const double *table = &_table_q[0] if quadratic else &_table_p[0]
-    cdef double *ru = <double *> PyMem_RawMalloc(3 * (nc + 1) * sizeof(double))
-    cdef double *rv
-    cdef double *rj
-    if ru == NULL:
+    cdef int nt = threads if threads > 1 else 1
+    cdef double *bufs = <double *> PyMem_RawMalloc(nt * per * sizeof(double))
+    if bufs == NULL:
         raise MemoryError("warp: cannot allocate the row buffers")
-    rv = ru + (nc + 1)
-    rj = rv + (nc + 1)
-    c_lo = (dx0 - gx0) // step
-    c_hi = (dx0 + nx - 1 - gx0) // step + 1
-    with nogil:
-        for j in range(ny):
-            Y = dy0 + j
-            r = (Y - gy0) // step
-            ty = (Y - gy0 - r * step) * inv_step
-            for c in range(c_lo, c_hi + 1):          # the row's nodes, interpolated in y
-                ru[c] = gu[r, c] + ty * (gu[r + 1, c] - gu[r, c])
-                rv[c] = gv[r, c] + ty * (gv[r + 1, c] - gv[r, c])
-                rj[c] = gj[r, c] + ty * (gj[r + 1, c] - gj[r, c])
-            c = c_lo                                  # X = dx0 + i is rem pixels past node column c,
-            rem = dx0 - gx0 - c_lo * step             # stepped along the row (no division per pixel)
-            for i in range(nx):
-                if rem == step:
-                    c += 1
-                    rem = 0
-                tx = rem * inv_step
-                rem += 1
-                u = ru[c] + tx * (ru[c + 1] - ru[c])
-                v = rv[c] + tx * (rv[c + 1] - rv[c])
-                fx = floor(u + 0.5)                  # round-off of an exact integer map (identity, shifts)
-                if fabs(u - fx) < SNAP:
-                    u = fx
-                fy = floor(v + 0.5)
-                if fabs(v - fy) < SNAP:
-                    v = fy
-                if not (u >= ulo and u < uhi and v >= vlo and v < vhi):     # NaN fails too
-                    out[j, i] = NAN
-                    out_var[j, i] = NAN
-                    out_mask[j, i] = no_data
-                    continue
-                jac = rj[c] + tx * (rj[c + 1] - rj[c])
-                fx = floor(u)
-                fy = floor(v)
-                ix = <Py_ssize_t> fx - 2 - sx0
-                iy = <Py_ssize_t> fy - 2 - sy0
-                _lanczos3(u - fx, wx, table)
-                _lanczos3(v - fy, wy, table)
-                wmax = 0.0
-                for a in range(6):
-                    wx2[a] = wx[a] * wx[a]
-                    wy2[a] = wy[a] * wy[a]
-                    if fabs(wx[a]) > wmax:
-                        wmax = fabs(wx[a])
-                acc = 0.0
-                accv = 0.0
-                m = 0
-                for b in range(6):
-                    p = &src[iy + b, ix]
-                    pv = &src_var[iy + b, ix]
-                    acc = acc + wy[b] * _dot6(wx, p)
-                    accv = accv + wy2[b] * _dot6(wx2, pv)
-                    if fabs(wy[b]) * wmax >= mask_weight:
-                        pm = &src_mask[iy + b, ix]
-                        for a in range(6):
-                            if fabs(wx[a] * wy[b]) >= mask_weight:
-                                m = m | pm[a]
-                out[j, i] = <float> (jac * acc)
-                out_var[j, i] = <float> (jac * jac * accv)
-                out_mask[j, i] = m
-                covered += 1
-    PyMem_RawFree(ru)
+    if nt == 1:
+        with nogil:
+            for j in range(ny):
+                covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
+                                     out, out_var, out_mask, no_data, mask_weight, table, bufs)
+    else:
+        for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
+            covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
+                                 out, out_var, out_mask, no_data, mask_weight, table,
+                                 bufs + threadid() * per)
+    PyMem_RawFree(bufs)
     return covered
 
 
@@ -246,11 +270,102 @@ cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
     return 0.5 * (lo + hi)
 
 
+cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, :, ::1] var,
+                       const uint16_t[:, :, ::1] mask, const double[::1] scale, const double[::1] weight,
+                       int bad_bits, int protect_bits, uint16_t no_data, bint use_median, double clip_sigma,
+                       int clip_iters, float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask,
+                       int32_t[:, ::1] out_n, float[:, ::1] out_depth, double *xs, unsigned char *keep,
+                       uint16_t *ms) noexcept nogil:
+    """Output row j of `combine` (the arguments are combine's); xs: 5 (N + 1) doubles of scratch, keep and
+    ms: N + 1 each."""
+    cdef Py_ssize_t N = img.shape[0], nx = img.shape[2]
+    cdef Py_ssize_t i, k, n, nkeep, it, nprot
+    cdef double x, vv, c, sw, swx, swv, thr, mad
+    cdef uint16_t m, allbits, keepbits
+    cdef double *vs = xs + (N + 1)
+    cdef double *rs = vs + (N + 1)
+    cdef double *tmp = rs + (N + 1)
+    cdef double *ws = tmp + (N + 1)
+    for i in range(nx):
+        n = 0
+        nprot = 0
+        allbits = 0
+        for k in range(N):
+            m = mask[k, j, i]
+            allbits = allbits | m
+            if m & bad_bits:
+                continue
+            x = img[k, j, i]
+            vv = var[k, j, i]
+            if not (isfinite(x) and isfinite(vv) and vv > 0.0):
+                continue
+            xs[n] = x * scale[k]
+            vs[n] = vv * (scale[k] * scale[k])
+            ws[n] = weight[k]
+            ms[n] = m
+            if m & protect_bits:
+                nprot += 1
+            keep[n] = 1
+            n += 1
+        if n == 0:
+            out[j, i] = NAN
+            out_var[j, i] = NAN
+            out_mask[j, i] = allbits | no_data
+            out_n[j, i] = 0
+            out_depth[j, i] = 0.0
+            continue
+        c = 0.0
+        if use_median or (clip_iters > 0 and n >= 3):
+            for k in range(n):
+                tmp[k] = xs[k]
+            c = _median(tmp, n)
+        if not use_median and n >= 3 and 2 * nprot < n:
+            for it in range(clip_iters):
+                for k in range(n):
+                    rs[k] = fabs(xs[k] - c) / sqrt(vs[k])
+                    tmp[k] = rs[k]
+                mad = MAD_TO_SIGMA * _median(tmp, n)
+                thr = clip_sigma * (mad if mad > 1.0 else 1.0)
+                sw = 0.0
+                swx = 0.0
+                for k in range(n):
+                    keep[k] = rs[k] <= thr
+                    if keep[k]:
+                        sw = sw + ws[k]
+                        swx = swx + ws[k] * xs[k]
+                c = swx / sw                  # >= half the inputs are within thr
+        sw = 0.0
+        swx = 0.0
+        swv = 0.0
+        nkeep = 0
+        keepbits = 0
+        for k in range(n):
+            if keep[k] or use_median:
+                if use_median:
+                    sw = sw + 1.0 / vs[k]
+                else:
+                    sw = sw + ws[k]
+                    swx = swx + ws[k] * xs[k]
+                    swv = swv + ws[k] * ws[k] * vs[k]
+                keepbits = keepbits | ms[k]
+                nkeep += 1
+        if use_median:
+            vv = (M_PI / 2.0) / sw
+        else:
+            c = swx / sw
+            vv = swv / (sw * sw)
+        out[j, i] = <float> c
+        out_var[j, i] = <float> vv
+        out_mask[j, i] = keepbits
+        out_n[j, i] = <int32_t> nkeep
+        out_depth[j, i] = <float> (1.0 / vv)
+
+
 def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16_t[:, :, ::1] mask,
             const double[::1] scale, const double[::1] weight, int bad_bits, int protect_bits,
             uint16_t no_data, bint use_median, double clip_sigma, int clip_iters,
             float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, int32_t[:, ::1] out_n,
-            float[:, ::1] out_depth):
+            float[:, ::1] out_depth, int threads=1):
     """Combine a stack of N warps (N, ny, nx) pixel by pixel; input k is multiplied by scale[k] (its
     variance by scale[k]^2) and weighs weight[k] (one number per input, so that the combination is linear
     with the same weights across a source and the coadd PSF is the weighted sum of the inputs' PSFs).
@@ -265,102 +380,31 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     variances). Outputs: out = c, out_var, out_mask = OR of the kept inputs' bits (all inputs' bits |
     no_data, the NO_DATA mask bit, where none is good: then out = NaN), out_n = number kept, out_depth =
     1 / out_var (0 where none is good).
+
+    threads > 1: the output rows are shared among that many OpenMP threads (each row computed by one
+    thread in the same way: the same bits).
     """
-    cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], nx = img.shape[2]
-    cdef Py_ssize_t i, j, k, n, nkeep, it, nprot
-    cdef double x, vv, c, sw, swx, swv, thr, mad
-    cdef uint16_t m, allbits, keepbits
-    cdef double *xs = <double *> PyMem_RawMalloc(5 * (N + 1) * sizeof(double))
-    cdef double *ws
-    cdef double *vs
-    cdef double *rs
-    cdef double *tmp
-    cdef unsigned char *keep = <unsigned char *> PyMem_RawMalloc(N + 1)
-    cdef uint16_t *ms = <uint16_t *> PyMem_RawMalloc((N + 1) * sizeof(uint16_t))
+    cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], j, t
+    cdef int nt = threads if threads > 1 else 1
+    cdef double *xs = <double *> PyMem_RawMalloc(nt * 5 * (N + 1) * sizeof(double))
+    cdef unsigned char *keep = <unsigned char *> PyMem_RawMalloc(nt * (N + 1))
+    cdef uint16_t *ms = <uint16_t *> PyMem_RawMalloc(nt * (N + 1) * sizeof(uint16_t))
     if xs == NULL or keep == NULL or ms == NULL:
         PyMem_RawFree(xs)
         PyMem_RawFree(keep)
         PyMem_RawFree(ms)
         raise MemoryError("combine: cannot allocate the per-pixel buffers")
-    vs = xs + (N + 1)
-    rs = vs + (N + 1)
-    tmp = rs + (N + 1)
-    ws = tmp + (N + 1)
-    with nogil:
-        for j in range(ny):
-            for i in range(nx):
-                n = 0
-                nprot = 0
-                allbits = 0
-                for k in range(N):
-                    m = mask[k, j, i]
-                    allbits = allbits | m
-                    if m & bad_bits:
-                        continue
-                    x = img[k, j, i]
-                    vv = var[k, j, i]
-                    if not (isfinite(x) and isfinite(vv) and vv > 0.0):
-                        continue
-                    xs[n] = x * scale[k]
-                    vs[n] = vv * (scale[k] * scale[k])
-                    ws[n] = weight[k]
-                    ms[n] = m
-                    if m & protect_bits:
-                        nprot += 1
-                    keep[n] = 1
-                    n += 1
-                if n == 0:
-                    out[j, i] = NAN
-                    out_var[j, i] = NAN
-                    out_mask[j, i] = allbits | no_data
-                    out_n[j, i] = 0
-                    out_depth[j, i] = 0.0
-                    continue
-                c = 0.0
-                if use_median or (clip_iters > 0 and n >= 3):
-                    for k in range(n):
-                        tmp[k] = xs[k]
-                    c = _median(tmp, n)
-                if not use_median and n >= 3 and 2 * nprot < n:
-                    for it in range(clip_iters):
-                        for k in range(n):
-                            rs[k] = fabs(xs[k] - c) / sqrt(vs[k])
-                            tmp[k] = rs[k]
-                        mad = MAD_TO_SIGMA * _median(tmp, n)
-                        thr = clip_sigma * (mad if mad > 1.0 else 1.0)
-                        sw = 0.0
-                        swx = 0.0
-                        for k in range(n):
-                            keep[k] = rs[k] <= thr
-                            if keep[k]:
-                                sw = sw + ws[k]
-                                swx = swx + ws[k] * xs[k]
-                        c = swx / sw                  # >= half the inputs are within thr
-                sw = 0.0
-                swx = 0.0
-                swv = 0.0
-                nkeep = 0
-                keepbits = 0
-                for k in range(n):
-                    if keep[k] or use_median:
-                        if use_median:
-                            sw = sw + 1.0 / vs[k]
-                        else:
-                            sw = sw + ws[k]
-                            swx = swx + ws[k] * xs[k]
-                            swv = swv + ws[k] * ws[k] * vs[k]
-                        keepbits = keepbits | ms[k]
-                        nkeep += 1
-                if use_median:
-                    vv = (M_PI / 2.0) / sw
-                else:
-                    c = swx / sw
-                    vv = swv / (sw * sw)
-                out[j, i] = <float> c
-                out_var[j, i] = <float> vv
-                out_mask[j, i] = keepbits
-                out_n[j, i] = <int32_t> nkeep
-                out_depth[j, i] = <float> (1.0 / vv)
+    if nt == 1:
+        with nogil:
+            for j in range(ny):
+                _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
+                             clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, xs, keep, ms)
+    else:
+        for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
+            t = threadid()
+            _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
+                         clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, xs + t * 5 * (N + 1),
+                         keep + t * (N + 1), ms + t * (N + 1))
     PyMem_RawFree(xs)
     PyMem_RawFree(keep)
     PyMem_RawFree(ms)

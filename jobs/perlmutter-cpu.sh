@@ -10,7 +10,11 @@
 #SBATCH --time=01:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --output=twinkles-%j.out
-# 128 ranks a node (sbatch -N sets the nodes); RANKS overrides (the deferred ingest job runs with RANKS=2)
-SRUN_ARGS="-n ${RANKS:-$(( ${SLURM_NNODES:-2} * 128 ))} -c 2 --cpu-bind=cores"
+# 128 ranks a node (sbatch -N sets the nodes); RANKS overrides (the deferred ingest job runs with RANKS=2).
+# CORES_PER_RANK=N (default 1) gives each rank N cores and runs `twinkles-hpc run --threads N`: set RANKS to
+# nodes x 128 / N (docs/perlmutter.md, "Threads inside a rank").
+CORES=${CORES_PER_RANK:-1}
+SRUN_ARGS="-n ${RANKS:-$(( ${SLURM_NNODES:-2} * 128 / CORES ))} -c $(( 2 * CORES )) --cpu-bind=cores"
+if [ "$CORES" -gt 1 ]; then RUN_ARGS="${RUN_ARGS:-} --threads $CORES"; fi
 JOB_SCRIPT=jobs/perlmutter-cpu.sh
 source "${SLURM_SUBMIT_DIR:-.}/jobs/perlmutter-run.sh"

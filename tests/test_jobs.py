@@ -40,3 +40,9 @@ def test_checkpoint_resubmits_and_deferred_stages_follow_completion(tmp_path):
     run = next(c for c in calls[::-1] if c.startswith("srun"))
     assert run.endswith("--defer ingest")
     assert calls[-2] == "sbatch -N 1 --export=ALL,RUN_ARGS=,RESUBMIT_COUNT=0,RANKS=2 jobs/perlmutter-cpu.sh"
+
+
+def test_cores_per_rank_gives_fewer_ranks_their_cores_and_threads(tmp_path):
+    r, calls = run_script(tmp_path, 0, SLURM_NNODES="8", CORES_PER_RANK="4")
+    assert r.returncode == 0, r.stderr
+    assert calls[0].startswith("srun -n 256 -c 8 --cpu-bind=cores") and calls[0].endswith("--threads 4")

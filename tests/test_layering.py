@@ -31,6 +31,7 @@ RULES = {
 BASE = ("sky", "imsim", "level2", "store", "rundir", "parallel", "pipeline", "validation", "report", "bench",
         "testing", "cli", "config", "options")
 MODULES = {"config.py": ("parallel", "testing", "cli"), "options.py": BASE, "errors.py": BASE, "mpiwait.py": BASE,
+           "threads.py": BASE,
            "instrument.py": BASE, "profiles.py": BASE, "truthmatch.py": ("parallel", "pipeline", "testing", "cli")}
 
 

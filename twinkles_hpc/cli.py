@@ -48,6 +48,17 @@ def _abort(comm, what):
 
 
 # -- run -------------------------------------------------------------------------------------------
+def _threads_arg(text):
+    """--threads: an integer 1..256 (argparse's own error, exit 2, otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 256, got {text!r}")
+    return n
+
+
 def cmd_run(args):
     from twinkles_hpc import config as config_mod
     from twinkles_hpc import rundir as rd
@@ -59,8 +70,10 @@ def cmd_run(args):
     from twinkles_hpc.pipeline.setup import plan
     from twinkles_hpc.pipeline.stage import GraphError, downstream
     from twinkles_hpc.store.atomic import remove_stale_temporaries
+    from twinkles_hpc.threads import set_kernel_threads
 
     stop = getattr(args, "stop", None) or StopFlag().install()   # main() installs it first thing
+    set_kernel_threads(getattr(args, "threads", 1))
     comm = _world()
     rundir = os.path.abspath(args.output)
     setup, lock = None, None
@@ -530,6 +543,9 @@ def build_parser():
     r.add_argument("--verify", action="store_true", help="on a resume, read every output the journal records "
                    "and compare its checksum: a damaged one is redone with every task downstream of it "
                    "(a resume always checks that the outputs exist with their recorded sizes)")
+    r.add_argument("--threads", type=_threads_arg, default=1, metavar="N",
+                   help="OpenMP threads per rank in the Lanczos warps and the coadd combinations, for ranks that "
+                   "own several cores (srun -c N; default 1: none). The products are the same bits at any N")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="what a run directory holds and what is left to do")
@@ -657,6 +673,8 @@ def build_parser():
                    "default a temporary directory)")
     b.add_argument("--visit", type=int, default=None, help="visit id (bench visit, bench storage; default: the "
                    "first)")
+    b.add_argument("--threads", type=_threads_arg, default=1, metavar="N", help="bench chain: OpenMP threads in "
+                   "the warps and coadd combinations (`run --threads`; default 1)")
     b.add_argument("--nx", type=int, default=4000, help="image width (default 4000; bench diffim: 4096)")
     b.add_argument("--ny", type=int, default=4072, help="image height (default 4072; bench diffim: 4096)")
     b.add_argument("--stars", type=int, default=2000, help="stars (default 2000; bench diffim: 20000 per 4096^2)")

@@ -204,12 +204,19 @@ def _rows(label, cost, target=None):
     return lines
 
 
-def bench_chain(rundir, visits=8, band="r", seed=20161, repeat=3, store="default"):
-    """Run (or reuse) the campaign in `rundir` and return the lines to print."""
-    wall = _run_campaign(rundir, visits, band, seed, keep_eimage=True, store=store)
+def bench_chain(rundir, visits=8, band="r", seed=20161, repeat=3, store="default", threads=1):
+    """Run (or reuse) the campaign in `rundir` and return the lines to print; `threads`: OpenMP threads of
+    the warps and combinations (twinkles_hpc.threads; CPU seconds then count every thread)."""
+    from twinkles_hpc.threads import set_kernel_threads
+    set_kernel_threads(threads)
+    try:
+        wall = _run_campaign(rundir, visits, band, seed, keep_eimage=True, store=store)
+    finally:
+        set_kernel_threads(1)
     ran = "reused" if wall is None else f"ran in {wall:.0f} s"
+    how = "one single-threaded process" if threads == 1 else f"one process, {threads} threads in warps and combinations"
     head = (f"bench chain: {visits} visits in band {band} on the full {instrument.SENSOR_NX} x "
-            f"{instrument.SENSOR_NY} sensor, [store] {store}, one single-threaded process ({ran}; {rundir})")
+            f"{instrument.SENSOR_NY} sensor, [store] {store}, {how} ({ran}; {rundir})")
     return chain_report(rundir, head, repeat)
 
 
@@ -260,7 +267,7 @@ def run(args):
         raise InputError("bench chain", "--band", "one of " + ", ".join(instrument.BANDS), args.band)
     if args.store not in STORES:
         raise InputError("bench chain", "--store", " or ".join(STORES), args.store)
-    kw = dict(repeat=args.repeat, store=args.store)
+    kw = dict(repeat=args.repeat, store=args.store, threads=getattr(args, "threads", 1))
     if args.rundir:
         return bench_chain(os.path.abspath(args.rundir), visits, args.band, **kw)
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as d:

@@ -29,6 +29,10 @@ Mask (the bits of level2/masks.py): an output pixel ORs the bits of the input pi
 |w_x w_y| >= `mask_weight` (default 0.05: at integer shifts only the pixel itself, at a half-pixel shift
 in x and y the 2 x 2 nearest and their 8 edge neighbours). A pixel whose 6 x 6 kernel footprint is not
 wholly inside the source gets image = variance = NaN and mask NO_DATA.
+
+Threads: with `twinkles_hpc.threads.set_kernel_threads(n)` (`twinkles-hpc run --threads n`) the rows of
+each warp and of each combination are shared among n OpenMP threads of the process; every row is computed
+by one thread as it is without them, so the products are the same bits at any n (tests/test_threads.py).
 """
 from dataclasses import dataclass
 
@@ -36,6 +40,7 @@ import numpy as np
 
 from twinkles_hpc import _warp
 from twinkles_hpc.level2.masks import NO_DATA
+from twinkles_hpc.threads import kernel_threads
 
 #: "lanczos3": normalised Lanczos-3 weights plus the least-squares correction that reproduces polynomials
 #: up to degree 2; "lanczos3_plain": normalised Lanczos-3 only (as LSST afw), whose first moment errs by
@@ -222,7 +227,7 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
         return None
     g = mapping_grid(src_wcs, dst_wcs, box, grid_step=grid_step, max_grid_error=max_grid_error)
     _warp.warp(src, var, msk, sx0, sy0, g.gu, g.gv, g.gj, g.gx0, g.gy0, g.step, x0, y0,
-               image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3")
+               image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3", kernel_threads())
     return g
 
 
@@ -241,4 +246,4 @@ def combine_stack(images, variances, masks, scales, weights, out, *, bad_mask_bi
         if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
             raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
     _warp.combine(images, variances, masks, scales, weights, int(bad_mask_bits), int(protect_mask_bits), NO_DATA,
-                  bool(median), float(clip_sigma), int(clip_iters), *out)
+                  bool(median), float(clip_sigma), int(clip_iters), *out, kernel_threads())
