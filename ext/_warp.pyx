@@ -121,6 +121,15 @@ cdef inline double _dot6(const double *w, const float *p) noexcept nogil:
     return (w[0] * p[0] + w[1] * p[1]) + (w[2] * p[2] + w[3] * p[3]) + (w[4] * p[4] + w[5] * p[5])
 
 
+cdef enum:
+    CACHE_LINE = 64
+
+
+cdef inline Py_ssize_t _lines(Py_ssize_t nbytes) noexcept nogil:
+    """nbytes rounded up to whole cache lines: threads' scratch blocks of that stride share no line."""
+    return (nbytes + CACHE_LINE - 1) // CACHE_LINE * CACHE_LINE
+
+
 cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, ::1] src_var,
                          const uint16_t[:, ::1] src_mask, Py_ssize_t sx0, Py_ssize_t sy0,
                          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
@@ -233,13 +242,16 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     threads > 1: the output rows are shared among that many OpenMP threads (each row is computed by one
     thread in the same way, so the result is the same bits).
     """
-    cdef Py_ssize_t ny = out.shape[0], nc = gu.shape[1], j, per = 3 * (nc + 1) + 24
+    cdef Py_ssize_t ny = out.shape[0], nc = gu.shape[1], j
+    cdef Py_ssize_t per = _lines((3 * (nc + 1) + 24) * sizeof(double)) // sizeof(double)   # whole cache lines
     cdef long long covered = 0
     cdef const double *table = &_table_q[0] if quadratic else &_table_p[0]
     cdef int nt = threads if threads > 1 else 1
-    cdef double *bufs = <double *> PyMem_RawMalloc(nt * per * sizeof(double))
-    if bufs == NULL:
+    cdef double *raw = <double *> PyMem_RawMalloc(nt * per * sizeof(double) + CACHE_LINE)
+    cdef double *bufs
+    if raw == NULL:
         raise MemoryError("warp: cannot allocate the row buffers")
+    bufs = <double *> (<char *> raw + (CACHE_LINE - (<size_t> raw) % CACHE_LINE) % CACHE_LINE)
     if nt == 1:
         with nogil:
             for j in range(ny):
@@ -250,7 +262,7 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
             covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
                                  out, out_var, out_mask, no_data, mask_weight, table,
                                  bufs + threadid() * per)
-    PyMem_RawFree(bufs)
+    PyMem_RawFree(raw)
     return covered
 
 
@@ -384,27 +396,27 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     threads > 1: the output rows are shared among that many OpenMP threads (each row computed by one
     thread in the same way: the same bits).
     """
-    cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], j, t
+    cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], j
     cdef int nt = threads if threads > 1 else 1
-    cdef double *xs = <double *> PyMem_RawMalloc(nt * 5 * (N + 1) * sizeof(double))
-    cdef unsigned char *keep = <unsigned char *> PyMem_RawMalloc(nt * (N + 1))
-    cdef uint16_t *ms = <uint16_t *> PyMem_RawMalloc(nt * (N + 1) * sizeof(uint16_t))
-    if xs == NULL or keep == NULL or ms == NULL:
-        PyMem_RawFree(xs)
-        PyMem_RawFree(keep)
-        PyMem_RawFree(ms)
+    # each thread's scratch (xs, then keep and ms) in its own cache lines: stride a multiple of 64 bytes
+    cdef Py_ssize_t stride = _lines(5 * (N + 1) * sizeof(double) + 3 * (N + 1))
+    cdef char *scratch = <char *> PyMem_RawMalloc(nt * stride + CACHE_LINE)
+    cdef char *base
+    if scratch == NULL:
         raise MemoryError("combine: cannot allocate the per-pixel buffers")
+    base = scratch + (CACHE_LINE - (<size_t> scratch) % CACHE_LINE) % CACHE_LINE
     if nt == 1:
         with nogil:
             for j in range(ny):
                 _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
-                             clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, xs, keep, ms)
+                             clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, <double *> base,
+                             <unsigned char *> (base + 5 * (N + 1) * sizeof(double)),
+                             <uint16_t *> (base + 5 * (N + 1) * sizeof(double) + (N + 1)))
     else:
         for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
-            t = threadid()
             _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
-                         clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, xs + t * 5 * (N + 1),
-                         keep + t * (N + 1), ms + t * (N + 1))
-    PyMem_RawFree(xs)
-    PyMem_RawFree(keep)
-    PyMem_RawFree(ms)
+                         clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth,
+                         <double *> (base + threadid() * stride),
+                         <unsigned char *> (base + threadid() * stride + 5 * (N + 1) * sizeof(double)),
+                         <uint16_t *> (base + threadid() * stride + 5 * (N + 1) * sizeof(double) + (N + 1)))
+    PyMem_RawFree(scratch)

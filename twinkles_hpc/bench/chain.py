@@ -41,7 +41,7 @@ DIA = (("template", "template"), ("diffim", "diffim"), ("associate", "associate"
 TARGETS = {"visit": 0.8, "calexp": 1.5, "coadd": 1.0, "level2": 4.0, "all": 6.0}
 
 CONFIG = """\
-# written by `twinkles-hpc bench chain`
+# written by `twinkles-hpc bench chain`; run with --threads {threads}
 [run]
 name = "bench-chain"
 seed = {seed}
@@ -123,12 +123,13 @@ def stage_costs(records, n_visits):
 STORES = {"default": "", "demo": 'compression = "gzip"\nquantize = 0.25\nvariance_bits = 6\n'}
 
 
-def _run_campaign(rundir, visits, band, seed, keep_eimage, store="default"):
-    """The campaign as `twinkles-hpc run` in one process (no mpiexec: the engine runs every task itself).
-    Returns its wall seconds, or None when `rundir` already holds a complete run of the same settings."""
+def _run_campaign(rundir, visits, band, seed, keep_eimage, store="default", threads=1):
+    """The campaign as `twinkles-hpc run --threads threads` in one process (no mpiexec: the engine runs every
+    task itself). Returns its wall seconds, or None when `rundir` already holds a complete run of the same
+    settings (the thread count among them, in the config's first line)."""
     from twinkles_hpc.bench.common import Timer
     cfg_text = CONFIG.format(seed=seed, band=band, visits=visits, keep="true" if keep_eimage else "false",
-                             store=STORES[store])
+                             store=STORES[store], threads=threads)
     stored = os.path.join(rundir, layout.CONFIG_TOML)
     if os.path.exists(stored) and _complete(rundir):
         with open(stored) as fh:
@@ -142,8 +143,8 @@ def _run_campaign(rundir, visits, band, seed, keep_eimage, store="default"):
         cfg_path = os.path.join(d, "bench-chain.toml")
         with open(cfg_path, "w") as fh:
             fh.write(cfg_text)
-        proc = timer(subprocess.run, [sys.executable, "-m", "twinkles_hpc", "run", cfg_path, "-o", rundir],
-                     env=env, stdout=sys.stderr)
+        proc = timer(subprocess.run, [sys.executable, "-m", "twinkles_hpc", "run", cfg_path, "-o", rundir,
+                                      "--threads", str(threads)], env=env, stdout=sys.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"twinkles-hpc bench chain: the campaign in {rundir} failed (exit {proc.returncode}; "
                          "its messages above)")
@@ -206,13 +207,8 @@ def _rows(label, cost, target=None):
 
 def bench_chain(rundir, visits=8, band="r", seed=20161, repeat=3, store="default", threads=1):
     """Run (or reuse) the campaign in `rundir` and return the lines to print; `threads`: OpenMP threads of
-    the warps and combinations (twinkles_hpc.threads; CPU seconds then count every thread)."""
-    from twinkles_hpc.threads import set_kernel_threads
-    set_kernel_threads(threads)
-    try:
-        wall = _run_campaign(rundir, visits, band, seed, keep_eimage=True, store=store)
-    finally:
-        set_kernel_threads(1)
+    the warps and combinations (`run --threads`; CPU seconds then count every thread)."""
+    wall = _run_campaign(rundir, visits, band, seed, keep_eimage=True, store=store, threads=threads)
     ran = "reused" if wall is None else f"ran in {wall:.0f} s"
     how = "one single-threaded process" if threads == 1 else f"one process, {threads} threads in warps and combinations"
     head = (f"bench chain: {visits} visits in band {band} on the full {instrument.SENSOR_NX} x "
