@@ -130,6 +130,11 @@ cdef inline Py_ssize_t _lines(Py_ssize_t nbytes) noexcept nogil:
     return (nbytes + CACHE_LINE - 1) // CACHE_LINE * CACHE_LINE
 
 
+cdef inline char *_aligned(void *p) noexcept nogil:
+    """The first cache-line boundary at or after p (allocate CACHE_LINE bytes more than needed)."""
+    return <char *> p + (CACHE_LINE - (<size_t> p) % CACHE_LINE) % CACHE_LINE
+
+
 cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, ::1] src_var,
                          const uint16_t[:, ::1] src_mask, Py_ssize_t sx0, Py_ssize_t sy0,
                          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
@@ -251,9 +256,9 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     cdef double *bufs
     if raw == NULL:
         raise MemoryError("warp: cannot allocate the row buffers")
-    bufs = <double *> (<char *> raw + (CACHE_LINE - (<size_t> raw) % CACHE_LINE) % CACHE_LINE)
-    if nt == 1:
-        with nogil:
+    bufs = <double *> _aligned(raw)
+    if nt == 1:                       # no OpenMP region at all: a process forked later (the report's pool)
+        with nogil:                   # then inherits no OpenMP runtime that has run
             for j in range(ny):
                 covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
                                      out, out_var, out_mask, no_data, mask_weight, table, bufs)
@@ -286,14 +291,16 @@ cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, 
                        const uint16_t[:, :, ::1] mask, const double[::1] scale, const double[::1] weight,
                        int bad_bits, int protect_bits, uint16_t no_data, bint use_median, double clip_sigma,
                        int clip_iters, float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask,
-                       int32_t[:, ::1] out_n, float[:, ::1] out_depth, double *xs, unsigned char *keep,
-                       uint16_t *ms) noexcept nogil:
-    """Output row j of `combine` (the arguments are combine's); xs: 5 (N + 1) doubles of scratch, keep and
-    ms: N + 1 each."""
+                       int32_t[:, ::1] out_n, float[:, ::1] out_depth, char *scratch) noexcept nogil:
+    """Output row j of `combine` (the arguments are combine's); scratch: 5 (N + 1) doubles, then N + 1 flags
+    and N + 1 masks, aligned for doubles."""
     cdef Py_ssize_t N = img.shape[0], nx = img.shape[2]
     cdef Py_ssize_t i, k, n, nkeep, it, nprot
     cdef double x, vv, c, sw, swx, swv, thr, mad
     cdef uint16_t m, allbits, keepbits
+    cdef double *xs = <double *> scratch
+    cdef unsigned char *keep = <unsigned char *> (scratch + 5 * (N + 1) * sizeof(double))
+    cdef uint16_t *ms = <uint16_t *> (scratch + 5 * (N + 1) * sizeof(double) + (N + 1))
     cdef double *vs = xs + (N + 1)
     cdef double *rs = vs + (N + 1)
     cdef double *tmp = rs + (N + 1)
@@ -398,25 +405,21 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     """
     cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], j
     cdef int nt = threads if threads > 1 else 1
-    # each thread's scratch (xs, then keep and ms) in its own cache lines: stride a multiple of 64 bytes
+    # each thread's scratch in its own cache lines (a stride of whole lines)
     cdef Py_ssize_t stride = _lines(5 * (N + 1) * sizeof(double) + 3 * (N + 1))
-    cdef char *scratch = <char *> PyMem_RawMalloc(nt * stride + CACHE_LINE)
+    cdef char *raw = <char *> PyMem_RawMalloc(nt * stride + CACHE_LINE)
     cdef char *base
-    if scratch == NULL:
+    if raw == NULL:
         raise MemoryError("combine: cannot allocate the per-pixel buffers")
-    base = scratch + (CACHE_LINE - (<size_t> scratch) % CACHE_LINE) % CACHE_LINE
-    if nt == 1:
+    base = _aligned(raw)
+    if nt == 1:                       # no OpenMP region at all (see warp)
         with nogil:
             for j in range(ny):
                 _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
-                             clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, <double *> base,
-                             <unsigned char *> (base + 5 * (N + 1) * sizeof(double)),
-                             <uint16_t *> (base + 5 * (N + 1) * sizeof(double) + (N + 1)))
+                             clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, base)
     else:
         for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
             _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
                          clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth,
-                         <double *> (base + threadid() * stride),
-                         <unsigned char *> (base + threadid() * stride + 5 * (N + 1) * sizeof(double)),
-                         <uint16_t *> (base + threadid() * stride + 5 * (N + 1) * sizeof(double) + (N + 1)))
-    PyMem_RawFree(scratch)
+                         base + threadid() * stride)
+    PyMem_RawFree(raw)

@@ -1,21 +1,14 @@
 """Rank 0 at scale, in one process: the real scheduler loop, journal and trace against simulated workers
 (twinkles_hpc.parallel.synthetic). Its cost per completion does not grow with the number of workers or of
 tasks, completions share fsyncs, and a task is handed out only once its dependencies' done lines are durable."""
-import gc
-
 from twinkles_hpc.parallel.engine import TAG_TASK
 from twinkles_hpc.parallel.journal import Journal
 from twinkles_hpc.parallel.synthetic import SimulatedWorkers, run_simulated
 
 
 def cpu_per_task(tmp_path, name, workers, n_tasks, repeat=3):
-    """Rank 0's CPU seconds per completion (the best of `repeat` runs, each after a garbage collection, so
-    that what the rest of a test session left behind is not collected, and counted, inside one of them) and
-    the last run's figures."""
-    runs = []
-    for k in range(repeat):
-        gc.collect()
-        runs.append(run_simulated(str(tmp_path / f"{name}-{k}"), workers, n_tasks, 0.0))
+    """Rank 0's CPU seconds per completion (the best of `repeat` runs) and the last run's figures."""
+    runs = [run_simulated(str(tmp_path / f"{name}-{k}"), workers, n_tasks, 0.0) for k in range(repeat)]
     return min(r["rank0_cpu_s"] for r in runs) / n_tasks, runs[-1]
 
 

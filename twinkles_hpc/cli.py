@@ -49,13 +49,14 @@ def _abort(comm, what):
 
 # -- run -------------------------------------------------------------------------------------------
 def _threads_arg(text):
-    """--threads: an integer 1..256 (argparse's own error, exit 2, otherwise)."""
+    """--threads: an integer 1..MAX_THREADS (argparse's own error, exit 2, otherwise)."""
+    from twinkles_hpc.threads import MAX_THREADS
     try:
         n = int(text)
     except ValueError:
         n = 0
-    if not 1 <= n <= 256:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 256, got {text!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_THREADS}, got {text!r}")
     return n
 
 

@@ -103,10 +103,10 @@ def false_detections(image, variance, psf_stamp):
     return len(det) / mpx, dia.expected_false_per_mpx(5.0, lambda2)
 
 
-def psf_stamp(moments, half=STAMP_HALF):
-    """A unit-sum elliptical Gaussian stamp, (2 half + 1)^2, of moments (ixx, iyy, ixy) in px^2."""
-    c = np.array([float(half)])
-    return _render((2 * half + 1, 2 * half + 1), c, c, np.ones(1), np.asarray(moments, float)[None])
+def psf_stamp(moments):
+    """A unit-sum elliptical Gaussian stamp, (2 STAMP_HALF + 1)^2, of moments (ixx, iyy, ixy) in px^2."""
+    from twinkles_hpc.timedomain.kernel import gaussian_psf
+    return gaussian_psf(*moments, half=STAMP_HALF)
 
 
 def centre_moments(case):
@@ -119,17 +119,11 @@ def zogy_filters(psf_template, psf_science, size=63):
     """(k_science, k_template, psf_d) as size^2 stamps centred at size // 2: ZOGY's D = k_science * science -
     k_template * template for unit-sum PSFs, a flux ratio of 1 and the skies' variances (Zackay, Ofek &
     Gal-Yam 2016, eq. 13; unit variance on blank sky), and D's PSF (eq. 14)."""
-    c = size // 2
-
-    def hat(stamp):
-        h, grid = stamp.shape[0] // 2, np.zeros((size, size))
-        grid[c - h:c + h + 1, c - h:c + h + 1] = stamp
-        return np.fft.fft2(np.fft.ifftshift(grid))
-
-    p_t, p_s = hat(psf_template), hat(psf_science)
+    from twinkles_hpc.timedomain.convolve import unwrap_stamp, wrap_stamp
+    p_t, p_s = (np.fft.fft2(wrap_stamp(p, (size, size))) for p in (psf_template, psf_science))
     norm = np.sqrt(SKY_SCIENCE * np.abs(p_t) ** 2 + SKY_TEMPLATE * np.abs(p_s) ** 2)
-    k_s, k_t, psf_d = (np.fft.fftshift(np.fft.ifft2(f).real) for f in (p_t / norm, p_s / norm, p_t * p_s / norm))
-    return k_s, k_t, psf_d[c - STAMP_HALF:c + STAMP_HALF + 1, c - STAMP_HALF:c + STAMP_HALF + 1]
+    k_s, k_t, psf_d = (np.fft.ifft2(f).real for f in (p_t / norm, p_s / norm, p_t * p_s / norm))
+    return unwrap_stamp(k_s, size // 2), unwrap_stamp(k_t, size // 2), unwrap_stamp(psf_d, STAMP_HALF)
 
 
 def _zogy(pair, case, workdir):
@@ -151,7 +145,8 @@ def _zogy(pair, case, workdir):
 
 
 def _fwhm(moments):
-    return 2.3548 * np.sqrt((moments[0] + moments[1]) / 2)
+    from twinkles_hpc.timedomain.kernel import FWHM_PER_SIGMA
+    return FWHM_PER_SIGMA * np.sqrt((moments[0] + moments[1]) / 2)
 
 
 def _sfft(pair, case, workdir):

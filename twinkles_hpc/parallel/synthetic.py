@@ -13,6 +13,7 @@ and reads the JSON list they print: one dict of figures per run.
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import io
 import json
@@ -199,8 +200,10 @@ class SimulatedWorkers:
 def run_simulated(rundir, workers, n_tasks, seconds, pairs=False, comm=None):
     """One engine run of `n_tasks` tasks of `seconds` each (pairs: see synthetic_tasks) against `workers`
     simulated workers (comm: a SimulatedWorkers of size workers + 1 to use instead), journal and trace in
-    `rundir` (created if missing). Returns its figures, rank 0's CPU without the simulated workers'."""
+    `rundir` (created if missing). Returns its figures, rank 0's CPU without the simulated workers' and
+    without collecting the garbage the caller left (collected before the run starts)."""
     os.makedirs(rundir, exist_ok=True)
+    gc.collect()
     comm = comm if comm is not None else SimulatedWorkers(workers + 1)
     journal = Journal(rundir)
     engine = Engine(comm, rundir, sleep_task, journal, out=io.StringIO(), progress_interval=3600, stop=StopFlag())

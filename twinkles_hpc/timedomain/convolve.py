@@ -29,6 +29,21 @@ MAX_TAPS = 255
 STAMP_HALF_KERNELS, CORE_HALF, MIN_USABLE_FRACTION = 2, 2, 0.5
 
 
+def _i32(a):
+    """a as the C-contiguous int32 array the kernels take (copied only if needed)."""
+    return np.ascontiguousarray(a, np.int32)
+
+
+def _f32(a):
+    """a as the C-contiguous float32 array the kernels take (copied only if needed)."""
+    return np.ascontiguousarray(a, np.float32)
+
+
+def _f64(a):
+    """a as the C-contiguous float64 array the kernels take (copied only if needed)."""
+    return np.ascontiguousarray(a, np.float64)
+
+
 # ----------------------------------------------------------------------------------- spatial polynomials
 def _monomials(order):
     """Exponents (ex, ey) of the monomials of total degree <= order, by degree: 1, x, y, x^2, x y, y^2, ..."""
@@ -54,10 +69,9 @@ def _convolve_stamps(patches, basis, out):
     separable passes over each function's support, in double precision)."""
     size = patches.shape[1]
     s = size - 2 * basis.half
-    funcs = np.ascontiguousarray(basis.functions, np.float64)
-    i32 = lambda a: np.ascontiguousarray(a, np.int32)  # noqa: E731
-    _diffim.convolve_stamps(np.ascontiguousarray(patches, np.float64), funcs, i32(basis.support[:, 0]),
-                            i32(basis.support[:, 1]), i32(basis.pairs[:, 0]), i32(basis.pairs[:, 1]), out,
+    funcs = _f64(basis.functions)
+    _diffim.convolve_stamps(_f64(patches), funcs, _i32(basis.support[:, 0]), _i32(basis.support[:, 1]),
+                            _i32(basis.pairs[:, 0]), _i32(basis.pairs[:, 1]), out,
                             np.empty((funcs.shape[0], size, s)), np.empty(s * s))
 
 
@@ -128,8 +142,8 @@ def _convolve(plane, xfilt, yfunc, terms):
         raise ValueError(f"a {nt}-tap filter is longer than the convolution handles ({MAX_TAPS} taps)")
     order = np.lexsort((terms["q"], terms["j"], terms["p"], terms["e"]))      # sorted by e, then p
     t = {k: np.asarray(v)[order] for k, v in terms.items()}
-    xf = np.ascontiguousarray(xfilt, np.float32)
-    yf = np.ascontiguousarray(yfunc, np.float64)
+    xf = _f32(xfilt)
+    yf = _f64(yfunc)
     xlo, xhi = _support(xf)
     ylo, yhi = _support(yf)
     deg = int(max(t["p"].max(), t["q"].max()))
@@ -148,10 +162,9 @@ def _convolve(plane, xfilt, yfunc, terms):
     np.maximum.at(f_ahi, filt_of_term, yhi[t["j"]])
     width = min(STRIP_WIDTH, nx)
     out = np.empty((ny, nx), np.float32)                     # the kernel writes all but the border
-    i32 = lambda a: np.ascontiguousarray(a, np.int32)  # noqa: E731
-    _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, i32(f_e), i32(f_g0), i32(f_g1), i32(f_alo),
-                           i32(f_ahi), i32(t["p"][g_t0]), i32(g_t0), i32(g_t1), i32(t["j"]), i32(t["q"]),
-                           np.ascontiguousarray(t["c"], np.float64), _powers(nx, deg, np.float32),
+    _diffim.convolve_terms(plane, xf, xlo, xhi, yf, ylo, yhi, _i32(f_e), _i32(f_g0), _i32(f_g1), _i32(f_alo),
+                           _i32(f_ahi), _i32(t["p"][g_t0]), _i32(g_t0), _i32(g_t1), _i32(t["j"]), _i32(t["q"]),
+                           _f64(t["c"]), _powers(nx, deg, np.float32),
                            _powers(ny, deg, np.float64), out, np.empty((f_e.size, nt, width), np.float32),
                            np.empty((3, width), np.float32), np.empty(nt),
                            np.zeros((ny, g_t0.size, nt), np.float32))
@@ -162,7 +175,7 @@ def _poly_op(plane, coeff, op):
     """plane (float32, in place) op= the polynomial sum coeff[ey, ex] xs^ex ys^ey of the scaled position."""
     ny, nx = plane.shape
     deg = coeff.shape[0] - 1
-    _diffim.apply_polynomial(plane, np.ascontiguousarray(coeff, np.float64), _powers(nx, deg, np.float64),
+    _diffim.apply_polynomial(plane, _f64(coeff), _powers(nx, deg, np.float64),
                              _powers(ny, deg, np.float64), op, np.empty(nx, np.float64))
 
 
@@ -212,7 +225,7 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
     ny, nx = image.shape
     if ny <= 2 * h or nx <= 2 * h:
         raise ValueError(f"image {image.shape} is too small for a {2 * h + 1} px kernel")
-    img, var = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(variance, np.float32)
+    img, var = _f32(image), _f32(variance)
     msk = None if mask is None else np.asarray(mask, np.uint16)
     if not (np.isfinite(img.sum()) and np.isfinite(var.sum())):   # finite sums: finite pixels (a quick look)
         bad = ~np.isfinite(img)
@@ -240,7 +253,7 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
 
 
 # ------------------------------------------------------------------------------------------ decorrelation
-def _wrap(stamp, shape, dtype=np.float64):
+def wrap_stamp(stamp, shape, dtype=np.float64):
     """A centred odd stamp placed on a grid of `shape` with its centre at [0, 0] (periodic)."""
     grid = np.zeros(shape, dtype)
     hy, hx = stamp.shape[0] // 2, stamp.shape[1] // 2
@@ -250,7 +263,7 @@ def _wrap(stamp, shape, dtype=np.float64):
     return grid
 
 
-def _unwrap(grid, half):
+def unwrap_stamp(grid, half):
     """The centred (2 half + 1)^2 stamp of a periodic grid whose centre is [0, 0]."""
     rows = np.arange(-half, half + 1) % grid.shape[0]
     cols = np.arange(-half, half + 1) % grid.shape[1]
@@ -268,12 +281,12 @@ def decorrelation_kernel(kernel, var_reference, var_convolved, *, half=None):
     ks = kernel.shape[0]
     half = 2 * (ks // 2) if half is None else half
     n = scipy.fft.next_fast_len(max(64, 4 * ks, 4 * half + 1))
-    khat = scipy.fft.fft2(_wrap(kernel, (n, n)))
+    khat = scipy.fft.fft2(wrap_stamp(kernel, (n, n)))
     k2 = (khat * khat.conj()).real
     ph = _phi_hat(k2, float(kernel.sum()), var_reference, var_convolved)
     alpha = float(np.mean(ph * ph))
     beta = float(np.mean(ph * ph * k2) / np.mean(k2))
-    return _unwrap(scipy.fft.ifft2(ph).real, half), alpha, beta
+    return unwrap_stamp(scipy.fft.ifft2(ph).real, half), alpha, beta
 
 
 def decorrelate(difference, kernel, var_reference, var_convolved):
@@ -318,11 +331,10 @@ def difference(a, b, va, vb, mask, out, *, add, div=None, no_data_bit=MASK_NO_DA
     ny, nx = a.shape
     deg = add.shape[0] - 1
     invalid = np.empty((ny, nx), np.uint8)
-    f32 = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
-    _diffim.difference(f32(a), f32(b), f32(va), f32(vb), np.ascontiguousarray(add, np.float64),
-                       np.zeros((0, deg + 1)) if div is None else np.ascontiguousarray(div, np.float64),
-                       _powers(nx, deg, np.float64), _powers(ny, deg, np.float64), out, (out.shape[0] - ny) // 2,
-                       invalid, mask, no_data_bit, np.empty((2, nx)))
+    _diffim.difference(_f32(a), _f32(b), _f32(va), _f32(vb), _f64(add),
+                       np.zeros((0, deg + 1)) if div is None else _f64(div), _powers(nx, deg, np.float64),
+                       _powers(ny, deg, np.float64), out, (out.shape[0] - ny) // 2, invalid, mask, no_data_bit,
+                       np.empty((2, nx)))
     return invalid.view(bool)
 
 
@@ -332,8 +344,7 @@ def finish_difference(plane, va, vb, alpha, beta, invalid):
     ny, nx = invalid.shape
     pad = (plane.shape[0] - ny) // 2
     variance = np.empty((ny, nx), np.float32)
-    _diffim.finish_difference(plane, pad, variance, np.ascontiguousarray(va, np.float32),
-                              np.ascontiguousarray(vb, np.float32), alpha, beta, invalid.view(np.uint8))
+    _diffim.finish_difference(plane, pad, variance, _f32(va), _f32(vb), alpha, beta, invalid.view(np.uint8))
     return plane[pad:pad + ny, pad:pad + nx], variance
 
 
@@ -352,6 +363,6 @@ def _typical_variance(variance, invalid):
 def _convolve_stamp(a, b, half):
     """The centred (2 half + 1)^2 stamp of the full convolution a * b of two centred odd stamps."""
     n = scipy.fft.next_fast_len(a.shape[0] + b.shape[0] + 2 * half)
-    out = scipy.fft.ifft2(scipy.fft.fft2(_wrap(a, (n, n))) * scipy.fft.fft2(_wrap(b, (n, n)))).real
-    return _unwrap(out, half)
+    out = scipy.fft.ifft2(scipy.fft.fft2(wrap_stamp(a, (n, n))) * scipy.fft.fft2(wrap_stamp(b, (n, n)))).real
+    return unwrap_stamp(out, half)
 
