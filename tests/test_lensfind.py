@@ -15,9 +15,10 @@ from twinkles_hpc.rundir import layout
 from twinkles_hpc.sky.sprinkler import LENS_SYSTEM_DTYPE, LENSED_IMAGE_DTYPE
 from twinkles_hpc.store.tables import read_table, write_table
 from twinkles_hpc.timedomain.association import dia_object_dtype
-from twinkles_hpc.timedomain.lensfind import CANDIDATE_DTYPE, LensFindConfig, episodes, find_lenses
-from twinkles_hpc.validation.lenses import findable, lens_metrics
-from twinkles_hpc.validation.products import null_metric
+from twinkles_hpc.timedomain.lensfind import CANDIDATE_DTYPE, LensFindConfig, episodes, find_lenses, sign_bands
+from twinkles_hpc.validation.lenses import LENS_MIN_VISITS, findable, lens_metrics
+from twinkles_hpc.level2.skymap import tan_wcs
+from twinkles_hpc.validation.products import Coverage, null_metric
 from twinkles_hpc.validation.run import lens_checks
 
 RA0, DEC0 = 53.0, -28.0
@@ -35,38 +36,42 @@ def radec(x, y):
 
 def scene():
     """(objects, dia_objects, dia_sources): a lens at (0, 0) (galaxy, three DiaObjects 0.8-1" away varying
-    in five seasons, both signs); a supernova 0.5" from a galaxy at (60, 0) (one season, positive); a host at
-    (0, 60) with three supernovae in three different years, each at its own position."""
-    obj = np.zeros(3, OBJ_DTYPE)
-    obj["objectId"] = [10, 11, 12]
-    obj["psRa"], obj["psDecl"] = radec([0.0, 60.0, 0.0], [0.0, 0.0, 60.0])
+    in five seasons, both signs in g and in i); a supernova 0.5" from a galaxy at (60, 0) (one season,
+    positive); a host at (0, 60) with three supernovae in three different years, each at its own position;
+    a supernova 0.3" from a galaxy at (0, -60) bright in g, r and i in one season and caught in the r
+    template, so that four later seasons show r differences of a twelfth of its peak, negative."""
+    obj = np.zeros(4, OBJ_DTYPE)
+    obj["objectId"] = [10, 11, 12, 13]
+    obj["psRa"], obj["psDecl"] = radec([0.0, 60.0, 0.0, 0.0], [0.0, 0.0, 60.0, -60.0])
     obj["extendedness"] = 1.0
     dobj_xy, src = [], []
     sid = 1000
 
-    def add(x, y, dates, fluxes):
+    def add(x, y, dates, fluxes, bands="i"):
         nonlocal sid
         oid = sid
         dobj_xy.append((oid, x, y))
-        for t, f in zip(dates, fluxes):
-            src.append((sid, oid, t, f, x, y))
+        for k, (t, f) in enumerate(zip(dates, fluxes)):
+            src.append((sid, oid, t, f, x, y, bands[k % len(bands)]))
             sid += 1
 
     years = T0 + 365.25 * np.arange(5)
     for k, (x, y) in enumerate([(0.8, 0.1), (-0.7, -0.5), (0.1, -0.9)]):
         dates = np.concatenate([years + 10 * j for j in range(2)])
-        add(x, y, dates, 800.0 * np.where(np.arange(dates.size) % 2 == k % 2, 1.0, -1.0))
+        add(x, y, dates, 800.0 * np.where(np.arange(dates.size) % 2 == k % 2, 1.0, -1.0), "ggii")
     add(60.5, 0.0, T0 + np.arange(6) * 8.0, np.full(6, 1500.0))
     for year, (x, y) in enumerate([(0.6, 60.0), (-0.6, 60.3), (0.0, 59.3)]):
         add(x, y, T0 + 365.25 * year + np.arange(4) * 10.0, np.full(4, 900.0))
+    add(0.3, -60.0, np.r_[T0 + 400.0 + np.arange(3), T0 + 365.25 * np.arange(2, 6)],
+        [6000.0, 6000.0, 6000.0, -500.0, -500.0, -500.0, -500.0], "grirrrr")
     dia_objects = np.zeros(len(dobj_xy), dia_object_dtype(["i"]))
     dia_objects["diaObjectId"] = [d[0] for d in dobj_xy]
     dia_objects["ra"], dia_objects["decl"] = radec([d[1] for d in dobj_xy], [d[2] for d in dobj_xy])
     sources = np.zeros(len(src), DIA_SOURCE_DTYPE.descr + [("diaObjectId", "i8")])
-    for k, (s, o, t, f, x, y) in enumerate(src):
+    for k, (s, o, t, f, x, y, band) in enumerate(src):
         sources[k]["diaSourceId"], sources[k]["diaObjectId"] = s, o
         sources[k]["midPointTai"], sources[k]["psFlux"], sources[k]["psFluxErr"] = t, f, 100.0
-        sources[k]["filterName"], sources[k]["snr"] = "i", f / 100.0
+        sources[k]["filterName"], sources[k]["snr"] = band, f / 100.0
         sources[k]["ra"], sources[k]["decl"] = radec(x, y)
     dia_objects["nDiaSources"] = np.bincount(np.searchsorted(dia_objects["diaObjectId"], sources["diaObjectId"]))
     return obj, dia_objects, sources
@@ -77,12 +82,22 @@ def test_episodes():
     assert episodes([5.0, 1.0, 300.0, 310.0, 900.0], 120.0) == 3
 
 
+def test_sign_bands():
+    row = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    band = np.array(list("ggrrggrri"))
+    flux = np.array([900.0, -400.0, 900.0, -200.0, 100.0, -100.0, 50.0, np.nan, -30.0])
+    assert list(sign_bands(row, band, flux, 3, 1 / 3)) == [1, 1, 0]     # r: 200 < 900 / 3; NaN ignored
+    assert list(sign_bands(row, band, flux, 3, 0.2)) == [2, 1, 0]
+    assert list(sign_bands(row[:0], band[:0], flux[:0], 2, 1 / 3)) == [0, 0]
+
+
 def test_lens_found_supernovae_rejected():
     obj, dobj, src = scene()
     cand, members = find_lenses(obj, dobj, src, RA0, DEC0)
     assert len(cand) == 1
     c = cand[0]
     assert c["lensCandidateId"] == 1000 and c["hostObjectId"] == 10 and c["nDiaObjects"] == 3
+    assert c["nSignBands"] == 2
     assert c["nEpisodes"] == 5 and c["score_sign"] > 0.8 and c["score"] > 0.9
     assert np.hypot(*(np.array(radec(0.0, 0.0)) - (c["ra"], c["decl"]))) * 3600 < 1e-6   # on the host
     assert list(members["diaObjectId"]) == [1000, 1010, 1020]
@@ -90,7 +105,16 @@ def test_lens_found_supernovae_rejected():
     cand, _ = find_lenses(obj, dobj, src, RA0, DEC0, LensFindConfig(min_episodes=1, min_score=0.0))
     assert cand[0]["lensCandidateId"] == 1000
     sn = cand[cand["hostObjectId"] == 11]
-    assert len(sn) == 1 and sn[0]["score"] <= 0.15 + 1e-12 and sn[0]["score"] < cand[0]["score"] - 0.5
+    assert len(sn) == 0          # one band, one sign
+    # the supernova in the r template varies both ways in r alone, with a negative of 1/12 of its peak: the
+    # sign test rejects it twice over; without the test it would score as a lens
+    for kw in ({"min_sign_bands": 1}, {"sign_ratio": 0.05}):
+        cand, _ = find_lenses(obj, dobj, src, RA0, DEC0, LensFindConfig(min_score=0.0, **kw))
+        assert 13 not in cand["hostObjectId"]
+    cand, _ = find_lenses(obj, dobj, src, RA0, DEC0, LensFindConfig(min_sign_bands=1, sign_ratio=0.05))
+    tmpl = cand[cand["hostObjectId"] == 13]
+    assert len(tmpl) == 1 and tmpl[0]["nEpisodes"] == 5 and tmpl[0]["nSignBands"] == 1
+    assert tmpl[0]["score"] >= LensFindConfig().min_score
 
 
 def test_order_independent_and_without_objects():
@@ -139,7 +163,7 @@ def test_stage_writes_candidates(tmp_path):
     assert list(out) == [layout.LENS_CANDIDATES]
     with h5py.File(tmp_path / layout.LENS_CANDIDATES, "r") as fh:
         cand, members = read_table(fh["candidates"]), read_table(fh["members"])
-        assert fh.attrs["ok"] and fh.attrs["reason"] == "" and fh.attrs["n_objects"] == 3
+        assert fh.attrs["ok"] and fh.attrs["reason"] == "" and fh.attrs["n_objects"] == 4
         assert fh.attrs["min_score"] == cfg.lenses.min_score
     assert cand.dtype == CANDIDATE_DTYPE and list(cand["lensCandidateId"]) == [1000] and len(members) == 3
 
@@ -159,6 +183,12 @@ def test_validate_metric():
     m = lens_metrics(systems, images, cand, RA0, DEC0)
     assert (m["n_findable"], m["n_found"], m["n_candidates"], m["n_true_candidates"]) == (2, 1, 3, 2)
     assert m["completeness"] == 0.5 and m["purity"] == pytest.approx(2 / 3) and m["missed_sys_ids"] == [2]
+    # system 2 seen by fewer than LENS_MIN_VISITS visits: not observed, reported beside
+    m = lens_metrics(systems, images, cand, RA0, DEC0, visits=[LENS_MIN_VISITS, LENS_MIN_VISITS - 1, 0])
+    assert (m["n_findable"], m["n_observed"], m["n_found"]) == (2, 1, 1) and m["unobserved_sys_ids"] == [2]
+    assert m["completeness"] == 1.0 and m["completeness_on_coadds"] == 0.5 and m["missed_sys_ids"] == []
+    m = lens_metrics(systems, images, cand, RA0, DEC0, visits=[0, 0, 0])
+    assert m["completeness"] is None and "30 visits" in m["completeness_reason"]
     m = lens_metrics(systems, images, cand[:0], RA0, DEC0, covered=[False, False, True])
     assert m["completeness"] is None and m["purity"] is None and "purity_reason" in m
 
@@ -170,3 +200,24 @@ def test_validate_checks():
     assert (low["metric"], low["ok"], low["threshold"]) == ("lens_purity", False, 0.8)
     off = lens_checks(null_metric("no lens candidates: [lenses] enabled = false"), V)
     assert all(c["ok"] is None and "enabled = false" in c["reason"] for c in off)
+
+
+def test_coverage_counts_visits_of_every_band(tmp_path):
+    """Coverage: a position on a patch's inner box with inputs in any band is covered; visits() sums the
+    bands' input counts there; positions off the inner box or without inputs count 0."""
+    wcs = tan_wcs(RA0, DEC0, 0.2, (50.0, 50.0)).to_header().tostring()
+    counts = {"g": np.zeros((100, 100), np.int16), "r": np.zeros((100, 100), np.int16)}
+    counts["g"][:, :60] = 7
+    counts["r"][:, 40:] = 5
+    for band, n in counts.items():
+        path = tmp_path / layout.coadd(band, 0, 0)
+        path.parent.mkdir(parents=True)
+        with h5py.File(path, "w") as fh:
+            fh["n_visits"] = n
+            fh.attrs.update(wcs=wcs, bbox=[0, 0, 100, 100], inner_bbox=[10, 10, 80, 80])
+    cov = Coverage(str(tmp_path))
+    # pixels (x, y): 20 (g only), 50 (both), 80 (r only), 95 (outside the inner box)
+    ra, dec = radec((np.array([20.0, 50.0, 80.0, 95.0]) - 50.0) * -0.2, np.zeros(4))
+    assert list(cov(ra, dec)) == [True, True, True, False]
+    assert list(cov.visits(ra, dec)) == [7, 12, 5, 0]
+    assert cov.area == pytest.approx(80 * 80 * 0.04 / 3600.0)

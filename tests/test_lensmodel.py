@@ -9,7 +9,7 @@ from twinkles_hpc import config
 from twinkles_hpc.level2.astrometry import tangent_arcsec
 from twinkles_hpc.timedomain import lensphot
 from twinkles_hpc.timedomain import scene as sc
-from twinkles_hpc.validation.lensphot import image_figures, lensed_images_section
+from twinkles_hpc.validation.lensphot import image_figures, lensed_images_section, measurement_figures
 from twinkles_hpc.validation.run import checks
 
 RA0, DEC0 = 53.0, -27.4
@@ -177,6 +177,22 @@ def test_image_figures():
     _, chi2_bad, scatter_bad, _ = image_figures(flux, err, true)
     assert chi2_bad > 10 and abs(scatter_bad - scatter) < 0.1
     assert image_figures(flux[:2], err[:2], true[:2])[:3] == (None, None, None)
+
+
+def test_supernova_visits_left_out():
+    """A supernova near the image lights 4 visits: they are left out of the figures and counted; the
+    figures over all visits, beside them, show the supernova."""
+    V = config.from_dict({}).validate
+    rng = np.random.default_rng(2)
+    true, err = np.full(60, 2000.0), np.full(60, 40.0)
+    sn = np.zeros(60)
+    sn[[10, 11, 12, 13]] = [900.0, 400.0, 100.0, 39.0]     # the last has less light than the error
+    flux = true + sn + rng.normal(0.0, 40.0, 60)
+    f = measurement_figures(flux, err, true, sn, V)
+    assert f["n_sn_visits"] == 3 and f["n"] == 57 and f["good"] and 0.6 < f["chi2_dof"] < 1.5
+    assert f["chi2_dof_all"] > 10 and f["good_all"] is False
+    none = measurement_figures(flux - sn, err, true, np.zeros(60), V)
+    assert none["n_sn_visits"] == 0 and none["chi2_dof"] == none["chi2_dof_all"]
 
 
 def test_validation_section_off_and_check():

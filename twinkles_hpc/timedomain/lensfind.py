@@ -5,7 +5,12 @@ stochastically for years, all of them, with differences of either sign about the
 one point that brightens once, in one season. The finder counts the *episodes* of each DiaObject (runs
 of DiaSource dates separated by gaps longer than `episode_gap` days) and keeps those with at least
 `min_episodes` (a supernova has one, so even a host with several supernovae over the years, each at its
-own position, gives no persistent DiaObject); it groups the persistent DiaObjects by friends-of-friends
+own position, gives no persistent DiaObject). A transient caught in a band's template leaves differences of
+the other sign in that band at every later visit, a persistence of its own; so a group is kept only when one
+of its DiaObjects varies both ways in at least `min_sign_bands` bands, as a quasar varying in every band
+does: in a band, the largest difference of the weaker sign reaches `sign_ratio` of the largest of the other
+(a transient in one of a template's N inputs leaves the other sign at about 1/N of its peak, a quasar
+scatters about its mean). It groups the persistent DiaObjects by friends-of-friends
 (`link_radius`), attaches each group to the extended Object nearest its centre (the lens galaxy, within
 `host_radius`), and scores the group with four terms in [0, 1]:
 
@@ -41,7 +46,8 @@ CANDIDATE_DTYPE = np.dtype([
     ("lensCandidateId", "i8"), ("ra", "f8"), ("decl", "f8"), ("score", "f8"),
     ("score_multi", "f8"), ("score_persist", "f8"), ("score_sign", "f8"), ("score_host", "f8"),
     ("nDiaObjects", "i4"), ("nPointObjects", "i4"), ("nDiaSources", "i4"), ("nEpisodes", "i4"),
-    ("posFraction", "f8"), ("hostObjectId", "i8"), ("hostSeparation", "f8"), ("maxSeparation", "f8")])
+    ("posFraction", "f8"), ("hostObjectId", "i8"), ("hostSeparation", "f8"), ("maxSeparation", "f8"),
+    ("nSignBands", "i4")])
 
 #: Record dtype of a candidate's member DiaObjects.
 MEMBER_DTYPE = np.dtype([("lensCandidateId", "i8"), ("diaObjectId", "i8")])
@@ -62,6 +68,14 @@ class LensFindConfig:
                                      "starts a new episode of variability.", lo=0.0, lo_open=True)
     min_episodes: int = options.opt(2, "", "DiaObjects with fewer episodes of variability than this (a "
                                     "supernova has one) are left out.", lo=1, hi=100)
+    min_sign_bands: int = options.opt(2, "", "Groups none of whose DiaObjects varies both ways (sign_ratio) in at "
+                                      "least this many bands are left out: a transient caught in a band's "
+                                      "template leaves differences of the other sign in that band alone.",
+                                      lo=1, hi=6)
+    sign_ratio: float = options.opt(1.0 / 3.0, "", "A DiaObject varies both ways in a band when its largest "
+                                    "difference of the weaker sign is at least this fraction of the largest of "
+                                    "the stronger; a transient in one of a template's N inputs leaves 1/N.",
+                                    lo=0.0, lo_open=True, hi=1.0)
     full_episodes: int = options.opt(4, "", "Median episodes of a group's DiaObjects for a persistence term of "
                                      "1.", lo=2, hi=100)
     min_score: float = options.opt(0.6, "", "Groups scoring at least this are candidates.", lo=0.0, hi=1.0)
@@ -95,7 +109,7 @@ def find_lenses(objects, dia_objects, dia_sources, ra0, dec0, config=None):
     diaObjectId."""
     cfg = LensFindConfig() if config is None else config
     empty = np.zeros(0, CANDIDATE_DTYPE), np.zeros(0, MEMBER_DTYPE)
-    dobj, n_src, n_epi, row, t, flux = _persistent(dia_objects, dia_sources, cfg)
+    dobj, n_src, n_epi, n_sign, row, t, flux = _persistent(dia_objects, dia_sources, cfg)
     if len(dobj) == 0:
         return empty
     dx, dy = tangent_arcsec(dobj["ra"], dobj["decl"], ra0, dec0)
@@ -105,8 +119,11 @@ def find_lenses(objects, dia_objects, dia_sources, ra0, dec0, config=None):
     rows, members = [], []
     for g in range(label.max() + 1):
         k = np.flatnonzero(label == g)
+        if n_sign[k].max() < cfg.min_sign_bands:
+            continue
         inside = src_label == g
         r = _score(k, dobj["diaObjectId"][k[0]], dx, dy, n_src, n_epi, t[inside], flux[inside], objs, cfg)
+        r["nSignBands"] = n_sign[k].max()
         r["ra"], r["decl"] = (float(v) for v in from_tangent_plane(r["ra"] / 3600.0, r["decl"] / 3600.0, ra0,
                                                                      dec0))
         if r["score"] >= cfg.min_score:
@@ -120,15 +137,33 @@ def find_lenses(objects, dia_objects, dia_sources, ra0, dec0, config=None):
     return cand, mem[np.lexsort((mem["diaObjectId"], mem["lensCandidateId"]))]
 
 
+def sign_bands(row, band, flux, n, ratio):
+    """For each of `n` objects, the number of bands in which its sources (object `row`, `band`, `flux`) vary
+    both ways: the largest difference of the weaker sign is at least `ratio` times that of the stronger."""
+    good = np.isfinite(flux) & (flux != 0)
+    codes = np.unique(band[good], return_inverse=True)[1].reshape(-1)
+    nb = int(codes.max()) + 1 if codes.size else 1
+    key = row[good] * nb + codes
+    peak = np.zeros((2, n * nb))
+    f = flux[good]
+    np.maximum.at(peak[0], key[f > 0], f[f > 0])
+    np.maximum.at(peak[1], key[f < 0], -f[f < 0])
+    weak, strong = peak.min(0), peak.max(0)
+    both = (weak > 0) & (weak >= ratio * strong)
+    return both.reshape(n, nb).sum(1)
+
+
 def _persistent(dia_objects, dia_sources, cfg):
     """The DiaObjects with at least min_episodes episodes, in diaObjectId order, with their numbers of
-    DiaSources and episodes, and their DiaSources as (row of the object, midPointTai, psFlux)."""
+    DiaSources, episodes and bands with differences of both signs, and their DiaSources as (row of the
+    object, midPointTai, psFlux)."""
     dobj = dia_objects[np.argsort(dia_objects["diaObjectId"], kind="stable")]
     ids = np.asarray(dia_sources["diaObjectId"])
     row = np.minimum(np.searchsorted(dobj["diaObjectId"], ids), max(len(dobj) - 1, 0))
     known = (dobj["diaObjectId"][row] == ids) if len(dobj) else np.zeros(len(ids), bool)
     row, t = row[known], np.asarray(dia_sources["midPointTai"], np.float64)[known]
     flux = np.asarray(dia_sources["psFlux"], np.float64)[known]
+    n_sign = sign_bands(row, np.asarray(dia_sources["filterName"])[known], flux, len(dobj), cfg.sign_ratio)
     n_src = np.bincount(row, minlength=len(dobj))
     by_obj = np.split(t[np.argsort(row, kind="stable")], np.cumsum(n_src)[:-1]) if len(dobj) else []
     n_epi = np.array([episodes(d, cfg.episode_gap) for d in by_obj], np.int64)
@@ -137,7 +172,7 @@ def _persistent(dia_objects, dia_sources, cfg):
     new_row[keep] = np.arange(keep.size)
     row = new_row[row]
     on = row >= 0
-    return dobj[keep], n_src[keep], n_epi[keep], row[on], t[on], flux[on]
+    return dobj[keep], n_src[keep], n_epi[keep], n_sign[keep], row[on], t[on], flux[on]
 
 
 def _score(k, cid, dx, dy, n_src, n_epi, t, flux, objs, cfg):

@@ -3,9 +3,12 @@
 A true system is *findable* when its centre lies where the coadds have data and at least two of its images
 have a mean i magnitude below LENS_IMAGE_MAG_I (the source's mean unlensed i magnitude minus
 2.5 log10 |magnification|) and its maximum image separation (truth `imsep`) is at least LENS_MIN_SEP.
-Completeness: the fraction of findable systems with a candidate within LENS_MATCH_RADIUS of the system's
-centre (the lens galaxy's position). Purity: the fraction of candidates within LENS_MATCH_RADIUS of the
-centre of any true system, findable or not.
+It is *observed* when at least LENS_MIN_VISITS visits (all bands together) cover its centre on the coadds:
+a finder that selects by variability cannot find a system at the dithered edge of the field that a handful
+of visits saw. Completeness: the fraction of observed findable systems with a candidate within
+LENS_MATCH_RADIUS of the system's centre (the lens galaxy's position); the same fraction over every findable
+system on the coadds is reported beside it. Purity: the fraction of candidates within LENS_MATCH_RADIUS of
+the centre of any true system, findable or not.
 """
 import os
 
@@ -25,6 +28,9 @@ LENS_MIN_IMAGES = 2
 LENS_MIN_SEP = 1.0
 #: A candidate finds a system when within this distance (arcsec) of its centre.
 LENS_MATCH_RADIUS = 2.0
+#: Observed systems: at least this many visits, all bands together, cover the centre on the coadds (five a
+#: band on average, the fewest for differences of both signs in two bands and two seasons).
+LENS_MIN_VISITS = 30
 
 
 def image_mag_i(systems, images):
@@ -43,27 +49,34 @@ def findable(systems, images):
     return (n_bright >= LENS_MIN_IMAGES) & (systems["imsep"] >= LENS_MIN_SEP)
 
 
-def lens_metrics(systems, images, candidates, ra0, dec0, covered=None):
+def lens_metrics(systems, images, candidates, ra0, dec0, covered=None, visits=None):
     """Completeness and purity (module docstring) of `candidates` (ra, decl) against the true `systems`
-    (LENS_SYSTEM_DTYPE rows) and their `images`; covered: which systems lie on the coadds (None: all).
-    Returns a JSON-ready dict; completeness is None with a reason when no system is findable, purity when
-    there is no candidate."""
+    (LENS_SYSTEM_DTYPE rows) and their `images`; covered: which systems lie on the coadds (None: all);
+    visits: how many visits cover each (None: enough). Returns a JSON-ready dict; completeness is None with
+    a reason when no system is findable and observed, purity when there is no candidate."""
     xy_sys = tangent_arcsec(systems["ra"], systems["dec"], ra0, dec0)
     xy_cand = tangent_arcsec(candidates["ra"], candidates["decl"], ra0, dec0)
     on = np.ones(len(systems), bool) if covered is None else np.asarray(covered, bool)
-    want = findable(systems, images) & on
+    seen = on if visits is None else on & (np.asarray(visits) >= LENS_MIN_VISITS)
+    findable_on = findable(systems, images) & on
+    want = findable_on & seen
+    found_on = has_neighbour(xy_sys[findable_on], LENS_MATCH_RADIUS, xy_cand)
     found = has_neighbour(xy_sys[want], LENS_MATCH_RADIUS, xy_cand)
     true_cand = has_neighbour(xy_cand, LENS_MATCH_RADIUS, xy_sys)
-    out = {"n_systems": int(len(systems)), "n_covered": int(on.sum()), "n_findable": int(want.sum()),
-           "n_found": int(found.sum()), "n_candidates": int(len(candidates)),
+    out = {"n_systems": int(len(systems)), "n_covered": int(on.sum()), "n_findable": int(findable_on.sum()),
+           "n_observed": int(want.sum()), "n_found": int(found.sum()), "n_candidates": int(len(candidates)),
            "n_true_candidates": int(true_cand.sum()),
            "missed_sys_ids": [int(s) for s in systems["sys_id"][want][~found]],
+           "unobserved_sys_ids": [int(s) for s in systems["sys_id"][findable_on & ~seen]],
            "definition": {"image_mag_i_max": LENS_IMAGE_MAG_I, "min_images": LENS_MIN_IMAGES,
-                          "min_imsep_arcsec": LENS_MIN_SEP, "match_radius_arcsec": LENS_MATCH_RADIUS}}
+                          "min_imsep_arcsec": LENS_MIN_SEP, "match_radius_arcsec": LENS_MATCH_RADIUS,
+                          "min_visits": LENS_MIN_VISITS}}
     out["completeness"] = float(found.mean()) if want.any() else None
+    out["completeness_on_coadds"] = float(found_on.mean()) if findable_on.any() else None
     out["purity"] = float(true_cand.mean()) if len(candidates) else None
     if not want.any():
-        out["completeness_reason"] = "no findable lens system on the coadds"
+        out["completeness_reason"] = (f"no findable lens system on the coadds seen by {LENS_MIN_VISITS} visits"
+                                      if findable_on.any() else "no findable lens system on the coadds")
     if not len(candidates):
         out["purity_reason"] = "no candidate"
     return out
@@ -71,7 +84,8 @@ def lens_metrics(systems, images, candidates, ra0, dec0, covered=None):
 
 def lenses_section(rundir, cfg, ra0, dec0, covered_fn=None):
     """The lens-finding figures of a run; a null metric with the reason when the lenses stage is off or the
-    truth has no lensed quasars. covered_fn(ra, dec): where the coadds have data (products.Coverage)."""
+    truth has no lensed quasars. covered_fn(ra, dec): where the coadds have data (products.Coverage, whose
+    `visits` gives the visits there)."""
     if not cfg.lenses.enabled:
         return null_metric("no lens candidates: [lenses] enabled = false")
     with open_read(need(os.path.join(rundir, layout.TRUTH), "the truth catalogues (stage sky)")) as fh:
@@ -84,4 +98,6 @@ def lenses_section(rundir, cfg, ra0, dec0, covered_fn=None):
         if not fh.attrs["ok"]:
             return null_metric(f"no lens candidates: {fh.attrs['reason']}")
     covered = covered_fn(systems["ra"], systems["dec"]) if covered_fn is not None else None
-    return lens_metrics(systems, images, cand, ra0, dec0, covered)
+    visits = getattr(covered_fn, "visits", None)
+    visits = visits(systems["ra"], systems["dec"]) if visits is not None else None
+    return lens_metrics(systems, images, cand, ra0, dec0, covered, visits)

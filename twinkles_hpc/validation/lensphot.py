@@ -10,15 +10,23 @@ true fluxes with no free constant, and the scatter of the normalised residuals (
 An image is good when chi^2/dof <= lens_lc_chi2_max and the scatter <= lens_lc_scatter_max. Figures per
 separation bin, for images of peak S/N >= LC_MIN_SNR; the check is on the images at least LC_MIN_SEP from
 their neighbours.
+
+A supernova in the lens galaxy adds light at an image that its scene, which has no transient, gives to the
+image. The visits in which true supernovae within BLEND_RADIUS of an image have as much light as the
+measurement's error are left out of that image's figures (counted in `n_sn_visits`); the figures over every
+visit are reported beside them (`chi2_dof_all`, `scatter_all`, `good_all`; `good_fraction_all`).
 """
 import os
 
 import numpy as np
 
+from scipy.spatial import cKDTree
+
 from twinkles_hpc.rundir import layout
 from twinkles_hpc.store.atomic import open_read
 from twinkles_hpc.store.tables import read_table
 from twinkles_hpc.timedomain.lensphot import UNUSABLE, read_lensphot
+from twinkles_hpc.validation.dia import BLEND_RADIUS
 from twinkles_hpc.validation.match import tangent_arcsec
 from twinkles_hpc.validation.products import need, null_metric, variable_true_fluxes
 
@@ -72,6 +80,15 @@ def lensed_images_section(rundir, cfg, truth, V):
     xy_t = tangent_arcsec(ti["ra"], ti["dec"], ra0, dec0)
     xy_m = tangent_arcsec(images["ra"], images["decl"], ra0, dec0)
     true, _ = variable_true_fluxes(rundir, ti["image_id"])
+    sne = truth.get("supernovae")
+    sne = sne[:0] if sne is None else sne
+    xy_sn = tangent_arcsec(sne["ra"], sne["dec"], ra0, dec0)
+    sn_tree = cKDTree(xy_sn) if len(sne) else None
+    near_sn = {}
+    if sn_tree is not None:
+        for k, hits in enumerate(sn_tree.query_ball_point(xy_t, BLEND_RADIUS)):
+            near_sn[int(ti["image_id"][k])] = sne["id"][hits]
+    sn_true, _ = variable_true_fluxes(rundir, np.concatenate([np.zeros(0, np.int64)] + list(near_sn.values())))
     per_image = []
     for m, xy in zip(images, xy_m):
         d = np.hypot(*(xy_t - xy).T)
@@ -85,13 +102,12 @@ def lensed_images_section(rundir, cfg, truth, V):
             np.searchsorted(rows["lensedImageId"], m["lensedImageId"], "right")
         r = rows[lo:hi]
         tf = np.array([true.get((tid, int(v)), np.nan) for v in r["ccdVisitId"]])
+        sn_flux = np.array([sum(sn_true.get((int(s), int(v)), 0.0) for s in near_sn.get(tid, ()))
+                            for v in r["ccdVisitId"]])
         rec = {"lensedImageId": int(m["lensedImageId"]), "truth_image_id": tid, "offset_arcsec": float(d[k]),
                "separation_arcsec": sep}
         for name in MEASUREMENTS:
-            snr, chi2, scatter, n = image_figures(*_columns(r, name), tf)
-            rec[name] = {"peak_snr": snr, "chi2_dof": chi2, "scatter": scatter, "n": n,
-                         "good": None if chi2 is None else bool(chi2 <= V.lens_lc_chi2_max
-                                                               and scatter <= V.lens_lc_scatter_max)}
+            rec[name] = measurement_figures(*_columns(r, name), tf, sn_flux, V)
         per_image.append(rec)
     out = {"n_images_modelled": int(len(images)), "n_matched": len(per_image), "min_snr": LC_MIN_SNR,
            "images": per_image}
@@ -101,10 +117,27 @@ def lensed_images_section(rundir, cfg, truth, V):
               and r["separation_arcsec"] >= LC_MIN_SEP]
     out["n_checked"] = len(strong)
     out["good_fraction"] = float(np.mean([bool(r["psFlux"]["good"]) for r in strong])) if strong else None
+    out["good_fraction_all"] = (float(np.mean([bool(r["psFlux"]["good_all"]) for r in strong])) if strong
+                                else None)
     if not strong:
         out["good_fraction_reason"] = (f"no modelled image of peak S/N >= {LC_MIN_SNR:g} at least {LC_MIN_SEP:g}\" "
                                        "from its neighbours")
     return out
+
+
+def measurement_figures(flux, err, true, sn_flux, V):
+    """The figures of one measurement of one image (module docstring): over the visits where the true
+    supernovae near the image (`sn_flux`, nJy per visit) have less light than the error, and over all."""
+    clean = ~(sn_flux >= err)
+    snr, chi2, scatter, n = image_figures(flux[clean], err[clean], true[clean])
+    _, chi2_all, scatter_all, _ = image_figures(flux, err, true)
+    return {"peak_snr": snr, "chi2_dof": chi2, "scatter": scatter, "n": n,
+            "n_sn_visits": int(np.count_nonzero(~clean)), "good": _good(chi2, scatter, V),
+            "chi2_dof_all": chi2_all, "scatter_all": scatter_all, "good_all": _good(chi2_all, scatter_all, V)}
+
+
+def _good(chi2, scatter, V):
+    return None if chi2 is None else bool(chi2 <= V.lens_lc_chi2_max and scatter <= V.lens_lc_scatter_max)
 
 
 def _bins(per_image, name):

@@ -81,18 +81,20 @@ def read_objects(rundir, cfg):
 class Coverage:
     """Where the coadds have data: the union over patches of each patch's inner box on pixels with at least
     one input visit in any band. Calling it with (ra, dec) arrays (deg) says which positions are covered;
-    `area` is the covered area (arcmin^2)."""
+    `visits(ra, dec)` gives the number of input visits there, all bands together; `area` is the covered area
+    (arcmin^2)."""
 
     def __init__(self, rundir):
         planes = {}
         for path in sorted(glob.glob(os.path.join(rundir, layout.COADD_GLOB))):
             with open_read(path) as fh:
                 a = {k: fh.attrs[k] for k in ("wcs", "bbox", "inner_bbox")}
-                n = fh["n_visits"][...] > 0
+                n = fh["n_visits"][...].astype(np.int32)
             key = os.path.basename(path)                       # the same patch in every band
-            planes[key] = (a, n | planes[key][1]) if key in planes else (a, n)
+            planes[key] = (a, n + planes[key][1]) if key in planes else (a, n)
         self.patches, self.area = [], 0.0
-        for a, n in planes.values():
+        for a, count in planes.values():
+            n = count > 0
             x0, y0 = a["inner_bbox"][0] - a["bbox"][0], a["inner_bbox"][1] - a["bbox"][1]
             good = np.zeros_like(n)
             good[y0:y0 + a["inner_bbox"][3], x0:x0 + a["inner_bbox"][2]] = True
@@ -100,16 +102,23 @@ class Coverage:
             w = WCS(fits.Header.fromstring(str(a["wcs"])))
             pixel_arcsec = float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix)))) * 3600.0
             self.area += int(good.sum()) * pixel_arcsec ** 2 / 3600.0
-            self.patches.append((w, good))
+            self.patches.append((w, good, np.where(good, count, 0)))
+
+    def _lookup(self, ra, dec, plane, out):
+        """out with each position's value of plane (1: coverage, 2: visit count) from the patch it lies on."""
+        for patch in self.patches:
+            x, y = patch[0].all_world2pix(ra, dec, 0)
+            ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+            on = (ix >= 0) & (iy >= 0) & (ix < patch[1].shape[1]) & (iy < patch[1].shape[0])
+            on[on] &= patch[1][iy[on], ix[on]]
+            out[on] = patch[plane][iy[on], ix[on]]
+        return out
 
     def __call__(self, ra, dec):
-        covered = np.zeros(len(ra), bool)
-        for w, good in self.patches:
-            x, y = w.all_world2pix(ra, dec, 0)
-            ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-            on = (ix >= 0) & (iy >= 0) & (ix < good.shape[1]) & (iy < good.shape[0])
-            covered[on] |= good[iy[on], ix[on]]
-        return covered
+        return self._lookup(ra, dec, 1, np.zeros(len(ra), bool))
+
+    def visits(self, ra, dec):
+        return self._lookup(ra, dec, 2, np.zeros(len(ra), np.int64))
 
 
 def read_sources(rundir, visits, cfg):
