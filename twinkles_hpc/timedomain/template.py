@@ -2,8 +2,9 @@
 
 `resample_template` warps the template coadd patches (nJy, the skymap's pixels) that overlap a calexp onto
 the calexp's pixels with the Lanczos-3 warp of level2/warp.py, reading only each patch's hyperslab that the
-calexp's box needs, and converts them to the calexp's electrons. Where patches overlap, the first in the
-given order fills a pixel. `kernel_candidates` picks the PSF-matching stars from the calexp's own source
+calexp's box needs and warping only onto the calexp pixels that hyperslab can reach (on the node grid of
+the whole calexp, so the pixels are those of a warp of the whole box), and converts them to the calexp's
+electrons. Where patches overlap, the first in the given order fills a pixel. `kernel_candidates` picks the PSF-matching stars from the calexp's own source
 table: unflagged, bright, isolated; never the truth.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from scipy.spatial import cKDTree
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.masks import NO_DATA
 from twinkles_hpc.level2.photometry import psf_fwhm
-from twinkles_hpc.level2.warp import source_bbox, warp_image
+from twinkles_hpc.level2.warp import mapping_grid, source_bbox, warp_image
 from twinkles_hpc.store.atomic import open_read
 
 
@@ -57,16 +58,22 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
             box = source_bbox(src_wcs, dst_wcs, (0, 0, nx, ny), pshape)
             if box is None:
                 continue
+            reach = source_bbox(dst_wcs, src_wcs, box, shape)       # the calexp pixels the hyperslab reaches
+            if reach is None:
+                continue
             x0, y0, bx, by = box
             sl = np.s_[y0:y0 + by, x0:x0 + bx]
             planes = [f[k][sl] for k in ("image", "variance", "mask")]
             psf = CoaddPSF.from_file(f)
-        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, (0, 0, nx, ny), src_origin=(x0, y0))
-        new = cov & ~filled
+        step = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny)).step
+        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid_step=step)
+        rx, ry, rnx, rny = reach
+        view = np.s_[ry:ry + rny, rx:rx + rnx]
+        new = cov & ~filled[view]
         if not new.any():
             continue
-        image[new], variance[new], mask[new] = img[new], var[new], msk[new]
-        filled |= new
+        image[view][new], variance[view][new], mask[view][new] = img[new], var[new], msk[new]
+        filled[view] |= new
         used.append(path)
         if not np.isfinite(fwhm) and psf is not None:
             u, v = (float(a) for a in src_wcs.all_world2pix(*dst_wcs.all_pix2world(cx, cy, 0), 0))
