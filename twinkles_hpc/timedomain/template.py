@@ -4,8 +4,8 @@
 the calexp's pixels with the Lanczos-3 warp of level2/warp.py, reading only each patch's hyperslab that the
 calexp's box needs and warping only onto the calexp pixels that hyperslab can reach (on the node grid of
 the whole calexp, so the pixels are those of a warp of the whole box), and converts them to the calexp's
-electrons. Where patches overlap, the first in the given order fills a pixel. `kernel_candidates` picks the PSF-matching stars from the calexp's own source
-table: unflagged, bright, isolated; never the truth.
+electrons. Where patches overlap, the first in the given order fills a pixel. `kernel_candidates` picks the
+PSF-matching stars from the calexp's own source table: unflagged, bright, isolated; never the truth.
 """
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ visit are reported beside them (`chi2_dof_all`, `scatter_all`, `good_all`; `good
 import os
 
 import numpy as np
-
 from scipy.spatial import cKDTree
 
 from twinkles_hpc.rundir import layout
