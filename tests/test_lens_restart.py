@@ -5,8 +5,8 @@ density of lensed quasars; the finder's cuts are opened so that every DiaObject 
 the scene stages have work."""
 import h5py
 import pytest
-from conftest import MPIEXEC, campaign_run, cli
-from test_level2_restart import PRODUCTS, level2_digests
+from conftest import MPIEXEC, campaign_run
+from test_level2_restart import PRODUCTS, level2_digests, run_killed_then_resumed
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
@@ -82,15 +82,7 @@ def test_sigkill_in_each_lens_stage_then_resume_is_bit_identical(lens_run, tmp_p
     cfg = tmp_path / "c.toml"
     cfg.write_text(LENS_TOML)
     run = tmp_path / "run"
-    kills = ["lenses", "lensmodel", "lensphot/"]
-    env = {"TWINKLES_HPC_FAULT": "kill_after_task=" + "+".join(kills)}
-    for n in range(len(kills)):
-        r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
-        killed = {k for k in range(len(kills)) if (run / ".faults" / f"kill_after_task-{k}").exists()}
-        assert r.returncode != 0 and len(killed) == n + 1, f"run {n + 1} was not killed once:\n{r.stdout}\n{r.stderr}"
-    r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming:" in r.stdout
+    run_killed_then_resumed(cfg, run, ["lenses", "lensmodel", "lensphot/"])
     want, got = level2_digests(lens_run, LENS_PRODUCTS), level2_digests(run, LENS_PRODUCTS)
     assert set(got) == set(want)
     assert [k for k in want if want[k] != got[k]] == []

@@ -61,6 +61,21 @@ def level2_digests(rundir, products=PRODUCTS):
     return out
 
 
+def run_killed_then_resumed(cfg, run, kills):
+    """Run `cfg` into `run` under mpiexec -n 2 with a rank SIGKILLed after the first task whose id starts
+    with each of `kills` has written its outputs; each rerun resumes. Stages overlap in time, so the kills
+    come in the order the tasks run: each run is killed once, until every prefix has had its kill; the
+    last run completes."""
+    env = {"TWINKLES_HPC_FAULT": "kill_after_task=" + "+".join(kills)}
+    for n in range(len(kills)):
+        r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
+        killed = {k for k in range(len(kills)) if (run / ".faults" / f"kill_after_task-{k}").exists()}
+        assert r.returncode != 0 and len(killed) == n + 1, f"run {n + 1} was not killed once:\n{r.stdout}\n{r.stderr}"
+    r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming:" in r.stdout
+
+
 def test_every_level2_product_identical_at_two_and_three_ranks(level2_run, level2_run_n3):
     """-n 2 with one task per coadd and template against -n 3 with each cut into tiles."""
     a, b = level2_digests(level2_run), level2_digests(level2_run_n3)
@@ -79,17 +94,7 @@ def test_sigkill_at_every_level2_stage_then_resume_is_bit_identical(level2_run, 
     cfg.write_text(LEVEL2_TILES_TOML)
     run = tmp_path / "run"
     stages = ("calexp", "coadd", "objects", "forced", "template", "diffim", "associate", "diaforced")
-    kills = [s + "/" for s in stages] + ["coadd/g/1-1$"]
-    env = {"TWINKLES_HPC_FAULT": "kill_after_task=" + "+".join(kills)}
-    # stages overlap in time (a template can start before the first objects task), so the kills come in
-    # the order the tasks run: each run is killed once, until every stage has had its kill
-    for n in range(len(kills)):
-        r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
-        killed = {k for k in range(len(kills)) if (run / ".faults" / f"kill_after_task-{k}").exists()}
-        assert r.returncode != 0 and len(killed) == n + 1, f"run {n + 1} was not killed once:\n{r.stdout}\n{r.stderr}"
-    r = cli("run", cfg, "-o", run, mpi=2, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming:" in r.stdout
+    run_killed_then_resumed(cfg, run, [s + "/" for s in stages] + ["coadd/g/1-1$"])
     assert not list(run.glob("*/*/tiles/*"))
     want, got = level2_digests(level2_run), level2_digests(run)
     assert set(got) == set(want)
