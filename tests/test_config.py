@@ -1,3 +1,4 @@
+import json
 import tomllib
 from dataclasses import dataclass, field, fields
 
@@ -11,6 +12,7 @@ from twinkles_hpc.level2.calibrate import CalibrateConfig
 from twinkles_hpc.level2.coadd import CoaddConfig
 from twinkles_hpc.level2.cosmics import CosmicRayConfig
 from twinkles_hpc.options import opt
+from twinkles_hpc.rundir import load_config
 
 
 def write(tmp_path, text):
@@ -85,6 +87,22 @@ def test_int_accepted_for_float_and_paths_resolve(tmp_path):
     cfg = config.load(write(tmp_path, "[cadence]\nexptime = 15\nsource = 'v.csv'\n"))
     assert cfg.cadence.exptime == 15.0 and isinstance(cfg.cadence.exptime, float)
     assert cfg.resolve_path(cfg.cadence.source) == str(tmp_path / "v.csv")
+
+
+def test_run_directory_config_loads_wherever_its_inputs_were(tmp_path):
+    """A run made from jobs/X.toml with a cadence source relative to jobs/ (and -o anywhere) still loads
+    for validate, report and scaling: the run directory's config does not look for its input files."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "v.csv").write_text("x\n")
+    text = "[cadence]\nsource = '../data/v.csv'\n"
+    cfg = config.load(write(tmp_path / "jobs", text))
+    rundir = tmp_path / "elsewhere" / "run"
+    rundir.mkdir(parents=True)
+    (rundir / "config.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(str(rundir)).cadence.source == "../data/v.csv"
+    with pytest.raises(InputError, match="cadence.source"):
+        config.from_dict(cfg.to_dict(), base_dir=str(rundir))
 
 
 def test_errors_share_one_base():

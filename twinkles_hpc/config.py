@@ -229,7 +229,7 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-def _validate(cfg):
+def _validate(cfg, check_inputs=True):
     p = cfg.path
     bands = cfg.cadence.bands
     if not bands or any(b not in instrument.BANDS for b in bands) or len(set(bands)) != len(bands):
@@ -237,7 +237,7 @@ def _validate(cfg):
     c = cfg.cadence
     if c.mjd_max and c.mjd_max <= c.mjd_min:
         raise InputError(p, "cadence.mjd_max", f"0 or a value > cadence.mjd_min ({c.mjd_min})", c.mjd_max)
-    if c.source != "synthetic" and not os.path.exists(cfg.resolve_path(c.source)):
+    if check_inputs and c.source != "synthetic" and not os.path.exists(cfg.resolve_path(c.source)):
         raise InputError(p, "cadence.source", "'synthetic' or an existing OpSim CSV/SQLite file",
                          cfg.resolve_path(c.source))
     from twinkles_hpc.pipeline import registry
@@ -247,13 +247,14 @@ def _validate(cfg):
         raise InputError(p, "validate.pa1_mag_max", f"a value > validate.pa1_mag_min ({V.pa1_mag_min})",
                          V.pa1_mag_max)
     src = cfg.lensing.source
-    if src != "synthetic" and not os.path.exists(cfg.resolve_path(src)):
+    if check_inputs and src != "synthetic" and not os.path.exists(cfg.resolve_path(src)):
         raise InputError(p, "lensing.source", "'synthetic' or an existing OM10-format FITS table",
                          cfg.resolve_path(src))
 
 
-def from_dict(data, path="<dict>", base_dir="."):
-    """Build a validated Config from a parsed TOML mapping."""
+def from_dict(data, path="<dict>", base_dir=".", check_inputs=True):
+    """Build a validated Config from a parsed TOML mapping; check_inputs: that the input files it names
+    (cadence.source, lensing.source, relative to base_dir) exist."""
     cfg = config_class()(base_dir=base_dir, path=str(path))
     known = dict(cfg.sections())
     for sec_name, sec_data in data.items():
@@ -264,7 +265,7 @@ def from_dict(data, path="<dict>", base_dir="."):
         if not isinstance(sec_data, dict):
             raise InputError(path, sec_name, "a [table]", sec_data)
         options.apply(known[sec_name], sec_data, path, sec_name)
-    _validate(cfg)
+    _validate(cfg, check_inputs)
     return cfg
 
 

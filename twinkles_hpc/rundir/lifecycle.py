@@ -109,10 +109,12 @@ def _json_object(path, what):
 
 
 def load_config(rundir):
-    """The validated Config a run directory was made with."""
+    """The validated Config a run directory was made with. Its input files (an OpSim cadence, an OM10
+    table) are not looked for: the run read them when it set the directory up (visits.h5, truth.h5), and
+    their paths are relative to a config file that may be anywhere."""
     from twinkles_hpc import config as config_mod
     return config_mod.from_dict(read_config_dict(rundir), path=os.path.join(rundir, layout.CONFIG_JSON),
-                                base_dir=rundir)
+                                base_dir=rundir, check_inputs=False)
 
 
 def read_skymap_dict(rundir):
