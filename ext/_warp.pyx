@@ -289,15 +289,16 @@ cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
 
 cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, :, ::1] var,
                        const uint16_t[:, :, ::1] mask, const double[::1] scale, const double[::1] weight,
-                       int bad_bits, int protect_bits, uint16_t no_data, bint use_median, double clip_sigma,
-                       int clip_iters, float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask,
-                       int32_t[:, ::1] out_n, float[:, ::1] out_depth, char *scratch) noexcept nogil:
+                       int bad_bits, int protect_bits, int and_bits, uint16_t no_data, bint use_median,
+                       double clip_sigma, int clip_iters, float[:, ::1] out, float[:, ::1] out_var,
+                       uint16_t[:, ::1] out_mask, int32_t[:, ::1] out_n, float[:, ::1] out_depth,
+                       char *scratch) noexcept nogil:
     """Output row j of `combine` (the arguments are combine's); scratch: 5 (N + 1) doubles, then N + 1 flags
     and N + 1 masks, aligned for doubles."""
     cdef Py_ssize_t N = img.shape[0], nx = img.shape[2]
     cdef Py_ssize_t i, k, n, nkeep, it, nprot
     cdef double x, vv, c, sw, swx, swv, thr, mad
-    cdef uint16_t m, allbits, keepbits
+    cdef uint16_t m, allbits, keepbits, everybits
     cdef double *xs = <double *> scratch
     cdef unsigned char *keep = <unsigned char *> (scratch + 5 * (N + 1) * sizeof(double))
     cdef uint16_t *ms = <uint16_t *> (scratch + 5 * (N + 1) * sizeof(double) + (N + 1))
@@ -358,6 +359,7 @@ cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, 
         swv = 0.0
         nkeep = 0
         keepbits = 0
+        everybits = 0xFFFF
         for k in range(n):
             if keep[k] or use_median:
                 if use_median:
@@ -367,6 +369,7 @@ cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, 
                     swx = swx + ws[k] * xs[k]
                     swv = swv + ws[k] * ws[k] * vs[k]
                 keepbits = keepbits | ms[k]
+                everybits = everybits & ms[k]
                 nkeep += 1
         if use_median:
             vv = (M_PI / 2.0) / sw
@@ -375,13 +378,13 @@ cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, 
             vv = swv / (sw * sw)
         out[j, i] = <float> c
         out_var[j, i] = <float> vv
-        out_mask[j, i] = keepbits
+        out_mask[j, i] = (keepbits & ~and_bits) | (everybits & and_bits)
         out_n[j, i] = <int32_t> nkeep
         out_depth[j, i] = <float> (1.0 / vv)
 
 
 def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16_t[:, :, ::1] mask,
-            const double[::1] scale, const double[::1] weight, int bad_bits, int protect_bits,
+            const double[::1] scale, const double[::1] weight, int bad_bits, int protect_bits, int and_bits,
             uint16_t no_data, bint use_median, double clip_sigma, int clip_iters,
             float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, int32_t[:, ::1] out_n,
             float[:, ::1] out_depth, int threads=1):
@@ -396,8 +399,9 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     PSFs): start from the median, then clip_iters times keep the inputs with |x - c| / sqrt(V) <=
     clip_sigma max(1, 1.4826 MAD) (MAD = median of those normalised residuals) and set c to the weighted
     mean of the kept. Median: c = median, variance (pi/2) / sum(1/V) (exact for N large and equal
-    variances). Outputs: out = c, out_var, out_mask = OR of the kept inputs' bits (all inputs' bits |
-    no_data, the NO_DATA mask bit, where none is good: then out = NaN), out_n = number kept, out_depth =
+    variances). Outputs: out = c, out_var, out_mask = OR of the kept inputs' bits, except and_bits, which
+    it carries only where every kept input does (all inputs' bits | no_data, the NO_DATA mask bit, where
+    none is good: then out = NaN), out_n = number kept, out_depth =
     1 / out_var (0 where none is good).
 
     threads > 1: the output rows are shared among that many OpenMP threads (each row computed by one
@@ -415,11 +419,11 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     if nt == 1:                       # no OpenMP region at all (see warp)
         with nogil:
             for j in range(ny):
-                _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
-                             clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, base)
+                _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, and_bits, no_data,
+                             use_median, clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth, base)
     else:
         for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
-            _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, no_data, use_median,
-                         clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth,
+            _combine_row(j, img, var, mask, scale, weight, bad_bits, protect_bits, and_bits, no_data,
+                         use_median, clip_sigma, clip_iters, out, out_var, out_mask, out_n, out_depth,
                          base + threadid() * stride)
     PyMem_RawFree(raw)

@@ -60,6 +60,9 @@ class CoaddConfig:
                                  "No clipping at a pixel where at least half of the good inputs carry one of "
                                  "these bits (DETECTED: inside sources, where the inputs differ by their PSFs).",
                                  lo=0, hi=0xFFFF)
+    and_mask_bits: int = opt(EDGE, "",
+                             "A coadd pixel carries these bits only where every input used there does (EDGE: a "
+                             "calexp's border is covered by the other inputs' interiors).", lo=0, hi=0xFFFF)
     kernel: str = opt("lanczos3", "",
                       "Warp kernel: 'lanczos3' (reproduces polynomials up to degree 2) or 'lanczos3_plain' (afw's).",
                       choices=KERNELS)
@@ -120,7 +123,8 @@ def combine_warps(images, variances, masks, scales, weights, config, out=None):
     combine_stack(images, variances, masks, scales, weights,
                   [res[k] for k in ("image", "variance", "mask", "n_visits", "depth")],
                   bad_mask_bits=config.bad_mask_bits, protect_mask_bits=config.protect_mask_bits,
-                  median=config.statistic == "median", clip_sigma=config.clip_sigma, clip_iters=config.clip_iters)
+                  median=config.statistic == "median", clip_sigma=config.clip_sigma, clip_iters=config.clip_iters,
+                  and_mask_bits=config.and_mask_bits)
     return res
 
 
@@ -291,6 +295,7 @@ def _attrs(patch, config, infos):
             "depth": "inverse variance, nJy^-2", "statistic": config.statistic,
             "clip_sigma": config.clip_sigma, "clip_iters": config.clip_iters,
             "bad_mask_bits": config.bad_mask_bits, "protect_mask_bits": config.protect_mask_bits,
+            "and_mask_bits": config.and_mask_bits,
             "kernel": config.kernel, "psf_grid_step": config.psf_grid_step,
             "weights": input_weights(infos), "weighting": "1 / sky variance per input, nJy^-2",
             "inputs": [os.path.basename(c.path) for c in infos]}

@@ -232,12 +232,13 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
 
 
 def combine_stack(images, variances, masks, scales, weights, out, *, bad_mask_bits, protect_mask_bits, median,
-                  clip_sigma, clip_iters):
+                  clip_sigma, clip_iters, and_mask_bits=0):
     """Combine a stack of warps (N, ny, nx) pixel by pixel into out = (image, variance, mask, n_visits,
     depth), (ny, nx) arrays of float32, float32, uint16, int32, float32: input k times scales[k], weighing
     weights[k] in the mean (one finite number > 0 each); inputs with a bad_mask_bits bit are left out;
     sigma clipping (clip_sigma, clip_iters; none where at least half the good inputs carry a protect_mask_bits bit)
-    or the median. Where no input is good: image NaN, mask = all inputs' bits | NO_DATA, depth 0.
+    or the median. The mask is the OR of the used inputs' bits, except and_mask_bits, set only where every used
+    input carries them. Where no input is good: image NaN, mask = all inputs' bits | NO_DATA, depth 0.
     The estimators are documented with coadd.CoaddConfig and docs/level2-coadd.md."""
     N = images.shape[0]
     scales = np.ascontiguousarray(scales, dtype=np.float64)
@@ -245,5 +246,6 @@ def combine_stack(images, variances, masks, scales, weights, out, *, bad_mask_bi
     for name, a in (("scales", scales), ("weights", weights)):
         if a.shape != (N,) or not (np.isfinite(a).all() and (a > 0).all()):
             raise ValueError(f"{name} must be {N} finite numbers > 0, got {a!r}")
-    _warp.combine(images, variances, masks, scales, weights, int(bad_mask_bits), int(protect_mask_bits), NO_DATA,
-                  bool(median), float(clip_sigma), int(clip_iters), *out, kernel_threads())
+    _warp.combine(images, variances, masks, scales, weights, int(bad_mask_bits), int(protect_mask_bits),
+                  int(and_mask_bits), NO_DATA, bool(median), float(clip_sigma), int(clip_iters), *out,
+                  kernel_threads())
