@@ -15,7 +15,8 @@ from twinkles_hpc.rundir import layout
 from twinkles_hpc.sky.sprinkler import LENS_SYSTEM_DTYPE, LENSED_IMAGE_DTYPE
 from twinkles_hpc.store.tables import read_table, write_table
 from twinkles_hpc.timedomain.association import dia_object_dtype
-from twinkles_hpc.timedomain.lensfind import CANDIDATE_DTYPE, LensFindConfig, episodes, find_lenses, sign_bands
+from twinkles_hpc.timedomain.lensfind import (CANDIDATE_DTYPE, LensFindConfig, _groups, episodes, find_lenses,
+                                             sign_bands)
 from twinkles_hpc.validation.lenses import LENS_MIN_VISITS, findable, lens_metrics
 from twinkles_hpc.level2.skymap import tan_wcs
 from twinkles_hpc.validation.products import Coverage, null_metric
@@ -89,6 +90,19 @@ def test_sign_bands():
     assert list(sign_bands(row, band, flux, 3, 1 / 3)) == [1, 1, 0]     # r: 200 < 900 / 3; NaN ignored
     assert list(sign_bands(row, band, flux, 3, 0.2)) == [2, 1, 0]
     assert list(sign_bands(row[:0], band[:0], flux[:0], 2, 1 / 3)) == [0, 0]
+
+
+def test_groups_do_not_percolate():
+    """Nine points 2.5" apart in a line, linked within 3": friends-of-friends would make one group 20" long;
+    seeded groups span at most 6", the most persistent seed first."""
+    x, y = np.arange(9) * 2.5, np.zeros(9)
+    label = _groups(x, y, 3.0, np.arange(9))
+    assert list(label) == [0, 0, 1, 1, 2, 2, 3, 3, 4]
+    label = _groups(x, y, 3.0, np.r_[4, np.arange(4), np.arange(5, 9)])      # point 4 seeds first
+    assert list(label[3:6]) == [0, 0, 0] and label.max() == 4
+    for g in range(label.max() + 1):
+        assert np.ptp(x[label == g]) <= 6.0
+    assert len(_groups(x[:0], y[:0], 3.0, np.arange(0))) == 0
 
 
 def test_lens_found_supernovae_rejected():

@@ -10,9 +10,9 @@ the other sign in that band at every later visit, a persistence of its own; so a
 of its DiaObjects varies both ways in at least `min_sign_bands` bands, as a quasar varying in every band
 does: in a band, the largest difference of the weaker sign reaches `sign_ratio` of the largest of the other
 (a transient in one of a template's N inputs leaves the other sign at about 1/N of its peak, a quasar
-scatters about its mean). It groups the persistent DiaObjects by friends-of-friends
-(`link_radius`), attaches each group to the extended Object nearest its centre (the lens galaxy, within
-`host_radius`), and scores the group with four terms in [0, 1]:
+scatters about its mean). It groups the persistent DiaObjects around seeds, the most persistent first
+(every ungrouped one within `link_radius` of the seed), attaches each group to the extended Object nearest
+its centre (the lens galaxy, within `host_radius`), and scores the group with four terms in [0, 1]:
 
 - multiplicity: varying points in the group, DiaObjects or point-like Objects around the host
   (0 for one, 0.5 for two, 1 for three or more);
@@ -30,8 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from twinkles_hpc import options
@@ -56,9 +54,9 @@ MEMBER_DTYPE = np.dtype([("lensCandidateId", "i8"), ("diaObjectId", "i8")])
 @dataclass
 class LensFindConfig:
     """Settings of the lens finder."""
-    link_radius: float = options.opt(3.0, "arcsec", "Persistent DiaObjects closer than this are linked into one "
-                                     "group (friends-of-friends): the images of one system.", lo=0.0, lo_open=True,
-                                     hi=30.0)
+    link_radius: float = options.opt(3.0, "arcsec", "Persistent DiaObjects this close to a group's seed (the most "
+                                     "persistent one not yet grouped) join its group: the images of one system.",
+                                     lo=0.0, lo_open=True, hi=30.0)
     host_radius: float = options.opt(2.0, "arcsec", "An extended Object this close to a group's centre is its "
                                      "lens galaxy; point-like Objects this close to the host count as images.",
                                      lo=0.0, lo_open=True, hi=30.0)
@@ -90,12 +88,25 @@ def episodes(mjd, gap):
     return 0 if t.size == 0 else 1 + int(np.count_nonzero(np.diff(t) > gap))
 
 
-def _groups(x, y, radius):
-    """Friends-of-friends labels (0 .. n - 1) of points (x, y) with linking length `radius`."""
+def _groups(x, y, radius, order):
+    """Group labels (0 .. n - 1) of points (x, y): in `order` (indices, most persistent first), each point
+    not yet grouped seeds a group of itself and every ungrouped point within `radius` of it. A group spans
+    at most 2 radius, whatever the density; friends-of-friends chains percolate across a crowded field
+    (on a ten-year run, 133 DiaObjects over 37")."""
     n = len(x)
-    pairs = cKDTree(np.c_[x, y]).query_pairs(radius, output_type="ndarray") if n else np.zeros((0, 2), int)
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    label = np.full(n, -1, np.int64)
+    if n == 0:
+        return label
+    tree = cKDTree(np.c_[x, y])
+    g = 0
+    for i in order:
+        if label[i] >= 0:
+            continue
+        near = np.asarray(tree.query_ball_point([x[i], y[i]], radius), np.int64)
+        near = near[label[near] < 0]
+        label[near] = g
+        g += 1
+    return label
 
 
 def find_lenses(objects, dia_objects, dia_sources, ra0, dec0, config=None):
@@ -113,7 +124,7 @@ def find_lenses(objects, dia_objects, dia_sources, ra0, dec0, config=None):
     if len(dobj) == 0:
         return empty
     dx, dy = tangent_arcsec(dobj["ra"], dobj["decl"], ra0, dec0)
-    label = _groups(dx, dy, cfg.link_radius)
+    label = _groups(dx, dy, cfg.link_radius, np.lexsort((dobj["diaObjectId"], -n_src)))
     src_label = label[row]
     objs = _objects(objects, ra0, dec0, cfg)
     rows, members = [], []
