@@ -414,9 +414,8 @@ def test_clipping_spares_sources_detected_in_most_inputs():
 
 
 def test_edge_only_where_every_used_input_is_at_its_edge():
-    """A calexp's EDGE border is valid data the other inputs cover from their interiors: the coadd carries
-    EDGE (and_mask_bits) only where every input it uses does; other bits (DETECTED) are ORed; with
-    and_mask_bits = 0 EDGE is ORed like the rest."""
+    """With and_mask_bits = EDGE the coadd carries EDGE only where every input it uses does; other bits
+    (DETECTED) are ORed; with the default (0) EDGE is ORed like the rest."""
     img = np.ones((3, 4, 1), np.float32)
     var = np.ones(img.shape, np.float32)
     mask = np.zeros(img.shape, np.uint16)
@@ -425,9 +424,9 @@ def test_edge_only_where_every_used_input_is_at_its_edge():
     mask[0, 2, 0] = EDGE | DETECTED                       # pixel 2: the others not used (CR), input 0 at its edge
     mask[1:, 2, 0] = CR
     mask[1, 3, 0] = DETECTED                              # pixel 3: a detection in one input
-    got = combine_warps(img, var, mask, np.ones(3), np.ones(3), CoaddConfig())["mask"][:, 0]
+    got = combine_warps(img, var, mask, np.ones(3), np.ones(3), CoaddConfig(and_mask_bits=EDGE))["mask"][:, 0]
     assert list(got) == [0, EDGE, EDGE | DETECTED, DETECTED]
-    got = combine_warps(img, var, mask, np.ones(3), np.ones(3), CoaddConfig(and_mask_bits=0))["mask"][:, 0]
+    got = combine_warps(img, var, mask, np.ones(3), np.ones(3), CoaddConfig())["mask"][:, 0]
     assert list(got) == [EDGE, EDGE, EDGE | DETECTED, DETECTED]
 
 

@@ -60,9 +60,12 @@ class CoaddConfig:
                                  "No clipping at a pixel where at least half of the good inputs carry one of "
                                  "these bits (DETECTED: inside sources, where the inputs differ by their PSFs).",
                                  lo=0, hi=0xFFFF)
-    and_mask_bits: int = opt(EDGE, "",
-                             "A coadd pixel carries these bits only where every input used there does (EDGE: a "
-                             "calexp's border is covered by the other inputs' interiors).", lo=0, hi=0xFFFF)
+    and_mask_bits: int = opt(0, "",
+                             "Bits a coadd pixel carries only where every input used there does, not where any "
+                             "does. EDGE (4) stops the calexps' 8 px borders drawing every input's outline "
+                             "across coadds and templates (more DiaSources kept, more lenses found), but also "
+                             "unmasks residuals of bright stars where a template's PSF jumps at an input's "
+                             "edge (docs/level2-coadd.md).", lo=0, hi=0xFFFF)
     kernel: str = opt("lanczos3", "",
                       "Warp kernel: 'lanczos3' (reproduces polynomials up to degree 2) or 'lanczos3_plain' (afw's).",
                       choices=KERNELS)
