@@ -6,11 +6,12 @@ the scene stages have work."""
 import h5py
 import pytest
 from conftest import MPIEXEC, campaign_run
-from test_level2_restart import PRODUCTS, level2_digests, run_killed_then_resumed
+from test_level2_restart import level2_digests, run_killed_then_resumed
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
-LENS_PRODUCTS = PRODUCTS[:3] + ("template", "diffim", "associate", "lenses", "lensphot")
+#: the campaign's products: the Level 2 and difference-imaging ones it makes, and the lens stages'
+LENS_PRODUCTS = ("calexp", "coadd", "objects", "template", "diffim", "associate", "lenses", "lensphot")
 
 LENS_TOML = """
 [run]

@@ -130,11 +130,12 @@ def find_lenses(objects, dia_objects, dia_sources, ra0, dec0, config=None):
     rows, members = [], []
     for g in range(label.max() + 1):
         k = np.flatnonzero(label == g)
-        if n_sign[k].max() < cfg.min_sign_bands:
+        both_ways = n_sign[k].max()
+        if both_ways < cfg.min_sign_bands:
             continue
         inside = src_label == g
         r = _score(k, dobj["diaObjectId"][k[0]], dx, dy, n_src, n_epi, t[inside], flux[inside], objs, cfg)
-        r["nSignBands"] = n_sign[k].max()
+        r["nSignBands"] = both_ways
         r["ra"], r["decl"] = (float(v) for v in from_tangent_plane(r["ra"] / 3600.0, r["decl"] / 3600.0, ra0,
                                                                      dec0))
         if r["score"] >= cfg.min_score:

@@ -82,10 +82,10 @@ def lens_metrics(systems, images, candidates, ra0, dec0, covered=None, visits=No
     return out
 
 
-def lenses_section(rundir, cfg, ra0, dec0, covered_fn=None):
+def lenses_section(rundir, cfg, ra0, dec0, coverage=None):
     """The lens-finding figures of a run; a null metric with the reason when the lenses stage is off or the
-    truth has no lensed quasars. covered_fn(ra, dec): where the coadds have data (products.Coverage, whose
-    `visits` gives the visits there)."""
+    truth has no lensed quasars. coverage: the coadds' products.Coverage (None: every system covered and
+    observed)."""
     if not cfg.lenses.enabled:
         return null_metric("no lens candidates: [lenses] enabled = false")
     with open_read(need(os.path.join(rundir, layout.TRUTH), "the truth catalogues (stage sky)")) as fh:
@@ -97,7 +97,7 @@ def lenses_section(rundir, cfg, ra0, dec0, covered_fn=None):
         cand = read_table(fh["candidates"])
         if not fh.attrs["ok"]:
             return null_metric(f"no lens candidates: {fh.attrs['reason']}")
-    covered = covered_fn(systems["ra"], systems["dec"]) if covered_fn is not None else None
-    visits = getattr(covered_fn, "visits", None)
-    visits = visits(systems["ra"], systems["dec"]) if visits is not None else None
-    return lens_metrics(systems, images, cand, ra0, dec0, covered, visits)
+    if coverage is None:
+        return lens_metrics(systems, images, cand, ra0, dec0)
+    visits = coverage.visits(systems["ra"], systems["dec"])
+    return lens_metrics(systems, images, cand, ra0, dec0, visits > 0, visits)

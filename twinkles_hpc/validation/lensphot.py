@@ -78,16 +78,14 @@ def lensed_images_section(rundir, cfg, truth, V):
     ra0, dec0 = truth["ra0"], truth["dec0"]
     xy_t = tangent_arcsec(ti["ra"], ti["dec"], ra0, dec0)
     xy_m = tangent_arcsec(images["ra"], images["decl"], ra0, dec0)
-    true, _ = variable_true_fluxes(rundir, ti["image_id"])
     sne = truth.get("supernovae")
-    sne = sne[:0] if sne is None else sne
-    xy_sn = tangent_arcsec(sne["ra"], sne["dec"], ra0, dec0)
-    sn_tree = cKDTree(xy_sn) if len(sne) else None
     near_sn = {}
-    if sn_tree is not None:
-        for k, hits in enumerate(sn_tree.query_ball_point(xy_t, BLEND_RADIUS)):
+    if sne is not None and len(sne):
+        tree = cKDTree(tangent_arcsec(sne["ra"], sne["dec"], ra0, dec0))
+        for k, hits in enumerate(tree.query_ball_point(xy_t, BLEND_RADIUS)):
             near_sn[int(ti["image_id"][k])] = sne["id"][hits]
-    sn_true, _ = variable_true_fluxes(rundir, np.concatenate([np.zeros(0, np.int64)] + list(near_sn.values())))
+    # one pass over the truth files: the images' fluxes and those of the supernovae near them
+    true, _ = variable_true_fluxes(rundir, np.concatenate([ti["image_id"]] + list(near_sn.values())))
     per_image = []
     for m, xy in zip(images, xy_m):
         d = np.hypot(*(xy_t - xy).T)
@@ -101,7 +99,7 @@ def lensed_images_section(rundir, cfg, truth, V):
             np.searchsorted(rows["lensedImageId"], m["lensedImageId"], "right")
         r = rows[lo:hi]
         tf = np.array([true.get((tid, int(v)), np.nan) for v in r["ccdVisitId"]])
-        sn_flux = np.array([sum(sn_true.get((int(s), int(v)), 0.0) for s in near_sn.get(tid, ()))
+        sn_flux = np.array([sum(true.get((int(s), int(v)), 0.0) for s in near_sn.get(tid, ()))
                             for v in r["ccdVisitId"]])
         rec = {"lensedImageId": int(m["lensedImageId"]), "truth_image_id": tid, "offset_arcsec": float(d[k]),
                "separation_arcsec": sep}

@@ -94,31 +94,26 @@ class Coverage:
             planes[key] = (a, n + planes[key][1]) if key in planes else (a, n)
         self.patches, self.area = [], 0.0
         for a, count in planes.values():
-            n = count > 0
             x0, y0 = a["inner_bbox"][0] - a["bbox"][0], a["inner_bbox"][1] - a["bbox"][1]
-            good = np.zeros_like(n)
-            good[y0:y0 + a["inner_bbox"][3], x0:x0 + a["inner_bbox"][2]] = True
-            good &= n
+            box = np.s_[y0:y0 + a["inner_bbox"][3], x0:x0 + a["inner_bbox"][2]]
+            inner = np.zeros_like(count)                        # the visits on the inner box, 0 elsewhere
+            inner[box] = count[box]
             w = WCS(fits.Header.fromstring(str(a["wcs"])))
             pixel_arcsec = float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix)))) * 3600.0
-            self.area += int(good.sum()) * pixel_arcsec ** 2 / 3600.0
-            self.patches.append((w, good, np.where(good, count, 0)))
-
-    def _lookup(self, ra, dec, plane, out):
-        """out with each position's value of plane (1: coverage, 2: visit count) from the patch it lies on."""
-        for patch in self.patches:
-            x, y = patch[0].all_world2pix(ra, dec, 0)
-            ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-            on = (ix >= 0) & (iy >= 0) & (ix < patch[1].shape[1]) & (iy < patch[1].shape[0])
-            on[on] &= patch[1][iy[on], ix[on]]
-            out[on] = patch[plane][iy[on], ix[on]]
-        return out
+            self.area += int(np.count_nonzero(inner)) * pixel_arcsec ** 2 / 3600.0
+            self.patches.append((w, inner))
 
     def __call__(self, ra, dec):
-        return self._lookup(ra, dec, 1, np.zeros(len(ra), bool))
+        return self.visits(ra, dec) > 0
 
     def visits(self, ra, dec):
-        return self._lookup(ra, dec, 2, np.zeros(len(ra), np.int64))
+        out = np.zeros(len(ra), np.int64)
+        for w, count in self.patches:                           # inner boxes do not overlap
+            x, y = w.all_world2pix(ra, dec, 0)
+            ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+            on = (ix >= 0) & (iy >= 0) & (ix < count.shape[1]) & (iy < count.shape[0])
+            out[on] += count[iy[on], ix[on]]
+        return out
 
 
 def read_sources(rundir, visits, cfg):
