@@ -27,13 +27,14 @@ from twinkles_hpc.validation.products import need, null_metric, read_h5_table, v
 
 #: Edges of the peak true S/N bins.
 SNR_EDGES = (3.0, 5.0, 7.0, 10.0, 20.0, 50.0, np.inf)
-#: Random positions per visit for the blank-sky figures, and their stream key.
+#: Random positions per visit for the blank-sky figures, the candidates drawn for them (most fall near a
+#: galaxy: the demo's sky has 275 per square arcminute), and their stream key.
 BLANK_PER_VISIT = 400
+BLANK_CANDIDATES = 12 * BLANK_PER_VISIT
 BLANK_KEY = 0xB1A
-#: Blank positions keep this far (arcsec) from every star, every galaxy brighter than BLANK_MAG in r,
-#: every supernova and lensed image.
+#: Blank positions keep this far (arcsec) from every simulated star, galaxy (of any brightness: the light of
+#: the galaxies below detection is sky to the pipeline but not blank), supernova and lensed image.
 BLANK_CLEARANCE = 3.0
-BLANK_MAG = 25.0
 #: A supernova with another supernova (with light in the run) this close (arcsec) is blended: one DiaObject
 #: measures both, so its light curve is compared with the sum of the group's true fluxes, each weighted by
 #: the PSF's response at its offset (psf_response), and reported apart (`*_blended`, `n_blended`); the bias
@@ -45,7 +46,7 @@ def _blank_positions(shape, wcs, key, xy_static, ra0, dec0):
     """Up to BLANK_PER_VISIT random pixel positions (30 px from the edges) BLANK_CLEARANCE from `xy_static`."""
     ny, nx = shape
     rng = np.random.default_rng(key)
-    x, y = rng.uniform(30, nx - 30, 3 * BLANK_PER_VISIT), rng.uniform(30, ny - 30, 3 * BLANK_PER_VISIT)
+    x, y = rng.uniform(30, nx - 30, BLANK_CANDIDATES), rng.uniform(30, ny - 30, BLANK_CANDIDATES)
     ra, dec = wcs.all_pix2world(x, y, 0)
     keep = ~has_neighbour(tangent_arcsec(ra, dec, ra0, dec0), BLANK_CLEARANCE, xy_static)
     return x[keep][:BLANK_PER_VISIT], y[keep][:BLANK_PER_VISIT]
@@ -53,7 +54,8 @@ def _blank_positions(shape, wcs, key, xy_static, ra0, dec0):
 
 def _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true):
     """One pass over the differences: {(sn row, visit_id): PSF-flux error (nJy) at the true position}, and
-    flux / sigma at blank positions on the differences and the calexps."""
+    flux / sigma at blank positions on the differences, and (z_direct, z_background) on the calexps (_blank)."""
+    from twinkles_hpc.level2.background import Background
     from twinkles_hpc.level2.photometry import forced_photometry
     from twinkles_hpc.level2.psf import MixturePSF
     from twinkles_hpc.timedomain import dia
@@ -61,15 +63,13 @@ def _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true):
     static = [tangent_arcsec(truth["stars"]["ra"], truth["stars"]["dec"], ra0, dec0)]
     g = truth.get("galaxies")
     if g is not None and len(g):
-        from twinkles_hpc.validation.products import galaxy_mag
-        bright = galaxy_mag(g, "r") < BLANK_MAG
-        static.append(tangent_arcsec(g["ra"][bright], g["dec"][bright], ra0, dec0))
+        static.append(tangent_arcsec(g["ra"], g["dec"], ra0, dec0))
     static.append(tangent_arcsec(sne["ra"], sne["dec"], ra0, dec0))
     li = truth.get("lensed_images")
     if li is not None and len(li):
         static.append(tangent_arcsec(li["ra"], li["dec"], ra0, dec0))
     static = np.concatenate(static)
-    sigma, z_diff, z_direct, geometry = {}, [], [], {}
+    sigma, z_diff, z_direct, z_background, geometry = {}, [], [], [], {}
     sid = sne["id"]
     for v in visits:
         vid, band = int(v["visit_id"]), str(v["band"])
@@ -99,11 +99,27 @@ def _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true):
         z_diff.append(ph["psf_flux"][ok] / (ph["psf_flux_err"][ok] * err_scale))
         with open_read(os.path.join(rundir, layout.calexp(vid, band))) as fh:
             cal = attrs_dict(fh)
-            ph = forced_photometry(fh["image"][...], fh["variance"][...], fh["mask"][...], bx, by,
-                                   MixturePSF.from_dict(cal["psf"]), ap_radii=(3.0,))
+            img = fh["image"][...]
+            rest = (fh["variance"][...], fh["mask"][...], bx, by, MixturePSF.from_dict(cal["psf"]))
+            mesh = fh["background"][...]
+        ph = forced_photometry(img, *rest, ap_radii=(3.0,))
         ok = (ph["flags"] == 0) & np.isfinite(ph["psf_flux"])
         z_direct.append(ph["psf_flux"][ok] / ph["psf_flux_err"][ok])
-    return sigma, z_diff, z_direct, geometry
+        sky = _true_sky(rundir, vid, band)
+        if sky is not None:
+            # the PSF flux of (true sky - subtracted background): the measurement's error from the background
+            err = np.float32(sky) - Background.from_mesh(mesh, img.shape).image(img.shape)
+            z_background.append(forced_photometry(err, *rest)["psf_flux"][ok] / ph["psf_flux_err"][ok])
+    return sigma, z_diff, (z_direct, z_background), geometry
+
+
+def _true_sky(rundir, vid, band):
+    """The simulated sky level of a visit (electrons per pixel, the eimage's `sky_e`), None if not recorded."""
+    path = os.path.join(rundir, layout.eimage(vid, band))
+    if not os.path.isfile(path):
+        return None
+    with open_read(path) as fh:
+        return float(fh.attrs["sky_e"]) if "sky_e" in fh.attrs else None
 
 
 def psf_response(psf, x, y, dx, dy):
@@ -118,12 +134,19 @@ def psf_response(psf, x, y, dx, dy):
     return (ww / np.sqrt(det) * np.exp(-0.5 * q)).sum((1, 2)) / (ww / np.sqrt(det)).sum()
 
 
-def _blank(z):
+def _blank(z, z_background=None):
+    """n, mean, std and mean_err of flux / sigma at the blank positions; with `z_background` (the calexps'
+    background error there, same positions) also mean_background, its mean, and mean_true_sky, the figure
+    had the simulated sky been subtracted instead (the light of the scene that is left at the positions)."""
     z = np.concatenate(z) if z else np.zeros(0)
     if z.size < 100:
         return null_metric(f"{z.size} blank positions measured (fewer than 100)")
-    return {"n": int(z.size), "mean": float(z.mean()), "std": float(z.std()),
-            "mean_err": float(z.std() / np.sqrt(z.size))}
+    out = {"n": int(z.size), "mean": float(z.mean()), "std": float(z.std()),
+           "mean_err": float(z.std() / np.sqrt(z.size))}
+    zb = np.concatenate(z_background) if z_background else np.zeros(0)
+    if zb.size == z.size:
+        out.update(mean_background=float(zb.mean()), mean_true_sky=float((z - zb).mean()))
+    return out
 
 
 def dia_section(rundir, truth, visits, cfg, V):
@@ -139,7 +162,7 @@ def dia_section(rundir, truth, visits, cfg, V):
     true, peak = variable_true_fluxes(rundir, sne["id"])
     lit = np.flatnonzero([peak.get(int(i), 0.0) > 0 for i in sne["id"]])
     sigma, z_diff, z_direct, geometry = _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true)
-    out = {"blank_difference": _blank(z_diff), "blank_direct": _blank(z_direct), "n_dia_objects": len(objects)}
+    out = {"blank_difference": _blank(z_diff), "blank_direct": _blank(*z_direct), "n_dia_objects": len(objects)}
     peak_snr = {}
     for (k, vid), s in sigma.items():
         peak_snr[k] = max(peak_snr.get(k, 0.0), true[(int(sne["id"][k]), vid)] / s)

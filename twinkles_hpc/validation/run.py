@@ -13,7 +13,7 @@ from twinkles_hpc.validation.catalog import BIN_WIDTH
 from twinkles_hpc.validation.database import database_counts
 from twinkles_hpc.validation.dia import dia_section
 from twinkles_hpc.validation.lenses import lenses_section
-from twinkles_hpc.validation.lensphot import lensed_images_section
+from twinkles_hpc.validation.lensphot import lensed_images_section, time_delays_section
 from twinkles_hpc.validation.products import need, null_metric, read_h5_table
 
 
@@ -133,6 +133,7 @@ def validate_run(rundir, thresholds_toml=None, db_url=None):
     rep["dia"] = dia_section(rundir, truth, visits, cfg, V)
     rep["lenses"] = lenses_section(rundir, cfg, truth["ra0"], truth["dec0"], cov)
     rep["lensed_images"] = lensed_images_section(rundir, cfg, truth, V)
+    rep["time_delays"] = time_delays_section(rundir, truth, rep["lensed_images"])
     rep["cost"] = cost.run_cost(rundir, cfg, len(visits), V)
     rep["database"] = database_counts(rundir, cfg, db_url, {
         "CcdVisit": (sum(c.get("n_visits", 0) for c in rep["calibration"].values())   # calibrated ones
