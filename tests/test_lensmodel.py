@@ -264,6 +264,29 @@ def test_timedelay_of_a_run_directory(tmp_path, capsys):
     assert d["delay"] is not None and abs(d["delay"] - truth["delay"]) < 3 * d["error"], (d, truth["delay"])
 
 
+def test_time_delays_section_against_the_truth(tmp_path):
+    """validate's time_delays: the run's delay of B against the true one when both images match a true
+    image of one system (TDC1 metrics), none when B matches nothing (its estimate counted apart)."""
+    from twinkles_hpc.validation.lensphot import time_delays_section
+    truth, sid, im = write_run_products(tmp_path / "run")
+    a_id, b_id = int(im["lensedImageId"][1]), int(im["lensedImageId"][0])
+    ti = np.array([(10, 7, 0.0), (11, 7, truth["delay"])], [("image_id", "i8"), ("sys_id", "i8"), ("delay", "f8")])
+    lensed = {"images": [{"lensedImageId": a_id, "truth_image_id": 10}, {"lensedImageId": b_id, "truth_image_id": 11}]}
+    sec = time_delays_section(str(tmp_path / "run"), {"lensed_images": ti}, lensed)
+    (pair,) = sec["pairs"]
+    assert pair["pair"] == "B-A" and pair["true_delay"] == truth["delay"] and pair["delay"] is not None
+    assert sec["n_pairs_with_truth"] == 1 and sec["f"] == 1.0 and sec["catastrophic"] == 0.0
+    assert sec["chi2"] == ((pair["delay"] - truth["delay"]) / pair["error"]) ** 2 < 9.0
+    from twinkles_hpc.cli import validation_summary
+    line = validation_summary({"rundir": "run", "passed": True, "checks": [], "time_delays": sec}).splitlines()[-1]
+    assert line.startswith("  info  time delays (drw) of 1 image pairs, 1 with a true delay: f 1.00, chi2"), line
+    lensed["images"] = lensed["images"][:1]
+    sec = time_delays_section(str(tmp_path / "run"), {"lensed_images": ti}, lensed)
+    assert sec["n_pairs_with_truth"] == 0 and sec["n_estimates_without_truth"] == 1 and "reason" in sec
+    off = time_delays_section(str(tmp_path / "run"), {"lensed_images": ti}, {"value": None, "reason": "off"})
+    assert off["value"] is None and off["reason"] == "off"
+
+
 def test_lensed_image_light_curve_from_the_database(tmp_path):
     from twinkles_hpc.rundir import layout
     from twinkles_hpc.store import db, ingest

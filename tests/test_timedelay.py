@@ -69,6 +69,23 @@ def test_no_common_variability_gives_no_estimate():
         assert est.delay is None and est.error is None and est.reason, (name, est)
 
 
+def test_noise_shared_by_the_images_is_not_a_delay():
+    """Two images measured on the same visits share each visit's error: with little variability of their
+    own and a large common error (calibration, PSF model), the likelihood peaks at zero delay with a tiny
+    error. The min_delay gate reports no estimate; without it the drw estimator reports ~0 d."""
+    mjd, band, _ = cadence()
+    rng = np.random.default_rng(11)
+    shared = rng.normal(0.0, 0.05, mjd.size)                  # per-visit error common to both images
+    mag = {"A": 20.0 + shared + rng.normal(0.0, 0.005, mjd.size),
+           "B": 20.5 + shared + rng.normal(0.0, 0.005, mjd.size)}
+    err = {x: np.full(mjd.size, 0.005) for x in mag}
+    curves = td.LightCurves(mjd, band, mag, err)
+    est = td.drw_delay(curves, "B")
+    assert est.delay is None and "below 1 d" in est.reason, est
+    raw = td.drw_delay(curves, "B", td.DelayConfig(min_delay=0.0, max_relative_error=0.0))
+    assert raw.delay is not None and abs(raw.delay) < 1.0 and raw.error < 0.1, raw
+
+
 def test_same_seed_same_curves_and_delays():
     one = [lcsim.simulate_double(*cadence(), BRIGHT, seed=5, index=1) for _ in range(2)]
     assert np.array_equal(one[0][0].mag["B"], one[1][0].mag["B"], equal_nan=True)

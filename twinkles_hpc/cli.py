@@ -385,6 +385,13 @@ def validation_summary(report):
         else:
             lines.append(f"  {'PASS' if c['ok'] else 'FAIL':<5} {c['metric']:<34} {c['value']:10.4g}  "
                          f"({c['op']} {c['threshold']:g})")
+    td = report.get("time_delays") or {}
+    if td.get("n_pairs"):
+        got = ("" if td.get("f") is None else
+               f": f {td['f']:.2f}" + "".join(f", {k} {td[k]:.3g}" for k in ("chi2", "P", "A", "catastrophic")
+                                               if td.get(k) is not None))
+        lines.append(f"  info  time delays (drw) of {td['n_pairs']} image pairs, {td['n_pairs_with_truth']} with a "
+                     f"true delay{got}; {td['n_estimates_without_truth']} estimates for pairs without one")
     return "\n".join(lines)
 
 

@@ -148,3 +148,37 @@ def _bins(per_image, name):
                     "median_chi2_dof": float(np.median([s["chi2_dof"] for s in sel])) if sel else None,
                     "median_scatter": float(np.median([s["scatter"] for s in sel])) if sel else None})
     return out
+
+
+def time_delays_section(rundir, truth, lensed):
+    """TDC1 metrics (timedelay.tdc1_metrics) of the run's own delays against the truth: every pair (X, A) of
+    the run's scene models with two or more images (lensphot.run_light_curves, the drw estimator with its
+    defaults, as `twinkles-hpc timedelay RUNDIR` gives them), its true delay when X and A match two distinct
+    true images of one system (the matches of the `lensed_images` section), else none. The metrics are over
+    the pairs with a true delay; `n_estimates_without_truth` counts the delays estimated for the others
+    (an image of the scene that matches no true image: a false image, or a supernova)."""
+    if lensed.get("images") is None:
+        return null_metric(lensed.get("reason") or "no lensed-image matches")
+    from twinkles_hpc.timedomain.lensphot import run_light_curves
+    from twinkles_hpc.timedomain.timedelay import measure_delays, tdc1_metrics
+    ti = truth["lensed_images"]
+    delay = dict(zip(ti["image_id"].tolist(), ti["delay"].tolist()))
+    system = dict(zip(ti["image_id"].tolist(), ti["sys_id"].tolist()))
+    match = {r["lensedImageId"]: r["truth_image_id"] for r in lensed["images"]}
+    pairs = []
+    for sid, curves, ids in run_light_curves(rundir):
+        tA = match.get(ids["A"])
+        for x, e in measure_delays(curves, "drw").items():
+            tX = match.get(ids[x])
+            true = (delay[tX] - delay[tA] if tA is not None and tX is not None and tX != tA
+                    and system[tX] == system[tA] else None)
+            pairs.append({"lensSystemId": sid, "pair": f"{x}-A", "lensedImageId": ids[x], "lensedImageIdA": ids["A"],
+                          "delay": e.delay, "error": e.error, "reason": e.reason, "true_delay": true})
+    known = [p for p in pairs if p["true_delay"] is not None]
+    out = {"estimator": "drw", "n_pairs": len(pairs), "n_pairs_with_truth": len(known),
+           "n_estimates_without_truth": sum(p["delay"] is not None for p in pairs if p["true_delay"] is None),
+           "pairs": pairs}
+    if not known:
+        return dict(out, reason="no pair of the run's scene images matches two images of one true system")
+    m = tdc1_metrics([(p["delay"], p["error"]) for p in known], [p["true_delay"] for p in known])
+    return dict(out, **{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in m.items()})
