@@ -135,25 +135,44 @@ cdef inline char *_aligned(void *p) noexcept nogil:
     return <char *> p + (CACHE_LINE - (<size_t> p) % CACHE_LINE) % CACHE_LINE
 
 
+#: Output pixels per pass of _warp_row: on a 3000 x 3000 warp rotated by 0.4 rad, 14 / 17 / 19 / 16 % off the
+#: kernel's time per pixel at 8 / 16 / 32 / 64 against one pixel at a time (88 ns), the same bits.
+cdef enum:
+    BATCH = 32
+
+
 cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, ::1] src_var,
                          const uint16_t[:, ::1] src_mask, Py_ssize_t sx0, Py_ssize_t sy0,
                          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
                          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
                          float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
                          double mask_weight, const double *table, double *buf) noexcept nogil:
-    """Output row j of `warp` (the arguments are warp's); buf: 3 (nc + 1) + 24 doubles of scratch (the row's
-    nodes, then the weights). Returns the row's pixels with data."""
+    """Output row j of `warp` (the arguments are warp's); buf: 3 (nc + 1) doubles of scratch (the row's
+    nodes). Returns the row's pixels with data.
+
+    The row is done BATCH pixels at a time, in three passes over the batch: source positions, then kernel
+    weights, then the sums. Each pixel's work is one long chain of dependent steps (position -> table
+    lookup -> weights -> sums); in passes, the independent chains of a batch's pixels overlap in the
+    processor instead of waiting on one another. Every pixel is computed as it would be alone."""
     cdef Py_ssize_t nx = out.shape[1], sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
-    cdef Py_ssize_t i, a, b, c, r, ix, iy, Y, c_lo, c_hi, rem
-    cdef double inv_step = 1.0 / step, ty, tx, u, v, jac, fx, fy, acc, accv, wmax
+    cdef Py_ssize_t i, i0, k, n, a, b, c, r, Y, c_lo, c_hi, rem
+    cdef double inv_step = 1.0 / step, ty, tx, u, v, fx, fy, acc, accv, wmax
     cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
     cdef double *ru = buf
     cdef double *rv = ru + (nc + 1)
     cdef double *rj = rv + (nc + 1)
-    cdef double *wx = rj + (nc + 1)
-    cdef double *wy = wx + 6
-    cdef double *wx2 = wy + 6
-    cdef double *wy2 = wx2 + 6
+    cdef double fu[BATCH]
+    cdef double fv[BATCH]
+    cdef double jac[BATCH]
+    cdef Py_ssize_t ixs[BATCH]
+    cdef Py_ssize_t iys[BATCH]
+    cdef Py_ssize_t inside[BATCH]
+    cdef double wxs[BATCH * 6]
+    cdef double wys[BATCH * 6]
+    cdef double wx2[6]
+    cdef double wy2[6]
+    cdef double *wx
+    cdef double *wy
     cdef const float *p
     cdef const float *pv
     cdef const uint16_t *pm
@@ -170,55 +189,72 @@ cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, :
         rj[c] = gj[r, c] + ty * (gj[r + 1, c] - gj[r, c])
     c = c_lo                                  # X = dx0 + i is rem pixels past node column c,
     rem = dx0 - gx0 - c_lo * step             # stepped along the row (no division per pixel)
-    for i in range(nx):
-        if rem == step:
-            c += 1
-            rem = 0
-        tx = rem * inv_step
-        rem += 1
-        u = ru[c] + tx * (ru[c + 1] - ru[c])
-        v = rv[c] + tx * (rv[c + 1] - rv[c])
-        fx = floor(u + 0.5)                  # round-off of an exact integer map (identity, shifts)
-        if fabs(u - fx) < SNAP:
-            u = fx
-        fy = floor(v + 0.5)
-        if fabs(v - fy) < SNAP:
-            v = fy
-        if not (u >= ulo and u < uhi and v >= vlo and v < vhi):     # NaN fails too
-            out[j, i] = NAN
-            out_var[j, i] = NAN
-            out_mask[j, i] = no_data
-            continue
-        jac = rj[c] + tx * (rj[c + 1] - rj[c])
-        fx = floor(u)
-        fy = floor(v)
-        ix = <Py_ssize_t> fx - 2 - sx0
-        iy = <Py_ssize_t> fy - 2 - sy0
-        _lanczos3(u - fx, wx, table)
-        _lanczos3(v - fy, wy, table)
-        wmax = 0.0
-        for a in range(6):
-            wx2[a] = wx[a] * wx[a]
-            wy2[a] = wy[a] * wy[a]
-            if fabs(wx[a]) > wmax:
-                wmax = fabs(wx[a])
-        acc = 0.0
-        accv = 0.0
-        m = 0
-        for b in range(6):
-            p = &src[iy + b, ix]
-            pv = &src_var[iy + b, ix]
-            acc = acc + wy[b] * _dot6(wx, p)
-            accv = accv + wy2[b] * _dot6(wx2, pv)
-            if fabs(wy[b]) * wmax >= mask_weight:
-                pm = &src_mask[iy + b, ix]
-                for a in range(6):
-                    if fabs(wx[a] * wy[b]) >= mask_weight:
-                        m = m | pm[a]
-        out[j, i] = <float> (jac * acc)
-        out_var[j, i] = <float> (jac * jac * accv)
-        out_mask[j, i] = m
-        covered += 1
+    i0 = 0
+    while i0 < nx:
+        n = BATCH if nx - i0 > BATCH else nx - i0
+        # 1. source positions (the pixels whose 6 x 6 footprint is inside the source are listed in `inside`)
+        k = 0
+        for i in range(i0, i0 + n):
+            if rem == step:
+                c += 1
+                rem = 0
+            tx = rem * inv_step
+            rem += 1
+            u = ru[c] + tx * (ru[c + 1] - ru[c])
+            v = rv[c] + tx * (rv[c + 1] - rv[c])
+            fx = floor(u + 0.5)                  # round-off of an exact integer map (identity, shifts)
+            if fabs(u - fx) < SNAP:
+                u = fx
+            fy = floor(v + 0.5)
+            if fabs(v - fy) < SNAP:
+                v = fy
+            if not (u >= ulo and u < uhi and v >= vlo and v < vhi):     # NaN fails too
+                out[j, i] = NAN
+                out_var[j, i] = NAN
+                out_mask[j, i] = no_data
+                continue
+            jac[k] = rj[c] + tx * (rj[c + 1] - rj[c])
+            fx = floor(u)
+            fy = floor(v)
+            ixs[k] = <Py_ssize_t> fx - 2 - sx0
+            iys[k] = <Py_ssize_t> fy - 2 - sy0
+            fu[k] = u - fx
+            fv[k] = v - fy
+            inside[k] = i
+            k += 1
+        # 2. the weights
+        for a in range(k):
+            _lanczos3(fu[a], &wxs[6 * a], table)
+            _lanczos3(fv[a], &wys[6 * a], table)
+        # 3. the sums
+        for a in range(k):
+            wx = &wxs[6 * a]
+            wy = &wys[6 * a]
+            wmax = 0.0
+            for b in range(6):
+                wx2[b] = wx[b] * wx[b]
+                wy2[b] = wy[b] * wy[b]
+                if fabs(wx[b]) > wmax:
+                    wmax = fabs(wx[b])
+            acc = 0.0
+            accv = 0.0
+            m = 0
+            for b in range(6):
+                p = &src[iys[a] + b, ixs[a]]
+                pv = &src_var[iys[a] + b, ixs[a]]
+                acc = acc + wy[b] * _dot6(wx, p)
+                accv = accv + wy2[b] * _dot6(wx2, pv)
+                if fabs(wy[b]) * wmax >= mask_weight:
+                    pm = &src_mask[iys[a] + b, ixs[a]]
+                    for i in range(6):
+                        if fabs(wx[i] * wy[b]) >= mask_weight:
+                            m = m | pm[i]
+            i = inside[a]
+            out[j, i] = <float> (jac[a] * acc)
+            out_var[j, i] = <float> (jac[a] * jac[a] * accv)
+            out_mask[j, i] = m
+        covered += k
+        i0 += n
     return covered
 
 
@@ -248,7 +284,7 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     thread in the same way, so the result is the same bits).
     """
     cdef Py_ssize_t ny = out.shape[0], nc = gu.shape[1], j
-    cdef Py_ssize_t per = _lines((3 * (nc + 1) + 24) * sizeof(double)) // sizeof(double)   # whole cache lines
+    cdef Py_ssize_t per = _lines(3 * (nc + 1) * sizeof(double)) // sizeof(double)   # whole cache lines
     cdef long long covered = 0
     cdef const double *table = &_table_q[0] if quadratic else &_table_p[0]
     cdef int nt = threads if threads > 1 else 1
