@@ -128,25 +128,38 @@ def _mad_std(a):
     return float(1.4826 * np.median(np.abs(a - np.median(a))))
 
 
+#: noise_scale samples the significance field on every NOISE_STRIDE-th row and column (a sixteenth of the
+#: pixels: a million on a sensor, so its medians are good to ~1e-3), with each sample's right and lower
+#: neighbour for the roughness.
+NOISE_STRIDE = 4
+
+
 def noise_scale(image, variance, mask, fwhm_px):
-    """(scale, lambda2) of the PSF-filtered significance z = S / sigma_S over usable pixels (of every other
-    row and column: a quarter of them; the neighbour differences along the rows, resp. columns, kept; module
-    docstring): `scale`, its robust standard deviation, the factor by which the variance plane's sigma is
-    off for PSF-weighted sums; `lambda2`, the variance of its gradient per unit variance (the field's
-    roughness, from the neighbour differences: var(z(x+1) - z(x)) = 2 (1 - exp(-lambda2 / 2)) for a
-    Gaussian correlation), which sets the Gaussian expectation of false detections."""
+    """(scale, lambda2) of the PSF-filtered significance z = S / sigma_S over usable pixels (on the grid of
+    every NOISE_STRIDE-th row and column; module docstring): `scale`, its robust standard deviation, the
+    factor by which the variance plane's sigma is off for PSF-weighted sums; `lambda2`, the variance of its
+    gradient per unit variance (the field's roughness, from the differences with the right, resp. lower,
+    neighbour of each grid pixel: var(z(x+1) - z(x)) = 2 (1 - exp(-lambda2 / 2)) for a Gaussian
+    correlation), which sets the Gaussian expectation of false detections."""
     img, var, bad = _clean(image, variance, mask)
     s, vs = _det.matched_filter(img, var, fwhm_px, mask=bad)
     ok = ~bad & (vs > 0)
     if ok.sum() < 100:
         raise ValueError(f"the difference has {int(ok.sum())} usable pixels, too few to calibrate its noise")
-    z = np.where(ok, s / np.sqrt(np.where(ok, vs, 1.0)), 0.0)
-    # every other row (column) of the field: a quarter of the pixels, medians to ~1e-3 on a calexp's millions
-    zr, okr, zc, okc = z[::2], ok[::2], z[:, ::2], ok[:, ::2]
-    scale = _mad_std(zr[:, ::2][okr[:, ::2]])
+    k = NOISE_STRIDE
+    ny, nx = (n // k for n in ok.shape)              # grid points that have both neighbours
+
+    def z_at(dy, dx):
+        sl = (slice(dy, dy + k * ny, k), slice(dx, dx + k * nx, k))
+        o = ok[sl]
+        return np.where(o, s[sl] / np.sqrt(np.where(o, vs[sl], 1.0)), 0.0), o
+
+    z, o = z_at(0, 0)
+    scale = _mad_std(z[o])
     v = []
-    for dz, both in ((np.diff(zr, axis=1), okr[:, 1:] & okr[:, :-1]), (np.diff(zc, axis=0), okc[1:] & okc[:-1])):
-        v.append(min((_mad_std(dz[both]) / scale) ** 2, 1.99))
+    for zn, on in (z_at(0, 1), z_at(1, 0)):
+        both = o & on
+        v.append(min((_mad_std((zn - z)[both]) / scale) ** 2, 1.99))
     return scale, float(-2.0 * np.log(1.0 - np.mean(v) / 2.0))
 
 
