@@ -161,6 +161,22 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"twinkles-hpc: error: {path}: "), lines
         assert message in lines[0], (message, lines[0])
+    path = bad_inputs(tmp_path)[0][0]
+    for flag, value in (("--min-delay", "-1"), ("--min-delay", "200"), ("--max-relative-error", "nan")):
+        assert main(["timedelay", path, flag, value]) == 2, (flag, value)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--min-delay" in err[0] and "smallest delay >= 0 inside the range" in err[0], err
+
+
+def test_cli_min_delay(tmp_path, capsys):
+    """--min-delay 0 lets a delay under a day through, for light curves whose errors are independent."""
+    curves, truth = lcsim.simulate_double(*cadence(), BRIGHT, seed=4, index=0)
+    path = write_curves(tmp_path / "double.csv", curves)
+    assert main(["timedelay", path, "--json", "--min-delay", str(2.0 * truth["delay"])]) == 0
+    b = json.loads(capsys.readouterr().out)[0]["delays"]["B"]
+    assert b == {"delay": None, "error": None}
+    assert main(["timedelay", path, "--json", "--min-delay", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["delays"]["B"]["delay"] is not None
 
 
 def test_bench_timedelay_prints_metrics_per_estimator_and_case():

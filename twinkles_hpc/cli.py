@@ -314,11 +314,13 @@ def cmd_timedelay(args):
     """Time delays of each image relative to A from light-curve files (timedomain/timedelay.py,
     docs/timedelay.md). Every file is read and checked before any is measured."""
     from twinkles_hpc.timedomain import timedelay as td
-    given = {k: getattr(args, k) for k in ("max_delay", "trend_order", "max_relative_error")}
+    given = {k: getattr(args, k) for k in ("max_delay", "trend_order", "max_relative_error", "min_delay")}
     cfg = td.DelayConfig(**{k: v for k, v in given.items() if v is not None})
-    if not cfg.max_delay > 0.0 or cfg.trend_order < 0 or cfg.max_relative_error < 0.0:
-        raise InputError("timedelay", "--max-delay/--trend-order/--max-relative-error",
-                         "a positive range, a trend order >= 0 and a relative error >= 0")
+    if (not cfg.max_delay > 0.0 or cfg.trend_order < 0 or not cfg.max_relative_error >= 0.0
+            or not 0.0 <= cfg.min_delay < cfg.max_delay):
+        raise InputError("timedelay", "--max-delay/--trend-order/--max-relative-error/--min-delay",
+                         "a positive range, a trend order >= 0, a relative error >= 0 and a smallest delay "
+                         ">= 0 inside the range")
     if len(args.files) == 1 and os.path.isdir(args.files[0]):
         from twinkles_hpc.timedomain.lensphot import run_light_curves
         rundir = args.files[0]
@@ -652,6 +654,9 @@ def build_parser():
                     "(microlensing) polynomial trend (default 2; 0: none)")
     td.add_argument("--max-relative-error", type=float, default=None, metavar="F", help="no estimate when the "
                     "error exceeds F x |delay| (default 0.15; 0: no limit)")
+    td.add_argument("--min-delay", type=float, default=None, metavar="DAYS", help="no estimate when |delay| is "
+                    "below DAYS (default 1: images measured on the same visits share each visit's errors, which "
+                    "look like a delay near 0; 0 for light curves whose errors are independent)")
     td.add_argument("--json", action="store_true", help="print one JSON list: per file {\"file\", \"delays\": "
                     "{X: {\"delay\", \"error\"}}} (null for no estimate); for a run directory per system, with "
                     "\"lensSystemId\" and \"images\" ({X: lensedImageId}) too")
