@@ -155,7 +155,7 @@ cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, :
     lookup -> weights -> sums); in passes, the independent chains of a batch's pixels overlap in the
     processor instead of waiting on one another. Every pixel is computed as it would be alone."""
     cdef Py_ssize_t nx = out.shape[1], sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
-    cdef Py_ssize_t i, i0, k, n, a, b, c, r, Y, c_lo, c_hi, rem
+    cdef Py_ssize_t i, i0, k, n, a, b, q, c, r, Y, c_lo, c_hi, rem
     cdef double inv_step = 1.0 / step, ty, tx, u, v, fx, fy, acc, accv, wmax
     cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
     cdef double *ru = buf
@@ -246,9 +246,9 @@ cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, :
                 accv = accv + wy2[b] * _dot6(wx2, pv)
                 if fabs(wy[b]) * wmax >= mask_weight:
                     pm = &src_mask[iys[a] + b, ixs[a]]
-                    for i in range(6):
-                        if fabs(wx[i] * wy[b]) >= mask_weight:
-                            m = m | pm[i]
+                    for q in range(6):
+                        if fabs(wx[q] * wy[b]) >= mask_weight:
+                            m = m | pm[q]
             i = inside[a]
             out[j, i] = <float> (jac[a] * acc)
             out_var[j, i] = <float> (jac[a] * jac[a] * accv)

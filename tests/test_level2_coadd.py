@@ -193,6 +193,14 @@ def test_identity_warp_is_exact_and_boxes_agree():
     sl = np.s_[21:82, 37:87]
     for a, b in zip(whole, part):
         assert np.array_equal(a[sl], b, equal_nan=True)
+    # ... and so does the sub-box on the whole box's node grid, which must cover it
+    grid = mapping_grid(w, dst, (0, 0, 130, 120))
+    on_grid = warp_image(img[sy:sy + sny, sx:sx + snx], var[sy:sy + sny, sx:sx + snx],
+                         mask[sy:sy + sny, sx:sx + snx], w, dst, box, src_origin=(sx, sy), grid=grid)
+    for a, b in zip(whole, on_grid):
+        assert np.array_equal(a[sl], b, equal_nan=True)
+    with pytest.raises(ValueError, match="does not cover the box"):
+        warp_image(img, var, mask, w, dst, (0, 0, 130, 120), grid=mapping_grid(w, dst, box))
 
 
 # ---------------------------------------------------------------- coadd

@@ -185,27 +185,29 @@ def _outputs(out, shape):
 
 def warp_image(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, *, kernel="lanczos3",
                src_origin=(0, 0), grid_step=DEFAULT_GRID_STEP, max_grid_error=DEFAULT_MAX_GRID_ERROR,
-               mask_weight=DEFAULT_MASK_WEIGHT, out=None):
+               mask_weight=DEFAULT_MASK_WEIGHT, out=None, grid=None):
     """Warp (src_image, src_variance, src_mask) onto the destination pixels `dst_bbox` of `dst_wcs`.
 
     src_image: flux per pixel (float32; other dtypes are converted), src_variance its variance (None:
     zeros), src_mask uint16 bits (None: zeros); src_origin = (x, y) of src_image[0, 0] in the pixels of
     src_wcs, so a hyperslab of a calexp warps like the whole calexp. out: optional (image, variance, mask)
-    arrays of shape (ny, nx) to fill. Returns (image, variance, mask, coverage): float32 flux per
-    destination pixel, float32 variance, uint16 mask, and coverage = True where the pixel has data (mask
-    without NO_DATA). See the module docstring for the kernel, the flux, variance and mask rules.
+    arrays of shape (ny, nx) to fill. grid: a MappingGrid of the same two WCSs whose interior covers
+    dst_bbox, e.g. the grid of a larger box warped in parts (ValueError otherwise); None: made here from
+    grid_step and max_grid_error. Returns (image, variance, mask, coverage): float32 flux per destination
+    pixel, float32 variance, uint16 mask, and coverage = True where the pixel has data (mask without
+    NO_DATA). See the module docstring for the kernel, the flux, variance and mask rules.
     """
     _, _, nx, ny = _check_box(dst_bbox)
     image, variance, mask = _outputs(out, (ny, nx))
     warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, (image, variance, mask),
               kernel=kernel, src_origin=src_origin, grid_step=grid_step, max_grid_error=max_grid_error,
-              mask_weight=mask_weight)
+              mask_weight=mask_weight, grid=grid)
     return image, variance, mask, (mask & NO_DATA) == 0
 
 
 def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out, *, kernel="lanczos3",
               src_origin=(0, 0), grid_step=DEFAULT_GRID_STEP, max_grid_error=DEFAULT_MAX_GRID_ERROR,
-              mask_weight=DEFAULT_MASK_WEIGHT):
+              mask_weight=DEFAULT_MASK_WEIGHT, grid=None):
     """warp_image into the given out = (image, variance, mask) arrays, allocating nothing of the output's
     size; returns the MappingGrid used (None for an empty box)."""
     if kernel not in KERNELS:
@@ -225,7 +227,13 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
     image, variance, mask = _outputs(out, (ny, nx))
     if nx == 0 or ny == 0:
         return None
-    g = mapping_grid(src_wcs, dst_wcs, box, grid_step=grid_step, max_grid_error=max_grid_error)
+    g = grid if grid is not None else mapping_grid(src_wcs, dst_wcs, box, grid_step=grid_step,
+                                                    max_grid_error=max_grid_error)
+    rows, cols = g.gu.shape                   # the box must lie on interior nodes, as mapping_grid's own
+    if not (g.gx0 + g.step <= x0 and g.gy0 + g.step <= y0 and x0 + nx - 1 < g.gx0 + (cols - 2) * g.step
+            and y0 + ny - 1 < g.gy0 + (rows - 2) * g.step):
+        raise ValueError(f"the mapping grid (nodes from ({g.gx0}, {g.gy0}), step {g.step}, {cols} x {rows}) "
+                         f"does not cover the box {box}")
     _warp.warp(src, var, msk, sx0, sy0, g.gu, g.gv, g.gj, g.gx0, g.gy0, g.step, x0, y0,
                image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3", kernel_threads())
     return g

@@ -65,8 +65,8 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
             sl = np.s_[y0:y0 + by, x0:x0 + bx]
             planes = [f[k][sl] for k in ("image", "variance", "mask")]
             psf = CoaddPSF.from_file(f)
-        step = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny)).step
-        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid_step=step)
+        grid = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny))    # the whole calexp's, so the same bits
+        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid=grid)
         rx, ry, rnx, rny = reach
         view = np.s_[ry:ry + rny, rx:rx + rnx]
         new = cov & ~filled[view]

@@ -161,8 +161,8 @@ def dia_section(rundir, truth, visits, cfg, V):
                             "dia_object")
     true, peak = variable_true_fluxes(rundir, sne["id"])
     lit = np.flatnonzero([peak.get(int(i), 0.0) > 0 for i in sne["id"]])
-    sigma, z_diff, z_direct, geometry = _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true)
-    out = {"blank_difference": _blank(z_diff), "blank_direct": _blank(*z_direct), "n_dia_objects": len(objects)}
+    sigma, z_diff, direct, geometry = _per_visit_pass(rundir, visits, cfg, truth, sne, lit, true)
+    out = {"blank_difference": _blank(z_diff), "blank_direct": _blank(*direct), "n_dia_objects": len(objects)}
     peak_snr = {}
     for (k, vid), s in sigma.items():
         peak_snr[k] = max(peak_snr.get(k, 0.0), true[(int(sne["id"][k]), vid)] / s)

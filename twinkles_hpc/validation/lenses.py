@@ -61,7 +61,7 @@ def lens_metrics(systems, images, candidates, ra0, dec0, covered=None, visits=No
     findable_on = findable(systems, images) & on
     want = findable_on & seen
     found_on = has_neighbour(xy_sys[findable_on], LENS_MATCH_RADIUS, xy_cand)
-    found = has_neighbour(xy_sys[want], LENS_MATCH_RADIUS, xy_cand)
+    found = found_on[seen[findable_on]]                 # the observed ones among them
     true_cand = has_neighbour(xy_cand, LENS_MATCH_RADIUS, xy_sys)
     out = {"n_systems": int(len(systems)), "n_covered": int(on.sum()), "n_findable": int(findable_on.sum()),
            "n_observed": int(want.sum()), "n_found": int(found.sum()), "n_candidates": int(len(candidates)),
