@@ -12,6 +12,7 @@ from libc.stdint cimport int32_t, uint16_t
 
 cdef double SQRT3_2 = 0.8660254037844386          # sqrt(3) / 2
 cdef double SNAP = 1e-9                           # px: positions this close to an integer are that integer
+cdef double SEGMENT_TOL = 1e-6                    # px: margin of _segment_outside, far above SNAP and round-off
 cdef double MAD_TO_SIGMA = 1.482602218505602      # sigma of a Gaussian / its median absolute deviation
 
 
@@ -116,7 +117,7 @@ def lanczos3_weights(double f, bint quadratic=True, bint exact=False):
     return [w[0], w[1], w[2], w[3], w[4], w[5]]
 
 
-cdef inline double _dot6(const double *w, const float *p) noexcept nogil:
+cdef inline double _dot6(const double *w, const double *p) noexcept nogil:
     """sum_k w[k] p[k], summed pairwise (shorter dependency chains than left to right)."""
     return (w[0] * p[0] + w[1] * p[1]) + (w[2] * p[2] + w[3] * p[3]) + (w[4] * p[4] + w[5] * p[5])
 
@@ -141,22 +142,59 @@ cdef enum:
     BATCH = 32
 
 
-cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, ::1] src_var,
+#: Side of the mask's summary tiles (_tile_or_and): small enough that most tiles of an image have no bit,
+#: large enough that the summaries of a sensor (1 / 64 of its mask) stay in the core's cache.
+cdef enum:
+    TILE = 8
+
+
+cdef void _tile_or_and(const uint16_t[:, ::1] mask, Py_ssize_t ntx, uint16_t *tile_or,
+                       uint16_t *tile_and) noexcept nogil:
+    """tile_or[ty * ntx + tx], tile_and[...] = OR and AND of the mask bits in TILE x TILE tile (tx, ty)
+    (the last row and column of tiles clipped to the mask)."""
+    cdef Py_ssize_t ny = mask.shape[0], nx = mask.shape[1], nty = (ny + TILE - 1) // TILE, x, y, t
+    cdef const uint16_t *row
+    for t in range(ntx * nty):
+        tile_or[t] = 0
+        tile_and[t] = 0xFFFF
+    for y in range(ny):
+        row = &mask[y, 0]
+        t = (y // TILE) * ntx
+        for x in range(nx):
+            tile_or[t + x // TILE] |= row[x]
+            tile_and[t + x // TILE] &= row[x]
+
+
+cdef inline bint _segment_outside(double u0, double u1, double v0, double v1, double ulo, double uhi,
+                                  double vlo, double vhi) noexcept nogil:
+    """True when every position interpolated between nodes (u0, v0) and (u1, v1) lies outside the usable
+    source box [ulo, uhi) x [vlo, vhi) by more than SEGMENT_TOL (round-off and SNAP); False for a NaN node."""
+    cdef double umin = u0 if u0 < u1 else u1, umax = u1 if u0 < u1 else u0
+    cdef double vmin = v0 if v0 < v1 else v1, vmax = v1 if v0 < v1 else v0
+    if not (u0 == u0 and u1 == u1 and v0 == v0 and v1 == v1):
+        return False
+    return (umax < ulo - SEGMENT_TOL or umin >= uhi + SEGMENT_TOL or vmax < vlo - SEGMENT_TOL
+            or vmin >= vhi + SEGMENT_TOL)
+
+
+cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:, ::1] src_var,
                          const uint16_t[:, ::1] src_mask, Py_ssize_t sx0, Py_ssize_t sy0,
                          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
                          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
                          float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
-                         double mask_weight, const double *table, double *buf) noexcept nogil:
+                         double mask_weight, const double *table, double *buf, Py_ssize_t ntx,
+                         const uint16_t *tile_or, const uint16_t *tile_and) noexcept nogil:
     """Output row j of `warp` (the arguments are warp's); buf: 3 (nc + 1) doubles of scratch (the row's
     nodes). Returns the row's pixels with data.
 
-    The row is done BATCH pixels at a time, in three passes over the batch: source positions, then kernel
-    weights, then the sums. Each pixel's work is one long chain of dependent steps (position -> table
+    The row is done BATCH pixels at a time, in four passes over the batch: source positions, kernel
+    weights, the sums, the mask (tile_or / tile_and: _tile_or_and's summaries, ntx tiles per row). Each
+    pixel's work is one long chain of dependent steps (position -> table
     lookup -> weights -> sums); in passes, the independent chains of a batch's pixels overlap in the
     processor instead of waiting on one another. Every pixel is computed as it would be alone."""
     cdef Py_ssize_t nx = out.shape[1], sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
-    cdef Py_ssize_t i, i0, k, n, a, b, q, c, r, Y, c_lo, c_hi, rem
-    cdef double inv_step = 1.0 / step, ty, tx, u, v, fx, fy, acc, accv, wmax
+    cdef Py_ssize_t i, i0, k, n, a, b, q, c, r, Y, c_lo, c_hi, rem, i_first, i_last, t0, tdx, tdy
+    cdef double inv_step = 1.0 / step, ty, tx, u, v, fx, fy, acc, accv, wmax, wymax
     cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
     cdef double *ru = buf
     cdef double *rv = ru + (nc + 1)
@@ -173,8 +211,8 @@ cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, :
     cdef double wy2[6]
     cdef double *wx
     cdef double *wy
-    cdef const float *p
-    cdef const float *pv
+    cdef const double *p
+    cdef const double *pv
     cdef const uint16_t *pm
     cdef uint16_t m
     cdef long long covered = 0
@@ -187,11 +225,35 @@ cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, :
         ru[c] = gu[r, c] + ty * (gu[r + 1, c] - gu[r, c])
         rv[c] = gv[r, c] + ty * (gv[r + 1, c] - gv[r, c])
         rj[c] = gj[r, c] + ty * (gj[r + 1, c] - gj[r, c])
-    c = c_lo                                  # X = dx0 + i is rem pixels past node column c,
-    rem = dx0 - gx0 - c_lo * step             # stepped along the row (no division per pixel)
-    i0 = 0
-    while i0 < nx:
-        n = BATCH if nx - i0 > BATCH else nx - i0
+    # the first and last pixels that may have data: the node segments before and after them map wholly
+    # outside the source (the rest of the row is NO_DATA without computing its positions)
+    i_first = nx
+    i_last = -1
+    for c in range(c_lo, c_hi):
+        if _segment_outside(ru[c], ru[c + 1], rv[c], rv[c + 1], ulo, uhi, vlo, vhi):
+            continue
+        a = gx0 + c * step - dx0              # segment c: pixels a .. a + step (the end node included)
+        if i_first == nx:
+            i_first = a if a > 0 else 0
+        i_last = a + step if a + step < nx - 1 else nx - 1
+    if i_first > i_last:
+        i_first = nx
+        i_last = nx - 1
+    for i in range(i_first):
+        out[j, i] = NAN
+        out_var[j, i] = NAN
+        out_mask[j, i] = no_data
+    for i in range(i_last + 1, nx):
+        out[j, i] = NAN
+        out_var[j, i] = NAN
+        out_mask[j, i] = no_data
+    if i_first == nx:
+        return 0
+    c = (dx0 + i_first - gx0) // step         # X = dx0 + i is rem pixels past node column c,
+    rem = dx0 + i_first - gx0 - c * step      # stepped along the row (no division per pixel)
+    i0 = i_first
+    while i0 <= i_last:
+        n = BATCH if i_last + 1 - i0 > BATCH else i_last + 1 - i0
         # 1. source positions (the pixels whose 6 x 6 footprint is inside the source are listed in `inside`)
         k = 0
         for i in range(i0, i0 + n):
@@ -230,35 +292,56 @@ cdef long long _warp_row(Py_ssize_t j, const float[:, ::1] src, const float[:, :
         for a in range(k):
             wx = &wxs[6 * a]
             wy = &wys[6 * a]
-            wmax = 0.0
             for b in range(6):
                 wx2[b] = wx[b] * wx[b]
                 wy2[b] = wy[b] * wy[b]
-                if fabs(wx[b]) > wmax:
-                    wmax = fabs(wx[b])
             acc = 0.0
             accv = 0.0
-            m = 0
             for b in range(6):
                 p = &src[iys[a] + b, ixs[a]]
                 pv = &src_var[iys[a] + b, ixs[a]]
                 acc = acc + wy[b] * _dot6(wx, p)
                 accv = accv + wy2[b] * _dot6(wx2, pv)
-                if fabs(wy[b]) * wmax >= mask_weight:
-                    pm = &src_mask[iys[a] + b, ixs[a]]
-                    for q in range(6):
-                        if fabs(wx[q] * wy[b]) >= mask_weight:
-                            m = m | pm[q]
             i = inside[a]
             out[j, i] = <float> (jac[a] * acc)
             out_var[j, i] = <float> (jac[a] * jac[a] * accv)
-            out_mask[j, i] = m
+        # 4. the mask: the OR of the taps with |wx wy| >= mask_weight. Where the (up to 2 x 2) summary tiles
+        # under the 6 x 6 footprint have no bit (most of an image) that is 0; where all their bits are the
+        # same, those bits if any tap qualifies (max |wx| max |wy| >= mask_weight, the product of the
+        # largest being the largest product), else 0; elsewhere the taps are visited one by one
+        for a in range(k):
+            t0 = (iys[a] // TILE) * ntx + ixs[a] // TILE          # tiles (t0, t0 + dx), (t0 + dy, t0 + dy + dx)
+            tdx = (ixs[a] + 5) // TILE - ixs[a] // TILE
+            tdy = ((iys[a] + 5) // TILE - iys[a] // TILE) * ntx
+            m = tile_or[t0] | tile_or[t0 + tdx] | tile_or[t0 + tdy] | tile_or[t0 + tdy + tdx]
+            if m != 0:
+                wx = &wxs[6 * a]
+                wy = &wys[6 * a]
+                wmax = 0.0
+                wymax = 0.0
+                for b in range(6):
+                    if fabs(wx[b]) > wmax:
+                        wmax = fabs(wx[b])
+                    if fabs(wy[b]) > wymax:
+                        wymax = fabs(wy[b])
+                if m == tile_and[t0] & tile_and[t0 + tdx] & tile_and[t0 + tdy] & tile_and[t0 + tdy + tdx]:
+                    if wymax * wmax < mask_weight:
+                        m = 0
+                else:
+                    m = 0
+                    for b in range(6):
+                        if fabs(wy[b]) * wmax >= mask_weight:
+                            pm = &src_mask[iys[a] + b, ixs[a]]
+                            for q in range(6):
+                                if fabs(wx[q] * wy[b]) >= mask_weight:
+                                    m = m | pm[q]
+            out_mask[j, inside[a]] = m
         covered += k
         i0 += n
     return covered
 
 
-def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:, ::1] src_mask,
+def warp(const double[:, ::1] src, const double[:, ::1] src_var, const uint16_t[:, ::1] src_mask,
          Py_ssize_t sx0, Py_ssize_t sy0,
          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
@@ -288,22 +371,31 @@ def warp(const float[:, ::1] src, const float[:, ::1] src_var, const uint16_t[:,
     cdef long long covered = 0
     cdef const double *table = &_table_q[0] if quadratic else &_table_p[0]
     cdef int nt = threads if threads > 1 else 1
+    cdef Py_ssize_t ntx = (src_mask.shape[1] + TILE - 1) // TILE
+    cdef Py_ssize_t ntiles = ntx * ((src_mask.shape[0] + TILE - 1) // TILE)
     cdef double *raw = <double *> PyMem_RawMalloc(nt * per * sizeof(double) + CACHE_LINE)
+    cdef uint16_t *tiles = <uint16_t *> PyMem_RawMalloc(2 * ntiles * sizeof(uint16_t) + 1)
     cdef double *bufs
-    if raw == NULL:
-        raise MemoryError("warp: cannot allocate the row buffers")
+    if raw == NULL or tiles == NULL:
+        PyMem_RawFree(raw)
+        PyMem_RawFree(tiles)
+        raise MemoryError("warp: cannot allocate the row buffers and the mask's tile summaries")
     bufs = <double *> _aligned(raw)
+    with nogil:
+        _tile_or_and(src_mask, ntx, tiles, tiles + ntiles)
     if nt == 1:                       # no OpenMP region at all: a process forked later (the report's pool)
         with nogil:                   # then inherits no OpenMP runtime that has run
             for j in range(ny):
                 covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
-                                     out, out_var, out_mask, no_data, mask_weight, table, bufs)
+                                     out, out_var, out_mask, no_data, mask_weight, table, bufs, ntx, tiles,
+                                     tiles + ntiles)
     else:
         for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
             covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
                                  out, out_var, out_mask, no_data, mask_weight, table,
-                                 bufs + threadid() * per)
+                                 bufs + threadid() * per, ntx, tiles, tiles + ntiles)
     PyMem_RawFree(raw)
+    PyMem_RawFree(tiles)
     return covered
 
 

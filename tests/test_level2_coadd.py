@@ -125,6 +125,47 @@ def test_kernel_weights_reproduce_quadratics():
     assert list(kernel_weights(0.0)) == [0, 0, 1, 0, 0, 0]
 
 
+
+@pytest.mark.parametrize("mask_weight", [0.05, 0.5])
+def test_warp_mask_is_the_or_of_the_qualifying_taps(mask_weight):
+    """The kernel's short cuts (no bit in the footprint's summary tiles; all its bits alike) give, pixel by
+    pixel, the rule itself: the OR of the taps with |wx wy| >= mask_weight, here evaluated tap by tap at the
+    positions the node grid interpolates, on a mask of uniform blocks, lone bits and mixed bits."""
+    from twinkles_hpc import _warp
+    s, n, step = 140, 100, 16
+    mask = np.zeros((s, s), np.uint16)
+    mask[20:52, 30:70] = DETECTED                        # a uniform block, larger than the summary tiles
+    mask[60:75, 60:90] = CR | DETECTED                   # another bit pattern, touching the block's edge
+    mask[70:100, 80:84] |= EDGE                          # mixed bits
+    rng = np.random.default_rng(5)
+    mask[rng.integers(0, s, 60), rng.integers(0, s, 60)] |= CR        # lone bits
+    gy, gx = np.mgrid[0:n + 2 * step:step, 0:n + 2 * step:step].astype(float)
+    c, sn = np.cos(0.3), np.sin(0.3)
+    gu = np.ascontiguousarray(s / 2 + 1.25 * (c * (gx - n / 2) - sn * (gy - n / 2)))
+    gv = np.ascontiguousarray(s / 2 + 1.25 * (sn * (gx - n / 2) + c * (gy - n / 2)))
+    out = [np.empty((n, n), np.float32), np.empty((n, n), np.float32), np.empty((n, n), np.uint16)]
+    _warp.warp(np.zeros((s, s)), np.zeros((s, s)), mask, 0, 0, gu, gv, np.ones_like(gu), 0, 0, step, 0, 0,
+               *out, NO_DATA, mask_weight, True, 1)
+    expected = np.empty((n, n), np.uint16)
+    uniform_unqualified = 0                              # footprints with bits, all alike, and no tap qualifying
+    for j in range(n):
+        r, ty = j // step, (j % step) / step
+        ru, rv = gu[r] + ty * (gu[r + 1] - gu[r]), gv[r] + ty * (gv[r + 1] - gv[r])
+        for i in range(n):
+            k, tx = i // step, (i % step) / step
+            u, v = ru[k] + tx * (ru[k + 1] - ru[k]), rv[k] + tx * (rv[k + 1] - rv[k])
+            if not (2 <= u < s - 3 and 2 <= v < s - 3):
+                expected[j, i] = NO_DATA
+                continue
+            wx, wy = kernel_weights(u - np.floor(u)), kernel_weights(v - np.floor(v))
+            foot = mask[int(v) - 2:int(v) + 4, int(u) - 2:int(u) + 4]
+            taps = foot[np.abs(np.outer(wy, wx)) >= mask_weight]
+            expected[j, i] = np.bitwise_or.reduce(taps) if taps.size else 0
+            uniform_unqualified += bool(foot.min() == foot.max() > 0 and taps.size == 0)
+    assert (expected == NO_DATA).sum() > 500 and ((expected != 0) & (expected != NO_DATA)).sum() > 800
+    assert uniform_unqualified > (20 if mask_weight == 0.5 else -1)
+    np.testing.assert_array_equal(out[2], expected)
+
 def test_warp_smooth_function_and_mapping_accuracy():
     src, dst = sensor(0.0).astropy(), sensor(33.0, 0.37, -0.81).astropy()
     f = lambda x, y: np.exp(-((x - 101.3) ** 2 + (y - 96.6) ** 2) / (2 * 15.0 ** 2)) + 1e-3 * x - 5e-4 * y  # noqa

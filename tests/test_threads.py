@@ -19,8 +19,8 @@ def _rotated_warp():
     """A 0.4 rad rotation, 2 % scale and a slight shear through warp's node grids: (src planes, grid args)."""
     rng = np.random.default_rng(4)
     s, n, step = 420, 380, 32
-    src = rng.normal(100, 10, (s, s)).astype(np.float32)
-    var = rng.uniform(50, 150, (s, s)).astype(np.float32)
+    src = rng.normal(100, 10, (s, s))                              # float64: the warp kernel's type
+    var = rng.uniform(50, 150, (s, s))
     msk = np.zeros((s, s), np.uint16)
     msk[rng.integers(0, s, 900), rng.integers(0, s, 900)] = 4
     gy, gx = np.mgrid[0:n + 2 * step:step, 0:n + 2 * step:step].astype(float)

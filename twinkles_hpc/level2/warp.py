@@ -188,8 +188,8 @@ def warp_image(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, *,
                mask_weight=DEFAULT_MASK_WEIGHT, out=None, grid=None):
     """Warp (src_image, src_variance, src_mask) onto the destination pixels `dst_bbox` of `dst_wcs`.
 
-    src_image: flux per pixel (float32; other dtypes are converted), src_variance its variance (None:
-    zeros), src_mask uint16 bits (None: zeros); src_origin = (x, y) of src_image[0, 0] in the pixels of
+    src_image: flux per pixel (float64, the kernel's type; other dtypes are converted), src_variance its
+    variance (None: zeros), src_mask uint16 bits (None: zeros); src_origin = (x, y) of src_image[0, 0] in the pixels of
     src_wcs, so a hyperslab of a calexp warps like the whole calexp. out: optional (image, variance, mask)
     arrays of shape (ny, nx) to fill. grid: a MappingGrid of the same two WCSs whose interior covers
     dst_bbox, e.g. the grid of a larger box warped in parts (ValueError otherwise); None: made here from
@@ -217,9 +217,9 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
     src = np.asarray(src_image)
     if src.ndim != 2:
         raise ValueError(f"src_image must be 2-D, got shape {src.shape}")
-    src = np.ascontiguousarray(src, dtype=np.float32)
-    var = (np.zeros(src.shape, np.float32) if src_variance is None
-           else _plane("src_variance", src_variance, src.shape, np.float32))
+    src = np.ascontiguousarray(src, dtype=np.float64)
+    var = (np.zeros(src.shape, np.float64) if src_variance is None
+           else _plane("src_variance", src_variance, src.shape, np.float64))
     msk = (np.zeros(src.shape, np.uint16) if src_mask is None
            else _plane("src_mask", src_mask, src.shape, np.uint16))
     sx0, sy0 = (int(v) for v in src_origin)
