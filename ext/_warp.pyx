@@ -6,7 +6,7 @@ Called only by that wrapper, which validates every input and documents the physi
 twice here. Mask bits come in as arguments (level2/masks.py owns them). Both kernels release the GIL.
 """
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
-from libc.math cimport NAN, M_PI, cos, fabs, floor, isfinite, sin, sqrt
+from libc.math cimport INFINITY, NAN, M_PI, cos, fabs, floor, isfinite, sin, sqrt
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, uint16_t
 
@@ -402,10 +402,77 @@ def warp(const double[:, ::1] src, const double[:, ::1] src_var, const uint16_t[
 include "_select.pxi"
 
 
+#: Up to 16 values _median sorts them with Batcher's odd-even merge sort, padded with +inf to 4, 8 or 16
+#: values: each comparator a min and a max on registers, no branch on the data (Hoare's selection, used
+#: above 16, branches on the data in ways the processor cannot predict). The networks' comparators, in
+#: order (the first 5 and 19 sort the first 4 and 8 values: the network is built from sorted halves):
+#: [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2), (4, 5), (6, 7), (4, 6), (5, 7), (5, 6), (0, 4), (2, 6), (2, 4), (1, 5), (3, 7), (3, 5), (1, 2), (3, 4), (5, 6), (8, 9), (10, 11), (8, 10), (9, 11), (9, 10), (12, 13), (14, 15), (12, 14), (13, 15), (13, 14), (8, 12), (10, 14), (10, 12), (9, 13), (11, 15), (11, 13), (9, 10), (11, 12), (13, 14), (0, 8), (4, 12), (4, 8), (2, 10), (6, 14), (6, 10), (2, 4), (6, 8), (10, 12), (1, 9), (5, 13), (5, 9), (3, 11), (7, 15), (7, 11), (3, 5), (7, 9), (11, 13), (1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14)]
+cdef enum:
+    NET_SIZE = 16
+
+
+cdef inline void _cx(double *x, double *y) noexcept nogil:
+    """One comparator: x, y = min, max (a min and a max instruction once inlined)."""
+    cdef double a = x[0], b = y[0]
+    x[0] = a if a < b else b
+    y[0] = b if a < b else a
+
+
+cdef inline void _sort4(double *a) noexcept nogil:
+    """Sort a[0..4) in place: the first 5 comparators of the network, on locals."""
+    cdef double x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3]
+    _cx(&x0, &x1); _cx(&x2, &x3); _cx(&x0, &x2); _cx(&x1, &x3); _cx(&x1, &x2)
+    a[0] = x0; a[1] = x1; a[2] = x2; a[3] = x3
+
+
+cdef inline void _sort8(double *a) noexcept nogil:
+    """Sort a[0..8) in place: the first 19 comparators of the network, on locals."""
+    cdef double x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3], x4 = a[4], x5 = a[5], x6 = a[6], x7 = a[7]
+    _cx(&x0, &x1); _cx(&x2, &x3); _cx(&x0, &x2); _cx(&x1, &x3); _cx(&x1, &x2)
+    _cx(&x4, &x5); _cx(&x6, &x7); _cx(&x4, &x6); _cx(&x5, &x7); _cx(&x5, &x6)
+    _cx(&x0, &x4); _cx(&x2, &x6); _cx(&x2, &x4); _cx(&x1, &x5); _cx(&x3, &x7)
+    _cx(&x3, &x5); _cx(&x1, &x2); _cx(&x3, &x4); _cx(&x5, &x6)
+    a[0] = x0; a[1] = x1; a[2] = x2; a[3] = x3; a[4] = x4; a[5] = x5; a[6] = x6; a[7] = x7
+
+
+cdef inline void _sort16(double *a) noexcept nogil:
+    """Sort a[0..16) in place: the first 63 comparators of the network, on locals."""
+    cdef double x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3], x4 = a[4], x5 = a[5], x6 = a[6], x7 = a[7], x8 = a[8], x9 = a[9], x10 = a[10], x11 = a[11], x12 = a[12], x13 = a[13], x14 = a[14], x15 = a[15]
+    _cx(&x0, &x1); _cx(&x2, &x3); _cx(&x0, &x2); _cx(&x1, &x3); _cx(&x1, &x2)
+    _cx(&x4, &x5); _cx(&x6, &x7); _cx(&x4, &x6); _cx(&x5, &x7); _cx(&x5, &x6)
+    _cx(&x0, &x4); _cx(&x2, &x6); _cx(&x2, &x4); _cx(&x1, &x5); _cx(&x3, &x7)
+    _cx(&x3, &x5); _cx(&x1, &x2); _cx(&x3, &x4); _cx(&x5, &x6); _cx(&x8, &x9)
+    _cx(&x10, &x11); _cx(&x8, &x10); _cx(&x9, &x11); _cx(&x9, &x10); _cx(&x12, &x13)
+    _cx(&x14, &x15); _cx(&x12, &x14); _cx(&x13, &x15); _cx(&x13, &x14); _cx(&x8, &x12)
+    _cx(&x10, &x14); _cx(&x10, &x12); _cx(&x9, &x13); _cx(&x11, &x15); _cx(&x11, &x13)
+    _cx(&x9, &x10); _cx(&x11, &x12); _cx(&x13, &x14); _cx(&x0, &x8); _cx(&x4, &x12)
+    _cx(&x4, &x8); _cx(&x2, &x10); _cx(&x6, &x14); _cx(&x6, &x10); _cx(&x2, &x4)
+    _cx(&x6, &x8); _cx(&x10, &x12); _cx(&x1, &x9); _cx(&x5, &x13); _cx(&x5, &x9)
+    _cx(&x3, &x11); _cx(&x7, &x15); _cx(&x7, &x11); _cx(&x3, &x5); _cx(&x7, &x9)
+    _cx(&x11, &x13); _cx(&x1, &x2); _cx(&x3, &x4); _cx(&x5, &x6); _cx(&x7, &x8)
+    _cx(&x9, &x10); _cx(&x11, &x12); _cx(&x13, &x14)
+    a[0] = x0; a[1] = x1; a[2] = x2; a[3] = x3; a[4] = x4; a[5] = x5; a[6] = x6; a[7] = x7; a[8] = x8; a[9] = x9; a[10] = x10; a[11] = x11; a[12] = x12; a[13] = x13; a[14] = x14; a[15] = x15
+
+
 cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
-    """Median of a[0..n-1], n >= 1 (mean of the two middle values for even n); reorders a."""
-    cdef Py_ssize_t k = n // 2, i
-    cdef double hi = _select(a, n, k), lo
+    """Median of a[0..n-1], n >= 1 (mean of the two middle values for even n); may reorder a."""
+    cdef Py_ssize_t k = n // 2, i, m
+    cdef double s[NET_SIZE]
+    cdef double hi, lo
+    if n <= NET_SIZE:
+        m = 4 if n <= 4 else (8 if n <= 8 else NET_SIZE)
+        for i in range(n):
+            s[i] = a[i]
+        for i in range(n, m):
+            s[i] = INFINITY
+        if m == 4:
+            _sort4(s)
+        elif m == 8:
+            _sort8(s)
+        else:
+            _sort16(s)
+        return s[k] if n % 2 else 0.5 * (s[k - 1] + s[k])
+    hi = _select(a, n, k)
     if n % 2:
         return hi
     lo = a[0]
