@@ -72,7 +72,8 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
         new = cov & ~filled[view]
         if not new.any():
             continue
-        image[view][new], variance[view][new], mask[view][new] = img[new], var[new], msk[new]
+        for dst, src in ((image, img), (variance, var), (mask, msk)):
+            np.copyto(dst[view], src, where=new)
         filled[view] |= new
         used.append(path)
         if not np.isfinite(fwhm) and psf is not None:
