@@ -202,3 +202,32 @@ def test_objects_config_check(tmp_path):
         config.load(p)
     cfg = config.from_dict({s: {"enabled": True} for s in ("calexp", "coadd", "objects")})
     assert cfg.objects.enabled
+
+
+def _gaussian(shape, x, y, cov, flux):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    inv = np.linalg.inv(cov)
+    dx, dy = xx - x, yy - y
+    q = inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy
+    return flux * np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(np.linalg.det(cov)))
+
+
+def test_adaptive_moments_of_gaussians_and_failures():
+    """A Gaussian's adaptive moments are its covariance, at any flux and sub-pixel position; one too wide
+    for the 20 px stamp is measured again on a larger one; an unusable pixel under the weight, or no flux,
+    is a failure (NaN, flagged)."""
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    rot = np.array([[c, -s], [s, c]])
+    cov = rot @ np.diag([2.5 ** 2, 1.6 ** 2]) @ rot.T
+    wide = np.diag([7.0 ** 2, 6.0 ** 2])
+    img = (_gaussian((200, 200), 40.3, 50.7, cov, 1e4) + _gaussian((200, 200), 120.6, 60.2, cov, 37.0)
+           + _gaussian((200, 200), 100.0, 140.4, wide, 1e5) + _gaussian((200, 200), 40.0, 150.0, cov, 1e4))
+    usable = np.ones(img.shape, bool)
+    usable[151, 41] = False                                   # under the last source's weight
+    ixx, iyy, ixy, flag = adaptive_moments(img, [40.3, 120.6, 100.0, 40.0, 170.0], [50.7, 60.2, 140.4, 150.0, 20.0],
+                                           usable=usable)
+    for k, want in ((0, cov), (1, cov), (2, wide)):
+        assert not flag[k]
+        np.testing.assert_allclose([ixx[k], iyy[k], ixy[k]], [want[0, 0], want[1, 1], want[0, 1]], rtol=2e-4,
+                                   atol=2e-4 * want[0, 0])
+    assert flag[3] and flag[4] and np.isnan(ixx[3:]).all()    # a masked pixel; a blank position

@@ -4,9 +4,12 @@ The adaptive moments of a source are the covariance W of the elliptical Gaussian
 (Bernstein & Jarvis 2002): iterate W <- 2 M(W), M the second moments of weight(W) x image about the
 weighted centroid, which is also updated. For a Gaussian source of covariance C, M(W) = (C^-1 + W^-1)^-1,
 whose fixed point W = 2 M is W = C: a Gaussian's adaptive moments are its covariance, whatever its flux.
-All objects iterate together on stamps of side 2 radius + 1 (numpy, no per-object Python loop).
+The stamps (side 2 radius + 1) are cut together with numpy; the iteration runs per object in the compiled
+kernel twinkles_hpc._shapes (one exp per usable stamp pixel and iteration).
 """
 import numpy as np
+
+from twinkles_hpc import _shapes
 
 #: Stamp half-side (pixels), iterations, convergence (relative change of W), start sigma (pixels).
 SHAPE_RADIUS, SHAPE_MAX_ITER, SHAPE_TOL, SHAPE_SIGMA0 = 20, 100, 1e-4, 2.0
@@ -66,38 +69,15 @@ def _moments(image, x, y, usable, owner, labels, radius):
     if labels is not None:
         lab = labels[cy[:, :, None], cx[:, None, :]]
         keep &= (lab == 0) | (lab == owner[:, None, None])
-    st = np.where(keep, st, 0.0)
-    dx0 = (xx - x[:, None])[:, None, :]                                  # (n, 1, S) offsets from the start
-    dy0 = (yy - y[:, None])[:, :, None]                                  # (n, S, 1)
-    wxx = np.full(n, SHAPE_SIGMA0 ** 2)
-    wyy, wxy = wxx.copy(), np.zeros(n)
-    mx, my = np.zeros(n), np.zeros(n)
-    active, good = np.ones(n, bool), np.zeros(n, bool)
-    for _ in range(SHAPE_MAX_ITER):
-        a = np.flatnonzero(active)
-        if a.size == 0:
-            break
-        det = wxx[a] * wyy[a] - wxy[a] ** 2
-        ia, ib, ic = (wyy[a] / det)[:, None, None], (-wxy[a] / det)[:, None, None], (wxx[a] / det)[:, None, None]
-        dx, dy = dx0[a] - mx[a, None, None], dy0[a] - my[a, None, None]
-        wi = np.exp(-0.5 * (ia * dx * dx + 2 * ib * dx * dy + ic * dy * dy)) * st[a]
-        s = wi.sum((1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ex, ey = (wi * dx).sum((1, 2)) / s, (wi * dy).sum((1, 2)) / s
-            mxx = (wi * dx * dx).sum((1, 2)) / s - ex * ex
-            myy = (wi * dy * dy).sum((1, 2)) / s - ey * ey
-            mxy = (wi * dx * dy).sum((1, 2)) / s - ex * ey
-        nxx, nyy, nxy = 2 * mxx, 2 * myy, 2 * mxy
-        bad = ~((s > 0) & (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0))
-        change = np.abs(nxx - wxx[a]) + np.abs(nyy - wyy[a]) + 2 * np.abs(nxy - wxy[a])
-        conv = ~bad & (change < SHAPE_TOL * (nxx + nyy))
-        upd = a[~bad]
-        wxx[upd], wyy[upd], wxy[upd] = nxx[~bad], nyy[~bad], nxy[~bad]
-        mx[upd] += ex[~bad]
-        my[upd] += ey[~bad]
-        lost = np.hypot(mx[a], my[a]) > SHAPE_MAX_SHIFT
-        active[a[bad | conv | lost]] = False
-        good[a[conv & ~lost]] = True
+    st = np.ascontiguousarray(np.where(keep, st, 0.0))
+    dx0 = np.ascontiguousarray(xx - x[:, None])                          # (n, S) offsets from the start
+    dy0 = np.ascontiguousarray(yy - y[:, None])
+    wxx, wyy, wxy, mx, my = (np.empty(n) for _ in range(5))
+    good = np.zeros(n, np.uint8)
+    _shapes.iterate(st, dx0, dy0, SHAPE_SIGMA0, SHAPE_MAX_ITER, SHAPE_TOL, SHAPE_MAX_SHIFT, wxx, wyy, wxy, mx, my,
+                    good)
+    good = good.astype(bool)
+    dx0, dy0 = dx0[:, None, :], dy0[:, :, None]
     # the weight must fit the stamp, and no unusable pixel may lie under it
     lam = 0.5 * (wxx + wyy) + np.sqrt(0.25 * (wxx - wyy) ** 2 + wxy ** 2)
     wide = good & (np.sqrt(lam) > radius / SHAPE_SIGMA_FIT)
