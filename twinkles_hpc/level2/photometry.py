@@ -204,20 +204,48 @@ class _FixedPSF:
         return tuple(np.repeat(c, np.size(x), axis=0) for c in self.comps)
 
 
+class _GivenPSF:
+    """The mixtures of n positions ((n, K) arrays), returned for a query of those n positions in order."""
+
+    def __init__(self, comps):
+        self.comps = comps
+
+    def components_at(self, x, y):
+        assert np.size(x) == self.comps[0].shape[0]
+        return self.comps
+
+
+#: psf_aperture_fraction's model stamps per forced_photometry call (bounds the tiled image's memory).
+APERTURE_STAMPS = 4096
+
+
 def psf_aperture_fraction(psf, x, y, ap_radii=DEFAULT_AP_RADII):
     """Fraction of a point source's flux that each aperture measures (as forced_photometry sums it: exact
     pixel areas over the pixel-sampled model): the aperture correction ap_flux / psf_flux expected for a
-    star at (x, y). Returns an (n, n_ap) array, apertures sorted; one model stamp per position."""
+    star at (x, y). Returns an (n, n_ap) array, apertures sorted. Each position's model is drawn on its own
+    stamp, at the position's sub-pixel offset; the stamps, side by side in one image (an aperture stays
+    within its stamp), are measured in one forced_photometry call."""
     x, y = _positions(x, y)
     ap = np.unique(_radii("ap_radii", ap_radii))
     comps = _components(psf.components_at(x, y), x.size)[:4]
     half = int(np.ceil(ap[-1])) + 1
-    jj, ii = np.mgrid[0:2 * half + 1, 0:2 * half + 1].astype(np.float64)
+    side = 2 * half + 1
+    jj, ii = np.mgrid[0:side, 0:side].astype(np.float64)
     frac = np.empty((x.size, ap.size))
-    for k in range(x.size):
-        xc, yc = half + x[k] - np.round(x[k]), half + y[k] - np.round(y[k])       # stamp coordinates
-        model = mixture_image(*(a[k] for a in comps), ii - xc, jj - yc)
-        one = _FixedPSF(tuple(a[k:k + 1] for a in comps))
-        row = forced_photometry(model, np.ones_like(model), None, xc, yc, one, ap_radii=ap, psf_radius=1.0)
-        frac[k] = [row[f"ap_flux_{_radius_name(r)}"][0] for r in ap]
+    for k0 in range(0, x.size, APERTURE_STAMPS):
+        sl = slice(k0, min(k0 + APERTURE_STAMPS, x.size))
+        xc, yc = half + x[sl] - np.round(x[sl]), half + y[sl] - np.round(y[sl])       # stamp coordinates
+        w, cxx, cxy, cyy = (a[sl] for a in comps)
+        dx, dy = ii[None] - xc[:, None, None], jj[None] - yc[:, None, None]
+        model = np.zeros(dx.shape)
+        for c in range(w.shape[1]):                      # mixture_image's sum, component by component
+            det = (cxx[:, c] * cyy[:, c] - cxy[:, c] ** 2)[:, None, None]
+            q = (cyy[:, c, None, None] * dx ** 2 - 2 * cxy[:, c, None, None] * dx * dy
+                 + cxx[:, c, None, None] * dy ** 2) / det
+            model += w[:, c, None, None] / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * q)
+        n = model.shape[0]
+        tiled = np.ascontiguousarray(model.transpose(1, 0, 2).reshape(side, n * side))
+        rows = forced_photometry(tiled, np.ones_like(tiled), None, xc + side * np.arange(n), yc,
+                                 _GivenPSF((w, cxx, cxy, cyy)), ap_radii=ap, psf_radius=1.0)
+        frac[sl] = np.stack([rows[f"ap_flux_{_radius_name(r)}"] for r in ap], axis=1)
     return frac
