@@ -30,9 +30,9 @@ STACK_BYTES = 10
 #: Bytes per sub-region pixel held once: the outputs image, variance, depth (float32), mask (uint16),
 #: n_visits (int32) = 18, counted twice for the copy that is sent to rank 0 or written to HDF5.
 OUTPUT_BYTES = 36
-#: Bytes per calexp pixel of the hyperslab being warped (one input at a time): image and variance as read
-#: (float32) and as the warp takes them (float64), mask (uint16).
-SOURCE_BYTES = 26
+#: Bytes per calexp pixel of the hyperslab being warped (one input at a time): image and variance as the
+#: warp takes them (float64), mask (uint16).
+SOURCE_BYTES = 18
 #: Fixed memory: Python objects, the warp's node grids, h5py and astropy temporaries (bytes); and per
 #: input (its WCS and metadata). Measured with tracemalloc, 83 KB + 7 KB per input (docs/level2-coadd.md),
 #: and doubled.
@@ -220,19 +220,15 @@ class Workspace:
 
 
 def _read_hyperslab(path, box, ws):
-    """The calexp's image, variance and mask in box (x0, y0, nx, ny), read into workspace buffers (HDF5
-    converts other stored dtypes): image and variance as float32, handed to the warp as float64 (its
-    kernel's type, converted here once rather than at each of the 36 taps that read a pixel)."""
+    """The calexp's image, variance and mask in box (x0, y0, nx, ny), read into workspace buffers: image and
+    variance as float64, the warp kernel's type (HDF5 converts the stored float32 as it reads, as fast as
+    reading float32 and converting once here, and exact), the mask as uint16."""
     x0, y0, nx, ny = box
     out = []
     with open_read(path) as f:
-        for key, dt in (("image", np.float32), ("variance", np.float32), ("mask", np.uint16)):
+        for key, dt in (("image", np.float64), ("variance", np.float64), ("mask", np.uint16)):
             a = ws.array(f"src_{key}", (ny, nx), dt)
             f[key].read_direct(a, np.s_[y0:y0 + ny, x0:x0 + nx])
-            if dt == np.float32:
-                a64 = ws.array(f"src_{key}_f64", (ny, nx), np.float64)
-                np.copyto(a64, a)
-                a = a64
             out.append(a)
     return out
 
