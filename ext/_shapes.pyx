@@ -6,6 +6,16 @@ is checked twice here. Releases the GIL.
 from libc.math cimport exp, fabs, floor, sqrt
 
 
+cdef inline void _add(double *m, double w, double dx, double dy) noexcept nogil:
+    """Add a pixel of weighted value w at offset (dx, dy) to the sums m = (S, Sx, Sy, Sxx, Syy, Sxy)."""
+    m[0] = m[0] + w
+    m[1] = m[1] + w * dx
+    m[2] = m[2] + w * dy
+    m[3] = m[3] + w * dx * dx
+    m[4] = m[4] + w * dy * dy
+    m[5] = m[5] + w * dx * dy
+
+
 def iterate(const double[:, :, ::1] st, const double[:, ::1] dx0, const double[:, ::1] dy0, double sigma0,
             int max_iter, double tol, double max_shift, double[::1] wxx, double[::1] wyy, double[::1] wxy,
             double[::1] mx, double[::1] my, unsigned char[::1] good):
@@ -16,7 +26,8 @@ def iterate(const double[:, :, ::1] st, const double[:, ::1] dx0, const double[:
     are not positive (the last W kept), when the centre has moved more than max_shift, or after max_iter
     updates. Fills wxx, wyy, wxy, mx, my, good."""
     cdef Py_ssize_t n = st.shape[0], S = st.shape[1], k, r, c, c0, it
-    cdef double a, b, cc, q, w0, ratio, det, s, sx, sy, sxx, syy, sxy, dx, dy, w, v, ex, ey, nxx, nyy, nxy, change
+    cdef double m[6]
+    cdef double a, b, cc, q, w0, ratio, det, dx, dy, w, v, ex, ey, nxx, nyy, nxy, change
     cdef double txx, tyy, txy, cx, cy
     cdef bint lost
     with nogil:
@@ -33,12 +44,8 @@ def iterate(const double[:, :, ::1] st, const double[:, ::1] dx0, const double[:
                 b = -txy / det
                 cc = txx / det
                 q = exp(-a)
-                s = 0.0
-                sx = 0.0
-                sy = 0.0
-                sxx = 0.0
-                syy = 0.0
-                sxy = 0.0
+                for r in range(6):
+                    m[r] = 0.0
                 for r in range(S):
                     dy = dy0[k, r] - cy
                     # along the row the weight is exp of a concave parabola in dx, largest at dx = -b dy / a:
@@ -54,13 +61,7 @@ def iterate(const double[:, :, ::1] st, const double[:, ::1] dx0, const double[:
                     for c in range(c0, S):                 # the peak and rightwards
                         v = st[k, r, c]
                         if v != 0.0:
-                            dx = dx0[k, c] - cx
-                            s = s + w * v
-                            sx = sx + w * v * dx
-                            sy = sy + w * v * dy
-                            sxx = sxx + w * v * dx * dx
-                            syy = syy + w * v * dy * dy
-                            sxy = sxy + w * v * dx * dy
+                            _add(m, w * v, dx0[k, c] - cx, dy)
                         w = w * ratio
                         ratio = ratio * q
                     dx = dx0[k, c0] - cx
@@ -71,20 +72,14 @@ def iterate(const double[:, :, ::1] st, const double[:, ::1] dx0, const double[:
                         ratio = ratio * q
                         v = st[k, r, c]
                         if v != 0.0:
-                            dx = dx0[k, c] - cx
-                            s = s + w * v
-                            sx = sx + w * v * dx
-                            sy = sy + w * v * dy
-                            sxx = sxx + w * v * dx * dx
-                            syy = syy + w * v * dy * dy
-                            sxy = sxy + w * v * dx * dy
-                if not s > 0.0:
+                            _add(m, w * v, dx0[k, c] - cx, dy)
+                if not m[0] > 0.0:
                     break
-                ex = sx / s
-                ey = sy / s
-                nxx = 2.0 * (sxx / s - ex * ex)
-                nyy = 2.0 * (syy / s - ey * ey)
-                nxy = 2.0 * (sxy / s - ex * ey)
+                ex = m[1] / m[0]
+                ey = m[2] / m[0]
+                nxx = 2.0 * (m[3] / m[0] - ex * ex)
+                nyy = 2.0 * (m[4] / m[0] - ey * ey)
+                nxy = 2.0 * (m[5] / m[0] - ex * ey)
                 if not (nxx > 0.0 and nyy > 0.0 and nxx * nyy - nxy * nxy > 0.0):
                     break
                 change = fabs(nxx - txx) + fabs(nyy - tyy) + 2.0 * fabs(nxy - txy)
