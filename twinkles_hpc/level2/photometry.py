@@ -211,7 +211,8 @@ class _GivenPSF:
         self.comps = comps
 
     def components_at(self, x, y):
-        assert np.size(x) == self.comps[0].shape[0]
+        if np.size(x) != self.comps[0].shape[0]:
+            raise ValueError(f"{np.size(x)} positions queried, {self.comps[0].shape[0]} mixtures given")
         return self.comps
 
 

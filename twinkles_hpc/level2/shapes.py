@@ -5,7 +5,7 @@ The adaptive moments of a source are the covariance W of the elliptical Gaussian
 weighted centroid, which is also updated. For a Gaussian source of covariance C, M(W) = (C^-1 + W^-1)^-1,
 whose fixed point W = 2 M is W = C: a Gaussian's adaptive moments are its covariance, whatever its flux.
 The stamps (side 2 radius + 1) are cut together with numpy; the iteration runs per object in the compiled
-kernel twinkles_hpc._shapes (one exp per usable stamp pixel and iteration).
+kernel twinkles_hpc._shapes (per iteration one exp per stamp row, a recurrence along it).
 """
 import numpy as np
 
