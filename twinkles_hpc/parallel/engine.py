@@ -47,6 +47,8 @@ TAG_REQ, TAG_TASK, TAG_STOP, TAG_DONE, TAG_FAIL, TAG_CKPT, TAG_DRAIN, TAG_SIGNAL
 COMMIT_INTERVAL = 0.01
 #: Most messages rank 0 takes in at a time before it looks at the clock, the commit and the ready tasks again.
 GROUP_MAX = 512
+#: Seconds a failing rank 0 waits after printing the failure before MPI_Abort (see Engine._fail).
+ABORT_GRACE_S = 1.0
 
 
 class StopFlag:
@@ -301,6 +303,9 @@ class Engine:
             print(tb, file=sys.stderr, flush=True)
         print(f"twinkles-hpc: rank {rank} failed in task {tid}: {message} ({where})", file=sys.stderr, flush=True)
         if self.comm.size > 1:
+            # mpiexec forwards a rank's output through its process manager; Abort tears that down at once and
+            # on a loaded node dropped this line still in transit (1 in 4 tries): give it a moment
+            time.sleep(ABORT_GRACE_S)
             self.comm.Abort(1)
         raise SystemExit(1)
 
