@@ -86,8 +86,11 @@ def _components(psf, n):
 
 def mixture_image(w, cxx, cxy, cyy, dx, dy):
     """The mixture of one position (w, cxx, cxy, cyy: arrays (K,), px^2) at offsets dx, dy (pixels, any
-    shape) from its centre: the PSF value per unit flux, per pixel, sampled as forced_photometry does."""
-    c = [np.asarray(a, dtype=np.float64).reshape((-1,) + (1,) * np.ndim(dx)) for a in (w, cxx, cxy, cyy)]
+    shape) from its centre: the PSF value per unit flux, per pixel, sampled as forced_photometry does. With
+    (n, K) arrays, the mixtures of n positions, dx and dy of shape (n, ...): position k's values at [k]."""
+    nd = np.ndim(dx)
+    c = [np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0) for a in (w, cxx, cxy, cyy)]
+    c = [a.reshape(a.shape + (1,) * (nd - a.ndim + 1)) for a in c]
     det = c[1] * c[3] - c[2] ** 2
     q = (c[3] * dx ** 2 - 2 * c[2] * dx * dy + c[1] * dy ** 2) / det
     return (c[0] / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * q)).sum(0)
@@ -216,8 +219,8 @@ class _GivenPSF:
         return self.comps
 
 
-#: psf_aperture_fraction's model stamps per forced_photometry call (bounds the tiled image's memory).
-APERTURE_STAMPS = 4096
+#: psf_aperture_fraction draws at most this many model values (stamp pixels x mixture components) at a time.
+APERTURE_VALUES = 1 << 21
 
 
 def psf_aperture_fraction(psf, x, y, ap_radii=DEFAULT_AP_RADII):
@@ -233,17 +236,12 @@ def psf_aperture_fraction(psf, x, y, ap_radii=DEFAULT_AP_RADII):
     side = 2 * half + 1
     jj, ii = np.mgrid[0:side, 0:side].astype(np.float64)
     frac = np.empty((x.size, ap.size))
-    for k0 in range(0, x.size, APERTURE_STAMPS):
-        sl = slice(k0, min(k0 + APERTURE_STAMPS, x.size))
+    chunk = max(1, APERTURE_VALUES // (side * side * comps[0].shape[1]))
+    for k0 in range(0, x.size, chunk):
+        sl = slice(k0, min(k0 + chunk, x.size))
         xc, yc = half + x[sl] - np.round(x[sl]), half + y[sl] - np.round(y[sl])       # stamp coordinates
         w, cxx, cxy, cyy = (a[sl] for a in comps)
-        dx, dy = ii[None] - xc[:, None, None], jj[None] - yc[:, None, None]
-        model = np.zeros(dx.shape)
-        for c in range(w.shape[1]):                      # mixture_image's sum, component by component
-            det = (cxx[:, c] * cyy[:, c] - cxy[:, c] ** 2)[:, None, None]
-            q = (cyy[:, c, None, None] * dx ** 2 - 2 * cxy[:, c, None, None] * dx * dy
-                 + cxx[:, c, None, None] * dy ** 2) / det
-            model += w[:, c, None, None] / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * q)
+        model = mixture_image(w, cxx, cxy, cyy, ii[None] - xc[:, None, None], jj[None] - yc[:, None, None])
         n = model.shape[0]
         tiled = np.ascontiguousarray(model.transpose(1, 0, 2).reshape(side, n * side))
         rows = forced_photometry(tiled, np.ones_like(tiled), None, xc + side * np.arange(n), yc,
