@@ -21,10 +21,10 @@ def iterate(const double[:, :, ::1] st, const double[:, ::1] dx0, const double[:
             double[::1] mx, double[::1] my, unsigned char[::1] good):
     """For each stamp n (st[n]: pixel values, 0 where left out; dx0[n, c], dy0[n, r]: the column's and
     row's offsets from the start position), iterate W <- 2 M(W) from W = sigma0^2 I: M the second moments
-    of exp(-d^T W^-1 d / 2) st (the exponentials by a recurrence along each row) about the weighted centroid, which moves the centre (mx, my) too. Stops
-    when |dWxx| + |dWyy| + 2 |dWxy| < tol (Wxx + Wyy) (good = 1), when the weighted flux or the moments
-    are not positive (the last W kept), when the centre has moved more than max_shift, or after max_iter
-    updates. Fills wxx, wyy, wxy, mx, my, good."""
+    of exp(-d^T W^-1 d / 2) st (the exponentials by a recurrence along each row) about the weighted
+    centroid, which moves the centre (mx, my) too. Stops when |dWxx| + |dWyy| + 2 |dWxy| < tol (Wxx + Wyy)
+    (good = 1), when the weighted flux or the moments are not positive (the last W kept), when the centre
+    has moved more than max_shift, or after max_iter updates. Fills wxx, wyy, wxy, mx, my, good."""
     cdef Py_ssize_t n = st.shape[0], S = st.shape[1], k, r, c, c0, it
     cdef double m[6]
     cdef double a, b, cc, q, w0, ratio, det, dx, dy, w, v, ex, ey, nxx, nyy, nxy, change

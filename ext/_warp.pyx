@@ -177,6 +177,14 @@ cdef inline bint _segment_outside(double u0, double u1, double v0, double v1, do
             or vmin >= vhi + SEGMENT_TOL)
 
 
+cdef inline void _no_data(float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, Py_ssize_t j,
+                          Py_ssize_t i, uint16_t no_data) noexcept nogil:
+    """Output pixel (i, j) without data: NaN, NaN, no_data."""
+    out[j, i] = NAN
+    out_var[j, i] = NAN
+    out_mask[j, i] = no_data
+
+
 cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:, ::1] src_var,
                          const uint16_t[:, ::1] src_mask, Py_ssize_t sx0, Py_ssize_t sy0,
                          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
@@ -240,13 +248,9 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
         i_first = nx
         i_last = nx - 1
     for i in range(i_first):
-        out[j, i] = NAN
-        out_var[j, i] = NAN
-        out_mask[j, i] = no_data
+        _no_data(out, out_var, out_mask, j, i, no_data)
     for i in range(i_last + 1, nx):
-        out[j, i] = NAN
-        out_var[j, i] = NAN
-        out_mask[j, i] = no_data
+        _no_data(out, out_var, out_mask, j, i, no_data)
     if i_first == nx:
         return 0
     c = (dx0 + i_first - gx0) // step         # X = dx0 + i is rem pixels past node column c,
@@ -271,9 +275,7 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
             if fabs(v - fy) < SNAP:
                 v = fy
             if not (u >= ulo and u < uhi and v >= vlo and v < vhi):     # NaN fails too
-                out[j, i] = NAN
-                out_var[j, i] = NAN
-                out_mask[j, i] = no_data
+                _no_data(out, out_var, out_mask, j, i, no_data)
                 continue
             jac[k] = rj[c] + tx * (rj[c + 1] - rj[c])
             fx = floor(u)
@@ -404,9 +406,8 @@ include "_select.pxi"
 
 #: Up to 16 values _median sorts them with Batcher's odd-even merge sort, padded with +inf to 4, 8 or 16
 #: values: each comparator a min and a max on registers, no branch on the data (Hoare's selection, used
-#: above 16, branches on the data in ways the processor cannot predict). The networks' comparators, in
-#: order (the first 5 and 19 sort the first 4 and 8 values: the network is built from sorted halves):
-#: [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2), (4, 5), (6, 7), (4, 6), (5, 7), (5, 6), (0, 4), (2, 6), (2, 4), (1, 5), (3, 7), (3, 5), (1, 2), (3, 4), (5, 6), (8, 9), (10, 11), (8, 10), (9, 11), (9, 10), (12, 13), (14, 15), (12, 14), (13, 15), (13, 14), (8, 12), (10, 14), (10, 12), (9, 13), (11, 15), (11, 13), (9, 10), (11, 12), (13, 14), (0, 8), (4, 12), (4, 8), (2, 10), (6, 14), (6, 10), (2, 4), (6, 8), (10, 12), (1, 9), (5, 13), (5, 9), (3, 11), (7, 15), (7, 11), (3, 5), (7, 9), (11, 13), (1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14)]
+#: above 16, branches on the data in ways the processor cannot predict). A network of 2m values sorts both
+#: halves (the network of m) and merges them.
 cdef enum:
     NET_SIZE = 16
 
@@ -419,39 +420,27 @@ cdef inline void _cx(double *x, double *y) noexcept nogil:
 
 
 cdef inline void _sort4(double *a) noexcept nogil:
-    """Sort a[0..4) in place: the first 5 comparators of the network, on locals."""
-    cdef double x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3]
-    _cx(&x0, &x1); _cx(&x2, &x3); _cx(&x0, &x2); _cx(&x1, &x3); _cx(&x1, &x2)
-    a[0] = x0; a[1] = x1; a[2] = x2; a[3] = x3
+    """Sort a[0..4) in place (5 comparators)."""
+    _cx(&a[0], &a[1]); _cx(&a[2], &a[3]); _cx(&a[0], &a[2]); _cx(&a[1], &a[3]); _cx(&a[1], &a[2])
 
 
 cdef inline void _sort8(double *a) noexcept nogil:
-    """Sort a[0..8) in place: the first 19 comparators of the network, on locals."""
-    cdef double x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3], x4 = a[4], x5 = a[5], x6 = a[6], x7 = a[7]
-    _cx(&x0, &x1); _cx(&x2, &x3); _cx(&x0, &x2); _cx(&x1, &x3); _cx(&x1, &x2)
-    _cx(&x4, &x5); _cx(&x6, &x7); _cx(&x4, &x6); _cx(&x5, &x7); _cx(&x5, &x6)
-    _cx(&x0, &x4); _cx(&x2, &x6); _cx(&x2, &x4); _cx(&x1, &x5); _cx(&x3, &x7)
-    _cx(&x3, &x5); _cx(&x1, &x2); _cx(&x3, &x4); _cx(&x5, &x6)
-    a[0] = x0; a[1] = x1; a[2] = x2; a[3] = x3; a[4] = x4; a[5] = x5; a[6] = x6; a[7] = x7
+    """Sort a[0..8) in place: both halves, then their merge (9 comparators)."""
+    _sort4(a)
+    _sort4(a + 4)
+    _cx(&a[0], &a[4]); _cx(&a[2], &a[6]); _cx(&a[2], &a[4]); _cx(&a[1], &a[5]); _cx(&a[3], &a[7])
+    _cx(&a[3], &a[5]); _cx(&a[1], &a[2]); _cx(&a[3], &a[4]); _cx(&a[5], &a[6])
 
 
 cdef inline void _sort16(double *a) noexcept nogil:
-    """Sort a[0..16) in place: the first 63 comparators of the network, on locals."""
-    cdef double x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3], x4 = a[4], x5 = a[5], x6 = a[6], x7 = a[7], x8 = a[8], x9 = a[9], x10 = a[10], x11 = a[11], x12 = a[12], x13 = a[13], x14 = a[14], x15 = a[15]
-    _cx(&x0, &x1); _cx(&x2, &x3); _cx(&x0, &x2); _cx(&x1, &x3); _cx(&x1, &x2)
-    _cx(&x4, &x5); _cx(&x6, &x7); _cx(&x4, &x6); _cx(&x5, &x7); _cx(&x5, &x6)
-    _cx(&x0, &x4); _cx(&x2, &x6); _cx(&x2, &x4); _cx(&x1, &x5); _cx(&x3, &x7)
-    _cx(&x3, &x5); _cx(&x1, &x2); _cx(&x3, &x4); _cx(&x5, &x6); _cx(&x8, &x9)
-    _cx(&x10, &x11); _cx(&x8, &x10); _cx(&x9, &x11); _cx(&x9, &x10); _cx(&x12, &x13)
-    _cx(&x14, &x15); _cx(&x12, &x14); _cx(&x13, &x15); _cx(&x13, &x14); _cx(&x8, &x12)
-    _cx(&x10, &x14); _cx(&x10, &x12); _cx(&x9, &x13); _cx(&x11, &x15); _cx(&x11, &x13)
-    _cx(&x9, &x10); _cx(&x11, &x12); _cx(&x13, &x14); _cx(&x0, &x8); _cx(&x4, &x12)
-    _cx(&x4, &x8); _cx(&x2, &x10); _cx(&x6, &x14); _cx(&x6, &x10); _cx(&x2, &x4)
-    _cx(&x6, &x8); _cx(&x10, &x12); _cx(&x1, &x9); _cx(&x5, &x13); _cx(&x5, &x9)
-    _cx(&x3, &x11); _cx(&x7, &x15); _cx(&x7, &x11); _cx(&x3, &x5); _cx(&x7, &x9)
-    _cx(&x11, &x13); _cx(&x1, &x2); _cx(&x3, &x4); _cx(&x5, &x6); _cx(&x7, &x8)
-    _cx(&x9, &x10); _cx(&x11, &x12); _cx(&x13, &x14)
-    a[0] = x0; a[1] = x1; a[2] = x2; a[3] = x3; a[4] = x4; a[5] = x5; a[6] = x6; a[7] = x7; a[8] = x8; a[9] = x9; a[10] = x10; a[11] = x11; a[12] = x12; a[13] = x13; a[14] = x14; a[15] = x15
+    """Sort a[0..16) in place: both halves, then their merge (25 comparators)."""
+    _sort8(a)
+    _sort8(a + 8)
+    _cx(&a[0], &a[8]); _cx(&a[4], &a[12]); _cx(&a[4], &a[8]); _cx(&a[2], &a[10]); _cx(&a[6], &a[14])
+    _cx(&a[6], &a[10]); _cx(&a[2], &a[4]); _cx(&a[6], &a[8]); _cx(&a[10], &a[12]); _cx(&a[1], &a[9])
+    _cx(&a[5], &a[13]); _cx(&a[5], &a[9]); _cx(&a[3], &a[11]); _cx(&a[7], &a[15]); _cx(&a[7], &a[11])
+    _cx(&a[3], &a[5]); _cx(&a[7], &a[9]); _cx(&a[11], &a[13]); _cx(&a[1], &a[2]); _cx(&a[3], &a[4])
+    _cx(&a[5], &a[6]); _cx(&a[7], &a[8]); _cx(&a[9], &a[10]); _cx(&a[11], &a[12]); _cx(&a[13], &a[14])
 
 
 cdef double _median(double *a, Py_ssize_t n) noexcept nogil:
