@@ -149,10 +149,12 @@ cdef void _smooth_row(float** ring, Py_ssize_t j, Py_ssize_t ny, Py_ssize_t nx, 
 def matched_filter(const float[:, ::1] image, const float[:, ::1] variance, const unsigned char[:, ::1] mask,
                    const float[::1] taps, float[:, ::1] simage, float[:, ::1] svariance):
     """simage = image (x) K, svariance = variance (x) K^2 with K = taps (x) taps (separable, 2r+1 taps),
-    masked pixels and pixels outside the image counting as 0. Returns the flat index of the first
-    unmasked pixel whose image or variance is non-finite or whose variance is negative, or -1."""
-    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], n2 = taps.shape[0], r = (taps.shape[0] - 1) // 2
+    masked pixels and pixels outside the image counting as 0. An empty (0, 0) image and simage: the
+    variance alone. Returns the flat index of the first unmasked pixel whose image or variance is
+    non-finite or whose variance is negative, or -1."""
+    cdef Py_ssize_t ny = variance.shape[0], nx = variance.shape[1], n2 = taps.shape[0], r = (taps.shape[0] - 1) // 2
     cdef Py_ssize_t j, jl, i, t, bad = -1, badv = -1
+    cdef bint with_image = image.shape[0] > 0
     cdef const unsigned char* m = &mask[0, 0] if mask.shape[0] > 0 else NULL
     cdef float* ringi = <float*> malloc(n2 * nx * sizeof(float))
     cdef float* ringv = <float*> malloc(n2 * nx * sizeof(float))
@@ -172,14 +174,16 @@ def matched_filter(const float[:, ::1] image, const float[:, ::1] variance, cons
         jl = 0                                  # next row to load
         for j in range(ny):
             while jl < ny and jl <= j + r:
-                i = _load_row(&image[jl, 0], m + jl * nx if m != NULL else NULL, nx, rowi[jl % n2], False)
-                if i >= 0 and bad < 0:
-                    bad = jl * nx + i
+                if with_image:
+                    i = _load_row(&image[jl, 0], m + jl * nx if m != NULL else NULL, nx, rowi[jl % n2], False)
+                    if i >= 0 and bad < 0:
+                        bad = jl * nx + i
                 i = _load_row(&variance[jl, 0], m + jl * nx if m != NULL else NULL, nx, rowv[jl % n2], True)
                 if i >= 0 and badv < 0:
                     badv = jl * nx + i
                 jl += 1
-            _smooth_row(rowi, j, ny, nx, r, k, pad, &simage[j, 0])
+            if with_image:
+                _smooth_row(rowi, j, ny, nx, r, k, pad, &simage[j, 0])
             _smooth_row(rowv, j, ny, nx, r, k + n2, pad, &svariance[j, 0])
     free(ringi); free(ringv); free(pad); free(k); free(rowi); free(rowv)
     if bad < 0 or (0 <= badv < bad):

@@ -13,7 +13,7 @@ from twinkles_hpc.imsim.psf import PSFModel
 from twinkles_hpc.imsim.render import add_gaussians, render_points
 from twinkles_hpc.level2.background import Background, BackgroundConfig, estimate_background, mesh_edges
 from twinkles_hpc.level2.detect import (DETECTION_DTYPE, FLAG_DEBLENDED, FLAG_EDGE, FLAG_MASKED, FWHM_PER_SIGMA,
-                                        detect, leaves, matched_filter)
+                                        detect, filter_variance, leaves, matched_filter)
 
 SKY, RN = 900.0, 8.8                       # electrons per pixel, electrons rms
 SIGMA = math.sqrt(SKY + RN ** 2)           # pixel noise, electrons
@@ -344,3 +344,23 @@ def test_kernels_release_the_gil_and_are_deterministic():
 def test_empty_image_gives_empty_catalogue():
     cat, labels = detect(np.zeros((50, 60)), np.ones((50, 60)))
     assert len(cat) == 0 and cat.dtype == np.dtype(DETECTION_DTYPE) and not labels.any()
+
+
+def test_precomputed_filter_gives_the_same_catalogue():
+    """detect(filtered=matched_filter(...)) is detect alone, bit for bit; filter_variance is matched_filter's
+    V_S; filtered planes of another shape are refused."""
+    n = 64
+    expected = np.zeros((n, n))
+    render_points(expected, np.array([20.5, 40.0, 41.0]), np.array([30.0, 12.5, 50.0]),
+                  np.array([30000.0, 15000.0, 20000.0]), psf(n))
+    image = noisy(expected, (7, 0, 0)) - np.float32(SKY)
+    var = np.maximum(image + np.float32(SKY), 0) + np.float32(RN ** 2)
+    mask = np.zeros(image.shape, bool)
+    mask[48:52, 38:44] = True                        # on the third star
+    s, vs = matched_filter(image, var, FWHM_PX, mask=mask)
+    assert np.array_equal(filter_variance(var, FWHM_PX, mask=mask), vs)
+    cat, labels = detect(image, var, mask=mask)
+    cat2, labels2 = detect(image, var, mask=mask, filtered=(s, vs))
+    assert len(cat) == 3 and cat.tobytes() == cat2.tobytes() and np.array_equal(labels, labels2)
+    with pytest.raises(ValueError, match="filtered planes"):
+        detect(image, var, filtered=(s[1:], vs[1:]))

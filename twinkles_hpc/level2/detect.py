@@ -83,6 +83,17 @@ def matched_filter(image, variance, fwhm_px, mask=None):
     return _filter(img, var, m, gaussian_taps(_fwhm(fwhm_px)))
 
 
+def filter_variance(variance, fwhm_px, mask=None):
+    """V_S alone: variance (x) K^2 (float32), as matched_filter's."""
+    var = as_float32_image("variance", variance)
+    empty = np.zeros((0, 0), np.float32)
+    svar = np.empty_like(var)
+    bad = _detect.matched_filter(empty, var, as_mask(mask, var.shape), gaussian_taps(_fwhm(fwhm_px)), empty, svar)
+    if bad >= 0:
+        raise_bad_pixel("variance", bad, var.shape, "finite and >= 0")
+    return svar
+
+
 def leaves(catalog):
     """Boolean mask of the rows that are not split parents: each detected source once."""
     return (catalog["flags"] & FLAG_DEBLENDED) == 0
@@ -114,7 +125,7 @@ def _filter(img, var, m, taps):
 
 
 def detect(image, variance, *, threshold=5.0, kernel_fwhm_px=3.5, min_npix=5, mask=None, deblend=True,
-           deblend_nsigma=3.0, deblend_cont=0.001):
+           deblend_nsigma=3.0, deblend_cont=0.001, filtered=None):
     """Detect sources in a background-subtracted image.
 
     image: 2-D, electrons per pixel, background subtracted; variance: same shape, electrons^2 (>= 0);
@@ -123,7 +134,9 @@ def detect(image, variance, *, threshold=5.0, kernel_fwhm_px=3.5, min_npix=5, ma
     ignore (bool, or integer with nonzero = ignore), same shape; deblend: split footprints with several
     significant peaks; deblend_nsigma, deblend_cont: a peak is significant if it rises above the saddle
     to a higher peak by at least deblend_nsigma sigma of the smoothed noise at the peak and its flux
-    above the saddle is at least deblend_cont times the footprint's (both in the smoothed image).
+    above the saddle is at least deblend_cont times the footprint's (both in the smoothed image);
+    filtered: (S, V_S) of these image, variance, mask and kernel (matched_filter) when the caller has
+    them, so they are not computed again.
 
     Unmasked non-finite pixels (image or variance), negative variances and mismatched shapes raise
     ValueError. Returns (catalog, labels): catalog a DETECTION_DTYPE array (see the module doc), labels an
@@ -141,7 +154,12 @@ def detect(image, variance, *, threshold=5.0, kernel_fwhm_px=3.5, min_npix=5, ma
                          f"{deblend_cont!r}")
     fwhm = _fwhm(kernel_fwhm_px)
     taps = gaussian_taps(fwhm)
-    simg, svar = _filter(img, var, m, taps)
+    if filtered is None:
+        simg, svar = _filter(img, var, m, taps)
+    else:
+        simg, svar = (as_float32_image(name, a) for name, a in zip(("filtered image", "filtered variance"), filtered))
+        if simg.shape != img.shape or svar.shape != img.shape:
+            raise ValueError(f"filtered planes {simg.shape}, {svar.shape} are not of the image's shape {img.shape}")
     labels = np.empty(img.shape, dtype=np.int32)
     nfp, start, pix = _detect.label(simg, svar, m, float(threshold), int(min_npix), labels)
     child = np.empty(len(pix), dtype=np.int32)

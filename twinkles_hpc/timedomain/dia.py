@@ -99,29 +99,37 @@ def product_psf(attrs, stamp):
                           summary["psf_centre"])
 
 
-def _usable(image, variance, mask):
-    return np.isfinite(image) & np.isfinite(variance) & (variance > 0) & ((mask & DIA_BAD_BITS) == 0)
+def unusable(image, variance, mask):
+    """The pixels left out of the noise calibration, the detection and the PSF fits (bool): non-finite
+    image or variance, variance <= 0, or a DIA_BAD_BITS bit. The steps below take it as `bad` so that a
+    visit computes it once (background subtraction and variance scaling do not change it)."""
+    return ~(np.isfinite(image) & np.isfinite(variance) & (variance > 0) & ((mask & DIA_BAD_BITS) == 0))
 
 
-def _clean(image, variance, mask):
-    """Image and variance with unusable pixels zeroed, and the bool mask of those pixels."""
-    bad = ~_usable(image, variance, mask)
-    img, var = image.copy(), variance.copy()
-    img[bad], var[bad] = 0.0, 0.0
-    return img, var, bad
+def _zeroed(plane, bad):
+    """A copy of plane with the bad pixels 0."""
+    return np.where(bad, plane.dtype.type(0), plane)
 
 
-def subtract_background(image, variance, mask, mesh_size):
+def subtract_background(image, variance, mask, mesh_size, bad=None):
     """Subtract, in place, the residual sky of a difference: sigma-clipped mesh medians (mesh_size pixels)
-    over the usable pixels, median-filtered and splined (level2.background). The kernel fit's differential
-    background is constrained only around the kernel candidates; the calexp's and the template's sky
-    estimates, made at different seeing and depth, differ by more than that elsewhere (up to 0.1 sigma of a
-    pre-convolved pixel). Returns the mean level removed."""
+    over the usable pixels (not `bad`, default `unusable`), median-filtered and splined
+    (level2.background). The kernel fit's differential background is constrained only around the kernel
+    candidates; the calexp's and the template's sky estimates, made at different seeing and depth, differ
+    by more than that elsewhere (up to 0.1 sigma of a pre-convolved pixel). Returns the mean level
+    removed."""
     from twinkles_hpc.level2.background import BackgroundConfig, estimate_background
-    img, _, bad = _clean(image, variance, mask)
-    bg = estimate_background(img, bad, BackgroundConfig(mesh_size=mesh_size, mode_estimator="median")).image()
+    bad = unusable(image, variance, mask) if bad is None else bad
+    bg = estimate_background(_zeroed(image, bad), bad,
+                             BackgroundConfig(mesh_size=mesh_size, mode_estimator="median")).image()
     image -= bg
     return float(bg.mean())
+
+
+def matched_filter(image, variance, bad, fwhm_px):
+    """(S, V_S) of a difference: the image and variance filtered with the detection filter, a Gaussian of
+    FWHM fwhm_px (level2.detect.matched_filter), the `bad` pixels counting as 0."""
+    return _det.matched_filter(image, variance, fwhm_px, mask=bad)
 
 
 def _mad_std(a):
@@ -134,15 +142,16 @@ def _mad_std(a):
 NOISE_STRIDE = 4
 
 
-def noise_scale(image, variance, mask, fwhm_px):
+def noise_scale(image, variance, mask, fwhm_px, *, bad=None, filtered=None):
     """(scale, lambda2) of the PSF-filtered significance z = S / sigma_S over usable pixels (on the grid of
     every NOISE_STRIDE-th row and column; module docstring): `scale`, its robust standard deviation, the
     factor by which the variance plane's sigma is off for PSF-weighted sums; `lambda2`, the variance of its
     gradient per unit variance (the field's roughness, from the differences with the right, resp. lower,
     neighbour of each grid pixel: var(z(x+1) - z(x)) = 2 (1 - exp(-lambda2 / 2)) for a Gaussian
-    correlation), which sets the Gaussian expectation of false detections."""
-    img, var, bad = _clean(image, variance, mask)
-    s, vs = _det.matched_filter(img, var, fwhm_px, mask=bad)
+    correlation), which sets the Gaussian expectation of false detections. bad: `unusable` when the
+    caller has it; filtered: `matched_filter` of these planes when the caller has it."""
+    bad = unusable(image, variance, mask) if bad is None else bad
+    s, vs = matched_filter(image, variance, bad, fwhm_px) if filtered is None else filtered
     ok = ~bad & (vs > 0)
     if ok.sum() < 100:
         raise ValueError(f"the difference has {int(ok.sum())} usable pixels, too few to calibrate its noise")
@@ -172,12 +181,13 @@ def measure(image, variance, mask, x, y, psf):
     return phot
 
 
-def flux_error_scale(image, variance, mask, psf, key, n=2000):
+def flux_error_scale(image, variance, mask, psf, key, n=2000, *, bad=None):
     """Robust standard deviation (1.4826 MAD) of flux / error of `measure` at `n` random usable positions
     (numpy generator keyed by the integer sequence `key`): the factor by which the PSF-flux errors from the
     variance plane are off. Needed where the difference's noise is correlated (a pre-convolved difference),
-    about 1 where it was decorrelated; a few real sources among the positions do not move the MAD."""
-    ok = _usable(image, variance, mask)
+    about 1 where it was decorrelated; a few real sources among the positions do not move the MAD.
+    bad: `unusable` when the caller has it."""
+    ok = ~(unusable(image, variance, mask) if bad is None else bad)
     ny, nx = image.shape
     m = int(np.ceil(3 * psf.fwhm_px)) + 2
     ok[:m], ok[-m:], ok[:, :m], ok[:, -m:] = False, False, False, False
@@ -208,16 +218,22 @@ def detection_filter_fwhm(psf, preconvolved):
     return 0.5 if preconvolved else psf.fwhm_px
 
 
-def detect_dia_sources(image, variance, mask, psf, *, threshold=5.0, min_npix=3, filter_fwhm=None, err_scale=1.0):
+def detect_dia_sources(image, variance, mask, psf, *, threshold=5.0, min_npix=3, filter_fwhm=None, err_scale=1.0,
+                       bad=None, filtered_image=None):
     """DiaSources of one difference: positive and negative detections above `threshold` sigma (the image
     filtered with a Gaussian of FWHM `filter_fwhm`, default the PSF's), measured with its PSF; a
-    DIA_DETECTION_DTYPE array, positives first, each by detection order."""
-    img, var, bad = _clean(image, variance, mask)
+    DIA_DETECTION_DTYPE array, positives first, each by detection order. bad: `unusable` when the caller
+    has it; filtered_image: the S of `matched_filter` of this image with that filter, when the caller has
+    it (the filter is linear: the negative image's is -S, the same bits)."""
+    bad = unusable(image, variance, mask) if bad is None else bad
+    img, var = _zeroed(image, bad), _zeroed(variance, bad)
+    fwhm = psf.fwhm_px if filter_fwhm is None else filter_fwhm
+    s, vs = (matched_filter(img, var, bad, fwhm) if filtered_image is None
+             else (filtered_image, _det.filter_variance(var, fwhm, mask=bad)))
     found = []
     for sign in (1.0, -1.0):
-        cat, _ = _det.detect(sign * img, var, threshold=threshold,
-                             kernel_fwhm_px=psf.fwhm_px if filter_fwhm is None else filter_fwhm, min_npix=min_npix,
-                             mask=bad, deblend=True)
+        cat, _ = _det.detect(sign * img, var, threshold=threshold, kernel_fwhm_px=fwhm, min_npix=min_npix, mask=bad,
+                             deblend=True, filtered=(s if sign > 0 else -s, vs))
         cat = cat[_det.leaves(cat)]
         r = np.zeros(len(cat), DIA_DETECTION_DTYPE)
         r["x"], r["y"], r["npix"] = cat["x"], cat["y"], cat["npix"]

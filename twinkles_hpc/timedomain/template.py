@@ -63,7 +63,10 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
                 continue
             x0, y0, bx, by = box
             sl = np.s_[y0:y0 + by, x0:x0 + bx]
-            planes = [f[k][sl] for k in ("image", "variance", "mask")]
+            planes = []
+            for key, dt in (("image", np.float64), ("variance", np.float64), ("mask", np.uint16)):
+                planes.append(np.empty((by, bx), dt))         # float64: the warp's type, converted by HDF5
+                f[key].read_direct(planes[-1], sl)
             psf = CoaddPSF.from_file(f)
         grid = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny))    # the whole calexp's, so the same bits
         img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid=grid)

@@ -206,16 +206,21 @@ def difference_visit(ctx, visit, params):
     more = {"wcs": a["wcs"], "psf_model": a["psf"], "flux_njy_per_electron": njy, "ap_corr": float(a["ap_corr"]),
             "template_patches": [os.path.relpath(p, ctx.rundir) for p in tmpl.patches]}
     dpsf = dia.difference_psf(res.summary["direction"], res.psf, psf, (cx, cy))
-    sky = dia.subtract_background(res.image, res.variance, res.mask, D.background_mesh) if D.background_mesh else 0.0
+    bad = dia.unusable(res.image, res.variance, res.mask)      # the same through the steps below
+    sky = 0.0
+    if D.background_mesh:
+        sky = dia.subtract_background(res.image, res.variance, res.mask, D.background_mesh, bad)
     lap("residual_sky")
     filt = dia.detection_filter_fwhm(dpsf, res.summary["direction"] == "preconvolved")
-    scale, lambda2 = dia.noise_scale(res.image, res.variance, res.mask, filt)
+    filtered = dia.matched_filter(res.image, res.variance, bad, filt)
+    scale, lambda2 = dia.noise_scale(res.image, res.variance, res.mask, filt, bad=bad, filtered=filtered)
     res.variance *= np.float32(scale ** 2)
     err_scale = dia.flux_error_scale(res.image, res.variance, res.mask, dpsf,
-                                     (ctx.cfg.run.seed, vid, DIFFIM_ERROR_KEY))
+                                     (ctx.cfg.run.seed, vid, DIFFIM_ERROR_KEY), bad=bad)
     lap("noise")
     det = dia.detect_dia_sources(res.image, res.variance, res.mask, dpsf, threshold=D.detection_threshold,
-                                 min_npix=D.detection_min_npix, filter_fwhm=filt, err_scale=err_scale)
+                                 min_npix=D.detection_min_npix, filter_fwhm=filt, err_scale=err_scale, bad=bad,
+                                 filtered_image=filtered[0])
     lap("detection")
     rows = np.zeros(len(det), DIA_SOURCE_DTYPE)
     rows["diaSourceId"] = vid * DIA_SOURCE_ID_STRIDE + det["id"]
