@@ -346,16 +346,18 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     gram[:nb, :nb] = np.einsum("kab,lab->kl", basis.images, basis.images)
     k2sum = np.ones(n)                                        # sum K^2 of each stamp's kernel (first: 1)
     used = np.ones(n, bool)
+    # each stamp's normal equations; a clipped stamp never returns, so only the used ones are updated
+    a, b, rr = np.zeros((n, nb + 1, nb + 1)), np.zeros((n, nb + 1)), np.zeros(n)
     it = 0
     while True:
         # weights: the difference's variance, V_ref + V sum K^2 (the convolved variance, locally constant)
-        w = np.where(ok, 1.0 / (vref + vconv * k2sum[:, None]), 0.0)
-        noise = (vconv * w).sum(1)
+        w = np.where(ok[used], 1.0 / (vref[used] + vconv[used] * k2sum[used, None]), 0.0)
+        noise = (vconv[used] * w).sum(1)
         ridge = np.zeros(active.shape)
-        ridge[1:nb] = cfg.kernel_ridge * float(noise[used].sum())
-        a, b, rr = _normal_equations(design, ref, w, to_fit)
-        a_fit = a - noise[:, None, None] * gram if cfg.noise_correction else a
-        coeffs = _solve(a_fit[used], b[used], p[used], active, ridge)
+        ridge[1:nb] = cfg.kernel_ridge * float(noise.sum())
+        a[used], b[used], rr[used] = _normal_equations(design, np.flatnonzero(used), ref[used], w, to_fit)
+        a_fit = a[used] - noise[:, None, None] * gram if cfg.noise_correction else a[used]
+        coeffs = _solve(a_fit, b[used], p[used], active, ridge)
         it += 1
         local = p @ coeffs.T                                               # (n, nb + 1)
         # chi^2 = sum w (ref - design local)^2, from the stamp's normal equations
@@ -388,20 +390,20 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     return KernelSolution(basis, coeffs, order, tuple(shape), summary)
 
 
-def _normal_equations(design, ref, w, to_fit):
-    """Per stamp n, with D_n = to_fit @ design[n] (the fit's basis; design: (n, raw images + 1, pixels)) and
-    W_n the weights: D_n W_n D_n^T, D_n W_n ref_n and ref_n W_n ref_n. The products are formed in the
-    design's basis from sqrt(W_n) design[n], one stamp at a time (it stays in cache for BLAS's syrk), then
-    transformed."""
-    n, nk, s_pix = design.shape
-    a, b = np.empty((n, nk, nk)), np.empty((n, nk))
+def _normal_equations(design, rows, ref, w, to_fit):
+    """Per stamp n of `rows` (ref, w: theirs, in that order), with D_n = to_fit @ design[n] (the fit's basis;
+    design: (stamps, raw images + 1, pixels)) and W_n the weights: D_n W_n D_n^T, D_n W_n ref_n and
+    ref_n W_n ref_n. The products are formed in the design's basis from sqrt(W_n) design[n], one stamp at a
+    time (it stays in cache for BLAS's syrk), then transformed."""
+    nk, s_pix = design.shape[1:]
+    a, b = np.empty((rows.size, nk, nk)), np.empty((rows.size, nk))
     sw = np.sqrt(w)
     swr = sw * ref
     buf = np.empty((nk, s_pix))
-    for k in range(n):
-        np.multiply(design[k], sw[k], out=buf)
-        np.matmul(buf, buf.T, out=a[k])
-        np.matmul(buf, swr[k], out=b[k])
+    for i, k in enumerate(rows):
+        np.multiply(design[k], sw[i], out=buf)
+        np.matmul(buf, buf.T, out=a[i])
+        np.matmul(buf, swr[i], out=b[i])
     return to_fit @ a @ to_fit.T, b @ to_fit.T, (swr * swr).sum(1)
 
 
