@@ -1,7 +1,8 @@
 """Private kernels of twinkles_hpc.timedomain.diffim: convolution of a whole image with a spatially
 varying kernel written as a sum of separable terms weighted by spatial monomials, the convolution of the
 kernel fit's stamps with every raw basis image, the OR-propagation of a mask through a kernel footprint,
-in-place arithmetic with a polynomial of the pixel position, and the difference's assembly (one pass for
+in-place arithmetic with a polynomial of the pixel position, the zeroing of non-finite inputs, and the
+difference's assembly (one pass for
 the difference, its invalid pixels and their mask bit; one for its variance plane and NaNs).
 
 Called only by that wrapper, which validates every input and documents the physics; nothing is checked
@@ -280,6 +281,26 @@ def convolve_stamps(const double[:, :, ::1] patches, const double[:, ::1] functi
                 if floating is float:
                     for i in range(S * S):
                         out[n, k, i] = <float> acc[i]
+
+
+def zero_nonfinite(const float[:, ::1] image, const float[:, ::1] variance, const uint16_t[:, ::1] mask,
+                   uint16_t bit, float[:, ::1] out_image, float[:, ::1] out_variance, uint16_t[:, ::1] out_mask):
+    """out_image, out_variance = image, variance, 0 where either is not finite; out_mask = mask (an empty
+    (0, 0) mask: 0) | bit there. Returns the number of such pixels."""
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], y, x, n = 0
+    cdef bint has_mask = mask.shape[0] > 0, bad
+    cdef float v, w
+    with nogil:
+        for y in range(ny):
+            for x in range(nx):
+                v = image[y, x]
+                w = variance[y, x]
+                bad = not (isfinite(v) and isfinite(w))
+                n += bad
+                out_image[y, x] = 0.0 if bad else v
+                out_variance[y, x] = 0.0 if bad else w
+                out_mask[y, x] = (mask[y, x] if has_mask else 0) | (bit if bad else 0)
+    return n
 
 
 def or_footprint(const uint16_t[:, ::1] mask, const int32_t[::1] lo, const int32_t[::1] hi,

@@ -449,3 +449,27 @@ def test_decorrelation_kernel_keeps_flux_and_whitens():
     before = fftconvolve(noise, box, mode="same")[20:-20, 20:-20].std() / np.sqrt(9000 * (1 + (k * k).sum()))
     after = fftconvolve(white, box, mode="same")[20:-20, 20:-20].std() / np.sqrt(9 * 2000.0)
     assert before > 1.08 and abs(after - 1.0) < 0.02
+
+
+def test_convolution_counts_non_finite_inputs_as_zero_with_no_data():
+    """A NaN image pixel or an infinite variance counts as 0 in both planes and carries NO_DATA in the mask
+    (with or without the caller's mask): the same planes as the convolution of the zeroed inputs with those
+    bits set; the caller's arrays are left as they were."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(100.0, 5.0, (48, 50)).astype(np.float32)
+    var = np.full(img.shape, 25.0, np.float32)
+    img[10, 12], var[30, 20] = np.nan, np.inf
+    yy, xx = np.mgrid[-3:4, -3:4]
+    stamp = np.exp(-0.5 * (xx ** 2 + yy ** 2) / 1.5 ** 2)
+    zi, zv = img.copy(), var.copy()
+    for y, x in ((10, 12), (30, 20)):
+        zi[y, x] = zv[y, x] = 0.0
+    bits = np.zeros(img.shape, np.uint16)
+    bits[10, 12] = bits[30, 20] = NO_DATA
+    for mask in (None, np.where(np.arange(img.size).reshape(img.shape) % 7 == 0, CR, 0).astype(np.uint16)):
+        got = diffim.convolve_image(img, var, mask, stamp, no_data_bit=NO_DATA)
+        want = diffim.convolve_image(zi, zv, bits | (0 if mask is None else mask), stamp, no_data_bit=NO_DATA)
+        for g, w in zip(got[:3], want[:3]):
+            assert np.array_equal(g, w, equal_nan=True)
+        assert got[2][10, 12] & NO_DATA and got[2][30, 20] & NO_DATA
+    assert np.isnan(img[10, 12]) and np.isinf(var[30, 20])

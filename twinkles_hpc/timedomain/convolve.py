@@ -228,11 +228,10 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
     img, var = _f32(image), _f32(variance)
     msk = None if mask is None else np.asarray(mask, np.uint16)
     if not (np.isfinite(img.sum()) and np.isfinite(var.sum())):   # finite sums: finite pixels (a quick look)
-        bad = ~np.isfinite(img)
-        bad |= ~np.isfinite(var)
-        if bad.any():                              # count as 0, flagged NO_DATA (copies, not the caller's)
-            img, var = np.where(bad, np.float32(0), img), np.where(bad, np.float32(0), var)
-            msk = np.where(bad, no_data_bit, 0).astype(np.uint16) | (0 if msk is None else msk)
+        out = np.empty_like(img), np.empty_like(var), np.empty(img.shape, np.uint16)
+        if _diffim.zero_nonfinite(img, var, np.zeros((0, 0), np.uint16) if msk is None else np.ascontiguousarray(msk),
+                                  no_data_bit, *out):
+            img, var, msk = out                    # count as 0, flagged NO_DATA (copies, not the caller's)
     out = _convolve(img, xf, yf, terms)
     # variance: V * (K^2 / sum K^2 at the centre), times sum K(x, y)^2 = sum_st P_s P_t <K_s, K_t>
     k2 = kernels[0] ** 2
