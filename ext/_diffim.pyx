@@ -303,25 +303,60 @@ def zero_nonfinite(const float[:, ::1] image, const float[:, ::1] variance, cons
     return n
 
 
+cdef void _run_levels(const uint16_t *row, Py_ssize_t nx, Py_ssize_t nlev, uint16_t *lev) noexcept nogil:
+    """lev[k nx + s] = OR of row[s .. s + 2^k - 1], for s <= nx - 2^k (k < nlev): each level from the one
+    before."""
+    cdef Py_ssize_t k, s, half
+    for s in range(nx):
+        lev[s] = row[s]
+    for k in range(1, nlev):
+        half = 1 << (k - 1)
+        for s in range(nx - 2 * half + 1):
+            lev[k * nx + s] = lev[(k - 1) * nx + s] | lev[(k - 1) * nx + s + half]
+
+
 def or_footprint(const uint16_t[:, ::1] mask, const int32_t[::1] lo, const int32_t[::1] hi,
-                 uint16_t[:, ::1] out):
+                 uint16_t[:, ::1] out, uint16_t[:, :, ::1] ring):
     """out[y, x] = OR of mask[y - dv, x - du] over the footprint: rows a = dv + h (h = len(lo) // 2), du
     from lo[a] to hi[a] inclusive (an empty row has lo > hi), for h <= y < ny - h, h <= x < nx - h; the
-    border of out is left untouched. The footprint must fit in [-h, h]^2."""
+    border of out is left untouched. The footprint must fit in [-h, h]^2. ring: (2 h + 1, n levels, nx)
+    scratch, n levels the bit length of the longest row's run hi - lo + 1.
+
+    OR is idempotent, so a run of L >= 1 pixels is the OR of two runs of P = 2^floor(log2 L) that
+    overlap: each source row's runs of 1, 2, 4, ... pixels are formed once (_run_levels, kept in a ring
+    of the last 2 h + 1 rows), and every footprint row costs two ORs per pixel, whatever its length."""
     cdef Py_ssize_t ny = mask.shape[0], nx = mask.shape[1], nt = lo.shape[0], h = nt // 2
-    cdef Py_ssize_t y, x, a, du, x0 = h, x1 = nx - h
+    cdef Py_ssize_t nlev = ring.shape[1], y, x, a, r, k, P, x0 = h, x1 = nx - h
+    cdef Py_ssize_t kk[MAX_TAPS]
+    cdef Py_ssize_t sh1[MAX_TAPS]
+    cdef Py_ssize_t sh2[MAX_TAPS]
     cdef uint16_t *o
-    cdef const uint16_t *src
+    cdef const uint16_t *R
     with nogil:
+        for a in range(nt):                     # each row's level and its two runs' offsets from x
+            kk[a] = -1
+            if lo[a] > hi[a]:
+                continue
+            k = 0
+            while (2 << k) <= hi[a] - lo[a] + 1:
+                k += 1
+            P = 1 << k
+            kk[a] = k
+            sh1[a] = hi[a]                      # run 1: x - hi .. x - hi + P - 1
+            sh2[a] = lo[a] + P - 1              # run 2: x - lo - P + 1 .. x - lo
+        for r in range(min(nt - 1, ny)):
+            _run_levels(&mask[r, 0], nx, nlev, &ring[r % nt, 0, 0])
         for y in range(h, ny - h):
+            _run_levels(&mask[y + h, 0], nx, nlev, &ring[(y + h) % nt, 0, 0])
             o = &out[y, 0]
             for x in range(x0, x1):
                 o[x] = 0
             for a in range(nt):
-                src = &mask[y - (a - h), 0]
-                for du in range(lo[a], hi[a] + 1):
-                    for x in range(x0, x1):
-                        o[x] = o[x] | src[x - du]
+                if kk[a] < 0:
+                    continue
+                R = &ring[(y - (a - h)) % nt, kk[a], 0]
+                for x in range(x0, x1):
+                    o[x] = o[x] | R[x - sh1[a]] | R[x - sh2[a]]
 
 
 cdef inline void _poly_row(const double[:, ::1] coeff, const double[:, ::1] xpow, const double[:, ::1] ypow,

@@ -421,6 +421,28 @@ def test_mask_bits_spread_over_the_kernel_footprint(round_result):
     assert out[40, 20] & NO_DATA and out[40, 22] & NO_DATA and not out[40, 20] & CR
 
 
+def test_mask_is_the_or_over_the_footprint_for_any_stamp():
+    """Every bit within the footprint (per stamp row, the span from the first to the last pixel with |K| >=
+    mask_weight max |K|) reaches the output pixel, and no other: random bits under random, asymmetric
+    stamps of 3 to 23 px (rows of every length, empty ones too), against the OR of the shifted masks."""
+    rng = np.random.default_rng(17)
+    for trial in range(12):
+        side = int(rng.integers(1, 12)) * 2 + 1
+        stamp = rng.normal(size=(side, side))
+        stamp[side // 2, side // 2] = 10.0
+        weight = float(rng.choice([0.01, 0.05, 0.2, 0.6]))
+        mask = (rng.integers(0, 1 << 15, (40, 46)) * (rng.random((40, 46)) < 0.05)).astype(np.uint16)
+        img = np.zeros(mask.shape, np.float32)
+        out = diffim.convolve_image(img, np.ones_like(img), mask, stamp, mask_weight=weight)[2]
+        h = side // 2
+        want = np.zeros((40 - 2 * h, 46 - 2 * h), np.uint16)
+        for a, row in enumerate(np.abs(stamp) >= weight * np.abs(stamp).max()):
+            cols = np.flatnonzero(row)
+            for du in range(cols[0] - h, cols[-1] - h + 1) if cols.size else ():
+                want |= mask[2 * h - a:40 - a, h - du:46 - h - du]
+        assert np.array_equal(out[h:40 - h, h:46 - h], want), (trial, side, weight)
+
+
 def test_apply_stamp_is_the_zero_padded_convolution():
     """A stamp applied in real space (truncated SVD) equals the full convolution with zeros beyond the
     image, NaNs counted as 0, to the truncation's 1e-5."""

@@ -242,7 +242,9 @@ def convolve_image(image, variance, mask, kernel, *, mask_weight=0.05, edge_bit=
     out_mask = np.zeros((ny, nx), np.uint16)
     if msk is not None:
         lo, hi = _footprint(kernels[0], mask_weight)
-        _diffim.or_footprint(np.ascontiguousarray(msk), lo, hi, out_mask)
+        runs = np.maximum(hi - lo + 1, 1)
+        ring = np.empty((lo.size, int(runs.max()).bit_length(), nx), np.uint16)
+        _diffim.or_footprint(np.ascontiguousarray(msk), lo, hi, out_mask, ring)
     for sl in ((slice(0, h), slice(None)), (slice(ny - h, ny), slice(None)), (slice(None), slice(0, h)),
                (slice(None), slice(nx - h, nx))):
         out[sl] = np.nan
