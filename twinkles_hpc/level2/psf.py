@@ -67,7 +67,8 @@ def _lsq(evaluate, p0, max_nfev, *, ftol=1e-12, xtol=1e-10):
 
 class _Stamps:
     """Star stamps for the mixture fits, as the kernel takes them: pixel offsets from each stamp's nominal
-    centre (dx, dy), values and 1/sigma weights, flattened one stamp after another (offsets)."""
+    centre (dx, dy), values and 1/sigma weights, flattened one stamp after another (offsets), and each
+    stamp's row length where it is a pixel grid (row_len, _grid_row; 0 otherwise)."""
 
     def __init__(self, stamps):
         sizes = [st[0].size for st in stamps]
@@ -77,6 +78,7 @@ class _Stamps:
             self.wt = np.concatenate([1.0 / np.sqrt(st[1].ravel()) for st in stamps]).astype(np.float64)
         self.dx = np.concatenate([st[2].ravel() for st in stamps]).astype(np.float64)
         self.dy = np.concatenate([st[3].ravel() for st in stamps]).astype(np.float64)
+        self.row_len = np.array([_grid_row(st[2], st[3]) for st in stamps], np.int64)
         self.n = len(stamps)
 
     def one(self, i):
@@ -85,6 +87,7 @@ class _Stamps:
         out = _Stamps.__new__(_Stamps)
         out.offsets = np.array([0, sl.stop - sl.start], np.int64)
         out.data, out.wt, out.dx, out.dy = self.data[sl], self.wt[sl], self.dx[sl], self.dy[sl]
+        out.row_len = self.row_len[i:i + 1]
         out.n = 1
         return out
 
@@ -100,10 +103,20 @@ class _Stamps:
         def evaluate(p, jacobian):
             P[:, cols] = p
             rr = np.empty_like(r) if not jacobian else r
-            cost = _psffit.residuals(P, self.dx, self.dy, self.data, self.wt, self.offsets, K, cols, rr,
+            cost = _psffit.residuals(P, self.dx, self.dy, self.data, self.wt, self.offsets, self.row_len, K, cols, rr,
                                      J if jacobian else empty, jacobian)
             return cost, rr, (J if jacobian else None)
         return evaluate
+
+
+def _grid_row(dx, dy):
+    """Pixels per row when the stamp's offsets (2-D, rows of constant dy) step by 1 in dx along each row (the
+    kernel then carries each exponential along the row), else 0."""
+    dx, dy = np.asarray(dx, np.float64), np.asarray(dy, np.float64)
+    if dx.ndim != 2 or dx.shape != dy.shape or dx.shape[1] < 2:
+        return 0
+    regular = np.all(np.abs(np.diff(dx, axis=1) - 1.0) <= 1e-9) and np.all(dy == dy[:, :1])
+    return int(dx.shape[1]) if regular else 0
 
 
 K_COMPONENTS = 3
