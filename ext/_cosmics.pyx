@@ -1,12 +1,16 @@
 # cython: language_level=3
 """Cosmic-ray detection and repair kernel (private; see twinkles_hpc/level2/cosmics.py).
 
-A pass tests every pixel, reading the image only (so the result does not depend on the loop order);
-the flagged pixels are then grown, masked and replaced by interpolation from unmasked pixels; the next
-pass sees the repaired values, which uncovers pixels that a bright neighbour on the same track hid.
+A pass tests pixels, reading the image only (so the result does not depend on the loop order): the
+first every pixel, with the test's first condition evaluated branch-free over a row before the full test;
+a later one only those within 2 pixels of the pixels just repaired, the only ones whose test can change.
+The flagged pixels are then grown, masked and replaced by interpolation from unmasked pixels, following
+lists of them; the next pass sees the repaired values, which uncovers pixels that a bright neighbour on the
+same track hid.
 """
 from libc.math cimport sqrt
 from libc.stdint cimport uint8_t, uint16_t
+from libc.stdlib cimport free, malloc, realloc
 
 cdef int[4] DI = [0, 1, 1, 1]
 cdef int[4] DJ = [1, 0, 1, -1]
@@ -102,6 +106,26 @@ cdef inline double interpolate(const float[:, ::1] image, const uint16_t[:, ::1]
     return acc / w if w > 0 else 0.0
 
 
+cdef struct IdxList:
+    Py_ssize_t *p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _push(IdxList *l, Py_ssize_t v) noexcept nogil:
+    """Append v; -1 when out of memory."""
+    cdef Py_ssize_t *t
+    if l.n == l.cap:
+        t = <Py_ssize_t *> realloc(l.p, (2 * l.cap + 1024) * sizeof(Py_ssize_t))
+        if t == NULL:
+            return -1
+        l.p = t
+        l.cap = 2 * l.cap + 1024
+    l.p[l.n] = v
+    l.n += 1
+    return 0
+
+
 def find_and_repair(float[:, ::1] image, const float[:, ::1] variance, uint16_t[:, ::1] mask,
                     uint8_t[:, ::1] flag, double nsigma, double r_axis, double r_diag, double r2_axis,
                     double r2_diag, double cfac, double grow_nsigma, int grow, int skip_bits, int cr_bit,
@@ -114,43 +138,104 @@ def find_and_repair(float[:, ::1] image, const float[:, ::1] variance, uint16_t[
     pixel and a neighbour against the two pixels around that pair, with r = r2_axis or r2_diag. Pixels
     above grow_nsigma x their noise within `grow` steps (8-connected, through such pixels) of a seed join
     it. Pixels with skip_bits are never flagged. Returns (pixels flagged, passes made).
+
+    The first pass tests every pixel. A pixel's test reads the image within 2 pixels of it (and masks that
+    do not change), so a later pass tests only the pixels within 2 of those the pass before repaired: the
+    others would repeat their earlier negative result. Growing, masking and repairing follow the lists of
+    flagged pixels; a repair reads unmasked pixels only, so its order does not matter.
     """
-    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], i, j, a, b
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], i, j, a, b, k, q, ring0, ring1
     cdef double ns2 = nsigma * nsigma, g2 = grow_nsigma * grow_nsigma, v
-    cdef int it, g, passes = 0, excl = skip_bits | cr_bit
-    cdef long long total = 0, found
+    cdef int it, g, passes = 0, excl = skip_bits | cr_bit, err = 0
+    cdef long long total = 0
     cdef uint16_t crb = <uint16_t>cr_bit
-    with nogil:
-        for it in range(max_iter):
-            passes += 1
-            found = 0
-            for i in range(1, ny - 1):
-                for j in range(1, nx - 1):
-                    if not (mask[i, j] & excl) and sharp(image, variance, mask, i, j, ns2, r_axis, r_diag,
-                                                         r2_axis, r2_diag, cfac, skip_bits):
-                        flag[i, j] = 1
-                        found += 1
-            if found == 0:
-                break
-            for g in range(1, grow + 1):        # ring g joins the neighbours of ring g - 1 (the seeds: 1)
-                for i in range(ny):
-                    for j in range(nx):
-                        if flag[i, j] != g:
-                            continue
+    cdef IdxList flagged, cand
+    cdef const float *img_row
+    cdef const float *var_row
+    cdef const uint16_t *msk_row
+    cdef double x, y
+    cdef uint8_t *pre = <uint8_t *> malloc(nx)
+    if pre == NULL:
+        raise MemoryError("find_and_repair: no memory for a row buffer")
+    flagged.p = NULL
+    flagged.n = 0
+    flagged.cap = 0
+    cand.p = NULL
+    cand.n = 0
+    cand.cap = 0
+    try:
+        with nogil:
+            for it in range(max_iter):
+                passes += 1
+                flagged.n = 0
+                if it == 0:
+                    for i in range(1, ny - 1):
+                        img_row = &image[i, 0]
+                        var_row = &variance[i, 0]
+                        msk_row = &mask[i, 0]
+                        for j in range(1, nx - 1):         # sharp's first test, branch-free (vectorised)
+                            x = img_row[j]
+                            y = var_row[j]
+                            pre[j] = (x > 0.0) & (y > 0.0) & (x * x > ns2 * y) & ((msk_row[j] & excl) == 0)
+                        for j in range(1, nx - 1):
+                            if pre[j] and sharp(image, variance, mask, i, j, ns2, r_axis, r_diag, r2_axis, r2_diag,
+                                                cfac, skip_bits):
+                                flag[i, j] = 1
+                                err |= _push(&flagged, i * nx + j)
+                else:
+                    for k in range(cand.n):
+                        i = cand.p[k] // nx
+                        j = cand.p[k] - i * nx
+                        flag[i, j] = 0                  # the candidate's mark
+                        if not (mask[i, j] & excl) and sharp(image, variance, mask, i, j, ns2, r_axis, r_diag,
+                                                             r2_axis, r2_diag, cfac, skip_bits):
+                            flag[i, j] = 1
+                            err |= _push(&flagged, i * nx + j)
+                if err:
+                    break
+                if flagged.n == 0:
+                    break
+                ring0 = 0                               # ring g: flagged[ring0:ring1], flag value g
+                for g in range(1, grow + 1):
+                    ring1 = flagged.n
+                    for k in range(ring0, ring1):
+                        i = flagged.p[k] // nx
+                        j = flagged.p[k] - i * nx
                         for a in range(max(i - 1, 0), min(i + 2, ny)):
                             for b in range(max(j - 1, 0), min(j + 2, nx)):
                                 v = image[a, b]
                                 if (flag[a, b] == 0 and not (mask[a, b] & excl) and v > 0.0
                                         and v * v > g2 * variance[a, b]):
                                     flag[a, b] = g + 1
-            for i in range(ny):
-                for j in range(nx):
-                    if flag[i, j]:
-                        mask[i, j] |= crb
-                        total += 1
-            for i in range(ny):
-                for j in range(nx):
-                    if flag[i, j]:
-                        image[i, j] = <float>interpolate(image, mask, i, j, excl, max_gap)
-                        flag[i, j] = 0
+                                    err |= _push(&flagged, a * nx + b)
+                    ring0 = ring1
+                if err:
+                    break
+                for k in range(flagged.n):
+                    mask[flagged.p[k] // nx, flagged.p[k] % nx] |= crb
+                total += flagged.n
+                for k in range(flagged.n):
+                    i = flagged.p[k] // nx
+                    j = flagged.p[k] - i * nx
+                    image[i, j] = <float>interpolate(image, mask, i, j, excl, max_gap)
+                    flag[i, j] = 0
+                cand.n = 0                              # the next pass's pixels: within 2 of a repaired one
+                for k in range(flagged.n if it + 1 < max_iter else 0):
+                    i = flagged.p[k] // nx
+                    j = flagged.p[k] - i * nx
+                    for a in range(max(i - 2, 1), min(i + 3, ny - 1)):
+                        for b in range(max(j - 2, 1), min(j + 3, nx - 1)):
+                            if flag[a, b] == 0 and not (mask[a, b] & excl):
+                                flag[a, b] = 255
+                                err |= _push(&cand, a * nx + b)
+                if err:
+                    break
+        if err:
+            for k in range(cand.n):
+                flag[cand.p[k] // nx, cand.p[k] % nx] = 0
+            raise MemoryError("find_and_repair: no memory for the pixel lists")
+    finally:
+        free(flagged.p)
+        free(cand.p)
+        free(pre)
     return int(total), passes
