@@ -200,7 +200,9 @@ def test_neighbour_ratios_and_config_checks():
         find_cosmic_rays(img, np.zeros((8, 8)), np.zeros((8, 8), np.uint16), cr_bit=2, skip_bits=1)
 
 
-def test_full_sensor_is_fast():
+def test_full_sensor_flags_every_strong_cosmic_ray():
+    """A full sensor of sky at the real rate: every cosmic-ray pixel above 5 sigma flagged, few others
+    (speed is `twinkles-hpc bench chain`'s, docs/level2-detect.md)."""
     rng = np.random.default_rng(1)
     pix = (SKY + rng.normal(0, np.sqrt(SKY + RN ** 2), (instrument.SENSOR_NY, instrument.SENSOR_NX))).astype(np.float32)
     crs, _ = C.simulate_cosmic_rays(0.04, 30.0, instrument.SENSOR_NX, instrument.SENSOR_NY, (1, 1, 3))
