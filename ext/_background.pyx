@@ -1,10 +1,11 @@
 # cython: language_level=3
 """Private kernels of twinkles_hpc/level2/background.py, which validates every input and documents the
-method (nothing is checked twice here): sigma-clipped mesh statistics on histograms, and piecewise cubics
-along rows (the spline that takes the mesh to full resolution).
+method (nothing is checked twice here): sigma-clipped mesh statistics on histograms, piecewise cubics
+along rows (the spline that takes the mesh to full resolution), and the running minimum over a box (the
+Objects' source-free variance).
 
 Images are float32 C-contiguous (ny, nx); pixel (i, j) is column i, row j, centred at x = i, y = j.
-A mask is uint8 (nonzero = ignore) of the same shape, or of shape (0, 0) for "no mask". Both kernels
+A mask is uint8 (nonzero = ignore) of the same shape, or of shape (0, 0) for "no mask". The kernels
 release the GIL.
 """
 from libc.math cimport NAN, ceil, fabs, floor, isfinite, sqrt
@@ -222,3 +223,88 @@ def spline_rows(const double[:, :, ::1] coef, const double[::1] knots, const Py_
                 for i in range(cols[s], cols[s + 1]):
                     t = i - knots[s]
                     out[j, i] = <float> (((c0 * t + c1) * t + c2) * t + c3)
+
+
+cdef enum:
+    MIN_STRIP = 256                 # columns per strip of running_min's column pass
+
+
+cdef inline float _fmin(float a, float b) noexcept nogil:
+    return a if a <= b else b
+
+
+def running_min(const float[:, ::1] src, Py_ssize_t h, float[:, ::1] out):
+    """out[j, i] = the minimum of src over the box of rows j - h .. j + h and columns i - h .. i + h that
+    lies on the image (the result of a (2h + 1)^2 minimum filter with the edge pixels repeated outward).
+    Rows, then columns in strips of MIN_STRIP, each by van Herk and Gil & Werman's algorithm: along a line
+    padded with h infinities at either end and cut into blocks of w = 2h + 1, the minimum over the window
+    starting at k is min(S[k], G[k + w - 1]), S the minimum from k to the end of its block and G from the
+    start of its block to k: three comparisons a pixel whatever h. Minima are exact: the same values as any
+    other order. NaN must not occur (the caller passes +inf for the pixels to ignore)."""
+    cdef Py_ssize_t ny = src.shape[0], nx = src.shape[1], w = 2 * h + 1, L, n, k, i, j, c, c0, W, b0, b1
+    cdef float inf = float("inf")
+    cdef float *tmp
+    cdef float *G
+    cdef float *S
+    cdef float *B
+    n = (nx if nx > ny else ny) + 2 * h
+    L = n if n > MIN_STRIP else MIN_STRIP
+    tmp = <float *> malloc(ny * nx * sizeof(float))
+    B = <float *> malloc(3 * (n * MIN_STRIP) * sizeof(float))
+    if tmp == NULL or B == NULL:
+        free(tmp)
+        free(B)
+        raise MemoryError("running_min: no memory for its buffers")
+    G = B + n * MIN_STRIP
+    S = G + n * MIN_STRIP
+    with nogil:
+        L = nx + 2 * h                              # rows: one line at a time
+        for k in range(h):
+            B[k] = inf
+            B[nx + h + k] = inf
+        for j in range(ny):
+            for k in range(nx):
+                B[h + k] = src[j, k]
+            b0 = 0
+            while b0 < L:
+                b1 = b0 + w if b0 + w < L else L
+                G[b0] = B[b0]
+                for k in range(b0 + 1, b1):
+                    G[k] = _fmin(G[k - 1], B[k])
+                S[b1 - 1] = B[b1 - 1]
+                for k in range(b1 - 2, b0 - 1, -1):
+                    S[k] = _fmin(S[k + 1], B[k])
+                b0 = b1
+            for i in range(nx):
+                tmp[j * nx + i] = _fmin(S[i], G[i + w - 1])
+        L = ny + 2 * h                              # columns: a strip of W at a time, rows as vectors
+        c0 = 0
+        while c0 < nx:
+            W = MIN_STRIP if nx - c0 > MIN_STRIP else nx - c0
+            for k in range(L):
+                if h <= k < ny + h:
+                    for c in range(W):
+                        B[k * W + c] = tmp[(k - h) * nx + c0 + c]
+                else:
+                    for c in range(W):
+                        B[k * W + c] = inf
+            b0 = 0
+            while b0 < L:
+                b1 = b0 + w if b0 + w < L else L
+                for c in range(W):
+                    G[b0 * W + c] = B[b0 * W + c]
+                for k in range(b0 + 1, b1):
+                    for c in range(W):
+                        G[k * W + c] = _fmin(G[(k - 1) * W + c], B[k * W + c])
+                for c in range(W):
+                    S[(b1 - 1) * W + c] = B[(b1 - 1) * W + c]
+                for k in range(b1 - 2, b0 - 1, -1):
+                    for c in range(W):
+                        S[k * W + c] = _fmin(S[(k + 1) * W + c], B[k * W + c])
+                b0 = b1
+            for j in range(ny):
+                for c in range(W):
+                    out[j, c0 + c] = _fmin(S[j * W + c], G[(j + w - 1) * W + c])
+            c0 += W
+    free(tmp)
+    free(B)

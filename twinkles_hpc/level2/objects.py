@@ -43,9 +43,9 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from twinkles_hpc import _background
 from twinkles_hpc.level2 import photometry as _phot
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.detect import FLAG_DEBLENDED, detect, leaves
@@ -111,8 +111,9 @@ def _read(path, names=PLANES, psf=True):
 
 def _noise(var, good):
     """Source-free variance: running minimum of the variance over good pixels (NaN elsewhere)."""
-    v = np.where(good, var, np.inf).astype(np.float32, copy=False)
-    m = ndimage.minimum_filter(v, size=NOISE_BOX, mode="nearest")
+    v = np.ascontiguousarray(np.where(good, var, np.inf), np.float32)
+    m = np.empty_like(v)
+    _background.running_min(v, NOISE_BOX // 2, m)       # a NOISE_BOX^2 minimum filter, edges repeated
     del v
     m[~(good & np.isfinite(m) & (m > 0))] = np.nan
     return m
