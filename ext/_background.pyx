@@ -8,8 +8,8 @@ Images are float32 C-contiguous (ny, nx); pixel (i, j) is column i, row j, centr
 A mask is uint8 (nonzero = ignore) of the same shape, or of shape (0, 0) for "no mask". The kernels
 release the GIL.
 """
-from libc.math cimport NAN, ceil, fabs, floor, isfinite, sqrt
-from libc.stdint cimport int32_t
+from libc.math cimport INFINITY, NAN, ceil, fabs, floor, isfinite, sqrt, sqrtf
+from libc.stdint cimport int32_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -241,70 +241,122 @@ def running_min(const float[:, ::1] src, Py_ssize_t h, float[:, ::1] out):
     starting at k is min(S[k], G[k + w - 1]), S the minimum from k to the end of its block and G from the
     start of its block to k: three comparisons a pixel whatever h. Minima are exact: the same values as any
     other order. NaN must not occur (the caller passes +inf for the pixels to ignore)."""
-    cdef Py_ssize_t ny = src.shape[0], nx = src.shape[1], w = 2 * h + 1, L, n, k, i, j, c, c0, W, b0, b1
-    cdef float inf = float("inf")
+    cdef int err = 0
+    if src.shape[0] == 0 or src.shape[1] == 0:
+        return
+    with nogil:
+        err = _running_min(&src[0, 0], src.shape[0], src.shape[1], h, &out[0, 0])
+    if err != 0:
+        raise MemoryError("running_min: no memory for its buffers")
+
+
+cdef int _running_min(const float *src, Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t h, float *out) noexcept nogil:
+    """running_min on C arrays; -1 when out of memory."""
+    cdef Py_ssize_t w = 2 * h + 1, L, n, k, i, j, c, c0, W, b0, b1
+    cdef float inf = INFINITY
     cdef float *tmp
     cdef float *G
     cdef float *S
     cdef float *B
     n = (nx if nx > ny else ny) + 2 * h
-    L = n if n > MIN_STRIP else MIN_STRIP
     tmp = <float *> malloc(ny * nx * sizeof(float))
     B = <float *> malloc(3 * (n * MIN_STRIP) * sizeof(float))
     if tmp == NULL or B == NULL:
         free(tmp)
         free(B)
-        raise MemoryError("running_min: no memory for its buffers")
+        return -1
     G = B + n * MIN_STRIP
     S = G + n * MIN_STRIP
-    with nogil:
-        L = nx + 2 * h                              # rows: one line at a time
-        for k in range(h):
-            B[k] = inf
-            B[nx + h + k] = inf
+    L = nx + 2 * h                              # rows: one line at a time
+    for k in range(h):
+        B[k] = inf
+        B[nx + h + k] = inf
+    for j in range(ny):
+        for k in range(nx):
+            B[h + k] = src[j * nx + k]
+        b0 = 0
+        while b0 < L:
+            b1 = b0 + w if b0 + w < L else L
+            G[b0] = B[b0]
+            for k in range(b0 + 1, b1):
+                G[k] = _fmin(G[k - 1], B[k])
+            S[b1 - 1] = B[b1 - 1]
+            for k in range(b1 - 2, b0 - 1, -1):
+                S[k] = _fmin(S[k + 1], B[k])
+            b0 = b1
+        for i in range(nx):
+            tmp[j * nx + i] = _fmin(S[i], G[i + w - 1])
+    L = ny + 2 * h                              # columns: a strip of W at a time, rows as vectors
+    c0 = 0
+    while c0 < nx:
+        W = MIN_STRIP if nx - c0 > MIN_STRIP else nx - c0
+        for k in range(L):
+            if h <= k < ny + h:
+                for c in range(W):
+                    B[k * W + c] = tmp[(k - h) * nx + c0 + c]
+            else:
+                for c in range(W):
+                    B[k * W + c] = inf
+        b0 = 0
+        while b0 < L:
+            b1 = b0 + w if b0 + w < L else L
+            for c in range(W):
+                G[b0 * W + c] = B[b0 * W + c]
+            for k in range(b0 + 1, b1):
+                for c in range(W):
+                    G[k * W + c] = _fmin(G[(k - 1) * W + c], B[k * W + c])
+            for c in range(W):
+                S[(b1 - 1) * W + c] = B[(b1 - 1) * W + c]
+            for k in range(b1 - 2, b0 - 1, -1):
+                for c in range(W):
+                    S[k * W + c] = _fmin(S[(k + 1) * W + c], B[k * W + c])
+            b0 = b1
         for j in range(ny):
-            for k in range(nx):
-                B[h + k] = src[j, k]
-            b0 = 0
-            while b0 < L:
-                b1 = b0 + w if b0 + w < L else L
-                G[b0] = B[b0]
-                for k in range(b0 + 1, b1):
-                    G[k] = _fmin(G[k - 1], B[k])
-                S[b1 - 1] = B[b1 - 1]
-                for k in range(b1 - 2, b0 - 1, -1):
-                    S[k] = _fmin(S[k + 1], B[k])
-                b0 = b1
-            for i in range(nx):
-                tmp[j * nx + i] = _fmin(S[i], G[i + w - 1])
-        L = ny + 2 * h                              # columns: a strip of W at a time, rows as vectors
-        c0 = 0
-        while c0 < nx:
-            W = MIN_STRIP if nx - c0 > MIN_STRIP else nx - c0
-            for k in range(L):
-                if h <= k < ny + h:
-                    for c in range(W):
-                        B[k * W + c] = tmp[(k - h) * nx + c0 + c]
-                else:
-                    for c in range(W):
-                        B[k * W + c] = inf
-            b0 = 0
-            while b0 < L:
-                b1 = b0 + w if b0 + w < L else L
-                for c in range(W):
-                    G[b0 * W + c] = B[b0 * W + c]
-                for k in range(b0 + 1, b1):
-                    for c in range(W):
-                        G[k * W + c] = _fmin(G[(k - 1) * W + c], B[k * W + c])
-                for c in range(W):
-                    S[(b1 - 1) * W + c] = B[(b1 - 1) * W + c]
-                for k in range(b1 - 2, b0 - 1, -1):
-                    for c in range(W):
-                        S[k * W + c] = _fmin(S[(k + 1) * W + c], B[k * W + c])
-                b0 = b1
-            for j in range(ny):
-                for c in range(W):
-                    out[j, c0 + c] = _fmin(S[j * W + c], G[(j + w - 1) * W + c])
-            c0 += W
+            for c in range(W):
+                out[j * nx + c0 + c] = _fmin(S[j * W + c], G[(j + w - 1) * W + c])
+        c0 += W
     free(tmp)
     free(B)
+    return 0
+
+
+def add_detection_band(const float[:, ::1] image, const float[:, ::1] variance, const uint16_t[:, ::1] mask,
+                       uint16_t no_data, Py_ssize_t h, double[:, ::1] D, double[:, ::1] V, int32_t[:, ::1] n,
+                       uint16_t[:, ::1] mask_or):
+    """One band's share of the Objects' detection image (level2/objects.py): with good = finite image and
+    variance, variance > 0 and no `no_data` bit, and s2 = the running minimum (2h + 1 box) of the variance
+    over the good pixels, where good and s2 finite and > 0: D += image / sqrt(s2) and V += variance / s2
+    (float32 quotients added to the float64 sums), n += 1; mask_or |= mask everywhere."""
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], j, i
+    cdef float x, v, m
+    cdef float *buf = <float *> malloc(2 * ny * nx * sizeof(float))
+    cdef float *s2
+    cdef int err = 0
+    if ny == 0 or nx == 0:
+        free(buf)
+        return
+    if buf == NULL:
+        raise MemoryError("add_detection_band: no memory for the variance planes")
+    s2 = buf + ny * nx
+    with nogil:
+        for j in range(ny):
+            for i in range(nx):
+                x = image[j, i]
+                v = variance[j, i]
+                buf[j * nx + i] = v if (isfinite(x) and isfinite(v) and v > 0 and (mask[j, i] & no_data) == 0) else INFINITY
+        err = _running_min(buf, ny, nx, h, s2)
+        if err == 0:
+            for j in range(ny):
+                for i in range(nx):
+                    x = image[j, i]
+                    v = variance[j, i]
+                    m = s2[j * nx + i]
+                    if (isfinite(x) and isfinite(v) and v > 0 and (mask[j, i] & no_data) == 0 and isfinite(m)
+                            and m > 0):
+                        D[j, i] = D[j, i] + <double> (x / sqrtf(m))
+                        V[j, i] = V[j, i] + <double> (v / m)
+                        n[j, i] += 1
+                    mask_or[j, i] |= mask[j, i]
+    free(buf)
+    if err != 0:
+        raise MemoryError("add_detection_band: no memory for the running minimum")

@@ -109,16 +109,6 @@ def _read(path, names=PLANES, psf=True):
     return planes, attrs, psf
 
 
-def _noise(var, good):
-    """Source-free variance: running minimum of the variance over good pixels (NaN elsewhere)."""
-    v = np.ascontiguousarray(np.where(good, var, np.inf), np.float32)
-    m = np.empty_like(v)
-    _background.running_min(v, NOISE_BOX // 2, m)       # a NOISE_BOX^2 minimum filter, edges repeated
-    del v
-    m[~(good & np.isfinite(m) & (m > 0))] = np.nan
-    return m
-
-
 def _detection_sums(shape):
     """Zeroed accumulators of the detection image: D and V_D (float64), n, the OR of the bands' masks."""
     return [np.zeros(shape, np.float64), np.zeros(shape, np.float64), np.zeros(shape, np.int32),
@@ -126,18 +116,15 @@ def _detection_sums(shape):
 
 
 def _add_band(sums, planes):
-    """Add one band's planes to the detection sums (_detection_sums), in place."""
+    """Add one band's planes to the detection sums (_detection_sums), in place: where the pixel is good
+    (finite image and variance, variance > 0, no NO_DATA) and its source-free variance s2 (the NOISE_BOX^2
+    running minimum of the variance over good pixels) is finite and > 0, D += image / sqrt(s2) and V +=
+    variance / s2 (float32 quotients added to the float64 sums) and n += 1; the mask ORs in (one compiled
+    pass each side of the running minimum, ext/_background.pyx add_detection_band)."""
     D, V, n, mask = sums
-    img, var = planes["image"], planes["variance"]
-    good = np.isfinite(img) & np.isfinite(var) & (var > 0) & ((planes["mask"] & NO_DATA) == 0)
-    s2 = _noise(var, good)
-    ok = good & np.isfinite(s2)
-    # the same per-pixel float32 quotients, added to the float64 sums where ok, without masked copies
-    with np.errstate(invalid="ignore", divide="ignore"):
-        np.add(D, img / np.sqrt(s2), out=D, where=ok)
-        np.add(V, var / s2, out=V, where=ok)
-    n += ok
-    mask |= planes["mask"]
+    _background.add_detection_band(*(np.ascontiguousarray(planes[k], dt) for k, dt in
+                                     (("image", np.float32), ("variance", np.float32), ("mask", np.uint16))),
+                                   NO_DATA, NOISE_BOX // 2, D, V, n, mask)
 
 
 def _detection_result(sums):
