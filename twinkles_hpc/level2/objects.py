@@ -170,8 +170,8 @@ def write_detection_coadd(path, D, V, n_bands, labels, band_mask, attrs, bands, 
     planes as `storage` says (store.tables.write_planes)."""
     nodata = n_bands == 0
     mask = band_mask                    # no copy: the caller has no further use for it
-    mask[labels > 0] |= DETECTED
-    mask[nodata] |= NO_DATA
+    np.bitwise_or(mask, DETECTED, out=mask, where=labels > 0)
+    np.bitwise_or(mask, NO_DATA, out=mask, where=nodata)
     with np.errstate(divide="ignore"):
         depth = np.where(nodata | (V <= 0), 0, 1 / V).astype(np.float32)
     with atomic_h5(path) as f:
