@@ -78,7 +78,7 @@ class CalibrateConfig:
 
 def _saturation_mask(image, full_well, edge):
     mask = np.zeros(image.shape, np.uint16)
-    mask[image >= full_well] |= SAT
+    np.bitwise_or(mask, SAT, out=mask, where=image >= full_well)
     mask[:edge, :] |= EDGE
     mask[-edge:, :] |= EDGE
     mask[:, :edge] |= EDGE
@@ -133,7 +133,7 @@ def calibrate_exposure(image, attrs, refcat, config=None):
     lap("variance")
     cat, labels = detect(sub, variance, threshold=c.detect_threshold, kernel_fwhm_px=c.detect_fwhm_px,
                          mask=(mask & SAT) > 0)
-    mask[labels > 0] |= DETECTED
+    np.bitwise_or(mask, DETECTED, out=mask, where=labels > 0)
     leaves = cat[~np.isin(cat["id"], cat["parent"][cat["parent"] > 0])] if len(cat) else cat
     good = (leaves["flags"] == 0) & (leaves["flux"] > c.astrom_min_snr * leaves["flux_err"])
     det = leaves[good]

@@ -334,7 +334,7 @@ def _measure_band(out, b, planes, psf, wcs, refcat, leaf, det_xy, ext):
     share of the extendedness sums `ext` (A, P, V, n: per Object, updated in place); returns its meta."""
     img, var = planes["image"], planes["variance"]
     mask = planes["mask"].copy()
-    mask[~(np.isfinite(img) & np.isfinite(var))] |= NO_DATA
+    np.bitwise_or(mask, NO_DATA, out=mask, where=~(np.isfinite(img) & np.isfinite(var)))
     img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
     var = np.where(np.isfinite(var), var, 0.0).astype(np.float32)
     radii = (EXT_AP, REPORT_AP, APCORR_AP)
