@@ -367,16 +367,16 @@ def test_precomputed_filter_gives_the_same_catalogue():
 
 
 def test_running_min_is_the_box_minimum():
-    """The Objects' source-free variance takes a running minimum (ext/_background.pyx running_min): the
+    """The Objects' source-free variance takes a running minimum (level2.background.running_min): the
     (2h + 1)^2 box minimum with the edges repeated, scipy's minimum_filter(mode="nearest") bit for bit, on
     shapes smaller and larger than the box, with ignored (+inf) pixels."""
     from scipy import ndimage
 
-    from twinkles_hpc import _background
+    from twinkles_hpc.level2.background import running_min
     rng = np.random.default_rng(8)
     for shape, h in (((50, 37), 15), ((5, 200), 3), ((300, 4), 2), ((1, 1), 15), ((64, 64), 0), ((97, 600), 15)):
         a = rng.normal(100, 10, shape).astype(np.float32)
         a[rng.random(shape) < 0.1] = np.inf
-        out = np.empty_like(a)
-        _background.running_min(a, h, out)
-        assert np.array_equal(out, ndimage.minimum_filter(a, size=2 * h + 1, mode="nearest")), (shape, h)
+        assert np.array_equal(running_min(a, h), ndimage.minimum_filter(a, size=2 * h + 1, mode="nearest")), (shape, h)
+    with pytest.raises(ValueError, match="NaN"):
+        running_min(np.full((4, 4), np.nan, np.float32), 1)

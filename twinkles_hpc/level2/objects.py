@@ -45,8 +45,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from twinkles_hpc import _background
 from twinkles_hpc.level2 import photometry as _phot
+from twinkles_hpc.level2.background import add_detection_band
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.detect import FLAG_DEBLENDED, detect, leaves
 from twinkles_hpc.level2.masks import BAD, DETECTED, NO_DATA, SAT
@@ -120,11 +120,8 @@ def _add_band(sums, planes):
     (finite image and variance, variance > 0, no NO_DATA) and its source-free variance s2 (the NOISE_BOX^2
     running minimum of the variance over good pixels) is finite and > 0, D += image / sqrt(s2) and V +=
     variance / s2 (float32 quotients added to the float64 sums) and n += 1; the mask ORs in (one compiled
-    pass each side of the running minimum, ext/_background.pyx add_detection_band)."""
-    D, V, n, mask = sums
-    _background.add_detection_band(*(np.ascontiguousarray(planes[k], dt) for k, dt in
-                                     (("image", np.float32), ("variance", np.float32), ("mask", np.uint16))),
-                                   NO_DATA, NOISE_BOX // 2, D, V, n, mask)
+    pass each side of the running minimum, level2.background.add_detection_band)."""
+    add_detection_band(sums, planes["image"], planes["variance"], planes["mask"], NO_DATA, NOISE_BOX // 2)
 
 
 def _detection_result(sums):
