@@ -219,18 +219,24 @@ class Workspace:
         return self._buf[name][:n].reshape(shape)
 
 
-def _read_hyperslab(path, box, ws):
-    """The calexp's image, variance and mask in box (x0, y0, nx, ny), read into workspace buffers: image and
-    variance as float64, the warp kernel's type (HDF5 converts the stored float32 as it reads, as fast as
-    reading float32 and converting once here, and exact), the mask as uint16."""
+def warp_source(f, box, array=None):
+    """The image and variance (float64, the warp kernel's type: HDF5 converts the stored float32 as it
+    reads, as fast as reading float32 and converting once here, and exact) and the mask (uint16) of the
+    open calexp or coadd file `f` in box (x0, y0, nx, ny); array(name, shape, dtype) allocates them
+    (default: new arrays), e.g. a Workspace's."""
     x0, y0, nx, ny = box
     out = []
-    with open_read(path) as f:
-        for key, dt in (("image", np.float64), ("variance", np.float64), ("mask", np.uint16)):
-            a = ws.array(f"src_{key}", (ny, nx), dt)
-            f[key].read_direct(a, np.s_[y0:y0 + ny, x0:x0 + nx])
-            out.append(a)
+    for key, dt in (("image", np.float64), ("variance", np.float64), ("mask", np.uint16)):
+        a = np.empty((ny, nx), dt) if array is None else array(f"src_{key}", (ny, nx), dt)
+        f[key].read_direct(a, np.s_[y0:y0 + ny, x0:x0 + nx])
+        out.append(a)
     return out
+
+
+def _read_hyperslab(path, box, ws):
+    """warp_source of the calexp at `path`, into workspace buffers."""
+    with open_read(path) as f:
+        return warp_source(f, box, ws.array)
 
 
 def coadd_subregion(infos, dst_wcs, box, config, workspace=None, weights=None):

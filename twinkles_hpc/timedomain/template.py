@@ -16,6 +16,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
+from twinkles_hpc.level2.coadd import warp_source
 from twinkles_hpc.level2.coaddpsf import CoaddPSF
 from twinkles_hpc.level2.masks import NO_DATA
 from twinkles_hpc.level2.photometry import psf_fwhm
@@ -61,12 +62,8 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
             reach = source_bbox(dst_wcs, src_wcs, box, shape)       # the calexp pixels the hyperslab reaches
             if reach is None:
                 continue
-            x0, y0, bx, by = box
-            sl = np.s_[y0:y0 + by, x0:x0 + bx]
-            planes = []
-            for key, dt in (("image", np.float64), ("variance", np.float64), ("mask", np.uint16)):
-                planes.append(np.empty((by, bx), dt))         # float64: the warp's type, converted by HDF5
-                f[key].read_direct(planes[-1], sl)
+            x0, y0 = box[:2]
+            planes = warp_source(f, box)
             psf = CoaddPSF.from_file(f)
         grid = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny))    # the whole calexp's, so the same bits
         img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid=grid)
