@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from twinkles_hpc import rundir as rd
+from twinkles_hpc.level2.detect import matched_filter
 from twinkles_hpc.pipeline.context import RunContext
 from twinkles_hpc.pipeline.registry import stage
 from twinkles_hpc.pipeline.setup import plan
@@ -200,7 +201,7 @@ def test_shared_mask_and_filter_give_the_same_sources_and_scale():
     psf = dia.DiffPSF(stamp)
     bad = dia.unusable(img, var, mask)
     assert bad[100:104, 30:40].all() and bad[150:160, 50:55].all() and bad.sum() == 90
-    filtered = dia.matched_filter(img, var, bad, psf.fwhm_px)
+    filtered = matched_filter(img, var, psf.fwhm_px, mask=bad)
     alone = dia.detect_dia_sources(img, var, mask, psf, min_npix=1)
     shared = dia.detect_dia_sources(img, var, mask, psf, min_npix=1, bad=bad, filtered_image=filtered[0])
     assert len(alone) >= 3 and (alone["flags"] & dia.DIA_NEGATIVE).any()

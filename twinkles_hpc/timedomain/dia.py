@@ -126,12 +126,6 @@ def subtract_background(image, variance, mask, mesh_size, bad=None):
     return float(bg.mean())
 
 
-def matched_filter(image, variance, bad, fwhm_px):
-    """(S, V_S) of a difference: the image and variance filtered with the detection filter, a Gaussian of
-    FWHM fwhm_px (level2.detect.matched_filter), the `bad` pixels counting as 0."""
-    return _det.matched_filter(image, variance, fwhm_px, mask=bad)
-
-
 def _mad_std(a):
     return float(1.4826 * np.median(np.abs(a - np.median(a))))
 
@@ -149,9 +143,10 @@ def noise_scale(image, variance, mask, fwhm_px, *, bad=None, filtered=None):
     gradient per unit variance (the field's roughness, from the differences with the right, resp. lower,
     neighbour of each grid pixel: var(z(x+1) - z(x)) = 2 (1 - exp(-lambda2 / 2)) for a Gaussian
     correlation), which sets the Gaussian expectation of false detections. bad: `unusable` when the
-    caller has it; filtered: `matched_filter` of these planes when the caller has it."""
+    caller has it; filtered: level2.detect.matched_filter of these planes with mask `bad` when the caller
+    has it."""
     bad = unusable(image, variance, mask) if bad is None else bad
-    s, vs = matched_filter(image, variance, bad, fwhm_px) if filtered is None else filtered
+    s, vs = _det.matched_filter(image, variance, fwhm_px, mask=bad) if filtered is None else filtered
     ok = ~bad & (vs > 0)
     if ok.sum() < 100:
         raise ValueError(f"the difference has {int(ok.sum())} usable pixels, too few to calibrate its noise")
@@ -223,12 +218,12 @@ def detect_dia_sources(image, variance, mask, psf, *, threshold=5.0, min_npix=3,
     """DiaSources of one difference: positive and negative detections above `threshold` sigma (the image
     filtered with a Gaussian of FWHM `filter_fwhm`, default the PSF's), measured with its PSF; a
     DIA_DETECTION_DTYPE array, positives first, each by detection order. bad: `unusable` when the caller
-    has it; filtered_image: the S of `matched_filter` of this image with that filter, when the caller has
-    it (the filter is linear: the negative image's is -S, the same bits)."""
+    has it; filtered_image: the S of level2.detect.matched_filter of this image with that filter and mask
+    `bad`, when the caller has it (the filter is linear: the negative image's is -S, the same bits)."""
     bad = unusable(image, variance, mask) if bad is None else bad
     img, var = _zeroed(image, bad), _zeroed(variance, bad)
     fwhm = psf.fwhm_px if filter_fwhm is None else filter_fwhm
-    s, vs = (matched_filter(img, var, bad, fwhm) if filtered_image is None
+    s, vs = (_det.matched_filter(img, var, fwhm, mask=bad) if filtered_image is None
              else (filtered_image, _det.filter_variance(var, fwhm, mask=bad)))
     found = []
     for sign in (1.0, -1.0):

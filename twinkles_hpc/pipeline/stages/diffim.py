@@ -156,6 +156,7 @@ class DiffimSkip(Exception):
 
 def difference_visit(ctx, visit, params):
     """The diffim product of one visit: ({dataset: array}, {attribute: value}); raises DiffimSkip."""
+    from twinkles_hpc.level2.detect import matched_filter
     from twinkles_hpc.level2.photometry import psf_fwhm
     from twinkles_hpc.level2.psf import MixturePSF
     from twinkles_hpc.timedomain import dia
@@ -212,7 +213,7 @@ def difference_visit(ctx, visit, params):
         sky = dia.subtract_background(res.image, res.variance, res.mask, D.background_mesh, bad)
     lap("residual_sky")
     filt = dia.detection_filter_fwhm(dpsf, res.summary["direction"] == "preconvolved")
-    filtered = dia.matched_filter(res.image, res.variance, bad, filt)
+    filtered = matched_filter(res.image, res.variance, filt, mask=bad)
     scale, lambda2 = dia.noise_scale(res.image, res.variance, res.mask, filt, bad=bad, filtered=filtered)
     res.variance *= np.float32(scale ** 2)
     err_scale = dia.flux_error_scale(res.image, res.variance, res.mask, dpsf,
