@@ -346,30 +346,30 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     gram[:nb, :nb] = np.einsum("kab,lab->kl", basis.images, basis.images)
     k2sum = np.ones(n)                                        # sum K^2 of each stamp's kernel (first: 1)
     used = np.ones(n, bool)
-    # each stamp's normal equations; a clipped stamp never returns, so only the used ones are updated
-    a, b, rr = np.zeros((n, nb + 1, nb + 1)), np.zeros((n, nb + 1)), np.zeros(n)
     it = 0
     while True:
+        idx = np.flatnonzero(used)                            # a clipped stamp never returns: the used ones only
         # weights: the difference's variance, V_ref + V sum K^2 (the convolved variance, locally constant)
-        w = np.where(ok[used], 1.0 / (vref[used] + vconv[used] * k2sum[used, None]), 0.0)
-        noise = (vconv[used] * w).sum(1)
+        w = np.where(ok[idx], 1.0 / (vref[idx] + vconv[idx] * k2sum[idx, None]), 0.0)
+        noise = (vconv[idx] * w).sum(1)
         ridge = np.zeros(active.shape)
         ridge[1:nb] = cfg.kernel_ridge * float(noise.sum())
-        a[used], b[used], rr[used] = _normal_equations(design, np.flatnonzero(used), ref[used], w, to_fit)
-        a_fit = a[used] - noise[:, None, None] * gram if cfg.noise_correction else a[used]
-        coeffs = _solve(a_fit, b[used], p[used], active, ridge)
+        a, b, rr = _normal_equations(design, idx, ref[idx], w, to_fit)
+        a_fit = a - noise[:, None, None] * gram if cfg.noise_correction else a
+        coeffs = _solve(a_fit, b, p[idx], active, ridge)
         it += 1
-        local = p @ coeffs.T                                               # (n, nb + 1)
+        local = p[idx] @ coeffs.T                                          # (used, nb + 1)
         # chi^2 = sum w (ref - design local)^2, from the stamp's normal equations
         chi2 = rr - 2.0 * np.einsum("nk,nk->n", local, b) + np.einsum("nk,nkl,nl->n", local, a, local)
         kern = np.einsum("nk,kab->nab", local[:, :nb], basis.images)
-        k2sum = (kern * kern).sum((1, 2))
+        k2sum[idx] = (kern * kern).sum((1, 2))
         new = used
         if it > 1:
-            cd = chi2 / n_pix
-            med = np.median(cd[used])
-            mad = np.median(np.abs(cd[used] - med))
-            new = used & (cd <= med + cfg.clip_sigma * 1.4826 * mad)
+            cd = chi2 / n_pix[idx]
+            med = np.median(cd)
+            mad = np.median(np.abs(cd - med))
+            new = used.copy()
+            new[idx] = cd <= med + cfg.clip_sigma * 1.4826 * mad
             if new.sum() < need:
                 new = used
         if (it > 1 and np.array_equal(new, used)) or it >= cfg.max_iter:
@@ -380,7 +380,7 @@ def fit_kernel(image, reference, x, y, *, variance, reference_variance, mask=Non
     summary = dict(n_candidates=int(n_cand), n_examined=int(n_examined), n_usable=n_usable, n_fitted=int(n),
                    n_used=int(used.sum()),
                    n_rejected=int(n - used.sum()), n_fits=it,
-                   chi2_dof=float(chi2[used].sum() / max(n_pix[used].sum() - n_par, 1)),
+                   chi2_dof=float(chi2.sum() / max(n_pix[used].sum() - n_par, 1)),
                    kernel_sum=kernel_sum, background=float(coeffs[-1, 0]),
                    background_coeffs=[float(v) for v in coeffs[-1, :_n_terms(cfg.background_order)]],
                    spatial_order=cfg.spatial_order, kernel_sum_order=cfg.kernel_sum_order,
