@@ -226,32 +226,21 @@ def spline_rows(const double[:, :, ::1] coef, const double[::1] knots, const Py_
 
 
 cdef enum:
-    MIN_STRIP = 256                 # columns per strip of running_min's column pass
+    MIN_STRIP = 256                 # columns per strip of _running_min's column pass
 
 
 cdef inline float _fmin(float a, float b) noexcept nogil:
     return a if a <= b else b
 
 
-def running_min(const float[:, ::1] src, Py_ssize_t h, float[:, ::1] out):
+cdef int _running_min(const float *src, Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t h, float *out) noexcept nogil:
     """out[j, i] = the minimum of src over the box of rows j - h .. j + h and columns i - h .. i + h that
     lies on the image (the result of a (2h + 1)^2 minimum filter with the edge pixels repeated outward).
     Rows, then columns in strips of MIN_STRIP, each by van Herk and Gil & Werman's algorithm: along a line
     padded with h infinities at either end and cut into blocks of w = 2h + 1, the minimum over the window
     starting at k is min(S[k], G[k + w - 1]), S the minimum from k to the end of its block and G from the
     start of its block to k: three comparisons a pixel whatever h. Minima are exact: the same values as any
-    other order. NaN must not occur (the caller passes +inf for the pixels to ignore)."""
-    cdef int err = 0
-    if src.shape[0] == 0 or src.shape[1] == 0:
-        return
-    with nogil:
-        err = _running_min(&src[0, 0], src.shape[0], src.shape[1], h, &out[0, 0])
-    if err != 0:
-        raise MemoryError("running_min: no memory for its buffers")
-
-
-cdef int _running_min(const float *src, Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t h, float *out) noexcept nogil:
-    """running_min on C arrays; -1 when out of memory."""
+    other order. NaN must not occur (+inf for the pixels to ignore). -1 when out of memory."""
     cdef Py_ssize_t w = 2 * h + 1, L, n, k, i, j, c, c0, W, b0, b1
     cdef float inf = INFINITY
     cdef float *tmp
@@ -329,17 +318,17 @@ def add_detection_band(const float[:, ::1] image, const float[:, ::1] variance, 
     (float32 quotients added to the float64 sums), n += 1; mask_or |= mask everywhere."""
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], j, i
     cdef float x, v, m
-    cdef float *buf = <float *> malloc(2 * ny * nx * sizeof(float))
+    cdef float *buf
     cdef float *s2
     cdef int err = 0
     if ny == 0 or nx == 0:
-        free(buf)
         return
+    buf = <float *> malloc(2 * ny * nx * sizeof(float))
     if buf == NULL:
         raise MemoryError("add_detection_band: no memory for the variance planes")
     s2 = buf + ny * nx
     with nogil:
-        for j in range(ny):
+        for j in range(ny):                     # buf: the variance where good, +inf elsewhere
             for i in range(nx):
                 x = image[j, i]
                 v = variance[j, i]
@@ -348,13 +337,10 @@ def add_detection_band(const float[:, ::1] image, const float[:, ::1] variance, 
         if err == 0:
             for j in range(ny):
                 for i in range(nx):
-                    x = image[j, i]
-                    v = variance[j, i]
                     m = s2[j * nx + i]
-                    if (isfinite(x) and isfinite(v) and v > 0 and (mask[j, i] & no_data) == 0 and isfinite(m)
-                            and m > 0):
-                        D[j, i] = D[j, i] + <double> (x / sqrtf(m))
-                        V[j, i] = V[j, i] + <double> (v / m)
+                    if buf[j * nx + i] < INFINITY and isfinite(m) and m > 0:       # good, s2 usable
+                        D[j, i] = D[j, i] + <double> (image[j, i] / sqrtf(m))
+                        V[j, i] = V[j, i] + <double> (variance[j, i] / m)
                         n[j, i] += 1
                     mask_or[j, i] |= mask[j, i]
     free(buf)

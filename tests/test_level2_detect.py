@@ -366,17 +366,32 @@ def test_precomputed_filter_gives_the_same_catalogue():
         detect(image, var, filtered=(s[1:], vs[1:]))
 
 
-def test_running_min_is_the_box_minimum():
-    """The Objects' source-free variance takes a running minimum (level2.background.running_min): the
-    (2h + 1)^2 box minimum with the edges repeated, scipy's minimum_filter(mode="nearest") bit for bit, on
-    shapes smaller and larger than the box, with ignored (+inf) pixels."""
+def test_detection_band_is_the_box_minimum_formula():
+    """The Objects' detection image, one band (level2.background.add_detection_band): the source-free
+    variance s2 is the (2h + 1)^2 box minimum of the variance over the good pixels with the edges repeated
+    (scipy's minimum_filter(mode="nearest")), and D, V, n, the mask are the numpy formula's bit for bit, on
+    shapes smaller and larger than the box, with non-finite, zero-variance and NO_DATA pixels."""
     from scipy import ndimage
 
-    from twinkles_hpc.level2.background import running_min
+    from twinkles_hpc.level2.background import add_detection_band
+    NO_DATA = 16
     rng = np.random.default_rng(8)
     for shape, h in (((50, 37), 15), ((5, 200), 3), ((300, 4), 2), ((1, 1), 15), ((64, 64), 0), ((97, 600), 15)):
-        a = rng.normal(100, 10, shape).astype(np.float32)
-        a[rng.random(shape) < 0.1] = np.inf
-        assert np.array_equal(running_min(a, h), ndimage.minimum_filter(a, size=2 * h + 1, mode="nearest")), (shape, h)
-    with pytest.raises(ValueError, match="NaN"):
-        running_min(np.full((4, 4), np.nan, np.float32), 1)
+        img = rng.normal(0, 10, shape).astype(np.float32)
+        var = rng.uniform(50, 150, shape).astype(np.float32)
+        mask = np.where(rng.random(shape) < 0.05, NO_DATA, 0).astype(np.uint16) | np.uint16(2)
+        img[rng.random(shape) < 0.03] = np.nan
+        var[rng.random(shape) < 0.03] = 0.0
+        sums = [np.full(shape, 0.5), np.full(shape, 0.25), np.ones(shape, np.int32), np.full(shape, 4, np.uint16)]
+        want = [a.copy() for a in sums]
+        add_detection_band(sums, img, var, mask, NO_DATA, h)
+        good = np.isfinite(img) & np.isfinite(var) & (var > 0) & ((mask & NO_DATA) == 0)
+        s2 = ndimage.minimum_filter(np.where(good, var, np.inf).astype(np.float32), size=2 * h + 1, mode="nearest")
+        ok = good & np.isfinite(s2) & (s2 > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.add(want[0], img / np.sqrt(s2), out=want[0], where=ok)
+            np.add(want[1], var / s2, out=want[1], where=ok)
+        want[2] += ok
+        want[3] |= mask
+        for got, w in zip(sums, want):
+            assert np.array_equal(got, w), (shape, h)

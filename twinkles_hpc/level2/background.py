@@ -217,24 +217,11 @@ def median_filter(mesh, size):
     return ndimage.median_filter(padded, size=size, mode="nearest")[h:h + mesh.shape[0], h:h + mesh.shape[1]]
 
 
-def running_min(image, half):
-    """The (2 half + 1)^2 box minimum of a float32 image, the edges repeated outward (scipy's
-    minimum_filter(mode="nearest"), bit for bit), by van Herk and Gil & Werman's algorithm (three
-    comparisons a pixel whatever the box; ext/_background.pyx). Pixels to ignore must be +inf, never NaN."""
-    img = as_float32_image("image", image)
-    if not (isinstance(half, (int, np.integer)) and half >= 0):
-        raise ValueError(f"half must be an integer >= 0, got {half!r}")
-    if np.isnan(img).any():
-        raise ValueError("running_min: the image has NaN pixels (give +inf for the pixels to ignore)")
-    out = np.empty_like(img)
-    _background.running_min(img, int(half), out)
-    return out
-
-
 def add_detection_band(sums, image, variance, mask, no_data_bit, half):
     """One band's share of a detection image (level2/objects.py), in place in sums = [D, V (float64), n
     (int32), mask OR (uint16)] of the planes' shape: with good = finite image and variance, variance > 0
-    and no `no_data_bit`, and s2 the running_min (box 2 half + 1) of the variance over the good pixels,
+    and no `no_data_bit`, and s2 the (2 half + 1)^2 box minimum of the variance over the good pixels (the
+    edges repeated outward; van Herk and Gil & Werman's algorithm, three comparisons a pixel whatever the box),
     where good and s2 finite and > 0: D += image / sqrt(s2), V += variance / s2 (float32 quotients added
     to the float64 sums), n += 1; the mask ORs in everywhere (ext/_background.pyx)."""
     img, var = as_float32_image("image", image), as_float32_image("variance", variance)
