@@ -144,7 +144,7 @@ def find_and_repair(float[:, ::1] image, const float[:, ::1] variance, uint16_t[
     others would repeat their earlier negative result. Growing, masking and repairing follow the lists of
     flagged pixels; a repair reads unmasked pixels only, so its order does not matter.
     """
-    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], i, j, a, b, k, q, ring0, ring1
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], i, j, a, b, k, ring0, ring1
     cdef double ns2 = nsigma * nsigma, g2 = grow_nsigma * grow_nsigma, v
     cdef int it, g, passes = 0, excl = skip_bits | cr_bit, err = 0
     cdef long long total = 0
@@ -231,8 +231,6 @@ def find_and_repair(float[:, ::1] image, const float[:, ::1] variance, uint16_t[
                 if err:
                     break
         if err:
-            for k in range(cand.n):
-                flag[cand.p[k] // nx, cand.p[k] % nx] = 0
             raise MemoryError("find_and_repair: no memory for the pixel lists")
     finally:
         free(flagged.p)

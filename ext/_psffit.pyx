@@ -192,7 +192,6 @@ cdef extern from *:
        parameters, each accumulator row acc[j, :] is a pair of 8-lane vectors (lane k: one accumulator, the
        rows in order: the same bits as scalar loops), the row padded with zeros into a local buffer. */
     typedef double tw_v8 __attribute__((vector_size(64)));
-    typedef double tw_v8u __attribute__((vector_size(64), aligned(8), may_alias));
     static void tw_normal(const double *J, const double *r, Py_ssize_t n, Py_ssize_t p, double *acc,
                           double *gg) {
         if (p <= 16) {
@@ -238,8 +237,8 @@ cdef extern from *:
 
 def normal_equations(const double[:, ::1] J, const double[::1] r, double[:, ::1] A, double[::1] g):
     """A = J^T J and g = J^T r, summed over the rows in order. Every entry of A is accumulated (the upper
-    triangle's products are the lower's, commuted: the same bits), in a local square whose rows the
-    compiler vectorises (tw_normal)."""
+    triangle's products are the lower's, commuted: the same bits), up to 16 parameters on 8-lane vector
+    rows (tw_normal)."""
     cdef Py_ssize_t n = J.shape[0], p = J.shape[1], j, k
     cdef double *acc = <double *> malloc((p * p + p) * sizeof(double))
     if acc == NULL:
