@@ -477,19 +477,20 @@ cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, 
                        double clip_sigma, int clip_iters, float[:, ::1] out, float[:, ::1] out_var,
                        uint16_t[:, ::1] out_mask, int32_t[:, ::1] out_n, float[:, ::1] out_depth,
                        char *scratch) noexcept nogil:
-    """Output row j of `combine` (the arguments are combine's); scratch: 5 (N + 1) doubles, then N + 1 flags
+    """Output row j of `combine` (the arguments are combine's); scratch: 6 (N + 1) doubles, then N + 1 flags
     and N + 1 masks, aligned for doubles."""
     cdef Py_ssize_t N = img.shape[0], nx = img.shape[2]
     cdef Py_ssize_t i, k, n, nkeep, it, nprot
-    cdef double x, vv, c, sw, swx, swv, thr, mad
+    cdef double x, vv, c, sw, swx, swv, thr, mad, rmax
     cdef uint16_t m, allbits, keepbits, everybits
     cdef double *xs = <double *> scratch
-    cdef unsigned char *keep = <unsigned char *> (scratch + 5 * (N + 1) * sizeof(double))
-    cdef uint16_t *ms = <uint16_t *> (scratch + 5 * (N + 1) * sizeof(double) + (N + 1))
+    cdef unsigned char *keep = <unsigned char *> (scratch + 6 * (N + 1) * sizeof(double))
+    cdef uint16_t *ms = <uint16_t *> (scratch + 6 * (N + 1) * sizeof(double) + (N + 1))
     cdef double *vs = xs + (N + 1)
     cdef double *rs = vs + (N + 1)
     cdef double *tmp = rs + (N + 1)
     cdef double *ws = tmp + (N + 1)
+    cdef double *sd = ws + (N + 1)
     for i in range(nx):
         n = 0
         nprot = 0
@@ -519,17 +520,25 @@ cdef void _combine_row(Py_ssize_t j, const float[:, :, ::1] img, const float[:, 
             out_depth[j, i] = 0.0
             continue
         c = 0.0
-        if use_median or (clip_iters > 0 and n >= 3):
+        if use_median or (clip_iters > 0 and n >= 3 and 2 * nprot < n):
             for k in range(n):
                 tmp[k] = xs[k]
             c = _median(tmp, n)
-        if not use_median and n >= 3 and 2 * nprot < n:
+        if not use_median and clip_iters > 0 and n >= 3 and 2 * nprot < n:
+            for k in range(n):
+                sd[k] = sqrt(vs[k])
             for it in range(clip_iters):
+                rmax = 0.0
                 for k in range(n):
-                    rs[k] = fabs(xs[k] - c) / sqrt(vs[k])
-                    tmp[k] = rs[k]
-                mad = MAD_TO_SIGMA * _median(tmp, n)
-                thr = clip_sigma * (mad if mad > 1.0 else 1.0)
+                    rs[k] = fabs(xs[k] - c) / sd[k]
+                    rmax = rs[k] if rs[k] > rmax else rmax
+                if rmax <= clip_sigma:        # thr >= clip_sigma: every input is kept, whatever the MAD
+                    thr = clip_sigma
+                else:
+                    for k in range(n):
+                        tmp[k] = rs[k]
+                    mad = MAD_TO_SIGMA * _median(tmp, n)
+                    thr = clip_sigma * (mad if mad > 1.0 else 1.0)
                 sw = 0.0
                 swx = 0.0
                 for k in range(n):
@@ -594,7 +603,7 @@ def combine(const float[:, :, ::1] img, const float[:, :, ::1] var, const uint16
     cdef Py_ssize_t N = img.shape[0], ny = img.shape[1], j
     cdef int nt = threads if threads > 1 else 1
     # each thread's scratch in its own cache lines (a stride of whole lines)
-    cdef Py_ssize_t stride = _lines(5 * (N + 1) * sizeof(double) + 3 * (N + 1))
+    cdef Py_ssize_t stride = _lines(6 * (N + 1) * sizeof(double) + 3 * (N + 1))
     cdef char *raw = <char *> PyMem_RawMalloc(nt * stride + CACHE_LINE)
     cdef char *base
     if raw == NULL:
