@@ -29,6 +29,8 @@ def kernels():
         exts.append(Extension(
             f"twinkles_hpc.{name}",
             [os.path.relpath(pyx, HERE)],
+            depends=[os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "ext", f"{name}*.h"))
+                     + glob.glob(os.path.join(HERE, "ext", "*.pxi"))],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=(["-O3", "-fno-fast-math", "-ffp-contract=off"] + ([f"-march={MARCH}"] if MARCH else [])

@@ -10,6 +10,12 @@ from libc.math cimport INFINITY, NAN, M_PI, cos, fabs, floor, isfinite, sin, sqr
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, uint16_t
 
+
+cdef extern from "_warp_sums.h" nogil:
+    # the image's and the variance's Lanczos-3 sums of one output pixel (the header says how)
+    void warp_sums6(const double *wx, const double *wy, const double *p, const double *pv, Py_ssize_t stride,
+                    double *acc, double *accv)
+
 cdef double SQRT3_2 = 0.8660254037844386          # sqrt(3) / 2
 cdef double SNAP = 1e-9                           # px: positions this close to an integer are that integer
 cdef double SEGMENT_TOL = 1e-6                    # px: margin of _segment_outside, far above SNAP and round-off
@@ -117,11 +123,6 @@ def lanczos3_weights(double f, bint quadratic=True, bint exact=False):
     return [w[0], w[1], w[2], w[3], w[4], w[5]]
 
 
-cdef inline double _dot6(const double *w, const double *p) noexcept nogil:
-    """sum_k w[k] p[k], summed pairwise (shorter dependency chains than left to right)."""
-    return (w[0] * p[0] + w[1] * p[1]) + (w[2] * p[2] + w[3] * p[3]) + (w[4] * p[4] + w[5] * p[5])
-
-
 cdef enum:
     CACHE_LINE = 64
 
@@ -201,6 +202,7 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
     lookup -> weights -> sums); in passes, the independent chains of a batch's pixels overlap in the
     processor instead of waiting on one another. Every pixel is computed as it would be alone."""
     cdef Py_ssize_t nx = out.shape[1], sny = src.shape[0], snx = src.shape[1], nc = gu.shape[1]
+    cdef Py_ssize_t sstride = snx               # src and src_var: C-contiguous, of one shape
     cdef Py_ssize_t i, i0, k, n, a, b, q, c, r, Y, c_lo, c_hi, rem, i_first, i_last, t0, tdx, tdy
     cdef double inv_step = 1.0 / step, ty, tx, u, v, fx, fy, acc, accv, wmax, wymax
     cdef double ulo = sx0 + 2.0, uhi = sx0 + snx - 3.0, vlo = sy0 + 2.0, vhi = sy0 + sny - 3.0
@@ -215,12 +217,8 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
     cdef Py_ssize_t inside[BATCH]
     cdef double wxs[BATCH * 6]
     cdef double wys[BATCH * 6]
-    cdef double wx2[6]
-    cdef double wy2[6]
     cdef double *wx
     cdef double *wy
-    cdef const double *p
-    cdef const double *pv
     cdef const uint16_t *pm
     cdef uint16_t m
     cdef long long covered = 0
@@ -292,18 +290,8 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
             _lanczos3(fv[a], &wys[6 * a], table)
         # 3. the sums
         for a in range(k):
-            wx = &wxs[6 * a]
-            wy = &wys[6 * a]
-            for b in range(6):
-                wx2[b] = wx[b] * wx[b]
-                wy2[b] = wy[b] * wy[b]
-            acc = 0.0
-            accv = 0.0
-            for b in range(6):
-                p = &src[iys[a] + b, ixs[a]]
-                pv = &src_var[iys[a] + b, ixs[a]]
-                acc = acc + wy[b] * _dot6(wx, p)
-                accv = accv + wy2[b] * _dot6(wx2, pv)
+            warp_sums6(&wxs[6 * a], &wys[6 * a], &src[iys[a], ixs[a]], &src_var[iys[a], ixs[a]], sstride, &acc,
+                       &accv)
             i = inside[a]
             out[j, i] = <float> (jac[a] * acc)
             out_var[j, i] = <float> (jac[a] * jac[a] * accv)
