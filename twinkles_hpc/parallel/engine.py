@@ -68,15 +68,29 @@ class StopFlag:
         return self
 
 
+#: glibc mallopt parameters: M_TRIM_THRESHOLD, M_MMAP_MAX.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
 def _release_freed_memory():
     """Hand the heap's free pages back to the kernel (glibc malloc_trim): without it a long-lived worker
     keeps the high-water mark of its largest task as resident memory, and every later task's peak RSS
-    would include it."""
+    would include it.
+
+    The first call also has glibc serve large allocations from the heap, not from fresh memory maps, and
+    keep freed memory until the next trim (mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD 2 GiB). A task's
+    full-sensor temporaries (65-130 MB each, above glibc's 32 MiB ceiling for heap allocations) then
+    reuse the pages of those freed before them, where each would otherwise be mapped, faulted in and
+    zeroed by the kernel page by page (docs/benchmarks.md: a difference image's system time 3.4 -> 1.1 s
+    over four visits)."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
             import ctypes
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+            libc = ctypes.CDLL("libc.so.6")
+            _malloc_trim = libc.malloc_trim
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
         except (OSError, AttributeError):
             _malloc_trim = False
     if _malloc_trim:
