@@ -81,8 +81,8 @@ def _release_freed_memory():
     keep freed memory until the next trim (mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD 2 GiB). A task's
     full-sensor temporaries (65-130 MB each, above glibc's 32 MiB ceiling for heap allocations) then
     reuse the pages of those freed before them, where each would otherwise be mapped, faulted in and
-    zeroed by the kernel page by page (docs/benchmarks.md: a difference image's system time 3.4 -> 1.1 s
-    over four visits)."""
+    zeroed by the kernel page by page (docs/benchmarks.md: a difference image's system time 0.55-0.76 ->
+    0.31-0.36 s per visit)."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
