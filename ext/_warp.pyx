@@ -192,9 +192,10 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
                          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
                          float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
                          double mask_weight, const double *table, double *buf, Py_ssize_t ntx,
-                         const uint16_t *tile_or, const uint16_t *tile_and) noexcept nogil:
+                         const uint16_t *tile_or, const uint16_t *tile_and, const unsigned char[:, ::1] skip,
+                         bint has_skip) noexcept nogil:
     """Output row j of `warp` (the arguments are warp's); buf: 3 (nc + 1) doubles of scratch (the row's
-    nodes). Returns the row's pixels with data.
+    nodes); has_skip: whether `skip` is given. Returns the row's pixels with data.
 
     The row is done BATCH pixels at a time, in four passes over the batch: source positions, kernel
     weights, the sums, the mask (tile_or / tile_and: _tile_or_and's summaries, ntx tiles per row). Each
@@ -264,6 +265,9 @@ cdef long long _warp_row(Py_ssize_t j, const double[:, ::1] src, const double[:,
                 rem = 0
             tx = rem * inv_step
             rem += 1
+            if has_skip and skip[j, i]:
+                _no_data(out, out_var, out_mask, j, i, no_data)
+                continue
             u = ru[c] + tx * (ru[c + 1] - ru[c])
             v = rv[c] + tx * (rv[c + 1] - rv[c])
             fx = floor(u + 0.5)                  # round-off of an exact integer map (identity, shifts)
@@ -336,7 +340,7 @@ def warp(const double[:, ::1] src, const double[:, ::1] src_var, const uint16_t[
          const double[:, ::1] gu, const double[:, ::1] gv, const double[:, ::1] gj,
          Py_ssize_t gx0, Py_ssize_t gy0, Py_ssize_t step, Py_ssize_t dx0, Py_ssize_t dy0,
          float[:, ::1] out, float[:, ::1] out_var, uint16_t[:, ::1] out_mask, uint16_t no_data,
-         double mask_weight, bint quadratic, int threads=1):
+         double mask_weight, bint quadratic, int threads=1, const unsigned char[:, ::1] skip=None):
     """Lanczos-3 warp (see _lanczos3_exact for `quadratic`) of (src, src_var, src_mask) into (out, out_var,
     out_mask); returns the number of pixels with data.
 
@@ -355,8 +359,12 @@ def warp(const double[:, ::1] src, const double[:, ::1] src_var, const uint16_t[
 
     threads > 1: the output rows are shared among that many OpenMP threads (each row is computed by one
     thread in the same way, so the result is the same bits).
+
+    skip: None, or uint8 of out's shape; its nonzero pixels get NaN, NaN, no_data without being computed
+    (e.g. pixels that another warp fills). The other pixels are the same bits as without it.
     """
     cdef Py_ssize_t ny = out.shape[0], nc = gu.shape[1], j
+    cdef bint has_skip = skip is not None
     cdef Py_ssize_t per = _lines(3 * (nc + 1) * sizeof(double)) // sizeof(double)   # whole cache lines
     cdef long long covered = 0
     cdef const double *table = &_table_q[0] if quadratic else &_table_p[0]
@@ -378,12 +386,12 @@ def warp(const double[:, ::1] src, const double[:, ::1] src_var, const uint16_t[
             for j in range(ny):
                 covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
                                      out, out_var, out_mask, no_data, mask_weight, table, bufs, ntx, tiles,
-                                     tiles + ntiles)
+                                     tiles + ntiles, skip, has_skip)
     else:
         for j in prange(ny, nogil=True, num_threads=nt, schedule="dynamic", chunksize=16):
             covered += _warp_row(j, src, src_var, src_mask, sx0, sy0, gu, gv, gj, gx0, gy0, step, dx0, dy0,
                                  out, out_var, out_mask, no_data, mask_weight, table,
-                                 bufs + threadid() * per, ntx, tiles, tiles + ntiles)
+                                 bufs + threadid() * per, ntx, tiles, tiles + ntiles, skip, has_skip)
     PyMem_RawFree(raw)
     PyMem_RawFree(tiles)
     return covered

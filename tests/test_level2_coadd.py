@@ -167,6 +167,32 @@ def test_warp_mask_is_the_or_of_the_qualifying_taps(mask_weight):
     assert uniform_unqualified > (20 if mask_weight == 0.5 else -1)
     np.testing.assert_array_equal(out[2], expected)
 
+def test_warp_skips_the_given_pixels_and_keeps_the_others():
+    """skip's pixels are left without data (not computed); every other pixel is the same bits as without it;
+    a skip of the wrong shape or type is refused."""
+    rng = np.random.default_rng(8)
+    img = rng.normal(size=(120, 130)).astype(np.float32)
+    var = rng.uniform(1, 2, img.shape).astype(np.float32)
+    mask = (rng.integers(0, 64, img.shape) & ~NO_DATA).astype(np.uint16)
+    src, dst = sensor(20.0, n=(130, 120)).astropy(), sensor(47.0, 0.3, -0.2, n=(130, 120)).astropy()
+    box = (5, 7, 110, 100)
+    full = warp_image(img, var, mask, src, dst, box)
+    skip = np.zeros((100, 110), bool)
+    skip[20:60, 30:90] = True                            # a block, as an earlier patch's fill
+    skip[rng.random(skip.shape) < 0.1] = True            # and scattered pixels
+    part = warp_image(img, var, mask, src, dst, box, skip=skip[:, :])
+    assert (full[3] & skip).sum() > 3000 and (full[3] & ~skip).sum() > 3000
+    for a, b in zip(full[:3], part[:3]):
+        np.testing.assert_array_equal(b[~skip], a[~skip])
+    assert np.isnan(part[0][skip]).all() and np.isnan(part[1][skip]).all() and (part[2][skip] == NO_DATA).all()
+    assert not part[3][skip].any()
+    view = np.zeros((120, 130), bool)[10:110, 10:120]    # a non-contiguous view is accepted
+    np.testing.assert_array_equal(warp_image(img, var, mask, src, dst, box, skip=view)[0], full[0])
+    for bad in (skip[:50], skip.astype(np.uint8)):
+        with pytest.raises(ValueError, match="skip must be a bool array"):
+            warp_image(img, var, mask, src, dst, box, skip=bad)
+
+
 def test_warp_smooth_function_and_mapping_accuracy():
     src, dst = sensor(0.0).astropy(), sensor(33.0, 0.37, -0.81).astropy()
     f = lambda x, y: np.exp(-((x - 101.3) ** 2 + (y - 96.6) ** 2) / (2 * 15.0 ** 2)) + 1e-3 * x - 5e-4 * y  # noqa

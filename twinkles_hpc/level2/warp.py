@@ -185,7 +185,7 @@ def _outputs(out, shape):
 
 def warp_image(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, *, kernel="lanczos3",
                src_origin=(0, 0), grid_step=DEFAULT_GRID_STEP, max_grid_error=DEFAULT_MAX_GRID_ERROR,
-               mask_weight=DEFAULT_MASK_WEIGHT, out=None, grid=None):
+               mask_weight=DEFAULT_MASK_WEIGHT, out=None, grid=None, skip=None):
     """Warp (src_image, src_variance, src_mask) onto the destination pixels `dst_bbox` of `dst_wcs`.
 
     src_image: flux per pixel (float64, the kernel's type; other dtypes are converted), src_variance its
@@ -193,7 +193,9 @@ def warp_image(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, *,
     src_wcs, so a hyperslab of a calexp warps like the whole calexp. out: optional (image, variance, mask)
     arrays of shape (ny, nx) to fill. grid: a MappingGrid of the same two WCSs whose interior covers
     dst_bbox, e.g. the grid of a larger box warped in parts (ValueError otherwise); None: made here from
-    grid_step and max_grid_error. Returns (image, variance, mask, coverage): float32 flux per destination
+    grid_step and max_grid_error. skip: optional bool array of shape (ny, nx) whose True pixels are left
+    without data and not computed (pixels another warp fills); the others are the same bits as without it.
+    Returns (image, variance, mask, coverage): float32 flux per destination
     pixel, float32 variance, uint16 mask, and coverage = True where the pixel has data (mask without
     NO_DATA). See the module docstring for the kernel, the flux, variance and mask rules.
     """
@@ -201,15 +203,16 @@ def warp_image(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, *,
     image, variance, mask = _outputs(out, (ny, nx))
     warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, (image, variance, mask),
               kernel=kernel, src_origin=src_origin, grid_step=grid_step, max_grid_error=max_grid_error,
-              mask_weight=mask_weight, grid=grid)
+              mask_weight=mask_weight, grid=grid, skip=skip)
     return image, variance, mask, (mask & NO_DATA) == 0
 
 
 def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out, *, kernel="lanczos3",
               src_origin=(0, 0), grid_step=DEFAULT_GRID_STEP, max_grid_error=DEFAULT_MAX_GRID_ERROR,
-              mask_weight=DEFAULT_MASK_WEIGHT, grid=None):
+              mask_weight=DEFAULT_MASK_WEIGHT, grid=None, skip=None):
     """warp_image into the given out = (image, variance, mask) arrays, allocating nothing of the output's
-    size; returns the MappingGrid used (None for an empty box)."""
+    size but a copy of `skip` where it is not C-contiguous; returns the MappingGrid used (None for an empty
+    box)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if not 0 < mask_weight <= 1:
@@ -225,6 +228,11 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
     sx0, sy0 = (int(v) for v in src_origin)
     x0, y0, nx, ny = box = _check_box(dst_bbox)
     image, variance, mask = _outputs(out, (ny, nx))
+    if skip is not None:
+        skip = np.asarray(skip)
+        if skip.shape != (ny, nx) or skip.dtype != np.bool_:
+            raise ValueError(f"skip must be a bool array of shape {(ny, nx)}, got {skip.dtype} {skip.shape}")
+        skip = np.ascontiguousarray(skip).view(np.uint8)
     if nx == 0 or ny == 0:
         return None
     g = grid if grid is not None else mapping_grid(src_wcs, dst_wcs, box, grid_step=grid_step,
@@ -235,7 +243,7 @@ def warp_into(src_image, src_variance, src_mask, src_wcs, dst_wcs, dst_bbox, out
         raise ValueError(f"the mapping grid (nodes from ({g.gx0}, {g.gy0}), step {g.step}, {cols} x {rows}) "
                          f"does not cover the box {box}")
     _warp.warp(src, var, msk, sx0, sy0, g.gu, g.gv, g.gj, g.gx0, g.gy0, g.step, x0, y0,
-               image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3", kernel_threads())
+               image, variance, mask, NO_DATA, float(mask_weight), kernel == "lanczos3", kernel_threads(), skip)
     return g
 
 

@@ -4,8 +4,9 @@
 the calexp's pixels with the Lanczos-3 warp of level2/warp.py, reading only each patch's hyperslab that the
 calexp's box needs and warping only onto the calexp pixels that hyperslab can reach (on the node grid of
 the whole calexp, so the pixels are those of a warp of the whole box), and converts them to the calexp's
-electrons. Where patches overlap, the first in the given order fills a pixel. `kernel_candidates` picks the
-PSF-matching stars from the calexp's own source table: unflagged, bright, isolated; never the truth.
+electrons. Where patches overlap, the first in the given order fills a pixel (the later ones skip it).
+`kernel_candidates` picks the PSF-matching stars from the calexp's own source table: unflagged, bright,
+isolated; never the truth.
 """
 from __future__ import annotations
 
@@ -66,10 +67,11 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
             planes = warp_source(f, box)
             psf = CoaddPSF.from_file(f)
         grid = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny))    # the whole calexp's, so the same bits
-        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid=grid)
         rx, ry, rnx, rny = reach
         view = np.s_[ry:ry + rny, rx:rx + rnx]
-        new = cov & ~filled[view]
+        img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid=grid,
+                                        skip=filled[view])           # pixels an earlier patch filled
+        new = cov                                          # (the skipped pixels are without data)
         if not new.any():
             continue
         for dst, src in ((image, img), (variance, var), (mask, msk)):
