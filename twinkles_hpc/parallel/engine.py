@@ -82,15 +82,18 @@ def _release_freed_memory():
     full-sensor temporaries (65-130 MB each, above glibc's 32 MiB ceiling for heap allocations) then
     reuse the pages of those freed before them, where each would otherwise be mapped, faulted in and
     zeroed by the kernel page by page (docs/benchmarks.md: a difference image's system time 0.55-0.76 ->
-    0.31-0.36 s per visit)."""
+    0.31-0.36 s per visit). The price is a task's peak RSS, which freed memory that no later allocation
+    fits now counts in (the demo: one coadd task 245 -> 293 MiB above its start, the medians unchanged).
+    TWINKLES_HPC_HEAP=release in the environment keeps glibc's own policy (docs/design.md, "Memory")."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
             import ctypes
             libc = ctypes.CDLL("libc.so.6")
             _malloc_trim = libc.malloc_trim
-            libc.mallopt(_M_MMAP_MAX, 0)
-            libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+            if os.environ.get("TWINKLES_HPC_HEAP", "reuse") != "release":
+                libc.mallopt(_M_MMAP_MAX, 0)
+                libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
         except (OSError, AttributeError):
             _malloc_trim = False
     if _malloc_trim:
