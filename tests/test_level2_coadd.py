@@ -167,6 +167,7 @@ def test_warp_mask_is_the_or_of_the_qualifying_taps(mask_weight):
     assert uniform_unqualified > (20 if mask_weight == 0.5 else -1)
     np.testing.assert_array_equal(out[2], expected)
 
+
 def test_warp_skips_the_given_pixels_and_keeps_the_others():
     """skip's pixels are left without data (not computed); every other pixel is the same bits as without it;
     a skip of the wrong shape or type is refused."""
@@ -180,7 +181,7 @@ def test_warp_skips_the_given_pixels_and_keeps_the_others():
     skip = np.zeros((100, 110), bool)
     skip[20:60, 30:90] = True                            # a block, as an earlier patch's fill
     skip[rng.random(skip.shape) < 0.1] = True            # and scattered pixels
-    part = warp_image(img, var, mask, src, dst, box, skip=skip[:, :])
+    part = warp_image(img, var, mask, src, dst, box, skip=skip)
     assert (full[3] & skip).sum() > 3000 and (full[3] & ~skip).sum() > 3000
     for a, b in zip(full[:3], part[:3]):
         np.testing.assert_array_equal(b[~skip], a[~skip])

@@ -116,11 +116,8 @@ def _detection_sums(shape):
 
 
 def _add_band(sums, planes):
-    """Add one band's planes to the detection sums (_detection_sums), in place: where the pixel is good
-    (finite image and variance, variance > 0, no NO_DATA) and its source-free variance s2 (the NOISE_BOX^2
-    running minimum of the variance over good pixels) is finite and > 0, D += image / sqrt(s2) and V +=
-    variance / s2 (float32 quotients added to the float64 sums) and n += 1; the mask ORs in (one compiled
-    pass each side of the running minimum, level2.background.add_detection_band)."""
+    """Add one band's planes to the detection sums (_detection_sums), in place: background.add_detection_band
+    with the source-free variance over NOISE_BOX^2 boxes and NO_DATA pixels left out."""
     add_detection_band(sums, planes["image"], planes["variance"], planes["mask"], NO_DATA, NOISE_BOX // 2)
 
 

@@ -72,28 +72,31 @@ class StopFlag:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
+def _set_heap_policy(libc):
+    """Have glibc serve large allocations from the heap, not from fresh memory maps, and keep freed memory
+    until the next trim (mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD 2 GiB). A task's full-sensor temporaries
+    (65-130 MB each, above glibc's 32 MiB ceiling for heap allocations) then reuse the pages of those freed
+    before them, where each would otherwise be mapped, faulted in and zeroed by the kernel page by page
+    (docs/benchmarks.md: a difference image's system time 0.55-0.76 -> 0.31-0.36 s per visit). The price is
+    a task's peak RSS, which freed memory that no later allocation fits now counts in (the demo: one coadd
+    task 245 -> 293 MiB above its start, the medians unchanged). TWINKLES_HPC_HEAP=release in the
+    environment keeps glibc's own policy (docs/design.md, "Memory and bytes")."""
+    if os.environ.get("TWINKLES_HPC_HEAP", "reuse") != "release":
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+
+
 def _release_freed_memory():
     """Hand the heap's free pages back to the kernel (glibc malloc_trim): without it a long-lived worker
     keeps the high-water mark of its largest task as resident memory, and every later task's peak RSS
-    would include it.
-
-    The first call also has glibc serve large allocations from the heap, not from fresh memory maps, and
-    keep freed memory until the next trim (mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD 2 GiB). A task's
-    full-sensor temporaries (65-130 MB each, above glibc's 32 MiB ceiling for heap allocations) then
-    reuse the pages of those freed before them, where each would otherwise be mapped, faulted in and
-    zeroed by the kernel page by page (docs/benchmarks.md: a difference image's system time 0.55-0.76 ->
-    0.31-0.36 s per visit). The price is a task's peak RSS, which freed memory that no later allocation
-    fits now counts in (the demo: one coadd task 245 -> 293 MiB above its start, the medians unchanged).
-    TWINKLES_HPC_HEAP=release in the environment keeps glibc's own policy (docs/design.md, "Memory")."""
+    would include it. The first call, before a process's first task, also sets _set_heap_policy."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
             import ctypes
             libc = ctypes.CDLL("libc.so.6")
             _malloc_trim = libc.malloc_trim
-            if os.environ.get("TWINKLES_HPC_HEAP", "reuse") != "release":
-                libc.mallopt(_M_MMAP_MAX, 0)
-                libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+            _set_heap_policy(libc)
         except (OSError, AttributeError):
             _malloc_trim = False
     if _malloc_trim:

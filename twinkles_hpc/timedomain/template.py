@@ -69,14 +69,14 @@ def resample_template(paths, dst_wcs, shape, njy_per_electron):
         grid = mapping_grid(src_wcs, dst_wcs, (0, 0, nx, ny))    # the whole calexp's, so the same bits
         rx, ry, rnx, rny = reach
         view = np.s_[ry:ry + rny, rx:rx + rnx]
+        # the pixels an earlier patch filled are skipped: cov holds this patch's new pixels only
         img, var, msk, cov = warp_image(*planes, src_wcs, dst_wcs, reach, src_origin=(x0, y0), grid=grid,
-                                        skip=filled[view])           # pixels an earlier patch filled
-        new = cov                                          # (the skipped pixels are without data)
-        if not new.any():
+                                        skip=filled[view])
+        if not cov.any():
             continue
         for dst, src in ((image, img), (variance, var), (mask, msk)):
-            np.copyto(dst[view], src, where=new)
-        filled[view] |= new
+            np.copyto(dst[view], src, where=cov)
+        filled[view] |= cov
         used.append(path)
         if not np.isfinite(fwhm) and psf is not None:
             u, v = (float(a) for a in src_wcs.all_world2pix(*dst_wcs.all_pix2world(cx, cy, 0), 0))
